@@ -1,0 +1,1 @@
+"""Edge agent daemon: config, pipeline, supervisor, CLI."""

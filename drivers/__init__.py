@@ -1,0 +1,1 @@
+"""Sources: one module per kind, each implementing drivers.base.Driver."""

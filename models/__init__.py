@@ -1,0 +1,1 @@
+"""Features, windowing, ONNX scoring, model bundles, export and push-down."""

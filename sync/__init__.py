@@ -1,0 +1,1 @@
+"""Store-and-forward: the SQLite buffer and the uploader."""
