@@ -45,7 +45,7 @@ async def _close_quietly(driver: Driver, limit_s: float = 5.0) -> None:
     try:
         async with asyncio.timeout(limit_s):
             await driver.close()
-    except (*RECOVERABLE, TimeoutError) as exc:
+    except RECOVERABLE as exc:
         log.warning("driver close failed", extra={"driver": driver.name, "error": repr(exc)})
 
 
