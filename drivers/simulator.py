@@ -82,6 +82,11 @@ class Config:
     bearing: BearingGeometry = BearingGeometry()
     fault: FaultScript = FaultScript()
 
+    def waveform_sources(self) -> tuple[str, ...]:
+        """Waveform ``source_id``s this driver emits (pipelines are checked against them)."""
+        mic = (f"{self.asset}.mic",) if self.microphone else ()
+        return (f"{self.asset}.de_accel", *mic)
+
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         if self.resonance_hz >= self.vibration_rate / 2:
