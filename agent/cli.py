@@ -1,3 +1,95 @@
-"""Placeholder replaced below."""
-def main() -> int:
+"""``edge-agent`` command line: run, check-config, models, quarantine, opcua."""
+
+from __future__ import annotations
+
+import os
+
+# Pin BLAS/OpenMP threads before numpy is imported: on a 2-core gateway, oversubscribed
+# thread pools cost more than they give. Explicit settings in the environment win.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import dataclasses  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from edge_agent import __version__  # noqa: E402
+from edge_agent.confkit import ConfigError  # noqa: E402
+
+EX_CONFIG = 78
+
+
+def _load(path: str | None, state_dir: str | None) -> Any:
+    from edge_agent.agent import config
+
+    cfg = config.load(Path(path) if path else None)
+    if state_dir:
+        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, state_dir=state_dir))
+    return cfg
+
+
+def _config_problem(exc: ConfigError) -> int:
+    for p in exc.problems:
+        print(str(p), file=sys.stderr)
+    print(f"configuration invalid: {len(exc.problems)} problem(s)", file=sys.stderr)
+    return EX_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import daemon, logs
+
+    try:
+        cfg = _load(args.config, args.state_dir)
+    except ConfigError as exc:
+        return _config_problem(exc)
+    logs.setup(cfg.agent.log_level)
+    asyncio.run(daemon.run(cfg))
     return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_agent.agent import config
+
+    try:
+        cfg = _load(args.config, None)
+    except ConfigError as exc:
+        return _config_problem(exc)
+    print(f"{args.config or config.DEFAULT_CONFIG}: OK")
+    for line in config.summary(cfg):
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", help="TOML config (default: the embedded simulated plant)")
+    run.add_argument("--state-dir", help="override [agent].state_dir")
+    run.set_defaults(func=cmd_run)
+
+    chk = sub.add_parser("check-config", help="validate a config and print a summary")
+    chk.add_argument("-c", "--config", help="TOML config (default: the embedded one)")
+    chk.set_defaults(func=cmd_check_config)
+
+    from edge_agent.agent import tools
+
+    tools.add_commands(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

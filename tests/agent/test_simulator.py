@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -35,7 +36,7 @@ def test_deterministic_under_seed() -> None:
 def test_blocks_are_contiguous_and_timestamped() -> None:
     p = plant()
     blocks = [out[0] for out in run(p, 3)]
-    for prev, nxt in zip(blocks, blocks[1:], strict=False):
+    for prev, nxt in itertools.pairwise(blocks):
         assert isinstance(prev, WaveformBlock) and isinstance(nxt, WaveformBlock)
         assert nxt.start == pytest.approx(prev.end, abs=1e-9)
     first = blocks[0]
