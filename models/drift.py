@@ -1,0 +1,163 @@
+"""Feature drift per source: recent feature vectors against the bundle's training summary.
+
+Two statistics per feature over a rolling window of the last ``window`` vectors:
+
+* **PSI** (population stability index) over the ten training-decile bins (the manifest's
+  quantiles at 0.1 … 0.9); expected share 10 % per bin.
+* **KS**: the Kolmogorov-Smirnov distance between the recent empirical CDF and the training CDF
+  (piecewise-linear through the manifest's 21 quantiles), with the asymptotic two-sample p-value
+  using ``n_eff = n·m/(n+m)`` (``m`` = training rows).
+
+The source's drift value is the maximum over features of the configured statistic. Past
+``threshold`` a ``drift_detected`` event is raised (once); ``drift_cleared`` when it falls below
+``clear_ratio * threshold``. Features constant in training are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import kolmogorov
+
+from edge_agent.confkit import field
+from edge_agent.models.bundle import Manifest
+from edge_agent.records import Event
+
+_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """``[pipelines.<id>.drift]``."""
+
+    enabled: bool = True
+    method: Literal["psi", "ks"] = "psi"
+    window: int = field(200, ge=20)
+    every: int = field(10, ge=1)
+    """Evaluate every this many vectors once the window is full."""
+    threshold: float = field(0.25, gt=0)
+    """PSI (0.1 moderate, 0.25 significant) or KS distance D (0..1)."""
+    clear_ratio: float = field(0.8, gt=0, le=1)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftStatus:
+    psi: float
+    ks: float
+    ks_pvalue: float
+    feature: str
+    """The feature with the largest value of the configured statistic."""
+    n: int
+    per_feature: Mapping[str, tuple[float, float]]
+    """name -> (psi, ks)."""
+
+
+def psi(recent: npt.NDArray[np.float64], edges: npt.NDArray[np.float64],
+        expected: npt.NDArray[np.float64]) -> float:
+    """PSI of ``recent`` against bins with interior ``edges`` and ``expected`` shares."""
+    idx = np.searchsorted(edges, recent, side="right")
+    counts = np.bincount(idx, minlength=len(expected)).astype(np.float64)
+    actual = np.maximum(counts / max(len(recent), 1), _EPS)
+    exp = np.maximum(expected, _EPS)
+    return float(np.sum((actual - exp) * np.log(actual / exp)))
+
+
+def ks_distance(recent: npt.NDArray[np.float64], quantiles: npt.NDArray[np.float64],
+                levels: npt.NDArray[np.float64]) -> float:
+    """sup |F_recent - F_train| with F_train piecewise-linear through (quantiles, levels)."""
+    x = np.sort(recent)
+    n = len(x)
+    if n == 0:
+        return 0.0
+    f = np.interp(x, quantiles, levels, left=0.0, right=1.0)
+    i = np.arange(1, n + 1, dtype=np.float64)
+    return float(max(np.max(i / n - f), np.max(f - (i - 1) / n)))
+
+
+class DriftMonitor:
+    """Rolling drift check for one source against one model's training summary."""
+
+    def __init__(self, source_id: str, manifest: Manifest, cfg: DriftConfig) -> None:
+        self.source_id = source_id
+        self.cfg = cfg
+        self.names: tuple[str, ...] = manifest.names
+        self.model = (manifest.name, manifest.version)
+        self.m = max(manifest.n_training_rows, 1)
+        levels = np.asarray(manifest.quantile_levels, dtype=np.float64)
+        self.levels = levels
+        self.q = np.array([manifest.training[n].quantiles for n in self.names], dtype=np.float64)
+        deciles = [i for i, lv in enumerate(levels) if 0 < lv < 1 and round(lv * 10, 6) % 1 == 0]
+        self.edges = self.q[:, deciles]
+        self.expected = np.diff(np.concatenate([[0.0], levels[deciles], [1.0]]))
+        self.usable = (self.q[:, -1] - self.q[:, 0]) > 0
+        self._buf: deque[npt.NDArray[np.float64]] = deque(maxlen=cfg.window)
+        self._since = 0
+        self.active = False
+        self.status: DriftStatus | None = None
+
+    def value(self) -> float | None:
+        """The current drift value (configured statistic, max over features) for the metric."""
+        if self.status is None:
+            return None
+        return self.status.psi if self.cfg.method == "psi" else self.status.ks
+
+    def update(self, values: Mapping[str, float] | Sequence[float] | npt.NDArray[np.float64],
+               timestamp: float) -> Event | None:
+        """Add one feature vector (dict by name, or a row in model order); maybe an event."""
+        if isinstance(values, Mapping):
+            row = np.array([values.get(n, math.nan) for n in self.names], dtype=np.float64)
+        else:
+            row = np.asarray(values, dtype=np.float64).reshape(-1)
+            if row.shape[0] != len(self.names):
+                raise ValueError(f"drift row has {row.shape[0]} values, model has "
+                                 f"{len(self.names)} features")
+        if not np.isfinite(row).all():
+            return None
+        self._buf.append(row)
+        self._since += 1
+        if len(self._buf) < self.cfg.window or self._since < self.cfg.every:
+            return None
+        self._since = 0
+        self.status = self.evaluate()
+        return self._transition(timestamp)
+
+    def evaluate(self) -> DriftStatus:
+        R = np.array(self._buf, dtype=np.float64)
+        n = len(R)
+        per: dict[str, tuple[float, float]] = {}
+        for j, name in enumerate(self.names):
+            if not self.usable[j]:
+                continue
+            per[name] = (psi(R[:, j], self.edges[j], self.expected),
+                         ks_distance(R[:, j], self.q[j], self.levels))
+        if not per:
+            return DriftStatus(0.0, 0.0, 1.0, "", n, per)
+        k = 0 if self.cfg.method == "psi" else 1
+        worst = max(per, key=lambda nm: per[nm][k])
+        ks = max(v[1] for v in per.values())
+        n_eff = n * self.m / (n + self.m)
+        p = float(kolmogorov(math.sqrt(n_eff) * ks))
+        return DriftStatus(max(v[0] for v in per.values()), ks, p, worst, n, per)
+
+    def _transition(self, timestamp: float) -> Event | None:
+        v = self.value()
+        if v is None or self.status is None:
+            return None
+        st = self.status
+        details = {"method": self.cfg.method, "value": v, "threshold": self.cfg.threshold,
+                   "feature": st.feature, "psi": st.psi, "ks": st.ks,
+                   "ks_pvalue": st.ks_pvalue, "window": st.n,
+                   "model": {"name": self.model[0], "version": self.model[1]}}
+        if not self.active and v > self.cfg.threshold:
+            self.active = True
+            return Event("drift_detected", self.source_id, timestamp, "warning", details)
+        if self.active and v < self.cfg.threshold * self.cfg.clear_ratio:
+            self.active = False
+            return Event("drift_cleared", self.source_id, timestamp, "info", details)
+        return None
