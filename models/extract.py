@@ -1,0 +1,305 @@
+"""The Extractor interface the agent pipeline uses: window -> ordered, named float features.
+
+``make_extractor(cfg, sample_rate, channels, window, hop)`` builds one for a source. Feature
+names are ``f"{channel}_{feature}"``; per channel, in order:
+
+* vibration: the 11 basic features (:data:`features.BASIC_NAMES`) when ``"basic"`` is in
+  ``include``; then ``iso_velocity_rms`` (mm/s, 10-1000 Hz) and, when a class or limits are
+  set, ``iso_zone`` (0..3 = A..D) for ``"iso"``; then ``env_bpfo, env_bpfi, env_bsf, env_ftf``
+  for ``"envelope"``.
+* sound: ``mfcc_mean_0..N-1`` then ``mfcc_std_0..N-1``.
+
+``extractor(window)`` returns a dict; ``extractor.batch(windows)`` returns an
+``(n_windows, n_features)`` array in :meth:`names` order (fast path; rows of windows holding
+NaN/Inf are NaN). ``__call__`` raises :class:`FeatureError` for such windows, and when the
+envelope needs a shaft speed that is neither configured nor passed (``shaft_rpm=``, e.g. the
+latest value of ``shaft_speed_tag``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft as sfft
+
+from edge_agent.confkit import field
+from edge_agent.models import features as ft
+from edge_agent.models.envelope import ENVELOPE_NAMES, BearingGeometry, envelope_energies
+from edge_agent.models.mfcc import MFCC
+from edge_agent.models.windowing import Window
+
+F64 = npt.NDArray[np.float64]
+FeatureGroup = Literal["basic", "iso", "envelope"]
+
+
+class FeatureError(ValueError):
+    """A window the extractor cannot turn into finite features (the message says why)."""
+
+
+@dataclass(frozen=True)
+class VibrationConfig:
+    kind: Literal["vibration"] = "vibration"
+    include: tuple[FeatureGroup, ...] = field(("basic",), min_len=1)
+    high_freq_cut: float = field(1000.0, gt=0)
+    accel_unit: Literal["g", "m/s2"] = "g"            # unit of the samples (for ISO velocity)
+    iso_band_lo: float = field(10.0, gt=0)
+    iso_band_hi: float = field(1000.0, gt=0)
+    iso_class: Literal["I", "II", "III", "IV"] | None = None   # ISO 10816-1 machine class
+    iso_zones: tuple[float, ...] | None = None        # custom A/B, B/C, C/D limits (10816-3)
+    envelope_band_lo: float = field(2000.0, ge=0)
+    envelope_band_hi: float = field(6000.0, gt=0)
+    envelope_harmonics: int = field(3, ge=1, le=10)
+    envelope_tolerance: float = field(0.02, gt=0, lt=0.5)   # relative, per harmonic
+    bearing: BearingGeometry | None = None
+    shaft_speed_rpm: float | None = field(None, gt=0)
+    shaft_speed_tag: str | None = None               # sensor_id of a reading giving rpm
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if len(set(self.include)) != len(self.include):
+            out.append(("include", "lists a group twice"))
+        if self.iso_band_lo >= self.iso_band_hi:
+            out.append(("iso_band_hi", "must be above iso_band_lo"))
+        if self.iso_zones is not None:
+            z = self.iso_zones
+            if len(z) != 3 or not all(0 < a < b for a, b in itertools.pairwise(z)) \
+                    or z[0] <= 0:
+                out.append(("iso_zones", "must be 3 increasing positive limits (A/B, B/C, C/D)"))
+            if self.iso_class is not None:
+                out.append(("iso_zones", "give either iso_class or iso_zones, not both"))
+        if self.envelope_band_lo >= self.envelope_band_hi:
+            out.append(("envelope_band_hi", "must be above envelope_band_lo"))
+        if "envelope" in self.include:
+            if self.bearing is None:
+                out.append(("bearing", "is required for the envelope features"))
+            if self.shaft_speed_rpm is None and self.shaft_speed_tag is None:
+                out.append(("shaft_speed_rpm", "give shaft_speed_rpm or shaft_speed_tag for "
+                                               "the envelope features"))
+        return out
+
+    def zone_limits(self) -> tuple[float, float, float] | None:
+        if self.iso_class is not None:
+            return ft.ISO_10816_1[self.iso_class]
+        if self.iso_zones is not None and len(self.iso_zones) == 3:
+            return (self.iso_zones[0], self.iso_zones[1], self.iso_zones[2])
+        return None
+
+
+@dataclass(frozen=True)
+class SoundConfig:
+    kind: Literal["sound"] = "sound"
+    n_mfcc: int = field(20, ge=1)
+    n_mels: int = field(128, ge=1)
+    n_fft: int = field(2048, ge=16)
+    hop: int = field(512, ge=1)
+    fmin: float = field(0.0, ge=0)
+    fmax: float | None = field(None, gt=0)
+    top_db: float | None = field(80.0, ge=0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self.n_mfcc > self.n_mels:
+            out.append(("n_mfcc", "must not exceed n_mels"))
+        if self.fmax is not None and self.fmax <= self.fmin:
+            out.append(("fmax", "must be above fmin"))
+        return out
+
+
+class Extractor(Protocol):
+    def names(self) -> tuple[str, ...]: ...
+
+    def contract(self) -> dict[str, object]: ...
+
+    def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]: ...
+
+    def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64: ...
+
+
+class _Base:
+    kind = ""
+
+    def __init__(self, sample_rate: float, channels: tuple[str, ...], window: int,
+                 hop: int) -> None:
+        if not (sample_rate > 0 and math.isfinite(sample_rate)):
+            raise ValueError(f"sample rate must be > 0, got {sample_rate}")
+        if not channels or len(set(channels)) != len(channels):
+            raise ValueError(f"channels must be distinct and non-empty, got {channels}")
+        if window < 2 or hop < 1:
+            raise ValueError(f"window must be >= 2 and hop >= 1, got {window}, {hop}")
+        self.sample_rate, self.channels = float(sample_rate), tuple(channels)
+        self.window, self.hop = int(window), int(hop)
+        self._names: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
+    def _stack(self, windows: Sequence[Window]) -> F64:
+        """``(n_channels, n_windows, window)`` contiguous, after checking every window fits."""
+        for w in windows:
+            if (w.samples.shape != (self.window, len(self.channels)) or
+                    w.sample_rate != self.sample_rate or w.channels != self.channels):
+                raise FeatureError(
+                    f"{w.source_id}: window {w.samples.shape} @ {w.sample_rate} Hz {w.channels} "
+                    f"does not match the extractor ({self.window}, {len(self.channels)}) @ "
+                    f"{self.sample_rate} Hz {self.channels}")
+        arr = np.stack([w.samples for w in windows]) if windows else \
+            np.empty((0, self.window, len(self.channels)))
+        out: F64 = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float64)
+        return out
+
+    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
+        raise NotImplementedError
+
+    def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64:
+        return self._rows(windows, shaft_rpm)
+
+    def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]:
+        if not np.isfinite(window.samples).all():
+            raise FeatureError(f"{window.source_id}: window at {window.start} holds NaN/Inf "
+                               "samples")
+        row = self._rows([window], shaft_rpm)[0]
+        return dict(zip(self._names, (float(v) for v in row), strict=True))
+
+
+class VibrationExtractor(_Base):
+    kind = "vibration"
+
+    def __init__(self, cfg: VibrationConfig, sample_rate: float, channels: tuple[str, ...],
+                 window: int, hop: int) -> None:
+        super().__init__(sample_rate, channels, window, hop)
+        probs = cfg.problems()
+        if probs:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in probs))
+        nyq = self.sample_rate / 2
+        if "envelope" in cfg.include and cfg.envelope_band_hi > nyq:
+            raise ValueError(f"envelope band up to {cfg.envelope_band_hi} Hz exceeds Nyquist "
+                             f"{nyq} Hz")
+        self.cfg = cfg
+        self.zone_limits = cfg.zone_limits()
+        self.accel_scale = ft.G if cfg.accel_unit == "g" else 1.0
+        per: list[str] = []
+        if "basic" in cfg.include:
+            per += ft.BASIC_NAMES
+        if "iso" in cfg.include:
+            per += ["iso_velocity_rms"] + (["iso_zone"] if self.zone_limits else [])
+        if "envelope" in cfg.include:
+            per += ENVELOPE_NAMES
+        self.per_channel = tuple(per)
+        self._names = tuple(f"{c}_{n}" for c in self.channels for n in per)
+
+    def contract(self) -> dict[str, object]:
+        c = self.cfg
+        out: dict[str, object] = {
+            "kind": "vibration", "sample_rate": self.sample_rate, "window": self.window,
+            "hop": self.hop, "channels": list(self.channels), "include": list(c.include),
+            "high_freq_cut": c.high_freq_cut, "features": list(self._names),
+        }
+        if "iso" in c.include:
+            out.update(accel_unit=c.accel_unit, iso_band=[c.iso_band_lo, c.iso_band_hi],
+                       iso_zone_limits=list(self.zone_limits) if self.zone_limits else None)
+        if "envelope" in c.include and c.bearing is not None:
+            b = c.bearing
+            out.update(envelope_band=[c.envelope_band_lo, c.envelope_band_hi],
+                       envelope_harmonics=c.envelope_harmonics,
+                       envelope_tolerance=c.envelope_tolerance,
+                       bearing=[b.n_balls, b.ball_diameter, b.pitch_diameter,
+                                b.contact_angle_deg])
+        return out
+
+    def _shaft(self, shaft_rpm: float | None) -> float:
+        rpm = shaft_rpm if shaft_rpm is not None else self.cfg.shaft_speed_rpm
+        if rpm is None or not (math.isfinite(rpm) and rpm > 0):
+            src = f"tag {self.cfg.shaft_speed_tag!r}" if self.cfg.shaft_speed_tag else "config"
+            raise FeatureError(f"envelope features need a shaft speed: none usable from {src} "
+                               f"(got {rpm!r})")
+        return float(rpm)
+
+    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
+        c = self.cfg
+        rpm = self._shaft(shaft_rpm) if "envelope" in c.include else 0.0
+        data = self._stack(windows)
+        n_w = data.shape[1]
+        per = len(self.per_channel)
+        out = np.empty((n_w, per * len(self.channels)))
+        bad: npt.NDArray[np.bool_] = np.asarray(~np.isfinite(data).all(axis=(0, 2)))
+        for ci in range(len(self.channels)):
+            x = data[ci]
+            if bad.any():
+                x = np.where(bad[:, None], 0.0, x)
+            cols: list[F64] = []
+            spec = None
+            if "basic" in c.include:
+                cols.append(ft.time_features(x))
+                spec = sfft.rfft(x, axis=1)
+                amp = np.abs(spec)
+                amp *= 2.0 / self.window
+                cols.append(ft.spectral_features(amp, self.window, self.sample_rate,
+                                                 c.high_freq_cut))
+            if "iso" in c.include:
+                v = ft.iso_velocity_rms(x, self.sample_rate, c.iso_band_lo, c.iso_band_hi,
+                                        self.accel_scale, spectrum=spec)
+                cols.append(v[:, None])
+                if self.zone_limits:
+                    cols.append(ft.iso_zone(v, self.zone_limits)[:, None].astype(np.float64))
+            if "envelope" in c.include and c.bearing is not None:
+                cols.append(envelope_energies(x, self.sample_rate, c.bearing, rpm,
+                                              c.envelope_band_lo, c.envelope_band_hi,
+                                              c.envelope_harmonics, c.envelope_tolerance))
+            out[:, ci * per:(ci + 1) * per] = np.concatenate(cols, axis=1)
+        out[bad] = np.nan
+        return out
+
+
+class SoundExtractor(_Base):
+    kind = "sound"
+
+    def __init__(self, cfg: SoundConfig, sample_rate: float, channels: tuple[str, ...],
+                 window: int, hop: int) -> None:
+        super().__init__(sample_rate, channels, window, hop)
+        probs = cfg.problems()
+        if probs:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in probs))
+        if cfg.fmax is not None and cfg.fmax > self.sample_rate / 2:
+            raise ValueError(f"fmax {cfg.fmax} Hz exceeds Nyquist {self.sample_rate / 2} Hz")
+        self.cfg = cfg
+        self.mfcc = MFCC(self.sample_rate, cfg.n_mfcc, cfg.n_mels, cfg.n_fft, cfg.hop, cfg.fmin,
+                         cfg.fmax, cfg.top_db)
+        per = [f"mfcc_mean_{i}" for i in range(cfg.n_mfcc)] + \
+              [f"mfcc_std_{i}" for i in range(cfg.n_mfcc)]
+        self.per_channel = tuple(per)
+        self._names = tuple(f"{c}_{n}" for c in self.channels for n in per)
+
+    def contract(self) -> dict[str, object]:
+        c = self.cfg
+        return {"kind": "sound", "sample_rate": self.sample_rate, "window": self.window,
+                "hop": self.hop, "channels": list(self.channels), "n_mfcc": c.n_mfcc,
+                "n_mels": c.n_mels, "n_fft": c.n_fft, "mfcc_hop": c.hop, "fmin": c.fmin,
+                "fmax": c.fmax, "top_db": c.top_db, "features": list(self._names)}
+
+    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
+        data = self._stack(windows)
+        per = len(self.per_channel)
+        out = np.empty((data.shape[1], per * len(self.channels)))
+        for wi in range(data.shape[1]):
+            if not np.isfinite(data[:, wi]).all():
+                out[wi] = np.nan
+                continue
+            for ci in range(len(self.channels)):
+                out[wi, ci * per:(ci + 1) * per] = self.mfcc.summary(data[ci, wi])
+        return out
+
+
+def make_extractor(cfg: VibrationConfig | SoundConfig, sample_rate: float,
+                   channels: tuple[str, ...], window: int, hop: int) -> Extractor:
+    """Build the extractor for one source; raises ``ValueError`` when the settings cannot work."""
+    if isinstance(cfg, VibrationConfig):
+        return VibrationExtractor(cfg, sample_rate, channels, window, hop)
+    if isinstance(cfg, SoundConfig):
+        return SoundExtractor(cfg, sample_rate, channels, window, hop)
+    raise TypeError(f"unknown feature config {type(cfg).__name__}")

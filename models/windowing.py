@@ -1,0 +1,126 @@
+"""Fixed-length, hopped windows over waveform blocks, per source.
+
+:class:`Windower` carries samples across blocks of one source, so a window may span several
+blocks. A source's stream restarts (pending samples dropped, counted in ``resets`` by reason)
+when a block does not continue the previous one: a time gap or overlap beyond ``tolerance``
+seconds, a different sample rate, or different channels. Memory per source is bounded by
+``length`` samples plus the block being pushed. Window times come from a per-stream sample
+counter (``anchor + index / rate``), so they do not drift over long runs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.records import WaveformBlock
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """``samples`` has shape ``(length, n_channels)``; ``end = start + length / sample_rate``.
+
+    ``samples`` is read-only and may share memory with the windows cut from the same push.
+    """
+
+    source_id: str
+    start: float
+    end: float
+    sample_rate: float
+    channels: tuple[str, ...]
+    samples: F64
+
+
+@dataclass
+class _Stream:
+    sample_rate: float
+    channels: tuple[str, ...]
+    anchor: float                # time of sample index 0
+    seen: int                    # samples received since the anchor
+    pending: F64                 # samples from index `pending_at` on, not yet past a window start
+    pending_at: int
+    next_start: int              # sample index of the next window's first sample
+
+
+class Windower:
+    """``Windower(length, hop)``: windows of ``length`` samples every ``hop`` samples.
+
+    ``tolerance`` (seconds) is how far a block's ``start`` may differ from where the previous
+    block ended before the stream restarts; default: one sample period plus 1 ms.
+    """
+
+    def __init__(self, length: int, hop: int, tolerance: float | None = None) -> None:
+        if length < 2 or hop < 1:
+            raise ValueError(f"window length must be >= 2 and hop >= 1, got {length}, {hop}")
+        self.length, self.hop = int(length), int(hop)
+        self.tolerance = tolerance
+        self.resets: Counter[str] = Counter()
+        self.dropped_samples = 0          # samples discarded by resets (never windowed)
+        self.windows = 0
+        self._streams: dict[str, _Stream] = {}
+
+    def _tol(self, sr: float) -> float:
+        return self.tolerance if self.tolerance is not None else 1.0 / sr + 1e-3
+
+    def reset(self, source_id: str | None = None) -> None:
+        """Forget one source (or all): the next block starts a fresh stream."""
+        if source_id is None:
+            self._streams.clear()
+        else:
+            self._streams.pop(source_id, None)
+
+    def push(self, block: WaveformBlock) -> list[Window]:
+        """Add a block; return every window completed by it, oldest first."""
+        x = np.asarray(block.samples, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[1] != len(block.channels):
+            raise ValueError(f"{block.source_id}: samples shape {x.shape} does not match "
+                             f"channels {block.channels}")
+        if not (block.sample_rate > 0):
+            raise ValueError(f"{block.source_id}: sample rate must be > 0")
+        st = self._streams.get(block.source_id)
+        if st is not None:
+            reason = None
+            if st.sample_rate != block.sample_rate:
+                reason = "sample_rate"
+            elif st.channels != tuple(block.channels):
+                reason = "channels"
+            else:
+                expected = st.anchor + st.seen / st.sample_rate
+                if abs(block.start - expected) > self._tol(st.sample_rate):
+                    reason = "gap" if block.start > expected else "overlap"
+            if reason is not None:
+                self.resets[reason] += 1
+                self.dropped_samples += st.pending.shape[0]
+                st = None
+        if st is None:
+            st = _Stream(float(block.sample_rate), tuple(block.channels), float(block.start), 0,
+                         np.empty((0, x.shape[1])), 0, 0)
+            self._streams[block.source_id] = st
+        if x.shape[0] == 0:
+            return []
+        buf = np.concatenate([st.pending, x]) if st.pending.shape[0] else x
+        buf_at = st.pending_at
+        st.seen += x.shape[0]
+        out: list[Window] = []
+        sr = st.sample_rate
+        while st.next_start + self.length <= st.seen:
+            i = st.next_start - buf_at
+            w = buf[i:i + self.length]
+            w.flags.writeable = False
+            t0 = st.anchor + st.next_start / sr
+            out.append(Window(block.source_id, t0, t0 + self.length / sr, sr, st.channels, w))
+            st.next_start += self.hop
+        keep_from = min(st.next_start, st.seen)
+        st.pending = buf[keep_from - buf_at:]
+        if st.pending.base is not None and st.pending.shape[0] < buf.shape[0] // 2:
+            st.pending = st.pending.copy()      # do not pin a large block for a small tail
+        st.pending_at = keep_from
+        self.windows += len(out)
+        return out
