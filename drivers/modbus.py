@@ -1,0 +1,352 @@
+"""Modbus TCP / RTU driver (pymodbus): register maps, block reads, per-device schedules.
+
+One driver owns one connection (a TCP socket to a device or gateway, or one serial line) and
+polls any number of devices (unit ids) on it. Points of a device are coalesced into block reads
+(:func:`edge_agent.drivers.modbus_codec.coalesce`). The agent calls :meth:`ModbusDriver.read`
+every ``poll_interval``; each call reads the devices that are due.
+
+Failures stay as small as they can be: an exception response or a timeout turns the points of
+that block into quality-0 readings with the reason, and the driver goes on. A block refused with
+ILLEGAL ADDRESS is split into single-point reads from then on (one bad address in a coalesced
+range must not blank its neighbours). Only a lost connection raises :class:`DriverDisconnected`;
+pymodbus' own reconnect is disabled — the agent reconnects with a fresh client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from edge_agent.confkit import Duration, field
+from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
+from edge_agent.drivers.modbus_codec import (
+    BIT_TABLES,
+    INTEGER_TYPES,
+    MAX_BITS,
+    MAX_REGISTERS,
+    Block,
+    DataType,
+    DecodeError,
+    Order,
+    PointSpec,
+    Table,
+    bit_width,
+    coalesce,
+    decode_point,
+    slice_for,
+)
+from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, Reading, WaveformBlock
+
+log = logging.getLogger("edge_agent.drivers.modbus")
+
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One value in a device's register map."""
+
+    sensor_id: str = field(pattern=_ID)
+    address: int = field(ge=0, le=65535)
+    table: Table = "holding"
+    data_type: DataType = "uint16"
+    sensor_type: str = "modbus"
+    unit: str = ""
+    byte_order: Order = "big"
+    word_order: Order = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    bit: int | None = field(None, ge=0, le=63)     # bitfield: first bit (0 = LSB)...
+    bit_count: int = field(1, ge=1, le=64)          # ...and how many bits
+    length: int = field(1, ge=1, le=MAX_REGISTERS)  # registers, for strings
+
+    def spec(self) -> PointSpec:
+        return PointSpec(self.table, self.address, self.data_type, self.byte_order,
+                         self.word_order, self.scale, self.offset, self.bit, self.bit_count,
+                         self.length)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        bits = self.table in BIT_TABLES
+        if bits and self.data_type != "bool":
+            out.append(("data_type", f"a {self.table} point must be \"bool\""))
+        if not bits and self.data_type == "bool":
+            out.append(("data_type", "\"bool\" is for coils and discrete inputs; use a "
+                                     "bitfield (bit = n) on a register"))
+        if self.bit is not None:
+            if self.data_type not in INTEGER_TYPES:
+                out.append(("bit", "bitfields need an integer data_type"))
+            elif self.bit + self.bit_count > bit_width(self.data_type):
+                out.append(("bit_count", f"bits {self.bit}..{self.bit + self.bit_count - 1} "
+                                         f"do not fit in {self.data_type}"))
+        if self.data_type != "string" and self.length != 1:
+            out.append(("length", "length is only for strings"))
+        if self.scale == 0:
+            out.append(("scale", "must not be 0"))
+        return out
+
+
+@dataclass(frozen=True)
+class Device:
+    """A unit id on the connection with its register map and (optionally) its own schedule."""
+
+    name: str = field(pattern=_ID)
+    points: tuple[Point, ...] = field(min_len=1)
+    unit_id: int = field(1, ge=0, le=255)
+    poll_interval: Duration | None = field(None, gt=0)
+    max_gap: int | None = field(None, ge=0, le=MAX_REGISTERS)
+
+
+@dataclass(frozen=True)
+class Config:
+    """``[[drivers]] kind = "modbus"``."""
+
+    kind: Literal["modbus"]
+    name: str = field(pattern=_ID)
+    devices: tuple[Device, ...] = field(min_len=1)
+    poll_interval: Duration = field(Duration(1.0), gt=0)
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str = ""
+    port: int = field(502, ge=1, le=65535)
+    serial_port: str = ""
+    baudrate: int = field(19200, ge=300, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout: Duration = field(Duration(1.0), gt=0, le=60)
+    retries: int = field(1, ge=0, le=10)
+    max_gap: int = field(10, ge=0, le=MAX_REGISTERS)
+    max_registers: int = field(MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
+    max_bits: int = field(MAX_BITS, ge=1, le=MAX_BITS)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self.transport == "tcp" and not self.host:
+            out.append(("host", "is required for transport \"tcp\""))
+        if self.transport == "rtu" and not self.serial_port:
+            out.append(("serial_port", "is required for transport \"rtu\""))
+        seen: dict[str, str] = {}
+        names: set[str] = set()
+        for d_i, dev in enumerate(self.devices):
+            if dev.name in names:
+                out.append((f"devices[{d_i}].name", f"duplicate device {dev.name!r}"))
+            names.add(dev.name)
+            if dev.poll_interval is not None and dev.poll_interval < self.poll_interval:
+                out.append((f"devices[{d_i}].poll_interval",
+                            f"must be >= the driver's poll_interval ({self.poll_interval}s)"))
+            for p_i, p in enumerate(dev.points):
+                key = f"devices[{d_i}].points[{p_i}]"
+                if p.sensor_id in seen:
+                    out.append((f"{key}.sensor_id",
+                                f"duplicate sensor_id (also in {seen[p.sensor_id]})"))
+                seen.setdefault(p.sensor_id, key)
+                limit = self.max_bits if p.table in BIT_TABLES else self.max_registers
+                if p.spec().count > limit:
+                    out.append((f"{key}.length", f"spans more than {limit} registers"))
+        return out
+
+
+def create(cfg: Config) -> ModbusDriver:
+    return ModbusDriver(cfg)
+
+
+def _exception_name(code: int) -> str:
+    try:
+        return ExcCodes(code).name
+    except ValueError:
+        return f"CODE_{code}"
+
+
+@dataclass
+class _DeviceState:
+    device: Device
+    specs: list[PointSpec]
+    blocks: list[Block]
+    interval: float
+    next_due: float = 0.0
+
+
+class ModbusDriver:
+    """Polled driver: one :meth:`read` reads every device that is due, block by block."""
+
+    streaming = False
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._health = DriverHealth(cfg.name, "modbus")
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._devices: list[_DeviceState] = []
+        for dev in cfg.devices:
+            specs = [p.spec() for p in dev.points]
+            gap = cfg.max_gap if dev.max_gap is None else dev.max_gap
+            blocks = coalesce(specs, max_gap=gap, max_registers=cfg.max_registers,
+                              max_bits=cfg.max_bits)
+            self._devices.append(_DeviceState(dev, specs, blocks,
+                                              float(dev.poll_interval or cfg.poll_interval)))
+        self._health.detail["blocks"] = sum(len(d.blocks) for d in self._devices)
+        self._health.detail["points"] = sum(len(d.specs) for d in self._devices)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        c = self.cfg
+        # reconnect_delay=0: pymodbus must not reconnect on its own; the agent does, with a
+        # fresh client, so a half-dead client is never reused.
+        if c.transport == "tcp":
+            return AsyncModbusTcpClient(c.host, port=c.port, timeout=float(c.timeout),
+                                        retries=c.retries, reconnect_delay=0,
+                                        name=f"modbus:{c.name}")
+        return AsyncModbusSerialClient(c.serial_port, baudrate=c.baudrate, parity=c.parity,
+                                       stopbits=c.stopbits, bytesize=c.bytesize,
+                                       timeout=float(c.timeout), retries=c.retries,
+                                       reconnect_delay=0, name=f"modbus:{c.name}")
+
+    async def open(self) -> None:
+        await self.close()
+        client = self._new_client()
+        self._client = client
+        where = (f"{self.cfg.host}:{self.cfg.port}" if self.cfg.transport == "tcp"
+                 else self.cfg.serial_port)
+        try:
+            async with asyncio.timeout(float(self.cfg.timeout) + 5.0):
+                ok = await client.connect()
+        except TimeoutError:
+            ok = False
+        if not ok:
+            await self.close()
+            self._health.error("connect")
+            raise DriverDisconnected(f"modbus {self.name}: cannot connect to {where}")
+        self._health.connected = True
+        now = time.monotonic()
+        for d in self._devices:
+            d.next_due = now
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._health.connected = False
+        if client is not None:
+            client.close()  # synchronous: closes the transport, cancels nothing of ours
+            await asyncio.sleep(0)  # let the transport's connection_lost run
+
+    def health(self) -> DriverHealth:
+        return self._health
+
+    # -- polling ---------------------------------------------------------------------------
+    async def read(self) -> DriverOutput:
+        client = self._client
+        if client is None or not client.connected:
+            self._health.connected = False
+            raise DriverDisconnected(f"modbus {self.name}: not connected")
+        now = time.monotonic()
+        # A device is due when its slot has come, with half a driver tick of tolerance so the
+        # scheduler's jitter never makes it skip a whole tick.
+        slack = float(self.cfg.poll_interval) / 2
+        out: list[Reading | WaveformBlock] = []
+        polled = 0
+        for d in self._devices:
+            if now + slack < d.next_due:
+                continue
+            d.next_due = max(d.next_due + d.interval, now + d.interval - slack)
+            out.extend(await self._poll_device(client, d))
+            polled += 1
+        if polled:
+            self._health.ok(sum(1 for r in out if isinstance(r, Reading) and r.value is not None))
+        return out
+
+    async def _poll_device(self, client: Any, d: _DeviceState) -> list[Reading]:
+        out: list[Reading] = []
+        i = 0
+        while i < len(d.blocks):
+            block = d.blocks[i]
+            ts = time.time()
+            words, reason, code = await self._read_block(client, d.device.unit_id, block)
+            if code == ExcCodes.ILLEGAL_ADDRESS and len(block.members) > 1:
+                # One invalid address inside a coalesced range: read its points one by one
+                # from now on, and right away.
+                log.warning("modbus %s/%s: block %s:%d+%d refused; splitting into single reads",
+                            self.name, d.device.name, block.table, block.start, block.count)
+                singles = [Block(block.table, d.specs[m].address, d.specs[m].count, (m,))
+                           for m in block.members]
+                d.blocks[i:i + 1] = singles
+                self._health.detail["blocks"] = sum(len(x.blocks) for x in self._devices)
+                continue
+            out.extend(self._decode_block(d, block, words, reason, ts))
+            i += 1
+        return out
+
+    async def _read_block(self, client: Any, unit: int, block: Block
+                          ) -> tuple[list[int] | list[bool] | None, str, int | None]:
+        """Words read, or ``None`` with the reason (and exception code when there is one)."""
+        fn = {"holding": client.read_holding_registers, "input": client.read_input_registers,
+              "coil": client.read_coils, "discrete_input": client.read_discrete_inputs
+              }[block.table]
+        limit = float(self.cfg.timeout) * (self.cfg.retries + 1) + 2.0
+        try:
+            async with asyncio.timeout(limit):
+                rr = await fn(block.start, count=block.count, device_id=unit)
+        except ConnectionException as exc:
+            self._health.error("connection")
+            raise DriverDisconnected(f"modbus {self.name}: {exc}") from exc
+        except (ModbusIOException, TimeoutError) as exc:
+            if not client.connected:
+                self._health.error("connection")
+                raise DriverDisconnected(f"modbus {self.name}: connection lost ({exc})") from exc
+            self._health.error("timeout")
+            return None, f"timeout: no response from unit {unit}", None
+        except ModbusException as exc:
+            self._health.error("protocol")
+            return None, f"protocol error: {exc}", None
+        if rr.isError():
+            code = int(getattr(rr, "exception_code", 0))
+            self._health.error(f"exception_{_exception_name(code).lower()}")
+            return None, f"exception {code} ({_exception_name(code)}) from unit {unit}", code
+        words: list[int] | list[bool] = (list(rr.bits[:block.count]) if block.table in BIT_TABLES
+                                         else list(rr.registers))
+        if len(words) < block.count:
+            self._health.error("short_response")
+            return None, f"short response: {len(words)} of {block.count} words", None
+        return words, "", None
+
+    def _decode_block(self, d: _DeviceState, block: Block,
+                      words: list[int] | list[bool] | None, reason: str, ts: float
+                      ) -> list[Reading]:
+        out: list[Reading] = []
+        for m in block.members:
+            p = d.device.points[m]
+            spec = d.specs[m]
+            meta: dict[str, Any] = {"source": "modbus", "device": d.device.name,
+                                    "unit_id": d.device.unit_id,
+                                    "register": f"{p.table}:{p.address}"}
+            value: float | str | None = None
+            why = reason
+            if words is not None:
+                try:
+                    value = decode_point(spec, slice_for(block, spec, words))
+                except DecodeError as exc:
+                    self._health.error("decode")
+                    why = f"decode error: {exc}"
+            if isinstance(value, str):
+                # Strings (serial numbers, firmware) are not measurements: kept in health.
+                texts = self._health.detail.setdefault("text", {})
+                assert isinstance(texts, dict)
+                texts[p.sensor_id] = value
+                continue
+            if value is None:
+                self._health.bad_points[p.sensor_id] = why
+                meta["reason"] = why
+                out.append(Reading(p.sensor_id, p.sensor_type, None, p.unit, ts, QUALITY_BAD,
+                                   meta))
+                continue
+            self._health.bad_points.pop(p.sensor_id, None)
+            out.append(Reading(p.sensor_id, p.sensor_type, value, p.unit, ts, QUALITY_GOOD, meta))
+        return out
+
+
+__all__ = ["Config", "Device", "DriverError", "ModbusDriver", "Point", "create"]
