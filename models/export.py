@@ -68,10 +68,21 @@ def load_sklearn(path: Path | str) -> tuple[Any, dict[str, Any]]:
         run = re.search(r"^run_id:\s*(\S+)\s*$", text, re.M)
         source.update(kind="mlflow", run_id=run.group(1) if run else None)
         p = p / m.group(1)
+        fmt = re.search(r"^\s+serialization_format:\s*(\S+)\s*$", text, re.M)
+        if fmt and fmt.group(1) == "skops":
+            trusted = re.search(r"^(\s+)skops_trusted_types:\s*\n((?:\1\s*- .*\n?)*)", text, re.M)
+            types = re.findall(r"- (\S+)", trusted.group(2)) if trusted else []
+            est = _load_skops(p, types)
+            source["sha256"] = sha256_hex(p.read_bytes())
+            return est, source
     else:
         source["kind"] = "file"
     if not p.is_file():
         raise ModelError(f"model file {p} does not exist")
+    if p.suffix == ".skops":
+        est = _load_skops(p, [])
+        source["sha256"] = sha256_hex(p.read_bytes())
+        return est, source
     try:
         if p.suffix in (".joblib", ".jl", ".z", ".gz"):
             import joblib
@@ -85,6 +96,24 @@ def load_sklearn(path: Path | str) -> tuple[Any, dict[str, Any]]:
         raise ModelError(f"cannot unpickle {p}: {type(exc).__name__}: {exc}") from exc
     source["sha256"] = sha256_hex(p.read_bytes())
     return est, source
+
+
+def _load_skops(p: Path, trusted: list[str]) -> Any:
+    """Load a skops file, trusting only the types its MLmodel lists (and skops' defaults)."""
+    try:
+        import skops.io as sio
+    except ImportError as exc:
+        raise ModelError(f"{p} is a skops file; install skops to export it") from exc
+    if not p.is_file():
+        raise ModelError(f"model file {p} does not exist")
+    untrusted = [t for t in sio.get_untrusted_types(file=p) if t not in trusted]
+    if untrusted:
+        raise ModelError(f"{p}: skops file contains types not declared trusted in MLmodel: "
+                         f"{', '.join(untrusted)}")
+    try:
+        return sio.load(p, trusted=trusted or None)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise ModelError(f"cannot load skops file {p}: {exc}") from exc
 
 
 # -- scores -----------------------------------------------------------------------------------

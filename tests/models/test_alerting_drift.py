@@ -1,0 +1,93 @@
+"""Hysteresis sequences and drift events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.models.alerting import AlertConfig, AnomalyAlerter, Hysteresis
+from edge_agent.models.bundle import load_bundle
+from edge_agent.models.drift import DriftConfig, DriftMonitor, ks_distance, psi
+from edge_agent.records import ModelRef
+
+from .conftest import NAMES, training_matrix
+
+
+def run(h: Hysteresis, seq: str) -> list[str | None]:
+    return [h.update(c == "1") for c in seq]
+
+
+def test_hysteresis_sequences() -> None:
+    h = Hysteresis(raise_after=3, clear_after=2)
+    out = run(h, "110111" "0101" "00" "1")
+    assert out == [None, None, None, None, None, "raised",
+                   None, None, None, None, None, "cleared", None]
+    assert not h.active
+    h = Hysteresis(1, 1)
+    assert run(h, "1100") == ["raised", None, "cleared", None]
+    h = Hysteresis(2, 3)
+    assert run(h, "11" "001" "000") == [None, "raised", None, None, None, None, None, "cleared"]
+    h.update(True)
+    h.reset()
+    assert not h.active and run(h, "1") == [None]
+    with pytest.raises(ValueError):
+        Hysteresis(0, 1)
+
+
+def test_alerter_events_carry_score_threshold_model() -> None:
+    al = AnomalyAlerter("pump.de", AlertConfig(raise_after=2, clear_after=2,
+                                               severity="critical"))
+    ref = ModelRef("vib", "3")
+    scores = [0.9, None, float("nan"), 0.8, 0.1, 0.95, 0.1, 0.2]
+    evs = [al.observe(s, 0.5, ref, float(i)) for i, s in enumerate(scores)]
+    kinds = [(i, e.kind) for i, e in enumerate(evs) if e is not None]
+    assert kinds == [(3, "anomaly_raised"), (7, "anomaly_cleared")]
+    raised = evs[3]
+    assert raised is not None and raised.severity == "critical" and raised.timestamp == 3.0
+    assert raised.details == {"score": 0.8, "threshold": 0.5,
+                              "model": {"name": "vib", "version": "3"}, "windows": 2}
+    cleared = evs[7]
+    assert cleared is not None and cleared.severity == "info"
+
+
+def test_psi_and_ks_basics() -> None:
+    rng = np.random.default_rng(0)
+    levels = np.linspace(0, 1, 21)
+    train = rng.normal(size=20000)
+    q = np.quantile(train, levels)
+    edges = q[2:-1:2]
+    same = rng.normal(size=2000)
+    shifted = same + 1.0
+    assert psi(same, edges, np.full(10, 0.1)) < 0.02
+    assert psi(shifted, edges, np.full(10, 0.1)) > 0.5
+    assert ks_distance(same, q, levels) < 0.05
+    assert ks_distance(shifted, q, levels) == pytest.approx(0.38, abs=0.04)
+
+
+@pytest.mark.parametrize("method", ["psi", "ks"])
+def test_drift_event_raised_and_cleared(bundle_dir: Path, method: str) -> None:
+    m = load_bundle(bundle_dir).manifest
+    cfg = DriftConfig(method=method, window=300, every=10,
+                      threshold=0.25 if method == "psi" else 0.2)
+    mon = DriftMonitor("pump.de", m, cfg)
+    healthy = training_matrix(600, seed=11)  # same distribution as training, new draws
+    events = [mon.update(row, float(i)) for i, row in enumerate(healthy)]
+    assert all(e is None for e in events) and mon.value() is not None
+    assert mon.value() < cfg.threshold  # type: ignore[operator]
+    drifted = healthy.copy()
+    drifted[:, 5] += 3 * healthy[:, 5].std()  # one feature moves by 3 sigma
+    events = [mon.update(dict(zip(NAMES, row, strict=True)), 1000.0 + i)
+              for i, row in enumerate(drifted[:300])]
+    got = [e for e in events if e is not None]
+    assert len(got) == 1 and got[0].kind == "drift_detected"
+    d = got[0].details
+    assert d["feature"] == NAMES[5] and d["value"] > cfg.threshold and d["method"] == method
+    assert d["model"] == {"name": "vib_test", "version": "7"} and d["ks_pvalue"] < 1e-6
+    bad = {**dict(zip(NAMES, drifted[0], strict=True)), NAMES[0]: float("nan")}
+    assert mon.update(bad, 2000.0) is None  # non-finite vectors are skipped
+    events = [mon.update(row, 3000.0 + i) for i, row in enumerate(healthy[:400])]
+    assert [e.kind for e in events if e is not None] == ["drift_cleared"]
+    with pytest.raises(ValueError, match="21 values"):
+        mon.update(np.zeros(21), 0.0)
