@@ -1,0 +1,442 @@
+"""The durable SQLite buffer: one writer thread, group commit, quotas, crash and corruption safety.
+
+``await buffer.put(records)`` returns only once the records are committed (that is the
+acknowledgement). All SQLite work happens in one dedicated writer thread that owns the
+connection; puts queued while a commit is in flight are committed together (group commit: up to
+``commit_rows`` rows or ``commit_interval`` of lingering), so the event loop never waits on
+fsync and many small puts share one transaction. The uploader's batch bookkeeping runs on the
+same thread (see :meth:`Buffer.call`), so there is exactly one writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from edge_agent.confkit import ByteSize, Duration, field
+from edge_agent.records import Event, FeatureVector, Reading, Severity, now
+
+from . import schema
+from .quarantine import requeue_conn
+from .store import Converted, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SQLITE_FULL, SQLITE_CORRUPT, SQLITE_NOTADB = 13, 11, 26
+_UNREADABLE = {10, 14, 8}  # IOERR, CANTOPEN, READONLY: unreadable file at start
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """Section ``[buffer]`` of the agent configuration."""
+
+    path: str = "buffer.db"
+    max_size: ByteSize = field(ByteSize(2 * 1024**3), ge=1024**2)
+    max_age: Duration = field(Duration(30 * 86400), gt=0)
+    reserved_for_events: ByteSize = ByteSize(64 * 1024**2)
+    commit_interval: Duration = field(Duration(0.005), ge=0, le=1)
+    commit_rows: int = field(5000, gt=0)
+    synchronous: Literal["normal", "full"] = "normal"
+    housekeeping_interval: Duration = field(Duration(10.0), gt=0)
+    integrity_check: Literal["after_crash", "always", "never"] = "after_crash"
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.reserved_for_events >= self.max_size:
+            out.append(("reserved_for_events", "must be smaller than max_size"))
+        return out
+
+
+class BufferClosed(RuntimeError):
+    """The buffer is not running (not started, closed, or its writer failed)."""
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@dataclass
+class _Put:
+    records: Sequence[object]
+    fut: asyncio.Future[None]
+
+
+@dataclass
+class _Call:
+    fn: Callable[[Store], Any]
+    fut: asyncio.Future[Any]
+
+
+_STOP = object()
+
+
+class Buffer:
+    def __init__(self, path: Path, cfg: BufferConfig,
+                 on_event: Callable[[Event], None] | None = None) -> None:
+        self.path = Path(path)
+        self.cfg = cfg
+        self.on_event = on_event
+        self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store: Store | None = None
+        self._dead: BaseException | None = None
+        self._closed = False
+        self._own_events: list[Event] = []
+        self._next_house = 0.0
+        self.data_event = asyncio.Event()
+        self.moved_aside: list[str] = []
+        self.disk_errors = 0
+        self._disk_episode = False
+        self.commits = 0
+        self.rows_committed = 0
+        self.dropped_total = 0
+        self._used = 0
+        self._dropped_snap: dict[str, int] = {}
+        self._stopping = threading.Event()
+
+    # -- async API ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.data_event = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
+        self._opened: asyncio.Future[None] = self._loop.create_future()
+        self._thread.start()
+        await self._opened
+        self.data_event.set()
+
+    async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
+        """Commit ``records``; returns once they are durable in the buffer (the ack)."""
+        if not records:
+            return
+        fut = self._check().create_future()
+        self._q.put(_Put(records, fut))
+        await fut
+
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the writer thread (the only thread touching SQLite)."""
+        fut: asyncio.Future[T] = self._check().create_future()
+        self._q.put(_Call(fn, fut))
+        return await fut
+
+    async def requeue(self, qid: int) -> int:
+        """Re-queue quarantined batch ``qid`` through the writer (keeps counters exact)."""
+        def go(s: Store) -> int:
+            n = requeue_conn(s.conn, qid)
+            s.recount()
+            return n
+        n = await self.call(go)
+        self.data_event.set()
+        return n
+
+    async def close(self) -> None:
+        """Commit everything queued, mark a clean shutdown and stop the writer."""
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        self._q.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def stats(self) -> dict[str, object]:
+        s = self._store
+        rows = dict(s.rows) if s else {}
+        heads = [h for h in (s.head_ts.values() if s else ()) if h is not None]
+        try:
+            file_bytes = self.path.stat().st_size
+        except OSError:
+            file_bytes = 0
+        return {
+            "rows_queued": rows, "rows_queued_total": sum(rows.values()),
+            "bytes_queued": self._used, "events_bytes": s.events_bytes if s else 0,
+            "file_bytes": file_bytes,
+            "oldest_unsent_age_s": max(0.0, now() - min(heads) / 1e6) if heads else 0.0,
+            "dropped_total": self.dropped_total,
+            "dropped_by_sensor": dict(self._dropped_snap),
+            "quarantined": s.quarantined if s else 0, "disk_errors": self.disk_errors,
+            "commits": self.commits, "rows_committed": self.rows_committed,
+            "moved_aside": list(self.moved_aside),
+        }
+
+    def _check(self) -> asyncio.AbstractEventLoop:
+        if self._dead is not None:
+            raise BufferClosed(f"buffer writer failed: {self._dead!r}")
+        if self._loop is None or self._closed:
+            raise BufferClosed("buffer is not running")
+        return self._loop
+
+    # -- writer thread --------------------------------------------------------------------
+    def _resolve(self, fut: asyncio.Future[Any], result: Any = None,
+                 exc: BaseException | None = None) -> None:
+        def done() -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(done)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # supervisor: a bug here must not hang every waiting put
+            log.exception("buffer writer failed")
+            self._dead = exc
+            while True:
+                try:
+                    job = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(job, _Put | _Call):
+                    self._resolve(job.fut, exc=BufferClosed(f"buffer writer failed: {exc!r}"))
+
+    def _serve(self) -> None:
+        try:
+            store = self._open()
+        except (sqlite3.Error, OSError, schema.SchemaTooNew) as exc:
+            self._dead = exc
+            self._resolve(self._opened, exc=exc)
+            return
+        self._store = store
+        self._dropped_snap = store.dropped_by_sensor()
+        self._used = store.used_bytes()
+        self._resolve(self._opened)
+        carry: object | None = None
+        while True:
+            if carry is not None:
+                job, carry = carry, None
+            else:
+                try:
+                    job = self._q.get(timeout=self.cfg.housekeeping_interval)
+                except queue.Empty:
+                    self._housekeep(store, force=True)
+                    continue
+            if job is _STOP:
+                break
+            if isinstance(job, _Call):
+                try:
+                    self._resolve(job.fut, job.fn(store))
+                except (sqlite3.Error, ValueError, TypeError, LookupError) as exc:
+                    self._resolve(job.fut, exc=exc)
+                continue
+            assert isinstance(job, _Put)
+            group, n = [job], len(job.records)
+            deadline = time.monotonic() + self.cfg.commit_interval
+            while n < self.cfg.commit_rows:
+                try:
+                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if not isinstance(nxt, _Put):
+                    carry = nxt
+                    break
+                group.append(nxt)
+                n += len(nxt.records)
+            self._commit(store, group)
+            self._housekeep(store)
+        self._own_flush(store)
+        store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
+        store.conn.close()
+
+    def _commit(self, store: Store, group: list[_Put]) -> None:
+        rows, ok = Converted(), []
+        for put in group:
+            try:
+                c = store.convert(put.records)
+            except (TypeError, ValueError, AttributeError) as exc:
+                self._resolve(put.fut, exc=ValueError(f"not buffered: {exc}"))
+                continue
+            rows.readings += c.readings
+            rows.features += c.features
+            rows.events += c.events
+            ok.append(put)
+        if rows.n_rows:
+            if not self._write(store, rows):
+                for put in ok:
+                    self._resolve(put.fut, exc=BufferClosed("closed while the disk kept failing;"
+                                                            " these records were not buffered"))
+                return
+            self.commits += 1
+            self.rows_committed += rows.n_rows
+        for put in ok:
+            self._resolve(put.fut)
+        if rows.n_rows and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.data_event.set)
+            except RuntimeError:
+                pass
+
+    def _write(self, store: Store, rows: Converted) -> bool:
+        """Insert, retrying disk errors (full disk, I/O) until it works or the buffer closes.
+
+        False only when closing while the disk still fails (nothing was acknowledged)."""
+        delay = 0.2
+        while True:
+            own = [store.convert([e]).events[0] for e in self._own_events]
+            try:
+                store.insert(Converted(rows.readings, rows.features, rows.events + own))
+            except sqlite3.Error as exc:
+                self._disk_error(store, exc)
+                # Back-pressure: puts wait while we retry; close() interrupts the wait.
+                if self._stopping.wait(delay) and self._q.empty():
+                    try:
+                        store.insert(Converted(rows.readings, rows.features, rows.events + own))
+                    except sqlite3.Error:
+                        return False
+                    self._own_events.clear()
+                    return True
+                delay = min(delay * 2, 30.0)
+                continue
+            self._own_events.clear()
+            if self._disk_episode:
+                self._disk_episode = False
+                self._emit("buffer_disk_recovered", "info", {"disk_errors": self.disk_errors})
+            return True
+
+    def _disk_error(self, store: Store, exc: sqlite3.Error) -> None:
+        self.disk_errors += 1
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        log.warning("buffer write failed (%s); retrying", exc)
+        if not self._disk_episode:
+            self._disk_episode = True
+            self._emit("buffer_disk_error", "critical",
+                       {"error": str(exc), "code": getattr(exc, "sqlite_errorname", "")})
+        if code == SQLITE_FULL:
+            # Free pages inside the file for new rows: drop the oldest raw readings (counted).
+            try:
+                self._drop_bulk(store, max(1000, store.rows["readings"] // 10), "disk_full")
+            except sqlite3.Error as again:
+                log.warning("could not free space in the buffer: %s", again)
+
+    def _emit(self, kind: str, severity: Severity, details: dict[str, Any]) -> None:
+        ev = Event(kind=kind, source_id="buffer", timestamp=now(), severity=severity,
+                   details=details)
+        self._own_events.append(ev)
+        log.log(logging.WARNING if severity != "info" else logging.INFO, "%s %s", kind, details)
+        if self.on_event is not None and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.on_event, ev)
+            except RuntimeError:
+                pass
+
+    def _own_flush(self, store: Store) -> None:
+        if self._own_events:
+            self._write(store, Converted())
+
+    # -- space ----------------------------------------------------------------------------
+    def _drop_bulk(self, store: Store, n: int, reason: str,
+                   older_than_us: int | None = None) -> int:
+        before = store.dropped_by_sensor()
+        got = store.drop_oldest("readings", n, older_than_us)
+        feats = 0
+        if got < n:
+            feats = store.drop_oldest("features", n - got, older_than_us)
+        if got or feats:
+            after = store.dropped_by_sensor()
+            per = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            self.dropped_total += got + feats
+            self._dropped_snap = after
+            self._emit("buffer_quota_drop", "warning",
+                       {"reason": reason, "readings": got, "features": feats, "by_sensor": per})
+        return got + feats
+
+    def _housekeep(self, store: Store, force: bool = False) -> None:
+        try:
+            self._space(store, force)
+        except sqlite3.Error as exc:
+            self.disk_errors += 1
+            log.warning("buffer housekeeping failed: %s", exc)
+
+    def _space(self, store: Store, force: bool) -> None:
+        cfg = self.cfg
+        self._used = used = store.used_bytes()
+        ev = store.events_bytes
+        bulk_limit = cfg.max_size - max(cfg.reserved_for_events, ev)
+        if used - ev > bulk_limit and store.rows["readings"] + store.rows["features"]:
+            per_row = (used - ev) / (store.rows["readings"] + store.rows["features"])
+            n = int((used - ev - 0.9 * bulk_limit) / max(per_row, 1.0)) + 1
+            self._drop_bulk(store, n, "max_size")
+            store.vacuum(max_pages=1 << 30)
+            self._used = store.used_bytes()
+        t = time.monotonic()
+        if force or t >= self._next_house:
+            self._next_house = t + cfg.housekeeping_interval
+            cutoff = int((now() - cfg.max_age) * 1e6)
+            for _ in range(100):
+                if self._drop_bulk(store, 50_000, "max_age", older_than_us=cutoff) < 50_000:
+                    break
+            total, free = store.pages()
+            if free * store.page_size > max(1024**2, total * store.page_size // 4):
+                store.vacuum(max_pages=(256 * 1024**2) // store.page_size)
+            self._used = store.used_bytes()
+        self._own_flush(store)
+
+    # -- open / corruption ----------------------------------------------------------------
+    def _open(self) -> Store:
+        try:
+            return self._try_open()
+        except _Corrupt as exc:
+            reason = str(exc)
+        moved = self._move_aside()
+        self.moved_aside.append(moved)
+        log.error("buffer %s unusable (%s); moved aside to %s", self.path, reason, moved)
+        store = self._try_open()
+        self._emit("buffer_corrupt_moved_aside", "critical",
+                   {"path": str(self.path), "moved_to": moved, "reason": reason})
+        self._own_flush(store)
+        return store
+
+    def _try_open(self) -> Store:
+        sync = self.cfg.synchronous.upper()
+        existed = self.path.exists()
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = schema.connect(str(self.path), sync)
+            schema.migrate(conn)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
+            check = self.cfg.integrity_check
+            if check == "always" or (check == "after_crash" and existed and
+                                     (row is None or row[0] != "1")):
+                res = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+                if res != ["ok"]:
+                    raise _Corrupt("quick_check: " + "; ".join(res))
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '0')")
+            return Store(conn, sync)
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (SQLITE_CORRUPT, SQLITE_NOTADB) or (existed and code in _UNREADABLE):
+                raise _Corrupt(f"{getattr(exc, 'sqlite_errorname', '')}: {exc}") from exc
+            raise
+        except _Corrupt:
+            if conn is not None:
+                conn.close()
+            raise
+
+    def _move_aside(self) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = f"{self.path}.corrupt-{stamp}"
+        target, i = base, 1
+        while os.path.exists(target):
+            target, i = f"{base}.{i}", i + 1
+        for suffix in ("-wal", "-shm", ""):  # main file last: its presence marks the set
+            src = f"{self.path}{suffix}"
+            if os.path.exists(src):
+                os.replace(src, f"{target}{suffix}")
+        return target

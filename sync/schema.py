@@ -1,0 +1,118 @@
+"""The buffer's SQLite schema and its versioned migrations.
+
+``PRAGMA user_version`` holds the schema version. :func:`migrate` applies every step above it in
+one transaction each; a database newer than this code is refused (never rewritten).
+
+Layout (v1):
+
+* ``meta(key, value)`` — ``epoch``: a random id minted when the file is created, part of every
+  idempotency key so that a replaced (corrupt, deleted) database can never reuse a key.
+* ``sources(id, sensor_id, sensor_type, unit)`` — readings refer to their source by a small
+  integer, keeping reading rows compact.
+* ``readings(id, src, ts, value, quality, meta, batch)`` — ``ts`` in integer microseconds,
+  ``meta`` JSON only when the reading has metadata, ``batch`` NULL until assigned to a batch.
+* ``features(id, ts, body, batch)`` / ``events(id, ts, body, batch)`` — the contract's JSON object.
+* ``batches(id, key, state, ...)`` — ``id`` is AUTOINCREMENT (never reused, even after the rows
+  are pruned) and is the ``batch_seq`` on the wire; ``state`` pending/delivered/split/quarantined.
+* ``quarantine(id, batch_key, status, reason, body, ...)`` — batches the receiver refused (400/422).
+* ``dropped(src, n)`` — readings dropped by the quota, per source (persistent counter).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Callable
+
+LATEST = 1
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    stmts = [
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE sources(
+               id INTEGER PRIMARY KEY, sensor_id TEXT NOT NULL, sensor_type TEXT NOT NULL,
+               unit TEXT NOT NULL, UNIQUE(sensor_id, sensor_type, unit))""",
+        """CREATE TABLE readings(
+               id INTEGER PRIMARY KEY, src INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL,
+               quality REAL NOT NULL, meta TEXT, batch INTEGER)""",
+        "CREATE INDEX readings_batch ON readings(batch) WHERE batch IS NOT NULL",
+        """CREATE TABLE features(
+               id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, body TEXT NOT NULL, batch INTEGER)""",
+        "CREATE INDEX features_batch ON features(batch) WHERE batch IS NOT NULL",
+        """CREATE TABLE events(
+               id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, body TEXT NOT NULL, batch INTEGER)""",
+        "CREATE INDEX events_batch ON events(batch) WHERE batch IS NOT NULL",
+        """CREATE TABLE batches(
+               id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+               state TEXT NOT NULL CHECK (state IN ('pending','delivered','split','quarantined')),
+               created_us INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+               last_status TEXT, done_us INTEGER,
+               n_readings INTEGER NOT NULL, n_features INTEGER NOT NULL,
+               n_events INTEGER NOT NULL)""",
+        "CREATE INDEX batches_state ON batches(state) WHERE state = 'pending'",
+        """CREATE TABLE quarantine(
+               id INTEGER PRIMARY KEY, batch_key TEXT NOT NULL, created_us INTEGER NOT NULL,
+               status INTEGER, reason TEXT NOT NULL, body TEXT NOT NULL,
+               n_rows INTEGER NOT NULL, requeued_us INTEGER)""",
+        "CREATE TABLE dropped(src INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
+    ]
+    for s in stmts:
+        conn.execute(s)
+    conn.execute("INSERT INTO meta(key, value) VALUES ('epoch', ?)", (secrets.token_hex(6),))
+
+
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1)]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer version of the agent."""
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring ``conn`` (autocommit mode) to :data:`LATEST`; returns the version found."""
+    found = version(conn)
+    if found > LATEST:
+        raise SchemaTooNew(f"buffer schema v{found} is newer than this agent (v{LATEST}); "
+                           "upgrade the agent or point [buffer].path elsewhere")
+    for ver, step in MIGRATIONS:
+        if ver <= found:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(conn)
+            conn.execute(f"PRAGMA user_version = {ver}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+def connect(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode with the buffer's pragmas (WAL)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if version(conn) > LATEST:  # refuse before touching anything (WAL switch writes the header)
+        conn.close()
+        raise SchemaTooNew(f"{path}: buffer schema is newer than this agent (v{LATEST}); "
+                           "upgrade the agent or point [buffer].path elsewhere")
+    # Only takes effect on a new, empty file (and must precede WAL): lets the file shrink back
+    # with incremental vacuum. A no-op on an existing database.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise sqlite3.OperationalError(f"cannot switch {path} to WAL (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.execute("PRAGMA cache_size = -16000")
+    return conn
+
+
+def epoch(conn: sqlite3.Connection) -> str:
+    return str(conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])

@@ -1,0 +1,368 @@
+"""Uploader: sends buffered batches to the central ingest API, exactly once.
+
+Per ``../shared/contracts/ingest-api.md``: a batch's key and exact membership are committed
+(FULL) before its first send and reused on every retry, across restarts; a delivered answer
+(accepted, duplicate_ignored, 409) releases the rows and marks the batch in one transaction;
+413 splits into two new batches (new keys, recorded before sending); 400/422 quarantine; 401/403
+are retried slowly with one event per episode; everything else is transient and retried with
+exponential backoff, full jitter, ``Retry-After`` honoured, capped — never counted as delivered.
+One batch is in flight at a time, so batches arrive oldest first (events before readings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
+from tenacity.stop import stop_base
+from tenacity.wait import wait_random_exponential
+
+from edge_agent.confkit import ByteSize, Duration, Secret, field
+from edge_agent.records import Event, Severity, now
+
+from .buffer import Buffer
+from .store import BatchRows, Store
+from .wire import build_body, encode
+
+log = logging.getLogger(__name__)
+INGEST_PATH = "/api/v1/data/ingest"
+
+
+@dataclass(frozen=True)
+class UploaderConfig:
+    """Section ``[uploader]``; ``url`` is the API base (``None``: keep everything buffered)."""
+
+    url: str | None = None
+    api_key: Secret | None = None
+    batch_max_rows: int = field(5000, gt=0)
+    batch_max_bytes: ByteSize = field(ByteSize(4 * 1024**2), ge=1024)
+    gzip: bool = True
+    gzip_level: int = field(5, ge=1, le=9)
+    timeout: Duration = field(Duration(30.0), gt=0)
+    backoff_initial: Duration = field(Duration(1.0), gt=0)
+    backoff_max: Duration = field(Duration(300.0), gt=0)
+    retry_after_max: Duration = field(Duration(3600.0), gt=0)
+    auth_retry_interval: Duration = field(Duration(300.0), gt=0)
+    bandwidth_limit: ByteSize | None = field(None, gt=0)
+    interval: Duration = field(Duration(1.0), ge=0)
+    verify_tls: bool = True
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            out.append(("url", "must start with http:// or https://"))
+        if self.url is not None and self.api_key is None:
+            out.append(("api_key", "is required when url is set (or give api_key_file)"))
+        if self.backoff_initial > self.backoff_max:
+            out.append(("backoff_initial", "must not exceed backoff_max"))
+        return out
+
+    @property
+    def endpoint(self) -> str:
+        base = (self.url or "").rstrip("/")
+        return base if base.endswith(INGEST_PATH) else base + INGEST_PATH
+
+
+class _Retry(Exception):
+    """A transient outcome: retry the same batch (same key, same body)."""
+
+    def __init__(self, kind: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+Outcome = Literal["accepted", "duplicate", "conflict", "split", "quarantine"]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)  # RFC 9110: delay-seconds (decimals tolerated)
+    except ValueError:
+        pass
+    else:
+        return secs if secs >= 0 and secs == secs else None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, dt.timestamp() - time.time())
+
+
+def classify(resp: httpx.Response) -> Outcome:
+    """Map a response to an outcome per the contract's table; raises :class:`_Retry`."""
+    st = resp.status_code
+    if st in (200, 201, 202):
+        try:
+            data: Any = resp.json()
+        except ValueError:
+            raise _Retry("bad_body", f"{st} with a non-JSON body") from None
+        if isinstance(data, dict) and isinstance(data.get("event_id"), str):
+            if data.get("status") == "accepted" and isinstance(data.get("accepted"), int):
+                return "accepted"
+            if data.get("status") == "duplicate_ignored":
+                return "duplicate"
+        raise _Retry("bad_body", f"{st} with an unexpected body {resp.text[:200]!r}")
+    if st == 409:
+        return "conflict"
+    if st == 413:
+        return "split"
+    if st in (400, 422):
+        return "quarantine"
+    if st in (401, 403):
+        raise _Retry("auth", f"{st} {resp.text[:200]}")
+    if st in (408, 429) or 500 <= st <= 599:
+        ra = parse_retry_after(resp.headers.get("Retry-After"))
+        raise _Retry("http_429" if st == 429 else f"http_{st // 100}xx" if st >= 500 else
+                     "http_408", f"{st}", ra)
+    raise _Retry("unexpected", f"unexpected status {st}")
+
+
+class _stop_at(stop_base):
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+class Uploader:
+    def __init__(self, buffer: Buffer, cfg: UploaderConfig, gateway_id: str,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not gateway_id or len(gateway_id) > 96 or not all(
+                33 <= ord(ch) < 127 for ch in gateway_id):
+            raise ValueError("gateway_id must be 1..96 printable ASCII characters without spaces "
+                             "(it is part of the Idempotency-Key)")
+        self.buffer = buffer
+        self.cfg = cfg
+        self.gateway_id = gateway_id
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._lock = asyncio.Lock()
+        self._bw_next = 0.0
+        self._auth_episode = False
+        self._backoff = wait_random_exponential(multiplier=cfg.backoff_initial,
+                                                max=cfg.backoff_max, min=cfg.backoff_initial / 2)
+        self.sent: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.rows_sent = 0
+        self.bytes_sent = 0
+        self.quarantined = 0
+        self.state = "idle" if cfg.url else "disabled"
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        self._progress = asyncio.Condition()
+
+    # -- public ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Send batches until cancelled; never raises on network or receiver errors."""
+        if self.cfg.url is None:
+            log.info("uploader disabled (no [uploader].url): data stays buffered")
+            await asyncio.Event().wait()
+        delay = float(self.cfg.backoff_initial)
+        try:
+            while True:
+                self.buffer.data_event.clear()
+                try:
+                    async with self._lock:
+                        sent = await self._one(deadline=None)
+                    delay = float(self.cfg.backoff_initial)
+                except sqlite3.Error as exc:  # the buffer's disk: keep going, retry later
+                    self.last_error = f"buffer: {exc}"
+                    log.warning("uploader could not read the buffer: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.cfg.backoff_max)
+                    continue
+                if not sent:
+                    self.state = "idle"
+                    await self.buffer.data_event.wait()
+                    if self.cfg.interval:
+                        await asyncio.sleep(self.cfg.interval)  # let a batch fill up
+        finally:
+            await self._close_client()
+
+    async def flush(self, timeout: float) -> None:  # noqa: ASYNC109 (interface fixed by lead)
+        """At shutdown: send what is buffered for at most ``timeout`` seconds, then stop."""
+        if self.cfg.url is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._lock:
+                    while await self._one(deadline=deadline):
+                        pass
+        except (TimeoutError, sqlite3.Error) as exc:
+            log.info("flush stopped with data left in the buffer: %r", exc)
+        finally:
+            await self._close_client()
+
+    async def wait_until(self, pred: Callable[[Uploader], bool], within: float) -> bool:
+        """Wait until ``pred(self)`` holds (checked after every batch outcome or failure)."""
+        try:
+            async with asyncio.timeout(within), self._progress:
+                await self._progress.wait_for(lambda: pred(self))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "state": self.state, "batches_sent": dict(self.sent),
+            "batches_failed": dict(self.failed), "rows_sent": self.rows_sent,
+            "bytes_sent": self.bytes_sent, "quarantined": self.quarantined,
+            "last_error": self.last_error, "last_success": self.last_success,
+        }
+
+    # -- one batch ------------------------------------------------------------------------
+    async def _one(self, deadline: float | None) -> bool:
+        """Send the next batch to a final outcome; False when nothing is buffered."""
+        cfg = self.cfg
+        gw = self.gateway_id
+
+        def pick(s: Store) -> BatchRows | None:
+            return s.next_batch(gw, cfg.batch_max_rows, cfg.batch_max_bytes)
+
+        batch = await self.buffer.call(pick)
+        if batch is None:
+            return False
+        self.state = "sending"
+        body = await asyncio.to_thread(build_body, batch, gw, time.time_ns() // 1000)
+        payload = await asyncio.to_thread(encode, body, cfg.gzip, cfg.gzip_level)
+        retrying = AsyncRetrying(stop=stop_never if deadline is None else _stop_at(deadline),
+                                 wait=self._wait, retry=retry_if_exception_type(_Retry),
+                                 reraise=True, before_sleep=self._before_sleep)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    outcome, status, text = await self._attempt(batch, payload)
+        except _Retry:
+            return False  # deadline reached (flush)
+        self.state = "sending"
+        await self._settle(batch, outcome, body, status, text)
+        await self._notify()
+        return True
+
+    async def _attempt(self, batch: BatchRows, payload: bytes) -> tuple[Outcome, int, str]:
+        cfg = self.cfg
+        try:
+            key = cfg.api_key.reveal() if cfg.api_key is not None else ""
+        except (LookupError, OSError) as exc:
+            raise _Retry("auth", f"API key unavailable: {exc}") from None
+        headers = {"Content-Type": "application/json", "X-API-Key": key,
+                   "Idempotency-Key": batch.key, "X-Request-ID": str(uuid.uuid4())}
+        if cfg.gzip:
+            headers["Content-Encoding"] = "gzip"
+        await self._throttle(len(payload))
+        client = self._get_client()
+        try:
+            resp = await client.post(cfg.endpoint, content=payload, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise _Retry("timeout", repr(exc)) from None
+        except httpx.TransportError as exc:
+            raise _Retry("connection", repr(exc)) from None
+        bid, status = batch.id, str(resp.status_code)
+        await self.buffer.call(lambda s: s.record_attempt(bid, status))
+        outcome = classify(resp)
+        if outcome in ("accepted", "duplicate", "conflict") and self._auth_episode:
+            self._auth_episode = False
+            await self._event("uploader_auth_recovered", "info", {})
+        return outcome, resp.status_code, resp.text[:4000]
+
+    async def _settle(self, batch: BatchRows, outcome: Outcome, body: bytes, status: int,
+                      reason: str) -> None:
+        bid, key, gw = batch.id, batch.key, self.gateway_id
+        if outcome in ("accepted", "duplicate", "conflict"):
+            await self.buffer.call(lambda s: s.mark_delivered(bid, outcome))
+            self.sent[outcome] += 1
+            self.rows_sent += batch.n_rows
+            self.bytes_sent += len(body)
+            self.last_success = now()
+            return
+        if outcome == "split":
+            self.failed["http_413"] += 1
+            if await self.buffer.call(lambda s: s.split(bid, gw)):
+                log.info("batch %s too large (413): split in two new batches", key)
+                return
+            reason = f"413 for a single-row batch: {reason}"
+        n = batch.n_rows
+        text = body.decode()
+        await self.buffer.call(lambda s: s.quarantine(bid, key, status, reason, text, n))
+        self.quarantined += 1
+        self.failed["quarantined"] += 1
+        log.error("batch %s quarantined (%s): %s", key, status, reason[:200])
+        await self._event("batch_quarantined", "warning",
+                          {"batch_key": key, "status": status, "rows": n, "reason": reason[:500]})
+
+    # -- helpers --------------------------------------------------------------------------
+    def _get_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                transport=self._transport, timeout=self.cfg.timeout, verify=self.cfg.verify_tls)
+        return self._client
+
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    def _wait(self, rs: RetryCallState) -> float:
+        exc = rs.outcome.exception() if rs.outcome else None
+        if isinstance(exc, _Retry) and exc.kind == "auth":
+            return float(self.cfg.auth_retry_interval)
+        wait = float(self._backoff(rs))
+        if isinstance(exc, _Retry) and exc.retry_after is not None:
+            ra = min(exc.retry_after, self.cfg.retry_after_max)
+            wait = ra + random.uniform(0, 0.1 * ra)
+        return wait
+
+    async def _before_sleep(self, rs: RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        kind = exc.kind if isinstance(exc, _Retry) else "unexpected"
+        self.failed[kind] += 1
+        self.last_error = str(exc)
+        self.state = "auth_failed" if kind == "auth" else "backoff"
+        wait = rs.next_action.sleep if rs.next_action else 0.0
+        log.warning("upload attempt %d failed (%s); retrying in %.1fs", rs.attempt_number, exc,
+                    wait)
+        await self._notify()
+        if kind == "auth" and not self._auth_episode:
+            self._auth_episode = True
+            await self._event("uploader_auth_failed", "critical",
+                              {"error": str(exc)[:300], "retry_interval_s":
+                               float(self.cfg.auth_retry_interval)})
+
+    async def _event(self, kind: str, severity: Severity, details: dict[str, Any]) -> None:
+        ev = Event(kind=kind, source_id="uploader", timestamp=now(), severity=severity,
+                   details=details)
+        try:
+            await self.buffer.put([ev])
+        except sqlite3.Error as exc:
+            log.warning("could not buffer event %s: %s", kind, exc)
+
+    async def _throttle(self, nbytes: int) -> None:
+        limit = self.cfg.bandwidth_limit
+        if not limit:
+            return
+        t = time.monotonic()
+        start = max(t, self._bw_next)
+        self._bw_next = start + nbytes / limit
+        if start > t:
+            await asyncio.sleep(start - t)

@@ -1,0 +1,82 @@
+"""Fixtures for the store-and-forward tests: a real loopback receiver, buffers, readings."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.confkit import Duration, Secret
+from edge_agent.records import Reading
+from edge_agent.sync.buffer import Buffer, BufferConfig
+from edge_agent.sync.uploader import Uploader, UploaderConfig
+from tests.receiver import IngestReceiver
+
+API_KEY = "test-key-123"
+T0 = float(int(time.time()) - 3600)  # recent: the default max_age keeps it
+
+
+def readings(n: int, sensor: str = "press-07.oil_temp", t0: float = T0, step: float = 0.001,
+             **kw: Any) -> list[Reading]:
+    return [Reading(sensor, "temperature", 20.0 + i * 0.25, "degC", t0 + i * step, **kw)
+            for i in range(n)]
+
+
+def fast_uploader_cfg(url: str, **kw: Any) -> UploaderConfig:
+    base: dict[str, Any] = dict(url=url, api_key=Secret(API_KEY), interval=Duration(0.0),
+                                backoff_initial=Duration(0.02), backoff_max=Duration(0.2),
+                                auth_retry_interval=Duration(0.2), timeout=Duration(2.0))
+    base.update(kw)
+    return UploaderConfig(**base)
+
+
+def db_rows(path: Path, table: str = "readings") -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def rx() -> Iterator[IngestReceiver]:
+    with IngestReceiver(api_key=API_KEY) as r:
+        yield r
+    assert not r.errors, r.errors
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
+    b = Buffer(tmp_path / "buffer.db", BufferConfig())
+    await b.start()
+    yield b
+    await b.close()
+
+
+async def wait_rx(rx: IngestReceiver, pred: Any, within: float = 20.0) -> bool:
+    return await asyncio.to_thread(rx.wait_for, pred, within)
+
+
+class Running:
+    """An uploader task bound to a buffer; cancelled on exit."""
+
+    def __init__(self, buffer: Buffer, cfg: UploaderConfig, gateway_id: str = "gw-test") -> None:
+        self.up = Uploader(buffer, cfg, gateway_id)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Uploader:
+        self.task = asyncio.create_task(self.up.run())
+        return self.up
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass

@@ -1,0 +1,296 @@
+"""Uploader against the real loopback receiver: every row of the contract's response table."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge_agent.confkit import ByteSize, ConfigError, Duration, Secret, build
+from edge_agent.records import Event, FeatureVector, ModelRef
+from edge_agent.sync.buffer import Buffer, BufferConfig
+from edge_agent.sync.quarantine import list_quarantine, quarantine_body, requeue
+from edge_agent.sync.uploader import Uploader, UploaderConfig
+from tests.receiver import IngestReceiver, validate
+
+from .conftest import API_KEY, T0, Running, db_rows, fast_uploader_cfg, readings, wait_rx
+
+
+def all_in(rx: IngestReceiver, n: int) -> bool:
+    return len(rx.readings) >= n
+
+
+def test_config_from_toml(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    cfg = build(UploaderConfig, {"url": "https://ingest.example/", "api_key_file": str(key),
+                                 "batch_max_bytes": "1MiB", "bandwidth_limit": "64kB",
+                                 "backoff_max": "10m"})
+    assert cfg.api_key is not None and cfg.api_key.reveal() == "s3cret"
+    assert "s3cret" not in repr(cfg)
+    assert cfg.endpoint == "https://ingest.example/api/v1/data/ingest"
+    assert cfg.bandwidth_limit == 64000
+    with pytest.raises(ConfigError, match="api_key"):
+        build(UploaderConfig, {"url": "http://x"})
+    with pytest.raises(ConfigError, match="url"):
+        build(UploaderConfig, {"url": "ftp://x", "api_key": "k"})
+
+
+async def test_delivers_everything_once_events_first(buffer: Buffer, rx: IngestReceiver) -> None:
+    await buffer.put(readings(1200, metadata={"node": "ns=2;s=X"}))
+    await buffer.put([Event("anomaly_raised", "pump-02", T0 + 5, "warning", {"score": 0.31}),
+                      FeatureVector("pump-02", T0, T0 + 0.08, {"rms": 0.41, "kurt": float("inf")},
+                                    ModelRef("iforest", "4"), -0.12, False)])
+    async with Running(buffer, fast_uploader_cfg(rx.url, batch_max_rows=500)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 1202, 20)
+        st = up.stats()
+    assert len(rx.readings) == 1200 and rx.rows_stored == 1202
+    assert rx.duplicates == 0 and rx.conflicts == 0
+    first = rx.requests[0]
+    assert first.n_events == 1 and first.n_features == 1  # events/features before bulk readings
+    r = rx.readings[(rx.requests[0].first_reading or ("", ""))]
+    assert r["metadata"] == {"node": "ns=2;s=X"} and r["unit"] == "degC"
+    feat = next(iter(rx.features.values()))
+    assert feat["values"] == {"rms": 0.41, "kurt": None}  # non-finite never leaves the agent
+    seqs = [q.batch_seq for q in rx.requests]
+    assert seqs == sorted(seqs)  # oldest first
+    assert len({q.request_id for q in rx.requests}) == len(rx.requests)
+    assert st["batches_sent"] == {"accepted": 3} and st["rows_sent"] == 1202
+    assert buffer.stats()["rows_queued_total"] == 0
+
+
+@pytest.mark.parametrize("fault", [
+    {"status": 500}, {"status": 503, "retry_after": 0.3}, {"status": 429, "retry_after": 0.3},
+    {"status": 408}, {"reset": True}, {"delay": 0.6},  # slow but within the timeout
+    {"status": 200, "body": "<html><body>OK</body></html>", "content_type": "text/html"},
+    {"status": 202, "body": '{"status": "queued"}'}, {"status": 302, "body": ""},
+])
+async def test_transient_faults_retry_same_key(buffer: Buffer, rx: IngestReceiver,
+                                               fault: dict[str, object]) -> None:
+    await buffer.put(readings(50))
+    rx.inject(times=2, **fault)  # type: ignore[arg-type]
+    t = time.monotonic()
+    async with Running(buffer, fast_uploader_cfg(rx.url)) as up:
+        assert await wait_rx(rx, lambda r: all_in(r, 50))
+    elapsed = time.monotonic() - t
+    keys = {q.idempotency_key for q in rx.requests}
+    slow_only = set(fault) == {"delay"}  # a slow answer inside the timeout is simply accepted
+    assert len(keys) == 1 and len(rx.requests) == (1 if slow_only else 3)
+    assert rx.rows_stored == 50 and rx.duplicates == 0
+    if fault.get("retry_after"):
+        assert elapsed >= 0.6  # Retry-After honoured twice
+    if not fault.get("delay"):
+        assert sum(up.failed.values()) == 2
+
+
+async def test_timeout_then_retry_gets_duplicate_ignored(buffer: Buffer,
+                                                         rx: IngestReceiver) -> None:
+    await buffer.put(readings(30))
+    rx.inject(delay=1.5, store_then_drop=False)  # answer too late: stored? no - slow before
+    async with Running(buffer, fast_uploader_cfg(rx.url, timeout=Duration(0.5))) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 30, 20)
+        assert up.failed["timeout"] >= 1
+    # the slow request was processed after the client gave up; the retry was a duplicate
+    assert rx.rows_stored == 30
+    assert {q.outcome for q in rx.requests} >= {"accepted"}
+
+
+async def test_stored_but_answer_lost(buffer: Buffer, rx: IngestReceiver) -> None:
+    await buffer.put(readings(40))
+    rx.inject(store_then_drop=True)
+    async with Running(buffer, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: u.sent["duplicate"] == 1, 20)
+    assert [q.outcome for q in rx.requests] == ["accepted+dropped", "duplicate_ignored"]
+    assert rx.rows_stored == 40 and len(rx.readings) == 40
+    assert buffer.stats()["rows_queued_total"] == 0
+
+
+async def test_answer_lost_and_key_expired_gets_409_counted_delivered(
+        tmp_path: Path) -> None:
+    with IngestReceiver(api_key=API_KEY, idempotency_ttl=0.0) as rx:
+        b = Buffer(tmp_path / "b.db", BufferConfig())
+        await b.start()
+        await b.put(readings(40))
+        rx.inject(store_then_drop=True)
+        async with Running(b, fast_uploader_cfg(rx.url)) as up:
+            assert await up.wait_until(lambda u: u.sent["conflict"] == 1, 20)
+        assert b.stats()["rows_queued_total"] == 0 and rx.rows_stored == 40
+        await b.close()
+
+
+async def test_answer_lost_then_restart_resends_same_key(tmp_path: Path,
+                                                         rx: IngestReceiver) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    await b.put(readings(40))
+    rx.inject(store_then_drop=True)
+    rx.inject(status=503, times=1000)  # then the receiver keeps failing...
+    async with Running(b, fast_uploader_cfg(rx.url)):
+        assert await wait_rx(rx, lambda r: len(r.requests) >= 2)
+    await b.close()  # ...and the agent restarts
+    rx.faults.clear()
+    b2 = Buffer(path, BufferConfig())
+    await b2.start()
+    async with Running(b2, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: u.sent["duplicate"] == 1, 20)
+    assert len({q.idempotency_key for q in rx.requests}) == 1
+    assert rx.rows_stored == 40 and b2.stats()["rows_queued_total"] == 0
+    await b2.close()
+
+
+async def test_413_splits_into_new_batches(tmp_path: Path) -> None:
+    with IngestReceiver(api_key=API_KEY, max_rows=70) as rx:
+        b = Buffer(tmp_path / "b.db", BufferConfig())
+        await b.start()
+        await b.put(readings(500))
+        async with Running(b, fast_uploader_cfg(rx.url, batch_max_rows=500)) as up:
+            assert await wait_rx(rx, lambda r: all_in(r, 500))
+            assert up.failed["http_413"] >= 3
+        assert rx.rows_stored == 500 and rx.conflicts == 0
+        ok = [q for q in rx.requests if q.status == 200]
+        firsts = [q.first_reading for q in ok]
+        assert firsts == sorted(firsts)  # still oldest first
+        assert all(q.n_readings <= 70 for q in ok)
+        await b.close()
+
+
+async def test_413_on_wire_size_with_gzip(tmp_path: Path) -> None:
+    with IngestReceiver(api_key=API_KEY, max_body_bytes=3000) as rx:
+        b = Buffer(tmp_path / "b.db", BufferConfig())
+        await b.start()
+        await b.put(readings(400))
+        async with Running(b, fast_uploader_cfg(rx.url, batch_max_rows=400)):
+            assert await wait_rx(rx, lambda r: all_in(r, 400))
+        assert all(q.wire_bytes <= 3000 for q in rx.requests if q.status == 200)
+        await b.close()
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_refused_batch_is_quarantined_and_can_be_requeued(
+        tmp_path: Path, rx: IngestReceiver, status: int) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    await b.put(readings(30))
+    await b.put(readings(30, sensor="other", t0=T0 + 100))
+    rx.inject(status=status, body='{"detail": [{"loc": ["readings", 0], "msg": "bad"}]}')
+    async with Running(b, fast_uploader_cfg(rx.url, batch_max_rows=30)) as up:
+        assert await up.wait_until(lambda u: u.quarantined == 1 and u.rows_sent >= 31, 20)
+    assert b.stats()["quarantined"] == 1
+    q = list_quarantine(path)
+    assert len(q) == 1 and q[0].status == status and "bad" in q[0].reason and q[0].n_rows == 30
+    assert validate(json.loads(quarantine_body(path, q[0].id))) == []
+    assert {k[1] for k in rx.readings} == {"other"}
+    # re-queue from the CLI function while the agent runs, then it is sent again
+    assert requeue(path, q[0].id) == 30
+    await b.call(lambda s: s.recount())
+    b.data_event.set()
+    async with Running(b, fast_uploader_cfg(rx.url)):
+        assert await wait_rx(rx, lambda r: all_in(r, 60) and any(
+            e["kind"] == "batch_quarantined" for e in r.events.values()))
+    assert list_quarantine(path) == [] and len(list_quarantine(path, include_requeued=True)) == 1
+    with pytest.raises(LookupError):
+        requeue(path, q[0].id)
+    await b.close()
+
+
+async def test_auth_failure_keeps_data_raises_event_and_recovers(buffer: Buffer) -> None:
+    with IngestReceiver(api_key="new-key", revoked_keys=[API_KEY]) as rx:
+        await buffer.put(readings(20))
+        async with Running(buffer, fast_uploader_cfg(rx.url, auth_retry_interval=Duration(0.3))) \
+                as up:
+            assert await wait_rx(rx, lambda r: len(r.requests) >= 2)
+            assert up.stats()["state"] == "auth_failed"
+            assert [q.status for q in rx.requests][:2] == [403, 403]
+            assert buffer.stats()["rows_queued"]["readings"] == 20  # type: ignore[index]
+            rx.api_key = API_KEY  # the key is rotated back on the server side
+            rx.revoked_keys.clear()
+            assert await wait_rx(rx, lambda r: all_in(r, 20) and any(
+                e["kind"] == "uploader_auth_failed" for e in r.events.values()))
+        gaps = [b.time - a.time for a, b in zip(rx.requests, rx.requests[1:], strict=False)][:1]
+        assert gaps[0] >= 0.25  # retried slowly
+
+
+async def test_401_wrong_key_from_file_rotated(buffer: Buffer, rx: IngestReceiver,
+                                               tmp_path: Path) -> None:
+    keyfile = tmp_path / "key"
+    keyfile.write_text("wrong\n")
+    await buffer.put(readings(10))
+    cfg = fast_uploader_cfg(rx.url, api_key=Secret(file=str(keyfile)))
+    async with Running(buffer, cfg):
+        assert await wait_rx(rx, lambda r: len(r.requests) >= 1)
+        assert rx.requests[0].status == 401
+        keyfile.write_text(API_KEY + "\n")  # rotated on disk: read again on the next attempt
+        assert await wait_rx(rx, lambda r: all_in(r, 10))
+
+
+async def test_gzip_and_headers(buffer: Buffer) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        doc = json.loads(gzip.decompress(req.content))
+        assert validate(doc) == []
+        return httpx.Response(200, json={"status": "accepted", "event_id": "e1",
+                                         "accepted": len(doc["readings"])})
+
+    await buffer.put(readings(10))
+    up = Uploader(buffer, fast_uploader_cfg("http://test"), "gw-1",
+                  transport=httpx.MockTransport(handler))
+    await up.flush(5.0)
+    h = seen[0].headers
+    assert h["content-encoding"] == "gzip" and h["x-api-key"] == API_KEY
+    assert h["idempotency-key"].startswith("gw-1:") and len(h["idempotency-key"]) <= 128
+    assert len(h["x-request-id"]) == 36 and seen[0].url.path == "/api/v1/data/ingest"
+
+
+async def test_bandwidth_limit(buffer: Buffer, rx: IngestReceiver) -> None:
+    await buffer.put(readings(2000))
+    cfg = fast_uploader_cfg(rx.url, batch_max_rows=200, gzip=False,
+                            bandwidth_limit=ByteSize(100_000))
+    t = time.monotonic()
+    async with Running(buffer, cfg):
+        assert await wait_rx(rx, lambda r: all_in(r, 2000))
+    elapsed = time.monotonic() - t
+    sizes = [q.wire_bytes for q in rx.requests]
+    # token bucket: only the first batch goes at once, the rest at <= 100 kB/s on average
+    assert elapsed >= (sum(sizes) - sizes[0]) / 100_000 * 0.95
+    assert sum(sizes) > 250_000
+
+
+async def test_disabled_uploader_keeps_data(buffer: Buffer) -> None:
+    await buffer.put(readings(10))
+    up = Uploader(buffer, UploaderConfig(), "gw")
+    task = asyncio.create_task(up.run())
+    await asyncio.sleep(0.05)
+    assert not task.done() and up.stats()["state"] == "disabled"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert buffer.stats()["rows_queued_total"] == 10
+
+
+async def test_flush_is_bounded_when_receiver_down(buffer: Buffer, rx: IngestReceiver) -> None:
+    await buffer.put(readings(10))
+    rx.down()
+    up = Uploader(buffer, fast_uploader_cfg(rx.url), "gw")
+    t = time.monotonic()
+    await up.flush(0.5)
+    assert time.monotonic() - t < 1.5
+    assert buffer.stats()["rows_queued_total"] == 10
+    rx.up()
+    await up.flush(5.0)
+    assert len(rx.readings) == 10 and buffer.stats()["rows_queued_total"] == 0
+
+
+def test_gateway_id_checked(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db", BufferConfig())
+    with pytest.raises(ValueError, match="gateway_id"):
+        Uploader(b, UploaderConfig(), "has space")
+    assert db_rows  # imported helper used elsewhere
