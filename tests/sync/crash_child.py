@@ -1,0 +1,66 @@
+"""Child process for the crash campaign: Buffer + Uploader + a deterministic reading generator.
+
+Prints ``ready`` once the buffer is open, then ``ack <first_ts_us> <n>`` after every put that
+returned (the readings are ``sensor s{j % 5}`` at ``first_ts_us + j`` µs, j < n, value j).
+With ``--drain`` it generates nothing, sends everything buffered, closes cleanly and prints
+``drained <rows left>``.
+
+    python -m tests.sync.crash_child --db X --url URL --api-key K [--drain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+from edge_agent.confkit import Duration, Secret
+from edge_agent.records import Reading
+from edge_agent.sync.buffer import Buffer, BufferConfig
+from edge_agent.sync.uploader import Uploader, UploaderConfig
+
+PER_PUT = 100
+SENSORS = 5
+
+
+def batch(first_us: int, n: int) -> list[Reading]:
+    return [Reading(f"s{j % SENSORS}", "temperature", float(j), "degC", (first_us + j) / 1e6)
+            for j in range(n)]
+
+
+async def main(args: argparse.Namespace) -> None:
+    buf = Buffer(Path(args.db), BufferConfig(commit_interval=Duration(0.002)))
+    await buf.start()
+    print("ready", flush=True)
+    cfg = UploaderConfig(url=args.url, api_key=Secret(args.api_key), batch_max_rows=2000,
+                         interval=Duration(0.02), backoff_initial=Duration(0.05),
+                         backoff_max=Duration(0.3), timeout=Duration(2.0))
+    up = Uploader(buf, cfg, args.gateway_id)
+    if args.drain:
+        await up.flush(60.0)
+        left = buf.stats()["rows_queued_total"]
+        await buf.close()
+        print(f"drained {left}", flush=True)
+        return
+    task = asyncio.create_task(up.run())
+    last = 0
+    while True:
+        first = max(time.time_ns() // 1000, last + PER_PUT)
+        await buf.put(batch(first, PER_PUT))
+        print(f"ack {first} {PER_PUT}", flush=True)
+        last = first
+        await asyncio.sleep(args.pause)
+        if task.done():
+            task.result()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--api-key", required=True)
+    ap.add_argument("--gateway-id", default="crash-gw")
+    ap.add_argument("--pause", type=float, default=0.01)
+    ap.add_argument("--drain", action="store_true")
+    asyncio.run(main(ap.parse_args()))
