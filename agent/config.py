@@ -1,0 +1,217 @@
+"""The agent's configuration: TOML → typed, frozen objects, validated fully before anything runs.
+
+Sections: ``[agent]``, ``[buffer]`` (:class:`edge_agent.sync.buffer.BufferConfig`),
+``[uploader]`` (:class:`edge_agent.sync.uploader.UploaderConfig`), ``[queues]``, ``[metrics]``,
+``[[drivers]]`` (one table per source; ``kind`` picks the driver module, whose ``Config`` class
+parses the rest) and ``[[pipelines]]`` (windowing, features, model and alerting per waveform
+source). Validation does no I/O: files named in the config are opened when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_agent.agent.queues import QueueConfig
+from edge_agent.confkit import (
+    ConfigError,
+    ConfigProblem,
+    Duration,
+    build,
+    check,
+    field,
+)
+from edge_agent.models.alerting import AlertConfig
+from edge_agent.models.drift import DriftConfig
+from edge_agent.models.extract import SoundConfig, VibrationConfig
+from edge_agent.models.onnx_score import ScorerConfig
+from edge_agent.models.training import CommissioningConfig
+from edge_agent.sync.buffer import BufferConfig
+from edge_agent.sync.uploader import UploaderConfig
+
+EX_CONFIG = 78
+
+# kind -> module implementing it (``Config`` + ``create``). Imported only when configured.
+DRIVER_MODULES: dict[str, str] = {
+    "simulator": "edge_agent.drivers.simulator",
+    "replay": "edge_agent.drivers.replay",
+    "soundcard": "edge_agent.drivers.soundcard",
+    "modbus": "edge_agent.drivers.modbus",
+    "opcua": "edge_agent.drivers.opcua",
+}
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    gateway_id: str = field("edge-gateway", pattern=r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
+    state_dir: str = "./state"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: Duration = field(Duration(10.0), gt=0, le=300)
+    health_interval: Duration = field(Duration(1.0), gt=0)
+
+
+@dataclass(frozen=True)
+class QueuesSection:
+    readings: QueueConfig = QueueConfig(50_000, "block")
+    waveforms: QueueConfig = QueueConfig(256, "drop_oldest")
+
+
+@dataclass(frozen=True)
+class ReconnectSection:
+    initial: Duration = field(Duration(0.5), gt=0)
+    maximum: Duration = field(Duration(60.0), gt=0)
+    multiplier: float = field(2.0, ge=1)
+    jitter: float = field(0.5, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = True
+    listen: str = field("127.0.0.1:9108", pattern=r"[^:]+:[0-9]{1,5}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Analysis of one waveform source: windows, features, model, alerts, drift, commissioning."""
+
+    source: str
+    features: VibrationConfig | SoundConfig
+    window: int = field(2048, gt=16)
+    hop: int = field(1024, gt=0)
+    model: ScorerConfig | None = None   # path = bundle dir / archive, or "builtin:<name>"
+    threshold: float | None = None      # overrides the bundle's threshold
+    alerts: AlertConfig = AlertConfig()
+    drift: DriftConfig = DriftConfig()
+    commissioning: CommissioningConfig | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.hop > self.window:
+            out.append(("hop", "must be <= window (windows may overlap, not leave gaps)"))
+        if self.model and self.commissioning and self.commissioning.enabled:
+            out.append(("commissioning", "give either a model or commissioning, not both"))
+        return out
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: AgentSection = AgentSection()
+    buffer: BufferConfig = BufferConfig()
+    uploader: UploaderConfig = UploaderConfig()
+    queues: QueuesSection = QueuesSection()
+    reconnect: ReconnectSection = ReconnectSection()
+    metrics: MetricsSection = MetricsSection()
+    drivers: tuple[Any, ...] = ()
+    pipelines: tuple[PipelineConfig, ...] = ()
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.agent.state_dir).expanduser()
+
+
+def _driver(raw: Any, path: str, problems: list[ConfigProblem]) -> Any:
+    if not isinstance(raw, Mapping):
+        problems.append(ConfigProblem(path, "must be a table"))
+        return None
+    kind = raw.get("kind")
+    if kind not in DRIVER_MODULES:
+        opts = ", ".join(repr(k) for k in DRIVER_MODULES)
+        problems.append(ConfigProblem(f"{path}.kind", f"must be one of {opts}, got {kind!r}"))
+        return None
+    module = importlib.import_module(DRIVER_MODULES[kind])
+    found = check(module.Config, raw, path)
+    if found:
+        problems.extend(found)
+        return None
+    return build(module.Config, raw, path)
+
+
+def parse(raw: Mapping[str, Any]) -> AgentConfig:
+    """Validate a parsed TOML document; raise :class:`ConfigError` listing every problem."""
+    raw = dict(raw)
+    drivers_raw = raw.pop("drivers", [])
+    problems = check(AgentConfig, raw)
+    drivers: list[Any] = []
+    if not isinstance(drivers_raw, list):
+        problems.append(ConfigProblem("drivers", "must be an array of tables ([[drivers]])"))
+        drivers_raw = []
+    for i, d in enumerate(drivers_raw):
+        drivers.append(_driver(d, f"drivers[{i}]", problems))
+    if problems:
+        raise ConfigError(problems)
+    cfg = dataclasses.replace(build(AgentConfig, raw), drivers=tuple(drivers))
+    cross = _cross_checks(cfg)
+    if cross:
+        raise ConfigError(cross)
+    return cfg
+
+
+def _cross_checks(cfg: AgentConfig) -> list[ConfigProblem]:
+    out: list[ConfigProblem] = []
+    seen: dict[str, int] = {}
+    for i, d in enumerate(cfg.drivers):
+        if d.name in seen:
+            out.append(ConfigProblem(f"drivers[{i}].name",
+                                     f"duplicate name {d.name!r} (also drivers[{seen[d.name]}])"))
+        seen.setdefault(d.name, i)
+    sources: set[str] = set()
+    known = True
+    for d in cfg.drivers:
+        fn = getattr(d, "waveform_sources", None)
+        if callable(fn):
+            sources.update(fn())
+        else:
+            known = False
+    used: dict[str, int] = {}
+    for i, p in enumerate(cfg.pipelines):
+        if known and p.source not in sources:
+            have = ", ".join(sorted(sources)) or "none"
+            out.append(ConfigProblem(f"pipelines[{i}].source",
+                                     f"no driver produces waveform {p.source!r} (have: {have})"))
+        if p.source in used:
+            out.append(ConfigProblem(f"pipelines[{i}].source",
+                                     f"duplicate source (also pipelines[{used[p.source]}])"))
+        used.setdefault(p.source, i)
+    return out
+
+
+def load(path: Path | None) -> AgentConfig:
+    """Read and validate a config file (``None``: the embedded default)."""
+    p = path or DEFAULT_CONFIG
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(p), f"cannot read: {exc.strerror or exc}")]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigProblem(str(p), f"not valid TOML: {exc}")]) from exc
+    return parse(raw)
+
+
+def summary(cfg: AgentConfig) -> list[str]:
+    """Human-readable lines for ``check-config`` (secrets are never shown)."""
+    up = cfg.uploader
+    lines = [
+        f"gateway_id: {cfg.agent.gateway_id}",
+        f"state_dir: {cfg.state_dir}",
+        f"buffer: {cfg.buffer.path} (max {cfg.buffer.max_size} bytes)",
+        f"uploader: {up.url or 'disabled (data stays buffered)'}",
+        f"metrics: {cfg.metrics.listen if cfg.metrics.enabled else 'disabled'}",
+        f"drivers: {len(cfg.drivers)}",
+    ]
+    lines += [f"  - {d.name} ({d.kind})" for d in cfg.drivers]
+    lines.append(f"pipelines: {len(cfg.pipelines)}")
+    for p in cfg.pipelines:
+        model = p.model.path if p.model else (
+            "commissioning" if p.commissioning and p.commissioning.enabled
+            else "none (features only)")
+        lines.append(f"  - {p.source}: {p.features.kind} {p.window}/{p.hop}, model {model}")
+    return lines

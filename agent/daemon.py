@@ -1,0 +1,82 @@
+"""Start-up and shutdown of the daemon around :class:`~edge_agent.agent.pipeline.Pipeline`.
+
+SIGTERM or SIGINT stops it gracefully: drivers closed, everything read so far committed, one
+last sync attempt bounded by ``agent.shutdown_timeout``. A second signal during that shutdown
+cancels what is left (the buffer is still closed cleanly: every put() already committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent import metrics
+from edge_agent.agent.config import DRIVER_MODULES, AgentConfig
+from edge_agent.agent.pipeline import Pipeline
+from edge_agent.drivers.base import Driver
+from edge_agent.sync.buffer import Buffer
+from edge_agent.sync.uploader import Uploader
+
+log = logging.getLogger("edge_agent.daemon")
+
+
+def make_drivers(cfg: AgentConfig) -> list[Driver]:
+    out: list[Driver] = []
+    for dcfg in cfg.drivers:
+        module: Any = importlib.import_module(DRIVER_MODULES[dcfg.kind])
+        out.append(module.create(dcfg))
+    return out
+
+
+def buffer_path(cfg: AgentConfig) -> Path:
+    p = Path(cfg.buffer.path).expanduser()
+    return p if p.is_absolute() else cfg.state_dir / p
+
+
+async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    signals = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("signal received; shutting down", extra={"signal": sig.name})
+            stop.set()
+        elif main is not None:
+            log.warning("second signal; abandoning the final sync", extra={"signal": sig.name})
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    buffer = Buffer(buffer_path(cfg), cfg.buffer)
+    await buffer.start()
+    try:
+        uploader = (Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
+                    if cfg.uploader.url else None)
+        pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader)
+        if cfg.metrics.enabled:
+            sources: dict[str, metrics.StatsSource] = {"pipeline": pipeline.stats,
+                                                       "buffer": buffer.stats}
+            if uploader is not None:
+                sources["uploader"] = uploader.stats
+            metrics.serve(cfg.metrics.listen, metrics.StatsCollector(
+                sources, {"driver": ("name", pipeline.drivers_health)}))
+        log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,
+                                          "state_dir": str(cfg.state_dir),
+                                          "drivers": [d.name for d in pipeline.drivers],
+                                          "uploader": cfg.uploader.url or "disabled"})
+        await pipeline.run(stop)
+    finally:
+        await asyncio.shield(buffer.close())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("agent stopped")
