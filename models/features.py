@@ -38,6 +38,8 @@ domain — ``V(f) = A(f) / (2 pi f)`` — and sums the band ``f_lo <= f <= f_hi`
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -77,29 +79,84 @@ def finite_rows(frames: F64) -> npt.NDArray[np.bool_]:
     return out
 
 
-def time_features(frames: npt.ArrayLike) -> F64:
-    """The seven time-domain features, shape ``(n_windows, 7)`` in :data:`BASIC_NAMES` order."""
-    x = _as_frames(frames)
+CHUNK = 32            # windows per pass: the temporaries stay in the L2 cache
+
+
+@lru_cache(maxsize=32)
+def _mean_weights(n: int) -> F64:
+    return np.full(n, 1.0 / n)
+
+
+@lru_cache(maxsize=32)
+def _freq_axes(n: int, sample_rate: float, dtype: str) -> tuple[npt.NDArray[np.floating[Any]],
+                                                                 npt.NDArray[np.floating[Any]]]:
+    nb = n // 2 + 1
+    return (np.arange(nb, dtype=dtype) * (sample_rate / n), np.ones(nb, dtype=dtype))
+
+
+def _time_chunk(x: F64, out: F64) -> None:
     n = x.shape[1]
-    mean = np.add.reduce(x, axis=1) / n
+    w = _mean_weights(n)
+    mean = x @ w                      # BLAS reductions: ~2x faster than np.sum here
     d = x - mean[:, None]
     d2 = d * d
-    m2 = np.add.reduce(d2, axis=1) / n
+    m2 = d2 @ w
     d *= d2
-    m3 = np.add.reduce(d, axis=1) / n
+    m3 = d @ w
     d2 *= d2
-    m4 = np.add.reduce(d2, axis=1) / n
+    m4 = d2 @ w
     mx = x.max(axis=1)
     mn = x.min(axis=1)
     rms = np.sqrt(m2 + mean * mean)
-    # scipy's own "is the variance zero" test (relative to the mean), giving 0 instead of NaN
-    degenerate = m2 <= (np.finfo(np.float64).eps * mean) ** 2
+    # scipy's "variance is zero" test (relative to the mean), plus exactly constant windows
+    degenerate = (m2 <= (np.finfo(np.float64).eps * mean) ** 2) | (mx == mn)
     safe_m2 = np.where(degenerate, 1.0, m2)
-    skew = np.where(degenerate, 0.0, m3 / safe_m2 ** 1.5)
-    kurt = np.where(degenerate, 0.0, m4 / (safe_m2 * safe_m2) - 3.0)
+    out[:, 0] = rms
+    out[:, 1] = mx - mn
+    out[:, 2] = np.where(degenerate, 0.0, m4 / (safe_m2 * safe_m2) - 3.0)
+    out[:, 3] = np.where(degenerate, 0.0, m3 / safe_m2 ** 1.5)
+    out[:, 4] = np.sqrt(m2)
+    out[:, 5] = mean
     peak = np.maximum(mx, -mn)
-    crest = np.where(rms > 0, peak / np.where(rms > 0, rms, 1.0), 0.0)
-    return np.stack([rms, mx - mn, kurt, skew, np.sqrt(m2), mean, crest], axis=1)
+    out[:, 6] = np.where(rms > 0, peak / np.where(rms > 0, rms, 1.0), 0.0)
+
+
+def _spectral_chunk(x: F64, sample_rate: float, cut: float, dtype: str, out: F64 | None,
+                    iso: tuple[float, float, float] | None, iso_out: F64 | None) -> None:
+    n = x.shape[1]
+    spec = sfft.rfft(x if dtype == "float64" else x.astype(dtype), axis=1)
+    amp = np.abs(spec)
+    nb = amp.shape[1]
+    freqs, ones = _freq_axes(n, sample_rate, dtype)
+    if out is not None:
+        dc = amp[:, 0].copy()
+        amp[:, 0] = -1.0                              # DC excluded from the argmax
+        k = np.argmax(amp, axis=1)
+        amp[:, 0] = dc
+        dom = amp[np.arange(len(amp)), k]
+        total = amp @ ones
+        centroid = amp @ freqs
+    amp *= amp                                        # power |X|^2 from here on
+    if out is not None:
+        cut_bin = math.floor(cut * n / sample_rate) + 1      # first bin with f > cut
+        ptot = amp @ ones
+        phigh = amp[:, cut_bin:] @ ones[cut_bin:] if cut_bin < nb else np.zeros(len(amp))
+        out[:, 0] = k * (sample_rate / n)
+        out[:, 1] = dom * (2.0 / n)
+        out[:, 2] = np.where(total > 0, centroid / np.where(total > 0, total, 1.0), 0.0)
+        out[:, 3] = np.where(ptot > 0, phigh / np.where(ptot > 0, ptot, 1.0), 0.0)
+    if iso is not None and iso_out is not None:
+        iso_out[:] = np.sqrt((amp @ _iso_weights(n, sample_rate, iso[0], iso[1])) /
+                             (n * n)) * (iso[2] * 1000.0)
+
+
+def time_features(frames: npt.ArrayLike) -> F64:
+    """The seven time-domain features, shape ``(n_windows, 7)`` in :data:`BASIC_NAMES` order."""
+    x = _as_frames(frames)
+    out = np.empty((x.shape[0], 7))
+    for i in range(0, x.shape[0], CHUNK):
+        _time_chunk(x[i:i + CHUNK], out[i:i + CHUNK])
+    return out
 
 
 def amplitude_spectrum(frames: npt.ArrayLike) -> F64:
@@ -111,57 +168,59 @@ def amplitude_spectrum(frames: npt.ArrayLike) -> F64:
     return out
 
 
-def spectral_features(amp: F64, n: int, sample_rate: float, high_freq_cut: float) -> F64:
-    """Dominant frequency/amplitude, centroid, high-frequency energy fraction: ``(n_windows, 4)``.
+def vibration_features(frames: npt.ArrayLike, sample_rate: float, high_freq_cut: float = 1000.0,
+                       basic: bool = True, iso: tuple[float, float, float] | None = None,
+                       spectrum_dtype: Literal["float64", "float32"] = "float64",
+                       ) -> tuple[F64 | None, F64 | None]:
+    """Basic features ``(n_windows, 11)`` and/or ISO velocity RMS ``(n_windows,)`` in one pass.
 
-    ``amp`` is :func:`amplitude_spectrum` of windows of ``n`` samples.
+    ``iso`` is ``(f_lo, f_hi, accel_scale)``. ``spectrum_dtype="float32"`` runs the FFT and the
+    spectral sums in single precision (about 2x faster; relative error ~1e-6, and the dominant
+    bin may differ where two bins tie to ~1e-6); the time-domain features stay float64.
     """
-    nb = amp.shape[1]
-    df = sample_rate / n
-    freqs = np.arange(nb) * df
-    k = np.argmax(amp[:, 1:], axis=1) + 1
-    dom_amp = np.take_along_axis(amp, k[:, None], axis=1)[:, 0]
-    total = np.add.reduce(amp, axis=1)
-    centroid = np.where(total > 0, (amp @ freqs) / np.where(total > 0, total, 1.0), 0.0)
-    cut_bin = math.floor(high_freq_cut / df) + 1       # first bin with f > cut
-    p = amp * amp
-    ptot = np.add.reduce(p, axis=1)
-    phigh = np.add.reduce(p[:, cut_bin:], axis=1) if cut_bin < nb else np.zeros(len(p))
-    hfe = np.where(ptot > 0, phigh / np.where(ptot > 0, ptot, 1.0), 0.0)
-    return np.stack([k * df, dom_amp, centroid, hfe], axis=1)
+    x = _as_frames(frames)
+    m = x.shape[0]
+    out = np.empty((m, len(BASIC_NAMES))) if basic else None
+    v = np.empty(m) if iso is not None else None
+    for i in range(0, m, CHUNK):
+        xc = x[i:i + CHUNK]
+        if out is not None:
+            _time_chunk(xc, out[i:i + CHUNK, :7])
+        _spectral_chunk(xc, sample_rate, high_freq_cut, spectrum_dtype,
+                        None if out is None else out[i:i + CHUNK, 7:],
+                        iso, None if v is None else v[i:i + CHUNK])
+    return out, v
 
 
-def basic_features(frames: npt.ArrayLike, sample_rate: float,
-                   high_freq_cut: float = 1000.0) -> F64:
+def basic_features(frames: npt.ArrayLike, sample_rate: float, high_freq_cut: float = 1000.0,
+                   spectrum_dtype: Literal["float64", "float32"] = "float64") -> F64:
     """All eleven basic features, ``(n_windows, 11)`` in :data:`BASIC_NAMES` order."""
-    x = _as_frames(frames)
-    amp = amplitude_spectrum(x)
-    return np.concatenate([time_features(x),
-                           spectral_features(amp, x.shape[1], sample_rate, high_freq_cut)],
-                          axis=1)
+    out, _ = vibration_features(frames, sample_rate, high_freq_cut, True, None, spectrum_dtype)
+    assert out is not None
+    return out
 
 
-def iso_velocity_rms(frames: npt.ArrayLike, sample_rate: float, f_lo: float = 10.0,
-                     f_hi: float = 1000.0, accel_scale: float = G,
-                     spectrum: npt.NDArray[np.complex128] | None = None) -> F64:
-    """Velocity RMS in mm/s over ``[f_lo, f_hi]`` from acceleration frames.
-
-    ``accel_scale`` converts the samples to m/s² (``G`` for samples in g, 1.0 for m/s²).
-    ``spectrum`` may pass a precomputed ``rfft`` of the frames.
-    """
-    x = _as_frames(frames)
-    n = x.shape[1]
-    spec = sfft.rfft(x, axis=1) if spectrum is None else spectrum
-    freqs = np.arange(spec.shape[1]) * (sample_rate / n)
+@lru_cache(maxsize=32)
+def _iso_weights(n: int, sample_rate: float, f_lo: float, f_hi: float) -> F64:
+    freqs = np.arange(n // 2 + 1) * (sample_rate / n)
     band = (freqs >= f_lo) & (freqs <= f_hi) & (freqs > 0)
-    weight = np.zeros(spec.shape[1])
+    weight = np.zeros(freqs.size)
     weight[band] = 2.0 / (2.0 * np.pi * freqs[band]) ** 2
     if n % 2 == 0 and band[-1]:
         weight[-1] /= 2.0                      # the Nyquist bin is not mirrored
-    p = spec.real * spec.real + spec.imag * spec.imag
-    v2 = (p @ weight) / (n * n)
-    out: F64 = np.sqrt(v2) * accel_scale * 1000.0
-    return out
+    weight.flags.writeable = False
+    return weight
+
+
+def iso_velocity_rms(frames: npt.ArrayLike, sample_rate: float, f_lo: float = 10.0,
+                     f_hi: float = 1000.0, accel_scale: float = G) -> F64:
+    """Velocity RMS in mm/s over ``[f_lo, f_hi]`` from acceleration frames.
+
+    ``accel_scale`` converts the samples to m/s² (``G`` for samples in g, 1.0 for m/s²).
+    """
+    _, v = vibration_features(frames, sample_rate, basic=False, iso=(f_lo, f_hi, accel_scale))
+    assert v is not None
+    return v
 
 
 def iso_zone(v_rms: npt.ArrayLike, limits: tuple[float, float, float]) -> npt.NDArray[np.int64]:
