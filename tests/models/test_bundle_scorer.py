@@ -106,7 +106,7 @@ def test_corrupt_and_tampered_bundles(bundle_dir: Path, tmp_path: Path) -> None:
         load(edited(bundle_dir, tmp_path / "a", onnx=b"not an onnx file at all"))
     with pytest.raises(ModelError, match="sha256"):
         load(edited(bundle_dir, tmp_path / "b", onnx=b"other bytes", fix_sha=False))
-    with pytest.raises(ModelError, match="no model.onnx"):
+    with pytest.raises(ModelError, match=r"no model\.onnx"):
         d = edited(bundle_dir, tmp_path / "c")
         (d / MODEL_FILE).unlink()
         load(d)
@@ -189,7 +189,7 @@ def test_signed_bundle(bundle_dir: Path, tmp_path: Path) -> None:
     b = load_bundle(bundle_dir)
     signed = save_bundle(tmp_path / "signed.tar.gz", b.manifest, b.onnx_bytes, private_key=priv)
     assert load_bundle(signed, public_key=pub).signature is not None
-    with pytest.raises(ModelError, match="manifest.sig is missing"):
+    with pytest.raises(ModelError, match=r"manifest\.sig is missing"):
         load_bundle(bundle_dir, public_key=pub)
     other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     with pytest.raises(ModelError, match="does not verify"):
