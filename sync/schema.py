@@ -12,8 +12,11 @@ Layout (v1):
 * ``readings(id, src, ts, value, quality, meta, batch)`` — ``ts`` in integer microseconds,
   ``meta`` JSON only when the reading has metadata, ``batch`` NULL until assigned to a batch.
 * ``features(id, ts, body, batch)`` / ``events(id, ts, body, batch)`` — the contract's JSON object.
-* ``batches(id, key, state, ...)`` — ``id`` is AUTOINCREMENT (never reused, even after the rows
-  are pruned) and is the ``batch_seq`` on the wire; ``state`` pending/delivered/split/quarantined.
+* ``batches(id, key, state, lo_*/hi_*, ...)`` — the id range of each table's member rows (the
+  members are the rows in that range whose ``batch`` is this id: found by a rowid range scan,
+  so no index on ``batch`` slows down ingest); ``id`` is AUTOINCREMENT (never reused, even
+  after the rows are pruned) and is the ``batch_seq`` on the wire; ``state`` is
+  pending/delivered/split/quarantined.
 * ``quarantine(id, batch_key, status, reason, body, ...)`` — batches the receiver refused (400/422).
 * ``dropped(src, n)`` — readings dropped by the quota, per source (persistent counter).
 """
@@ -36,20 +39,19 @@ def _v1(conn: sqlite3.Connection) -> None:
         """CREATE TABLE readings(
                id INTEGER PRIMARY KEY, src INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL,
                quality REAL NOT NULL, meta TEXT, batch INTEGER)""",
-        "CREATE INDEX readings_batch ON readings(batch) WHERE batch IS NOT NULL",
         """CREATE TABLE features(
                id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, body TEXT NOT NULL, batch INTEGER)""",
-        "CREATE INDEX features_batch ON features(batch) WHERE batch IS NOT NULL",
         """CREATE TABLE events(
                id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, body TEXT NOT NULL, batch INTEGER)""",
-        "CREATE INDEX events_batch ON events(batch) WHERE batch IS NOT NULL",
         """CREATE TABLE batches(
                id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
                state TEXT NOT NULL CHECK (state IN ('pending','delivered','split','quarantined')),
                created_us INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
                last_status TEXT, done_us INTEGER,
                n_readings INTEGER NOT NULL, n_features INTEGER NOT NULL,
-               n_events INTEGER NOT NULL)""",
+               n_events INTEGER NOT NULL,
+               lo_readings INTEGER, hi_readings INTEGER, lo_features INTEGER,
+               hi_features INTEGER, lo_events INTEGER, hi_events INTEGER)""",
         "CREATE INDEX batches_state ON batches(state) WHERE state = 'pending'",
         """CREATE TABLE quarantine(
                id INTEGER PRIMARY KEY, batch_key TEXT NOT NULL, created_us INTEGER NOT NULL,

@@ -22,6 +22,7 @@ from . import schema
 
 TABLES = ("events", "features", "readings")
 _MAX_US = 253_402_300_800_000_000  # year 10000
+_MEMBER = "id BETWEEN ? AND ? AND batch = ?"
 _READING_OVERHEAD = 72  # JSON bytes of one reading beside its source strings (estimate)
 
 ReadingRow = tuple[int, int, float | None, float, str | None]  # src, ts, value, quality, meta
@@ -178,14 +179,21 @@ class Store:
         out = Converted()
         rd, src_ids, source_id = out.readings.append, self.src_ids, self.source_id
         for rec in records:
-            if isinstance(rec, Reading):
-                r = rec.sanitised()
-                key = (r.sensor_id, r.sensor_type, r.unit)
+            if type(rec) is Reading:
+                # fast path for the common case (finite float, quality in 0..1); else sanitise
+                v, q, ts = rec.value, rec.quality, rec.timestamp
+                if not (type(v) is float and v - v == 0.0 and 0.0 <= q <= 1.0
+                        and type(ts) is float and 0.0 <= ts < 253402300800.0):
+                    rec = rec.sanitised()
+                    v, q, ts = rec.value, rec.quality, _us(rec.timestamp, rec.sensor_id) / 1e6
+                key = (rec.sensor_id, rec.sensor_type, rec.unit)
                 sid = src_ids.get(key)
                 if sid is None:
                     sid = source_id(key)
-                rd((sid, _us(r.timestamp, r.sensor_id), r.value, r.quality,
-                    dumps(r.metadata) if r.metadata else None))
+                rd((sid, round(ts * 1_000_000), v, q,
+                    dumps(rec.metadata) if rec.metadata else None))
+            elif isinstance(rec, Reading):
+                self._convert_slow(rec, out)
             elif isinstance(rec, FeatureVector):
                 out.features.append(feature_body(rec))
             elif isinstance(rec, Event):
@@ -194,6 +202,12 @@ class Store:
                 raise TypeError(f"cannot buffer {type(rec).__name__}: expected Reading, "
                                 "FeatureVector or Event")
         return out
+
+    def _convert_slow(self, rec: Reading, out: Converted) -> None:
+        r = rec.sanitised()
+        sid = self.source_id((r.sensor_id, r.sensor_type, r.unit))
+        out.readings.append((sid, _us(r.timestamp, r.sensor_id), r.value, r.quality,
+                             dumps(r.metadata) if r.metadata else None))
 
     def insert(self, rows: Converted) -> None:
         with self.tx(full=bool(rows.events)) as c:
@@ -221,20 +235,42 @@ class Store:
     def _load(self, bid: int, key: str, attempts: int) -> BatchRows:
         c = self.conn
         b = BatchRows(bid, key, attempts)
+        rng = self._ranges(bid)
         b.events = [r[0] for r in c.execute(
-            "SELECT body FROM events WHERE batch = ? ORDER BY id", (bid,))]
+            f"SELECT body FROM events WHERE {_MEMBER} ORDER BY id", rng["events"])]
         b.features = [r[0] for r in c.execute(
-            "SELECT body FROM features WHERE batch = ? ORDER BY id", (bid,))]
+            f"SELECT body FROM features WHERE {_MEMBER} ORDER BY id", rng["features"])]
         b.readings = c.execute("SELECT src, ts, value, quality, meta FROM readings "
-                               "WHERE batch = ? ORDER BY id", (bid,)).fetchall()
+                               f"WHERE {_MEMBER} ORDER BY id", rng["readings"]).fetchall()
         b.sources = {s: self.src_rev[s] for s in {r[0] for r in b.readings}}
         return b
 
-    def _new_batch(self, gateway_id: str, counts: tuple[int, int, int]) -> tuple[int, str]:
+    def _ranges(self, bid: int) -> dict[str, tuple[int, int, int]]:
+        row = self.conn.execute("SELECT lo_events, hi_events, lo_features, hi_features, "
+                                "lo_readings, hi_readings FROM batches WHERE id = ?",
+                                (bid,)).fetchone()
+        out = {}
+        for i, t in enumerate(TABLES):
+            if row is None or row[2 * i] is None:
+                out[t] = (-1, -2, bid)  # empty range: no member in this table
+            else:
+                out[t] = (int(row[2 * i]), int(row[2 * i + 1]), bid)
+        return out
+
+    def _new_batch(self, gateway_id: str, members: dict[str, list[int]]) -> tuple[int, str]:
+        """A pending batch whose members are ``members[table]`` (ids, ascending)."""
         c = self.conn
+        vals: list[int | None] = []
+        for t in TABLES:
+            ids = members.get(t) or []
+            vals += [len(ids)]
+        for t in TABLES:
+            ids = members.get(t) or []
+            vals += [ids[0], ids[-1]] if ids else [None, None]
         cur = c.execute("INSERT INTO batches(key, state, created_us, n_events, n_features, "
-                        "n_readings) VALUES (?, 'pending', ?, ?, ?, ?)",
-                        (f"new:{time.time_ns()}", time.time_ns() // 1000, *counts))
+                        "n_readings, lo_events, hi_events, lo_features, hi_features, "
+                        "lo_readings, hi_readings) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, "
+                        "?, ?)", (f"new:{time.time_ns()}", time.time_ns() // 1000, *vals))
         bid = int(cur.lastrowid or 0)
         key = f"{gateway_id}:{self.epoch}:{bid}"
         c.execute("UPDATE batches SET key = ? WHERE id = ?", (key, bid))
@@ -254,6 +290,7 @@ class Store:
         with self.tx(full=True):
             budget_rows, budget_bytes = max_rows, max_bytes
             picked: dict[str, tuple[int, list[Any]]] = {}
+            ids: dict[str, list[int]] = {}
             for table in ("events", "features"):
                 if budget_rows <= 0 or budget_bytes <= 0:
                     break
@@ -265,6 +302,7 @@ class Store:
                         budget_bytes = 0
                         break
                     got.append(body)
+                    ids.setdefault(table, []).append(rid)
                     last = rid
                     budget_rows -= 1
                     budget_bytes -= len(body) + 2
@@ -285,10 +323,10 @@ class Store:
                     n += 1
                 if n:
                     picked["readings"] = (rows[n - 1][0], [r[1:] for r in rows[:n]])
+                    ids["readings"] = [r[0] for r in rows[:n]]
             if not picked:
                 return None
-            counts = tuple(len(picked[t][1]) if t in picked else 0 for t in TABLES)
-            bid, key = self._new_batch(gateway_id, counts)  # type: ignore[arg-type]
+            bid, key = self._new_batch(gateway_id, ids)
             for table, (last, _) in picked.items():
                 c.execute(f"UPDATE {table} SET batch = ? WHERE id <= ? AND batch IS NULL",
                           (bid, last))
@@ -306,10 +344,11 @@ class Store:
     def _release(self, bid: int) -> None:
         """Delete a batch's rows (inside a transaction) and keep the counters right."""
         c = self.conn
+        rng = self._ranges(bid)
         ev_bytes = c.execute("SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events "
-                             "WHERE batch = ?", (bid,)).fetchone()[0]
+                             f"WHERE {_MEMBER}", rng["events"]).fetchone()[0]
         for table in TABLES:
-            n = c.execute(f"DELETE FROM {table} WHERE batch = ?", (bid,)).rowcount
+            n = c.execute(f"DELETE FROM {table} WHERE {_MEMBER}", rng[table]).rowcount
             self.rows[table] -= n
         self.events_bytes -= int(ev_bytes)
 
@@ -338,16 +377,17 @@ class Store:
         """Replace a pending batch by two new batches (new keys) holding its halves."""
         c = self.conn
         items: list[tuple[str, int]] = []
+        rng = self._ranges(bid)
         for table in TABLES:
             items += [(table, r[0]) for r in c.execute(
-                f"SELECT id FROM {table} WHERE batch = ? ORDER BY id", (bid,))]
+                f"SELECT id FROM {table} WHERE {_MEMBER} ORDER BY id", rng[table])]
         if len(items) <= 1:
             return False
         half = len(items) // 2
         with self.tx(full=True):
             for part in (items[:half], items[half:]):
-                counts = tuple(sum(1 for t, _ in part if t == name) for name in TABLES)
-                new_id, _ = self._new_batch(gateway_id, counts)  # type: ignore[arg-type]
+                members = {name: [i for t, i in part if t == name] for name in TABLES}
+                new_id, _ = self._new_batch(gateway_id, members)
                 for table in TABLES:
                     c.executemany(f"UPDATE {table} SET batch = ? WHERE id = ?",
                                   [(new_id, i) for t, i in part if t == table])
