@@ -1,0 +1,314 @@
+"""File replay: recorded waveforms as a live source, for commissioning and tests.
+
+Formats (``format = "auto"`` picks by extension: ``.wav``, ``.mat``, anything else is tried as
+NASA IMS text):
+
+* ``wav`` — PCM 8/16/24/32-bit or float, any channel count, including WAVE_FORMAT_EXTENSIBLE
+  (read by ``scipy.io.wavfile``; Python's ``wave`` refuses those). Integers are scaled to
+  [-1, 1) full scale. Default channel names ``ch0, ch1, ...``.
+* ``ims`` — NASA IMS bearing snapshots: tab-separated ASCII, one column per accelerometer, no
+  header, 20 kHz unless ``sample_rate`` says otherwise. Default names ``b1x, b1y, b2x, ...`` for
+  8 columns (test 1) and ``b1 .. b4`` otherwise.
+* ``cwru`` — Case Western MATLAB 5 files: signals ``*_DE_time``, ``*_FE_time``, ``*_BA_time``
+  (default names ``de, fe, ba``), rate from the file name (``12k`` -> 12 kHz, else 48 kHz) unless
+  given; the ``*RPM`` value is also emitted once per file as a Reading ``<source_id>.rpm``
+  (so an envelope extractor can take its shaft speed from that tag).
+
+``path`` is a file, a directory (its files of the format, sorted) or a glob pattern. Each file
+is a *segment*: samples within a file are contiguous; the next file starts ``segment_gap``
+seconds after the previous one ended, so windows never straddle two recordings (the windower
+sees a gap and restarts). ``columns`` selects and orders columns by index (``"0"``) or, for
+CWRU, by signal (``"DE"``); ``channels`` renames them. ``pace = "realtime"`` releases each
+block when its last sample is due by the wall clock (one sleep per block); ``"fast"`` as fast
+as the consumer reads. ``loop`` starts over after the last file; without it the driver reports
+``finished`` in its health and ``read()`` waits until closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.confkit import field
+from edge_agent.drivers.base import DriverError, DriverHealth, DriverOutput
+from edge_agent.records import Reading, WaveformBlock, parse_ts
+
+F64 = npt.NDArray[np.float64]
+Format = Literal["auto", "wav", "ims", "cwru"]
+_CWRU_SIGNALS = ("DE", "FE", "BA")
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: Literal["replay"]
+    name: str = field(min_len=1)
+    path: str = field(min_len=1)
+    format: Format = "auto"
+    source_id: str | None = None                  # default: the driver name
+    columns: tuple[str, ...] = ()                 # e.g. ("0", "1") or ("DE",); () = all
+    channels: tuple[str, ...] = ()                # names for the selected columns
+    sample_rate: float | None = field(None, gt=0)  # override / required where unknown
+    unit: str = "g"
+    scale: float = 1.0                            # multiply the samples (calibration)
+    pace: Literal["realtime", "fast"] = "realtime"
+    loop: bool = False
+    block_size: int = field(2048, ge=1, le=10_000_000)
+    start_time: str | None = None                 # RFC 3339; default: wall clock at first open
+    segment_gap: float = field(1.0, gt=0)         # seconds between files
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self.channels and self.columns and len(self.channels) != len(self.columns):
+            out.append(("channels", "must name each selected column (same length as columns)"))
+        if len(set(self.channels)) != len(self.channels):
+            out.append(("channels", "names must be distinct"))
+        if self.start_time is not None:
+            try:
+                parse_ts(self.start_time)
+            except ValueError:
+                out.append(("start_time", f"is not an RFC 3339 time: {self.start_time!r}"))
+        if not math.isfinite(self.scale) or self.scale == 0:
+            out.append(("scale", "must be a finite non-zero number"))
+        return out
+
+
+@dataclass
+class Recording:
+    """One file, loaded: samples ``(n, ch)`` float64 in the file's unit, names, rate, rpm."""
+
+    path: Path
+    samples: F64
+    channels: tuple[str, ...]
+    sample_rate: float
+    rpm: float | None = None
+
+
+def detect_format(path: Path) -> Literal["wav", "ims", "cwru"]:
+    ext = path.suffix.lower()
+    return "wav" if ext == ".wav" else "cwru" if ext == ".mat" else "ims"
+
+
+def _select(data: F64, names: tuple[str, ...], cfg: Config, path: Path,
+            keys: tuple[str, ...] | None = None) -> tuple[F64, tuple[str, ...]]:
+    idx: list[int] = []
+    for col in cfg.columns or tuple(str(i) for i in range(data.shape[1])):
+        if keys is not None and col.upper() in keys:
+            idx.append(keys.index(col.upper()))
+        elif col.isdigit() and int(col) < data.shape[1]:
+            idx.append(int(col))
+        else:
+            have = ", ".join(keys) if keys else f"0..{data.shape[1] - 1}"
+            raise DriverError(f"{path}: no column {col!r} (available: {have})")
+    chosen = tuple(names[i] for i in idx)
+    out: F64 = np.ascontiguousarray(data[:, idx], dtype=np.float64)
+    return out * cfg.scale if cfg.scale != 1.0 else out, cfg.channels or chosen
+
+
+def load(path: Path, fmt: Format, cfg: Config) -> Recording:
+    """Read one file; every failure is a :class:`DriverError` naming the file and the cause."""
+    kind = detect_format(path) if fmt == "auto" else fmt
+    try:
+        if kind == "wav":
+            return _load_wav(path, cfg)
+        if kind == "cwru":
+            return _load_cwru(path, cfg)
+        return _load_ims(path, cfg)
+    except (OSError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
+        raise DriverError(f"{path}: cannot read as {kind}: {exc}") from exc
+
+
+def _load_wav(path: Path, cfg: Config) -> Recording:
+    from scipy.io import wavfile
+    rate, raw = wavfile.read(path)
+    data = raw[:, None] if raw.ndim == 1 else raw
+    if data.dtype == np.uint8:
+        x = (data.astype(np.float64) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.integer):
+        x = data.astype(np.float64) / float(2 ** (8 * data.dtype.itemsize - 1))
+    else:
+        x = data.astype(np.float64)
+    names = tuple(f"ch{i}" for i in range(x.shape[1]))
+    sel, chans = _select(x, names, cfg, path)
+    return Recording(path, sel, chans, float(cfg.sample_rate or rate))
+
+
+def _load_ims(path: Path, cfg: Config) -> Recording:
+    x = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    if x.shape[0] < 2:
+        raise ValueError("no samples")
+    n = x.shape[1]
+    names = tuple(f"b{i // 2 + 1}{'xy'[i % 2]}" for i in range(n)) if n == 8 else \
+        tuple(f"b{i + 1}" for i in range(n))
+    sel, chans = _select(x, names, cfg, path)
+    return Recording(path, sel, chans, float(cfg.sample_rate or 20000.0))
+
+
+def _load_cwru(path: Path, cfg: Config) -> Recording:
+    import struct
+
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+    try:
+        m = loadmat(path)
+    except (MatReadError, IndexError, EOFError, struct.error) as exc:
+        raise ValueError(f"not a readable MATLAB file ({type(exc).__name__}: {exc})") from exc
+    found: dict[str, F64] = {}
+    for key, val in m.items():
+        for sig in _CWRU_SIGNALS:
+            if key.endswith(f"_{sig}_time") and sig not in found:
+                found[sig] = np.ravel(np.asarray(val, dtype=np.float64))
+    if not found:
+        raise ValueError(f"no *_DE_time / *_FE_time / *_BA_time signal among "
+                         f"{sorted(k for k in m if not k.startswith('__'))}")
+    keys = tuple(s for s in _CWRU_SIGNALS if s in found)
+    n = min(len(found[k]) for k in keys)
+    x = np.stack([found[k][:n] for k in keys], axis=1)
+    rpm_keys = [k for k in m if k.endswith("RPM")]
+    rpm = float(np.ravel(m[rpm_keys[0]])[0]) if rpm_keys else None
+    rate = cfg.sample_rate or (12000.0 if re.search(r"12k", path.name, re.I) else 48000.0)
+    sel, chans = _select(x, tuple(k.lower() for k in keys), cfg, path, keys)
+    return Recording(path, sel, chans, float(rate), rpm)
+
+
+def resolve(path: str, fmt: Format) -> list[Path]:
+    """The files ``path`` names (file, directory or glob), sorted; DriverError when none."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        if fmt != "auto":
+            files = [f for f in files if detect_format(f) == fmt]
+    else:
+        files = sorted(Path(f) for f in glob.glob(path) if Path(f).is_file())
+    if not files:
+        raise DriverError(f"replay: no files at {path!r}")
+    return files
+
+
+class ReplayDriver:
+    """A streaming driver yielding one :class:`WaveformBlock` per read."""
+
+    streaming = True
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.source_id = cfg.source_id or cfg.name
+        self._health = DriverHealth(cfg.name, "replay")
+        self._files: list[Path] = []
+        self._rec: Recording | None = None
+        self._file_i = -1
+        self._pos = 0                        # sample index within the current file
+        self._seg_start = 0.0                # timestamp of the current file's first sample
+        self._t0: float | None = None        # timestamp of the very first sample
+        self._wall0 = 0.0                    # wall time the first sample is "played"
+        self._played = 0.0                   # stream seconds released so far (for pacing)
+        self._closed: asyncio.Event | None = None
+        self._new_segment = False
+        self.finished = False
+        self.loops = 0
+
+    async def open(self) -> None:
+        self._files = resolve(self.cfg.path, self.cfg.format)
+        if self._rec is None:
+            self._advance_file()            # reads the first file: a bad file fails open()
+        if self._t0 is None:
+            self._t0 = parse_ts(self.cfg.start_time) if self.cfg.start_time else time.time()
+            self._seg_start = self._t0
+        self._wall0 = time.time() - self._played
+        self._closed = asyncio.Event()
+        self._health.connected = True
+        self._health.detail.update(files=len(self._files))
+
+    def _advance_file(self) -> bool:
+        """Move to the next readable file (or loop); False at the end without loop.
+
+        A file that cannot be read is skipped and reported in health (``bad_points``); when no
+        file at all can be read, :class:`DriverError` is raised.
+        """
+        nxt = self._file_i
+        for _ in range(len(self._files) + 1):
+            nxt += 1
+            if nxt >= len(self._files):
+                if not self.cfg.loop and self._rec is not None:
+                    return False
+                nxt = 0
+                if self._rec is not None:
+                    self.loops += 1
+            try:
+                rec = load(self._files[nxt], self.cfg.format, self.cfg)
+            except DriverError as exc:
+                self._health.error("bad_file")
+                self._health.bad_points[str(self._files[nxt])] = str(exc)
+                if self._rec is None and nxt == len(self._files) - 1:
+                    break
+                continue
+            self._rec, self._file_i, self._pos = rec, nxt, 0
+            self._new_segment = True
+            self._health.detail.update(file=str(rec.path), loops=self.loops)
+            return True
+        raise DriverError(f"replay: no readable file at {self.cfg.path!r}: "
+                          + "; ".join(self._health.bad_points.values()))
+
+    async def read(self) -> DriverOutput:
+        rec = self._rec
+        if rec is None or self._closed is None:
+            raise DriverError("replay: read() before open()")
+        out: DriverOutput = []
+        if self._pos >= rec.samples.shape[0]:
+            prev_end = self._seg_start + rec.samples.shape[0] / rec.sample_rate
+            if not self._advance_file():
+                self.finished = True
+                self._health.detail["finished"] = True
+                await self._closed.wait()
+                return []
+            rec = self._rec
+            assert rec is not None
+            self._seg_start = prev_end + self.cfg.segment_gap
+            self._played += self.cfg.segment_gap
+        if self._new_segment:
+            self._new_segment = False
+            if rec.rpm is not None:
+                out.append(Reading(f"{self.source_id}.rpm", "speed", rec.rpm, "rpm",
+                                   self._seg_start, metadata={"file": rec.path.name}))
+        end = min(self._pos + self.cfg.block_size, rec.samples.shape[0])
+        start_ts = self._seg_start + self._pos / rec.sample_rate
+        block = WaveformBlock(self.source_id, rec.sample_rate, rec.channels, start_ts,
+                              rec.samples[self._pos:end], self.cfg.unit,
+                              {"file": rec.path.name, "offset": self._pos})
+        self._played += (end - self._pos) / rec.sample_rate
+        self._pos = end
+        if self.cfg.pace == "realtime":
+            delay = self._wall0 + self._played - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                self._health.detail["lag_s"] = round(-delay, 3)
+        else:
+            await asyncio.sleep(0)           # stay cooperative when running flat out
+        out.append(block)
+        self._health.ok(block.n_samples * len(rec.channels))
+        self._health.detail["position"] = self._pos
+        return out
+
+    async def close(self) -> None:
+        if self._closed is not None:
+            self._closed.set()
+        self._health.connected = False
+
+    def health(self) -> DriverHealth:
+        return self._health
+
+
+def create(cfg: Config) -> ReplayDriver:
+    return ReplayDriver(cfg)
