@@ -1,0 +1,219 @@
+"""OPC-UA client driver (asyncua): subscriptions, grouped polling, waveform arrays, security.
+
+A streaming driver: :meth:`OpcUaDriver.read` waits for the next batch of data-change
+notifications and polled values. Every :meth:`open` builds a *fresh* ``asyncua.Client`` (a
+reused client can hang after a server restart) and creates every subscription again; the agent
+owns reconnect backoff. asyncua's own auto-reconnect and stale-subscription recreation are off:
+this driver runs its own freshness watchdog, because it knows each subscription's interval.
+
+Failure scope:
+
+* a node that is missing (unknown NodeId, browse path not found) or that turns Bad affects that
+  node only: a quality-0 reading with the reason, an entry in ``health().bad_points``; missing
+  nodes are retried every ``missing_retry``;
+* a subscription that stays silent (no data *and* no keep-alive) longer than
+  ``freshness_factor x publishing_interval x keepalive_count`` is rebuilt on the server; if the
+  rebuild fails, or ``max_rebuilds`` rebuilds in a row bring nothing, the driver raises
+  :class:`DriverDisconnected` and the agent reconnects with a fresh client;
+* a lost connection (asyncua's connection watchdog, a failed poll) raises
+  :class:`DriverDisconnected` from :meth:`read`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+
+from edge_agent.confkit import Duration, Secret, field
+from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
+from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
+from edge_agent.drivers.opcua_session import Session, SessionFailed
+from edge_agent.records import Reading, WaveformBlock
+
+log = logging.getLogger("edge_agent.drivers.opcua")
+
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
+UA_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ua.UaError)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One configured node: a scalar tag or (``waveform = true``) an array waveform source."""
+
+    sensor_id: str = field(pattern=_ID)
+    node_id: str = ""               # "ns=2;s=Press7.OilTemp" ...
+    browse_path: str = ""           # ... or "/Objects/2:Press7/2:OilTemp" from the Root folder
+    sensor_type: str = "opcua"
+    unit: str = ""
+    mode: Literal["subscription", "polling"] = "subscription"
+    publishing_interval: Duration = field(Duration(1.0), gt=0)
+    sampling_interval: Duration | None = field(None, ge=0)   # default: publishing_interval
+    queue_size: int = field(1, ge=1, le=10_000)
+    deadband: Literal["none", "absolute", "percent"] = "none"
+    deadband_value: float = field(0.0, ge=0)
+    poll_interval: Duration = field(Duration(1.0), gt=0)     # mode = "polling"
+    waveform: bool = False
+    channels: tuple[str, ...] = ("x",)
+    sample_rate: float | None = field(None, gt=0)
+    sample_rate_node: str = ""
+    timestamp_at: Literal["start", "end"] = "end"
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if bool(self.node_id) == bool(self.browse_path):
+            out.append(("node_id", "give exactly one of node_id or browse_path"))
+        if self.deadband == "percent" and self.deadband_value > 100:
+            out.append(("deadband_value", "a percent deadband must be <= 100"))
+        if self.deadband != "none" and self.mode == "polling":
+            out.append(("deadband", "deadbands apply to subscriptions only"))
+        if self.waveform:
+            if (self.sample_rate is None) == (not self.sample_rate_node):
+                out.append(("sample_rate", "a waveform needs exactly one of sample_rate or "
+                                           "sample_rate_node"))
+            if not self.channels or len(set(self.channels)) != len(self.channels):
+                out.append(("channels", "must be non-empty and unique"))
+        elif self.sample_rate is not None or self.sample_rate_node:
+            out.append(("sample_rate", "only for waveform = true"))
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """``[[drivers]] kind = "opcua"``."""
+
+    kind: Literal["opcua"]
+    name: str = field(pattern=_ID)
+    endpoint: str = field(pattern=r"opc\.tcp://.+")
+    nodes: tuple[Node, ...] = field(min_len=1)
+    security_policy: Literal["None", "Basic256Sha256"] = "None"
+    security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: str = ""           # client certificate (DER or PEM) ...
+    private_key: str = ""           # ... and its private key (PEM)
+    server_certificate: str = ""    # optional: pin the server's certificate
+    application_uri: str = DEFAULT_APPLICATION_URI
+    username: str = ""
+    password: Secret | None = None  # or password_file = "/etc/edge-agent/opcua.pw", "${ENV}"
+    timeout: Duration = field(Duration(5.0), gt=0, le=120)        # per request
+    connection_check: Duration = field(Duration(1.0), gt=0, le=60)  # session liveness probe
+    keepalive_count: int = field(10, ge=1, le=1000)
+    freshness_factor: float = field(3.0, ge=1.5, le=100)
+    max_rebuilds: int = field(3, ge=1, le=100)
+    missing_retry: Duration = field(Duration(30.0), gt=0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self.security_policy != "None" and not (self.certificate and self.private_key):
+            out.append(("certificate", f"security_policy {self.security_policy} needs "
+                                       "certificate and private_key"))
+        if self.password is not None and not self.username:
+            out.append(("username", "is required with a password"))
+        seen: set[str] = set()
+        for i, n in enumerate(self.nodes):
+            if n.sensor_id in seen:
+                out.append((f"nodes[{i}].sensor_id", f"duplicate sensor_id {n.sensor_id!r}"))
+            seen.add(n.sensor_id)
+        return out
+
+
+def create(cfg: Config) -> OpcUaDriver:
+    return OpcUaDriver(cfg)
+
+
+class OpcUaDriver:
+    """Streaming driver; see the module docstring for the failure model."""
+
+    streaming = True
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._health = DriverHealth(cfg.name, "opcua")
+        self._session: Session | None = None
+
+    def health(self) -> DriverHealth:
+        return self._health
+
+    def _new_client(self) -> Client:
+        c = self.cfg
+        client = Client(c.endpoint, timeout=float(c.timeout),
+                        watchdog_intervall=float(c.connection_check))
+        client.application_uri = c.application_uri
+        client.name = client.description = f"edge-gateway-agent {c.name}"
+        # Freshness is ours (see Session.watchdog); keep asyncua's watchdog from racing it.
+        client._stale_check_margin = 1e9  # asyncua 2.x knob; inert on 1.x
+        return client
+
+    async def _configure(self, client: Client) -> None:
+        c = self.cfg
+        if c.security_policy != "None":
+            mode = getattr(ua.MessageSecurityMode, c.security_mode)
+            await client.set_security(security_policies.SecurityPolicyBasic256Sha256,
+                                      certificate=c.certificate, private_key=c.private_key,
+                                      server_certificate=c.server_certificate or None,
+                                      mode=mode)
+        if c.username:
+            client.set_user(c.username)
+            if c.password is not None:
+                try:
+                    client.set_password(c.password.reveal())
+                except (LookupError, OSError) as exc:
+                    raise DriverError(f"opcua {c.name}: password unavailable "
+                                      f"({c.password.describe()}): {exc}") from exc
+
+    async def open(self) -> None:
+        await self.close()
+        client = self._new_client()
+        session = Session(self.cfg, client, self._health)
+        self._session = session
+        limit = float(self.cfg.timeout) * 4 + 5.0
+        try:
+            async with asyncio.timeout(limit):
+                await self._configure(client)
+                await client.connect()
+        except ua.UaStatusCodeError as exc:
+            await self.close()
+            self._health.error("connect")
+            raise DriverDisconnected(f"opcua {self.name}: server refused session at "
+                                     f"{self.cfg.endpoint}: {exc}") from exc
+        except UA_ERRORS as exc:
+            await self.close()
+            self._health.error("connect")
+            raise DriverDisconnected(f"opcua {self.name}: cannot connect to "
+                                     f"{self.cfg.endpoint}: {exc!r}") from exc
+        except FileNotFoundError as exc:  # pragma: no cover - OSError above catches it
+            await self.close()
+            raise DriverError(f"opcua {self.name}: {exc}") from exc
+        try:
+            async with asyncio.timeout(limit + len(self.cfg.nodes) * 0.01):
+                await session.start()
+        except (SessionFailed, *UA_ERRORS) as exc:
+            await self.close()
+            self._health.error("setup")
+            raise DriverDisconnected(f"opcua {self.name}: setting up subscriptions failed: "
+                                     f"{exc!r}") from exc
+        self._health.connected = True
+
+    async def read(self) -> DriverOutput:
+        session = self._session
+        if session is None:
+            raise DriverDisconnected(f"opcua {self.name}: not open")
+        try:
+            out: list[Reading | WaveformBlock] = await session.next_batch()
+        except SessionFailed as exc:
+            self._health.connected = False
+            raise DriverDisconnected(f"opcua {self.name}: {exc}") from exc
+        if out:
+            self._health.ok(sum(1 for r in out if not isinstance(r, Reading)
+                                or r.value is not None))
+        return out
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        self._health.connected = False
+        if session is not None:
+            await session.stop(limit_s=float(self.cfg.timeout))

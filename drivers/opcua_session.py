@@ -1,0 +1,413 @@
+"""One connected OPC-UA session of the driver: subscriptions, poll groups, freshness watchdog.
+
+A :class:`Session` lives from one ``open()`` to the next ``close()`` of
+:class:`edge_agent.drivers.opcua.OpcUaDriver` and is never reused. Its tasks (one pump per
+subscription, one loop per poll group, one watchdog) push records into a pending batch that
+:meth:`Session.next_batch` hands out; any fatal condition is recorded once and raised from there
+as :class:`SessionFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asyncua import Client, ua
+from asyncua.common.subscription import (
+    DataChangeEvent,
+    OverflowPolicy,
+    StatusChangeEvent,
+    Subscription,
+)
+
+from edge_agent.drivers.base import DriverHealth
+from edge_agent.drivers.opcua_convert import (
+    NodeSpec,
+    WaveformError,
+    bad_reading,
+    group_by,
+    status_name,
+    to_rate,
+    to_reading,
+    to_waveform,
+)
+from edge_agent.records import Reading, WaveformBlock
+
+if TYPE_CHECKING:
+    from edge_agent.drivers.opcua import Config, Node
+
+log = logging.getLogger("edge_agent.drivers.opcua")
+
+UA_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ua.UaError)
+_CONNECTION_GONE = {"BadShutdown", "BadSessionClosed", "BadConnectionClosed",
+                    "BadSecureChannelClosed", "BadSessionIdInvalid", "BadServerHalted"}
+
+
+class SessionFailed(Exception):
+    """The session cannot go on; the driver reconnects with a fresh client."""
+
+
+@dataclass(eq=False)
+class _Item:
+    node: Node
+    spec: NodeSpec
+    nodeid: ua.NodeId | None = None
+    rate: float | None = None          # waveform items: current sample rate
+    rate_for: _Item | None = None      # hidden sample-rate items: the waveform they serve
+
+
+@dataclass(eq=False)
+class _SubGroup:
+    interval: float                    # publishing interval, seconds
+    items: list[_Item]
+    sub: Subscription | None = None
+    handles: dict[int, _Item] = field(default_factory=dict)
+    missing: list[_Item] = field(default_factory=list)
+    created: float = 0.0               # monotonic, of the last (re)build
+    rebuilds: int = 0                  # consecutive rebuilds that brought nothing yet
+    force_rebuild: bool = False
+    next_retry: float = 0.0
+
+
+@dataclass(eq=False)
+class _PollGroup:
+    interval: float
+    items: list[_Item]
+
+
+def _items_of(cfg: Config) -> list[_Item]:
+    items: list[_Item] = []
+    for n in cfg.nodes:
+        spec = NodeSpec(n.sensor_id, n.sensor_type, n.unit, n.node_id or n.browse_path,
+                        n.waveform, tuple(n.channels), n.timestamp_at)
+        it = _Item(n, spec, rate=n.sample_rate)
+        items.append(it)
+        if n.waveform and n.sample_rate_node:
+            rate_node = type(n)(sensor_id=f"{n.sensor_id}.rate", node_id=n.sample_rate_node,
+                                mode=n.mode, publishing_interval=n.publishing_interval,
+                                poll_interval=n.poll_interval)
+            items.append(_Item(rate_node, NodeSpec(rate_node.sensor_id, "sample_rate", "Hz",
+                                                   n.sample_rate_node), rate_for=it))
+    return items
+
+
+class Session:
+    def __init__(self, cfg: Config, client: Client, health: DriverHealth) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.health = health
+        self._items = _items_of(cfg)
+        self._subs: list[_SubGroup] = []
+        self._polls: list[_PollGroup] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: list[Reading | WaveformBlock] = []
+        self._wake = asyncio.Event()
+        self._failure: str | None = None
+        self._next_handle = 1
+        client.connection_lost_callback = self._on_lost
+
+    # -- setup ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._resolve()
+        await self._read_rates()
+        by_mode = group_by(self._items, lambda it: (it.node.mode, float(
+            it.node.publishing_interval if it.node.mode == "subscription"
+            else it.node.poll_interval)))
+        for (mode, interval), items in sorted(by_mode.items()):
+            if mode == "subscription":
+                g = _SubGroup(interval, items)
+                self._subs.append(g)
+                await self._create_subscription(g)
+            else:
+                p = _PollGroup(interval, [it for it in items if it.nodeid is not None])
+                if p.items:
+                    self._polls.append(p)
+                    self._spawn(self._poll_loop(p))
+        if self._subs:
+            self._spawn(self._watchdog())
+        self.health.detail["subscriptions"] = len(self._subs)
+        self.health.detail["poll_groups"] = len(self._polls)
+
+    async def _resolve(self) -> None:
+        paths = [it for it in self._items if it.node.browse_path]
+        if paths:
+            root = ua.NodeId(ua.Int32(ua.ObjectIds.RootFolder))
+            results = await self.client.translate_browsepaths(
+                root, [it.node.browse_path for it in paths])
+            for it, res in zip(paths, results, strict=True):
+                if res.StatusCode.is_good() and res.Targets:
+                    it.nodeid = res.Targets[0].TargetId
+                else:
+                    self._missing(it, f"browse path not found ({status_name(res.StatusCode)})")
+        for it in self._items:
+            if it.node.node_id:
+                try:
+                    it.nodeid = ua.NodeId.from_string(it.node.node_id)
+                except ua.UaStringParsingError:
+                    self._missing(it, f"invalid NodeId {it.node.node_id!r}")
+
+    async def _read_rates(self) -> None:
+        """Sample rates first, so the first waveform notifications already have one."""
+        rates = [it for it in self._items if it.rate_for is not None and it.nodeid is not None]
+        if rates:
+            results = await self.client.uaclient.read_attributes(
+                [it.nodeid for it in rates if it.nodeid is not None], ua.AttributeIds.Value)
+            for it, dv in zip(rates, results, strict=True):
+                self.deliver(it, dv)
+
+    def _missing(self, it: _Item, reason: str) -> None:
+        self.health.bad_points[it.spec.sensor_id] = reason
+        self.health.error("missing_node")
+        if it.rate_for is None:
+            self._push(bad_reading(it.spec, reason, time.time()))
+
+    def _request(self, it: _Item) -> ua.MonitoredItemCreateRequest:
+        n = it.node
+        params = ua.MonitoringParameters()
+        params.ClientHandle = self._next_handle
+        self._next_handle += 1
+        sampling = n.publishing_interval if n.sampling_interval is None else n.sampling_interval
+        params.SamplingInterval = float(sampling) * 1000.0
+        params.QueueSize = n.queue_size
+        params.DiscardOldest = True
+        if n.deadband != "none":
+            params.Filter = ua.DataChangeFilter(
+                Trigger=ua.DataChangeTrigger.StatusValue,
+                DeadbandType=1 if n.deadband == "absolute" else 2,
+                DeadbandValue=float(n.deadband_value))
+        rv = ua.ReadValueId()
+        rv.NodeId = it.nodeid
+        rv.AttributeId = ua.AttributeIds.Value
+        mir = ua.MonitoredItemCreateRequest()
+        mir.ItemToMonitor = rv
+        mir.MonitoringMode = ua.MonitoringMode.Reporting
+        mir.RequestedParameters = params
+        return mir
+
+    async def _monitor(self, g: _SubGroup, items: list[_Item]) -> None:
+        """Create monitored items; the ones the server refuses go to ``g.missing``."""
+        assert g.sub is not None
+        todo = [it for it in items if it.nodeid is not None]
+        if not todo:
+            return
+        mirs = [self._request(it) for it in todo]
+        results = await g.sub.create_monitored_items(mirs)
+        for it, mir, res in zip(todo, mirs, results, strict=True):
+            if isinstance(res, ua.StatusCode):
+                self._missing(it, f"cannot monitor: {status_name(res)}")
+                g.missing.append(it)
+            else:
+                g.handles[mir.RequestedParameters.ClientHandle] = it
+                if self.health.bad_points.get(it.spec.sensor_id, "").startswith(
+                        ("cannot monitor", "browse path")):
+                    del self.health.bad_points[it.spec.sensor_id]
+
+    async def _create_subscription(self, g: _SubGroup) -> None:
+        ms = g.interval * 1000.0
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = ms
+        params.RequestedMaxKeepAliveCount = self.cfg.keepalive_count
+        # The server drops a subscription nobody publishes for after lifetime x interval:
+        # at least 3 keep-alives (spec) and about two minutes, so a crashed agent's leftovers
+        # do not pile up in a PLC with few subscription slots.
+        params.RequestedLifetimeCount = max(3 * self.cfg.keepalive_count,
+                                            math.ceil(120_000 / ms))
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        n_items = sum(it.node.queue_size for it in g.items)
+        g.sub = await self.client.create_subscription(
+            params, None, queue_maxsize=max(1000, 4 * n_items),
+            overflow=OverflowPolicy.DROP_OLDEST)
+        g.created = time.monotonic()
+        g.next_retry = g.created + float(self.cfg.missing_retry)
+        await self._monitor(g, g.items)
+        self._spawn(self._pump(g, g.sub))
+
+    # -- running ----------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # A pump or poll loop that dies would silently stop its nodes: turn it into a
+            # reconnect instead, and keep the traceback in the log.
+            log.error("opcua %s: internal task failed", self.cfg.name, exc_info=exc)
+            self.health.error("internal")
+            self._fail(f"internal task failed: {exc!r}")
+
+    def _push(self, rec: Reading | WaveformBlock) -> None:
+        self._pending.append(rec)
+        self._wake.set()
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = reason
+            log.warning("opcua %s: %s", self.cfg.name, reason)
+        self._wake.set()
+
+    async def _on_lost(self, exc: Exception) -> None:
+        self.health.error("connection_lost")
+        self._fail(f"connection lost: {exc!r}")
+
+    def deliver(self, it: _Item, dv: ua.DataValue) -> None:
+        now = time.time()
+        sid = it.spec.sensor_id
+        if it.rate_for is not None:
+            it.rate_for.rate = to_rate(dv)
+            return
+        if it.spec.waveform:
+            try:
+                self._push(to_waveform(it.spec, dv, it.rate, now))
+            except WaveformError as exc:
+                self.health.bad_points[sid] = str(exc)
+                self.health.error("bad_waveform")
+                return
+            self.health.bad_points.pop(sid, None)
+            return
+        r = to_reading(it.spec, dv, now)
+        if r.value is None:
+            self.health.bad_points[sid] = str(r.metadata.get("reason"))
+            self.health.error("bad_value")
+        else:
+            self.health.bad_points.pop(sid, None)
+        self._push(r)
+
+    async def _pump(self, g: _SubGroup, sub: Subscription) -> None:
+        async for ev in sub:
+            if isinstance(ev, DataChangeEvent):
+                mi = ev.data.monitored_item
+                it = g.handles.get(mi.ClientHandle)
+                if it is not None:
+                    self.deliver(it, mi.Value)
+            elif isinstance(ev, StatusChangeEvent):
+                name = status_name(ev.notification.Status)
+                if name in _CONNECTION_GONE:
+                    self._fail(f"subscription ended: {name}")
+                    return
+                log.warning("opcua %s: subscription status %s; rebuilding", self.cfg.name, name)
+                g.force_rebuild = True
+
+    async def _poll_loop(self, p: _PollGroup) -> None:
+        params = ua.ReadParameters()
+        params.MaxAge = 0
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        for it in p.items:
+            rv = ua.ReadValueId()
+            rv.NodeId = it.nodeid
+            rv.AttributeId = ua.AttributeIds.Value
+            params.NodesToRead.append(rv)
+        next_t = time.monotonic()
+        while True:
+            try:
+                async with asyncio.timeout(float(self.cfg.timeout) + 1.0):
+                    results = await self.client.uaclient.read(params)
+            except UA_ERRORS as exc:
+                self.health.error("poll")
+                self._fail(f"poll of {len(p.items)} node(s) failed: {exc!r}")
+                return
+            for it, dv in zip(p.items, results, strict=True):
+                self.deliver(it, dv)
+            next_t += p.interval
+            now = time.monotonic()
+            if next_t < now:
+                self.health.error("overrun")
+                next_t = now
+            await asyncio.sleep(next_t - now)
+
+    def _limit(self, g: _SubGroup) -> float:
+        return self.cfg.freshness_factor * g.interval * self.cfg.keepalive_count
+
+    async def _watchdog(self) -> None:
+        period = max(0.05, min(self._limit(g) for g in self._subs) / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for g in self._subs:
+                if g.sub is None:
+                    continue
+                last = max(g.sub.last_publish_at or 0.0, g.created)
+                if last > g.created:
+                    g.rebuilds = 0  # the server spoke since the last (re)build
+                if g.force_rebuild or now - last > self._limit(g):
+                    await self._rebuild(g, now - last)
+                elif g.missing and now >= g.next_retry:
+                    await self._retry_missing(g)
+
+    async def _rebuild(self, g: _SubGroup, silent: float) -> None:
+        assert g.sub is not None
+        g.force_rebuild = False
+        g.rebuilds += 1
+        self.health.error("stale_subscription")
+        self.health.detail["rebuilds"] = int(str(self.health.detail.get("rebuilds", 0))) + 1
+        if g.rebuilds > self.cfg.max_rebuilds:
+            self._fail(f"subscription at {g.interval:g}s silent after {g.rebuilds - 1} rebuilds")
+            return
+        log.warning("opcua %s: subscription at %gs silent for %.1fs; rebuilding",
+                    self.cfg.name, g.interval, silent)
+        try:
+            async with asyncio.timeout(float(self.cfg.timeout) * 2):
+                await g.sub.recreate()
+        except UA_ERRORS as exc:
+            self._fail(f"rebuilding a silent subscription failed: {exc!r}")
+            return
+        g.created = time.monotonic()
+
+    async def _retry_missing(self, g: _SubGroup) -> None:
+        items, g.missing = g.missing, []
+        g.next_retry = time.monotonic() + float(self.cfg.missing_retry)
+        try:
+            async with asyncio.timeout(float(self.cfg.timeout) * 2):
+                await self._monitor(g, items)
+        except UA_ERRORS as exc:
+            self._fail(f"re-subscribing missing nodes failed: {exc!r}")
+
+    async def next_batch(self) -> list[Reading | WaveformBlock]:
+        while True:
+            if self._pending:
+                out, self._pending = self._pending, []
+                return out
+            if self._failure is not None:
+                raise SessionFailed(self._failure)
+            self._wake.clear()
+            await self._wake.wait()
+
+    # -- teardown ---------------------------------------------------------------------------
+    async def stop(self, *, limit_s: float) -> None:
+        """Cancel our tasks, close the session (bounded), make sure the socket is gone."""
+        self.client.connection_lost_callback = None
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(limit_s):
+                await self.client.disconnect()
+        except UA_ERRORS as exc:
+            log.info("opcua %s: disconnect: %r (forcing)", self.cfg.name, exc)
+        finally:
+            await self._force_down()
+
+    async def _force_down(self) -> None:
+        c = self.client
+        c.uaclient.request_disconnect()
+        for name in ("_stale_watchdog_task", "_supervisor_task", "_renew_channel_task"):
+            task = getattr(c, name, None)
+            if isinstance(task, asyncio.Task) and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    if not task.cancelled():
+                        raise
+        c.disconnect_socket()

@@ -1,0 +1,253 @@
+"""OPC-UA driver against a real asyncua server on loopback: data, faults, restarts, leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.agent.supervisor import Backoff, run_driver
+from edge_agent.confkit import ConfigError, build
+from edge_agent.drivers.base import Driver, DriverDisconnected, DriverOutput
+from edge_agent.drivers.opcua import Config, create
+from edge_agent.records import Reading, WaveformBlock
+from tests.conftest import free_port
+from tests.drivers.leaks import ResourceCount
+from tests.drivers.opcua_server import N_SAMPLES, RATE, PlantServer, nid
+
+pytestmark = pytest.mark.timeout(180)
+
+FAST = {"publishing_interval": "100ms"}
+
+
+def nodes() -> list[dict[str, Any]]:
+    return [
+        {"sensor_id": "temp", "node_id": nid("Temp"), "unit": "degC",
+         "sensor_type": "temperature", **FAST},
+        {"sensor_id": "temp_bp", "browse_path": "/Objects/2:Plant/2:Temp", **FAST},
+        {"sensor_id": "speed", "node_id": nid("Speed"), "mode": "polling",
+         "poll_interval": "200ms"},
+        {"sensor_id": "flaky", "node_id": nid("Flaky"), **FAST},
+        {"sensor_id": "unc", "node_id": nid("Unc"), **FAST},
+        {"sensor_id": "doomed", "node_id": nid("Doomed"), **FAST},
+        {"sensor_id": "doomed_polled", "node_id": nid("Doomed"), "mode": "polling",
+         "poll_interval": "200ms"},
+        {"sensor_id": "missing", "node_id": "ns=2;s=Nope", **FAST},
+        {"sensor_id": "missing_bp", "browse_path": "/Objects/2:Plant/2:Nope", **FAST},
+        {"sensor_id": "text", "node_id": nid("Text"), **FAST},
+        {"sensor_id": "vib", "node_id": nid("Vib"), "waveform": True, "unit": "g",
+         "sample_rate_node": nid("Vib.Rate"), **FAST},
+    ]
+
+
+def config(url: str, **extra: Any) -> Config:
+    raw = {"kind": "opcua", "name": "ua", "endpoint": url, "nodes": nodes(),
+           "timeout": "2s", "connection_check": "500ms", **extra}
+    return build(Config, raw)
+
+
+@pytest.fixture
+async def plant() -> AsyncIterator[PlantServer]:
+    srv = PlantServer(free_port())
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+async def collect(drv: Driver, seconds: float) -> list[Reading | WaveformBlock]:
+    out: list[Reading | WaveformBlock] = []
+    t_end = time.monotonic() + seconds
+    while (left := t_end - time.monotonic()) > 0:
+        try:
+            out.extend(await asyncio.wait_for(drv.read(), left))
+        except TimeoutError:
+            break
+    return out
+
+
+def last_by_id(out: DriverOutput) -> dict[str, Reading]:
+    return {r.sensor_id: r for r in out if isinstance(r, Reading)}
+
+
+async def test_scalars_polling_waveform_quality_and_missing_nodes(plant: PlantServer) -> None:
+    drv = create(config(plant.url))
+    assert isinstance(drv, Driver) and drv.streaming
+    await drv.open()
+    try:
+        out = await collect(drv, 1.5)
+    finally:
+        await drv.close()
+    got = last_by_id(out)
+    temps = [r for r in out if isinstance(r, Reading) and r.sensor_id == "temp"]
+    assert len({r.value for r in temps}) >= 5, "subscription values must change"
+    t = got["temp"]
+    assert t.quality == 1.0 and t.unit == "degC" and t.sensor_type == "temperature"
+    assert t.metadata["status"] == "Good" and t.metadata["ts_source"] == "source"
+    assert abs(t.timestamp - time.time()) < 5
+    assert got["temp_bp"].value is not None  # browse path resolved
+    speeds = [r for r in out if isinstance(r, Reading) and r.sensor_id == "speed"]
+    assert 5 <= len(speeds) <= 10 and all(r.quality == 1.0 for r in speeds)  # 200 ms polls
+    u = got["unc"]
+    assert u.quality == 0.5 and u.metadata["status"] == "UncertainLastUsableValue"
+    for sid in ("missing", "missing_bp"):
+        assert got[sid].value is None and got[sid].quality == 0.0
+    assert "BadNodeIdUnknown" in got["missing"].metadata["reason"]
+    assert "BadNoMatch" in got["missing_bp"].metadata["reason"]
+    assert got["text"].value is None and "non-numeric" in got["text"].metadata["reason"]
+    waves = [w for w in out if isinstance(w, WaveformBlock)]
+    assert len(waves) >= 3
+    w = waves[-1]
+    assert w.source_id == "vib" and w.sample_rate == RATE and w.channels == ("x",)
+    assert w.samples.shape == (N_SAMPLES, 1) and w.unit == "g"
+    offset = w.samples[0, 0]  # the server adds its tick to a 160 Hz sine
+    expected = np.sin(2 * np.pi * 160.0 * np.arange(N_SAMPLES) / RATE) + offset
+    np.testing.assert_allclose(w.samples[:, 0], expected, atol=1e-9)
+    assert math.isclose(w.end - w.start, N_SAMPLES / RATE, abs_tol=1e-5)
+    h = drv.health().snapshot()
+    assert set(h["bad_points"]) == {"missing", "missing_bp", "text"}  # type: ignore[arg-type]
+    assert h["connected"] is False and h["reads"] > 10  # closed now
+
+
+async def test_node_turning_bad_or_deleted_affects_only_that_node(plant: PlantServer) -> None:
+    drv = create(config(plant.url))
+    await drv.open()
+    try:
+        await collect(drv, 0.5)
+        plant.bad = True
+        await plant.delete_doomed()
+        out = await collect(drv, 1.0)
+        got = last_by_id(out)
+        assert got["flaky"].value is None and got["flaky"].quality == 0.0
+        assert got["flaky"].metadata["status"] == "BadSensorFailure"
+        assert "BadSensorFailure" in got["flaky"].metadata["reason"]
+        assert got["doomed_polled"].value is None
+        assert got["doomed_polled"].metadata["status"] == "BadNodeIdUnknown"
+        bad = drv.health().bad_points
+        assert "flaky" in bad and "doomed_polled" in bad
+        # everything else keeps flowing
+        late = [r for r in out[len(out) // 2:] if isinstance(r, Reading)]
+        assert {"temp", "speed", "unc"} <= {r.sensor_id for r in late}
+        assert any(isinstance(w, WaveformBlock) for w in out[len(out) // 2:])
+        plant.bad = False
+        got = last_by_id(await collect(drv, 0.6))
+        assert got["flaky"].quality == 1.0 and "flaky" not in drv.health().bad_points
+    finally:
+        await drv.close()
+
+
+async def test_silent_subscription_is_rebuilt_without_reconnecting(plant: PlantServer) -> None:
+    drv = create(config(plant.url, keepalive_count=2, freshness_factor=3.0))
+    await drv.open()
+    try:
+        await collect(drv, 0.5)
+        assert plant.silence_subscriptions() >= 1
+        t0 = time.monotonic()
+        await collect(drv, 0.3)  # drain what was in flight
+        while True:
+            out = await collect(drv, 0.3)
+            if any(isinstance(r, Reading) and r.sensor_id == "temp" for r in out):
+                break
+            assert time.monotonic() - t0 < 5.0, "subscription never rebuilt"
+        h = drv.health().snapshot()
+        assert h["errors"]["stale_subscription"] >= 1  # type: ignore[index]
+        assert "connection_lost" not in h["errors"]  # type: ignore[operator]
+        assert h["rebuilds"] >= 1  # type: ignore[operator]
+    finally:
+        await drv.close()
+
+
+async def test_open_fails_clearly_and_close_is_idempotent() -> None:
+    base = ResourceCount.now()
+    drv = create(config(f"opc.tcp://127.0.0.1:{free_port()}/"))
+    with pytest.raises(DriverDisconnected, match="cannot connect"):
+        await drv.open()
+    await drv.close()
+    await drv.close()
+    await asyncio.sleep(0.05)
+    ResourceCount.now().assert_same_as(base)
+
+
+async def test_server_stopped_and_restarted_ten_times(plant: PlantServer) -> None:
+    await _restart_campaign(plant, config(plant.url), restarts=10, bound=10.0)
+
+
+async def _restart_campaign(plant: PlantServer, cfg: Config, *, restarts: int,
+                            bound: float) -> None:
+    drv = create(cfg)
+    got: list[Reading] = []
+    arrived = asyncio.Event()
+
+    async def emit(out: DriverOutput) -> None:
+        got.extend(r for r in out if isinstance(r, Reading) and r.value is not None)
+        arrived.set()
+
+    await asyncio.sleep(0.2)
+    base = ResourceCount.now()
+    task = asyncio.create_task(run_driver(drv, emit, poll_interval=None,
+                                          backoff=Backoff(initial=0.05, maximum=0.5)))
+    try:
+        await asyncio.wait_for(arrived.wait(), bound)
+        for i in range(restarts):
+            if i == restarts // 2:
+                await plant.delete_doomed()  # stays deleted across the next restarts
+            full = i == restarts - 1  # the last one rebuilds the whole server
+            await (plant.stop() if full else plant.stop_network())
+            await asyncio.sleep(0.3 * (i % 3))
+            t_restart = time.time()
+            await (plant.start() if full else plant.start_network())
+            t0 = time.monotonic()
+            while not any(r.sensor_id == "temp" and r.timestamp >= t_restart for r in got[-50:]):
+                assert time.monotonic() - t0 < bound, f"no data {bound}s after restart {i}"
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), bound)
+            got.clear()
+        await collect_health_settle(drv)
+        h = drv.health().snapshot()
+        assert h["connected"] is True
+        assert "cannot monitor: BadNodeIdUnknown" in h["bad_points"]["doomed"]  # type: ignore[index]
+        assert "temp" not in h["bad_points"]  # type: ignore[operator]
+        assert h["errors"]["DriverDisconnected"] >= restarts  # type: ignore[index]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0.3)  # the server drops its side of the closed connection
+    ResourceCount.now().assert_same_as(base)
+
+
+async def collect_health_settle(drv: Driver) -> None:
+    for _ in range(50):
+        if drv.health().connected:
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_config_problems() -> None:
+    bad = {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://h:4840",
+           "security_policy": "Basic256Sha256", "password": "x",
+           "nodes": [{"sensor_id": "a", "node_id": "ns=2;s=A", "browse_path": "/Objects/2:A"},
+                     {"sensor_id": "w", "node_id": "ns=2;s=W", "waveform": True},
+                     {"sensor_id": "p", "node_id": "ns=2;s=P", "mode": "polling",
+                      "deadband": "absolute", "deadband_value": 1.0}]}
+    with pytest.raises(ConfigError) as e:
+        build(Config, bad)
+    text = str(e.value)
+    for needle in ("exactly one of node_id or browse_path", "exactly one of sample_rate",
+                   "deadbands apply to subscriptions only"):
+        assert needle in text, needle
+    bad["nodes"] = [{"sensor_id": "a", "node_id": "ns=2;s=A"},
+                    {"sensor_id": "a", "node_id": "ns=2;s=B"}]
+    with pytest.raises(ConfigError) as e:
+        build(Config, bad)
+    text = str(e.value)
+    for needle in ("needs certificate and private_key", "username: is required",
+                   "duplicate sensor_id"):
+        assert needle in text, needle
+    with pytest.raises(ConfigError, match="endpoint: must match"):
+        build(Config, {"kind": "opcua", "name": "ua", "endpoint": "http://x",
+                       "nodes": [{"sensor_id": "a", "node_id": "i=84"}]})
