@@ -1,0 +1,329 @@
+"""Sound-card capture (PortAudio/ALSA through ``sounddevice``, the optional ``[audio]`` extra).
+
+``sounddevice`` is imported inside :meth:`SoundcardDriver.open`, so this module imports on a
+machine without PortAudio; a missing package, library or device is a :class:`DriverError`
+saying what to install or which devices exist.
+
+PortAudio calls :meth:`SoundcardDriver._callback` on its own thread with each block. The
+callback copies it into a fixed-size numpy ring (``buffer_seconds``) and wakes the asyncio
+side; :meth:`read` takes everything captured so far as one :class:`WaveformBlock`. Nothing is
+lost silently:
+
+* *ring overrun* (the agent did not read for longer than the ring holds): the oldest samples are
+  overwritten; the next block starts after the hole (its timestamp jumps, so the windower
+  restarts) and carries ``metadata["gap_samples"]``; counted as ``errors["ring_overrun"]`` and
+  ``overrun_samples`` in health;
+* *input overflow* reported by PortAudio (the device dropped samples before we saw them): the
+  number lost is unknown, so the stream time is re-anchored on PortAudio's ADC clock and the
+  block gets ``metadata["input_overflow"] = True``; counted as ``errors["input_overflow"]``.
+
+Timestamps come from the sample counter (``t0 + frames / rate``), so blocks are exactly
+contiguous while nothing is lost. Per-channel calibration turns full-scale samples into units:
+
+* ``raw`` — full-scale fraction (unit ``FS``);
+* ``dbfs`` — also full-scale fraction (``FS``), documented as dBFS-referenced: a window's level
+  is ``20 log10(rms * sqrt(2))`` dBFS (a full-scale sine is 0 dBFS);
+* ``mic_pa`` — microphone in Pa: ``volts / (sensitivity mV/Pa / 1000)``;
+* ``iepe`` — IEPE accelerometer through the interface: ``volts / (sensitivity mV/g / 1000)``
+  in ``g``, times 9.80665 when ``unit = "m/s2"``;
+
+where ``volts = sample * full_scale_volts / 10**(gain_db / 20)`` (the interface's input voltage
+at 0 dBFS and its preamp gain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.confkit import field
+from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
+from edge_agent.records import WaveformBlock
+
+F64 = npt.NDArray[np.float64]
+G = 9.80665
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One input channel and its calibration."""
+
+    name: str = field(min_len=1)
+    calibration: Literal["raw", "dbfs", "mic_pa", "iepe"] = "raw"
+    sensitivity: float | None = field(None, gt=0)       # mV/Pa (mic) or mV/g (iepe)
+    full_scale_volts: float | None = field(None, gt=0)  # input volts at 0 dBFS
+    gain_db: float = 0.0
+    unit: Literal["g", "m/s2"] = "g"                      # iepe output unit
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.calibration in ("mic_pa", "iepe"):
+            return [(k, f"is required for calibration {self.calibration!r}")
+                    for k in ("sensitivity", "full_scale_volts") if getattr(self, k) is None]
+        return []
+
+    def scale_and_unit(self) -> tuple[float, str]:
+        """Multiplier from full-scale samples to the calibrated unit, and that unit."""
+        if self.calibration in ("raw", "dbfs") or self.sensitivity is None \
+                or self.full_scale_volts is None:
+            return 1.0, "FS"
+        volts = self.full_scale_volts / 10.0 ** (self.gain_db / 20.0)
+        per = volts / (self.sensitivity / 1000.0)
+        if self.calibration == "mic_pa":
+            return per, "Pa"
+        return (per * G, "m/s2") if self.unit == "m/s2" else (per, "g")
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: Literal["soundcard"]
+    name: str = field(min_len=1)
+    channels: tuple[Channel, ...] = field(min_len=1)
+    device: str | None = None            # a name (substring) or an index; None: the default
+    sample_rate: float = field(48000.0, gt=0)
+    block_size: int = field(2048, ge=16, le=1 << 20)   # frames per PortAudio callback
+    buffer_seconds: float = field(4.0, gt=0, le=600)
+    latency: Literal["low", "high"] = "high"
+    source_id: str | None = None         # default: the driver name
+    stall_timeout: float = field(5.0, gt=0)   # no audio for this long: disconnected
+
+    def problems(self) -> list[tuple[str, str]]:
+        names = [c.name for c in self.channels]
+        out: list[tuple[str, str]] = []
+        if len(set(names)) != len(names):
+            out.append(("channels", "names must be distinct"))
+        if self.buffer_seconds * self.sample_rate < 4 * self.block_size:
+            out.append(("buffer_seconds", "must hold at least 4 blocks"))
+        units = {c.scale_and_unit()[1] for c in self.channels}
+        if len(units) > 1:
+            out.append(("channels", f"one block has one unit; got {sorted(units)} — use one "
+                                    "driver per kind of sensor"))
+        return out
+
+
+class Stream(Protocol):
+    """What the driver needs of ``sounddevice.InputStream`` (a fake in tests)."""
+
+    @property
+    def time(self) -> float: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+StreamFactory = Callable[..., Stream]
+
+
+class SoundcardDriver:
+    streaming = True
+
+    def __init__(self, cfg: Config, stream_factory: StreamFactory | None = None) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.source_id = cfg.source_id or cfg.name
+        self._factory = stream_factory
+        self._health = DriverHealth(cfg.name, "soundcard")
+        n_ch = len(cfg.channels)
+        self.capacity = max(int(cfg.buffer_seconds * cfg.sample_rate), 4 * cfg.block_size)
+        self._ring = np.zeros((self.capacity, n_ch), dtype=np.float32)
+        cal = [c.scale_and_unit() for c in cfg.channels]
+        self._scale = np.array([s for s, _ in cal])
+        self.unit = cal[0][1]
+        self._lock = threading.Lock()
+        self._written = 0                  # frames written since open (monotonic)
+        self._read = 0                     # frames handed out
+        self._anchors: list[tuple[int, float]] = [(0, 0.0)]   # (frame index, its timestamp)
+        self._overflow_frames: list[int] = []                 # frames where PortAudio lost data
+        self._stream: Stream | None = None
+        # what PortAudio (or the injected stream) raises: sd.PortAudioError is added on open
+        self._errors: tuple[type[BaseException], ...] = (OSError, RuntimeError)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._adc0: tuple[float, float] | None = None   # (adc time, wall time) at the start
+        self.overruns = 0
+        self.overrun_samples = 0
+        self.input_overflows = 0
+
+    # -- PortAudio thread ---------------------------------------------------------------------
+    def _callback(self, indata: npt.NDArray[np.float32], frames: int, time_info: Any,
+                  status: Any) -> None:
+        adc = getattr(time_info, "inputBufferAdcTime", None)
+        with self._lock:
+            if self._written == 0:
+                # first block: its first sample was taken about one block ago
+                t0 = time.time() - frames / self.cfg.sample_rate
+                self._anchors = [(0, t0)]
+                self._adc0 = (float(adc), t0) if adc else None
+            elif status and getattr(status, "input_overflow", False):
+                self.input_overflows += 1
+                self._overflow_frames.append(self._written)
+                if adc and self._adc0 is not None:   # re-anchor on PortAudio's ADC clock
+                    self._anchors.append(
+                        (self._written, self._adc0[1] + (float(adc) - self._adc0[0])))
+            data = indata[-self.capacity:]
+            n = data.shape[0]
+            at = (self._written + frames - n) % self.capacity
+            first = min(n, self.capacity - at)
+            self._ring[at:at + first] = data[:first]
+            if first < n:
+                self._ring[:n - first] = data[first:]
+            self._written += frames
+        loop, ev = self._loop, self._event
+        if loop is not None and ev is not None:
+            loop.call_soon_threadsafe(ev.set)
+
+    # -- asyncio side -------------------------------------------------------------------------
+    def _open_stream(self) -> Stream:
+        cfg = self.cfg
+        kwargs: dict[str, Any] = {
+            "samplerate": cfg.sample_rate, "channels": len(cfg.channels),
+            "blocksize": cfg.block_size, "dtype": "float32", "latency": cfg.latency,
+            "callback": self._callback,
+        }
+        if self._factory is not None:
+            return self._factory(device=cfg.device, **kwargs)
+        try:
+            import sounddevice as sd
+        except ImportError as exc:
+            raise DriverError("sound card capture needs the 'sounddevice' package "
+                              "(pip install 'edge-gateway-agent[audio]')") from exc
+        except OSError as exc:             # sounddevice raises this when PortAudio is absent
+            raise DriverError(f"sound card capture needs the PortAudio library "
+                              f"(e.g. apt install libportaudio2): {exc}") from exc
+        self._errors = (OSError, RuntimeError, sd.PortAudioError)
+        device: int | str | None = cfg.device
+        if isinstance(device, str) and device.isdigit():
+            device = int(device)
+        try:
+            sd.check_input_settings(device=device, channels=len(cfg.channels),
+                                    samplerate=cfg.sample_rate, dtype="float32")
+            stream: Stream = sd.InputStream(device=device, **kwargs)
+        except (ValueError, sd.PortAudioError) as exc:
+            try:
+                names = [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
+            except sd.PortAudioError:
+                names = []
+            raise DriverError(f"sound card {cfg.device or 'default'!r}: {exc}; input devices: "
+                              f"{names or 'none found'}") from exc
+        return stream
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        with self._lock:
+            self._written = self._read = 0
+            self._anchors = [(0, time.time())]
+            self._overflow_frames = []
+            self._adc0 = None
+        stream = self._open_stream()
+        try:
+            stream.start()
+        except self._errors as exc:
+            stream.close()
+            raise DriverError(f"sound card: cannot start the stream: {exc}") from exc
+        self._stream = stream
+        self._health.connected = True
+        self._health.detail.update(device=self.cfg.device or "default",
+                                   sample_rate=self.cfg.sample_rate, capacity=self.capacity)
+
+    def _take(self) -> WaveformBlock | None:
+        with self._lock:
+            avail = self._written - self._read
+            if avail <= 0:
+                return None
+            gap = 0
+            if avail > self.capacity:                      # the writer lapped us
+                gap = avail - self.capacity
+                self._read += gap
+                avail = self.capacity
+                self.overruns += 1
+                self.overrun_samples += gap
+            # the time anchor for the first frame; a block never crosses the next anchor
+            while len(self._anchors) > 1 and self._anchors[1][0] <= self._read:
+                self._anchors.pop(0)
+            a_frame, a_time = self._anchors[0]
+            if len(self._anchors) > 1:
+                avail = min(avail, self._anchors[1][0] - self._read)
+            overflow = False
+            while self._overflow_frames and self._overflow_frames[0] <= self._read:
+                self._overflow_frames.pop(0)
+                overflow = True
+            if self._overflow_frames:
+                avail = min(avail, self._overflow_frames[0] - self._read)
+            at = self._read % self.capacity
+            first = min(avail, self.capacity - at)
+            out = np.empty((avail, self._ring.shape[1]))
+            out[:first] = self._ring[at:at + first]
+            if first < avail:
+                out[first:] = self._ring[:avail - first]
+            start = a_time + (self._read - a_frame) / self.cfg.sample_rate
+            self._read += avail
+        out *= self._scale
+        meta: dict[str, object] = {}
+        if gap:
+            self._health.error("ring_overrun")
+            meta["gap_samples"] = gap
+        if overflow:
+            self._health.error("input_overflow")
+            meta["input_overflow"] = True
+        return WaveformBlock(self.source_id, self.cfg.sample_rate,
+                             tuple(c.name for c in self.cfg.channels), start, out, self.unit,
+                             meta)
+
+    async def read(self) -> DriverOutput:
+        if self._event is None or self._stream is None:
+            raise DriverError("soundcard: read() before open()")
+        while True:
+            block = self._take()
+            if block is not None:
+                self._health.ok(block.n_samples * len(self.cfg.channels))
+                self._health.detail.update(overruns=self.overruns,
+                                           overrun_samples=self.overrun_samples,
+                                           input_overflows=self.input_overflows)
+                return [block]
+            self._event.clear()
+            if self._written - self._read > 0:
+                continue
+            try:
+                await asyncio.wait_for(self._event.wait(), self.cfg.stall_timeout)
+            except TimeoutError:
+                raise DriverDisconnected(f"sound card: no audio for {self.cfg.stall_timeout} s "
+                                         "(device gone or stream stopped)") from None
+
+    async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            for op in (stream.stop, stream.close):
+                try:
+                    op()
+                except self._errors:           # best effort on a possibly dead device
+                    self._health.error("close")
+        self._health.connected = False
+
+    def health(self) -> DriverHealth:
+        self._health.detail.update(overruns=self.overruns, overrun_samples=self.overrun_samples,
+                                   input_overflows=self.input_overflows,
+                                   buffer_fill=round((self._written - self._read) /
+                                                     self.capacity, 3))
+        return self._health
+
+
+def level_dbfs(samples: npt.ArrayLike) -> float:
+    """Level of full-scale samples in dBFS (full-scale sine = 0 dBFS); -inf for silence."""
+    x = np.asarray(samples, dtype=np.float64)
+    rms = math.sqrt(float(np.mean(x * x))) if x.size else 0.0
+    return 20.0 * math.log10(rms * math.sqrt(2.0)) if rms > 0 else -math.inf
+
+
+def create(cfg: Config) -> SoundcardDriver:
+    return SoundcardDriver(cfg)
