@@ -69,6 +69,7 @@ class _Corrupt(Exception):
 class _Put:
     records: Sequence[object]
     fut: asyncio.Future[None]
+    rows: Converted | None = None  # converted by the caller (overlaps with SQLite work)
 
 
 @dataclass
@@ -120,7 +121,17 @@ class Buffer:
         if not records:
             return
         fut = self._check().create_future()
-        self._q.put(_Put(records, fut))
+        rows = None
+        if self._store is not None:
+            # Convert here, on the caller's thread, while the writer runs SQLite (which releases
+            # the GIL); a reading from a source never seen before is left to the writer.
+            try:
+                rows = self._store.convert(records, new_sources=False)
+            except KeyError:
+                rows = None
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"not buffered: {exc}") from exc
+        self._q.put(_Put(records, fut, rows))
         await fut
 
     async def call(self, fn: Callable[[Store], T]) -> T:
@@ -257,7 +268,7 @@ class Buffer:
         rows, ok = Converted(), []
         for put in group:
             try:
-                c = store.convert(put.records)
+                c = put.rows if put.rows is not None else store.convert(put.records)
             except (TypeError, ValueError, AttributeError) as exc:
                 self._resolve(put.fut, exc=ValueError(f"not buffered: {exc}"))
                 continue

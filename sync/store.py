@@ -11,7 +11,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,10 +174,14 @@ class Store:
             self.src_rev[sid] = key
         return sid
 
-    def convert(self, records: Sequence[object]) -> Converted:
-        """Records to rows; raises TypeError/ValueError naming the first bad record."""
+    def convert(self, records: Sequence[object], new_sources: bool = True) -> Converted:
+        """Records to rows; raises TypeError/ValueError naming the first bad record.
+
+        With ``new_sources=False`` it touches no SQLite (safe from any thread: the source cache
+        is only read) and raises KeyError for a source not seen yet."""
         out = Converted()
-        rd, src_ids, source_id = out.readings.append, self.src_ids, self.source_id
+        rd, src_ids = out.readings.append, self.src_ids
+        source_id = self.source_id if new_sources else self._known_source
         for rec in records:
             if type(rec) is Reading:
                 # fast path for the common case (finite float, quality in 0..1); else sanitise
@@ -193,7 +197,7 @@ class Store:
                 rd((sid, round(ts * 1_000_000), v, q,
                     dumps(rec.metadata) if rec.metadata else None))
             elif isinstance(rec, Reading):
-                self._convert_slow(rec, out)
+                self._convert_slow(rec, out, source_id)
             elif isinstance(rec, FeatureVector):
                 out.features.append(feature_body(rec))
             elif isinstance(rec, Event):
@@ -203,9 +207,14 @@ class Store:
                                 "FeatureVector or Event")
         return out
 
-    def _convert_slow(self, rec: Reading, out: Converted) -> None:
+    def _known_source(self, key: tuple[str, str, str]) -> int:
+        return self.src_ids[key]
+
+    @staticmethod
+    def _convert_slow(rec: Reading, out: Converted,
+                      source_id: Callable[[tuple[str, str, str]], int]) -> None:
         r = rec.sanitised()
-        sid = self.source_id((r.sensor_id, r.sensor_type, r.unit))
+        sid = source_id((r.sensor_id, r.sensor_type, r.unit))
         out.readings.append((sid, _us(r.timestamp, r.sensor_id), r.value, r.quality,
                              dumps(r.metadata) if r.metadata else None))
 
