@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,12 +15,13 @@ import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.confkit import ConfigError, build
-from edge_agent.drivers.base import Driver, DriverDisconnected, DriverOutput
+from edge_agent.drivers.base import Driver, DriverDisconnected, DriverError, DriverOutput
 from edge_agent.drivers.opcua import Config, create
+from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI, generate_client_certificate
 from edge_agent.records import Reading, WaveformBlock
 from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
-from tests.drivers.opcua_server import N_SAMPLES, RATE, PlantServer, nid
+from tests.drivers.opcua_server import N_SAMPLES, RATE, PlantServer, Security, nid
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -251,3 +254,56 @@ def test_config_problems() -> None:
     with pytest.raises(ConfigError, match="endpoint: must match"):
         build(Config, {"kind": "opcua", "name": "ua", "endpoint": "http://x",
                        "nodes": [{"sensor_id": "a", "node_id": "i=84"}]})
+
+
+@pytest.fixture
+async def secure_plant(tmp_path: Path) -> AsyncIterator[tuple[PlantServer, dict[str, Any]]]:
+    pki = tmp_path / "pki"
+    srv_cert, srv_key = pki / "server-cert.der", pki / "server-key.pem"
+    generate_client_certificate(srv_cert, srv_key, "urn:freeopcua:python:server", "127.0.0.1",
+                                server=True)
+    cli_cert, cli_key = pki / "client-cert.der", pki / "client-key.pem"
+    generate_client_certificate(cli_cert, cli_key, DEFAULT_APPLICATION_URI,
+                                socket.gethostname())
+    pw = tmp_path / "opcua.pw"
+    pw.write_text("s3cret-Pa55\n")
+    srv = PlantServer(free_port(), security=Security(srv_cert, srv_key,
+                                                     {"edge": "s3cret-Pa55"}))
+    await srv.start()
+    extra = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
+             "certificate": str(cli_cert), "private_key": str(cli_key),
+             "username": "edge", "password_file": str(pw)}
+    yield srv, extra
+    await srv.stop()
+
+
+async def test_sign_and_encrypt_with_username_survives_restarts(
+        secure_plant: tuple[PlantServer, dict[str, Any]]) -> None:
+    plant, extra = secure_plant
+    cfg = config(plant.url, **extra)
+    assert "s3cret" not in repr(cfg)  # the password never shows
+    await _restart_campaign(plant, cfg, restarts=3, bound=10.0)
+
+
+async def test_wrong_credentials_or_policy_are_refused_clearly(
+        secure_plant: tuple[PlantServer, dict[str, Any]], tmp_path: Path) -> None:
+    plant, extra = secure_plant
+    base = ResourceCount.now()
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("nope")
+    cases = [({**extra, "password_file": str(wrong)}, "refused"),
+             ({k: v for k, v in extra.items() if k not in ("username", "password_file")},
+              "refused"),
+             ({}, "cannot connect")]  # no security against a SignAndEncrypt-only server
+    for overrides, message in cases:
+        drv = create(config(plant.url, **overrides))
+        with pytest.raises(DriverDisconnected, match=message):
+            await drv.open()
+        await drv.close()
+    missing = {**extra, "password_file": str(tmp_path / "absent.pw")}
+    drv = create(config(plant.url, **missing))
+    with pytest.raises(DriverError, match="password unavailable"):
+        await drv.open()
+    await drv.close()
+    await asyncio.sleep(0.3)
+    ResourceCount.now().assert_same_as(base)
