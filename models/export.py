@@ -84,13 +84,13 @@ def load_sklearn(path: Path | str) -> tuple[Any, dict[str, Any]]:
         source["sha256"] = sha256_hex(p.read_bytes())
         return est, source
     try:
-        if p.suffix in (".joblib", ".jl", ".z", ".gz"):
-            import joblib
-
-            est = joblib.load(p)
-        else:
+        try:
+            import joblib  # reads plain pickles and joblib's numpy-aware format
+        except ImportError:
             with p.open("rb") as fh:
                 est = pickle.load(fh)  # trusted model files only (documented)
+        else:
+            est = joblib.load(p)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError,
             IndexError, KeyError) as exc:
         raise ModelError(f"cannot unpickle {p}: {type(exc).__name__}: {exc}") from exc

@@ -122,7 +122,7 @@ class Scorer:
         self.names: tuple[str, ...] = bundle.manifest.names
         self._session = session
         self._input = bundle.manifest.input_name
-        self._output = bundle.manifest.output_name
+        self._outputs = [bundle.manifest.output_name]
 
     @classmethod
     def load(cls, path: Path | str, *, expected_names: Sequence[str],
@@ -195,21 +195,28 @@ class Scorer:
         if A.ndim != 2 or A.shape[1] != len(self.names):
             raise ValueError(f"model {self.ref.name} takes (n, {len(self.names)}) features, "
                              f"got shape {A.shape}")
-        out = np.full(A.shape[0], np.nan, dtype=np.float64)
-        if A.shape[0] == 0:
-            return out
+        n = A.shape[0]
+        if n == 0:
+            return np.full(0, np.nan)
+        # One reduction covers NaN (max is NaN), +-Inf and values float32 cannot hold.
+        if np.abs(A).max() <= _F32_MAX:
+            return self._run(A.astype(np.float32))
+        out = np.full(n, np.nan, dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            ok = np.isfinite(A).all(axis=1) & (np.abs(A) <= _F32_MAX).all(axis=1)
-        if not ok.any():
-            return out
-        x32 = np.ascontiguousarray(A[ok] if not ok.all() else A, dtype=np.float32)
+            ok = (np.abs(A) <= _F32_MAX).all(axis=1)
+        if ok.any():
+            out[ok] = self._run(A[ok].astype(np.float32))
+        return out
+
+    def _run(self, x32: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         try:
-            res = self._session.run([self._output], {self._input: x32})[0]
-        except (ort_state.Fail,
-                ort_state.InvalidArgument,
-                ort_state.RuntimeException) as exc:
+            res = self._session.run(self._outputs, {self._input: x32})[0]
+        except (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException) as exc:
             raise ModelError(f"model {self.ref.name}: scoring failed: {exc}") from exc
-        out[ok] = np.asarray(res, dtype=np.float64).reshape(-1)[: int(ok.sum())]
+        out: npt.NDArray[np.float64] = np.asarray(res, dtype=np.float64).reshape(-1)
+        if out.shape[0] != x32.shape[0]:
+            raise ModelError(f"model {self.ref.name}: {out.shape[0]} scores for "
+                             f"{x32.shape[0]} rows")
         return out
 
     def matrix(self, rows: Sequence[Mapping[str, float]]) -> npt.NDArray[np.float64]:
