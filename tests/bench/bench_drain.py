@@ -67,7 +67,7 @@ async def main() -> None:
     ap.add_argument("--batch-rows", type=int, default=5000)
     ap.add_argument("--gzip-level", type=int, default=1)
     args = ap.parse_args()
-    rx = subprocess.Popen([sys.executable, "-m", "tests.receiver", "--port", "0", "--api-key",
+    rx = subprocess.Popen([sys.executable, "-m", "tests.receiver", "--port", "0", "--api-key",  # noqa: ASYNC220
                            "k", "--no-bodies"], cwd=REPO, stdout=subprocess.PIPE, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert rx.stdout is not None
@@ -92,7 +92,7 @@ async def main() -> None:
             dt = time.perf_counter() - t
             sampler.stop.set()
             await buf.close()
-        with urllib.request.urlopen(url + "/_admin/stats") as resp:
+        with urllib.request.urlopen(url + "/_admin/stats") as resp:  # noqa: ASYNC210
             st = json.loads(resp.read())
         print(f"drained {st['readings']:,} readings in {dt:.1f}s: {st['readings'] / dt:,.0f} "
               f"readings/s, batches of {args.batch_rows}, gzip level {args.gzip_level}, "
