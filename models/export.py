@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -92,7 +93,7 @@ def load_sklearn(path: Path | str) -> tuple[Any, dict[str, Any]]:
         else:
             est = joblib.load(p)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError,
-            IndexError, KeyError) as exc:
+            IndexError, KeyError, struct.error) as exc:
         raise ModelError(f"cannot unpickle {p}: {type(exc).__name__}: {exc}") from exc
     source["sha256"] = sha256_hex(p.read_bytes())
     return est, source

@@ -103,7 +103,8 @@ def test_joblib_and_mlflow_inputs(pipeline: Any, X_train: np.ndarray, tmp_path: 
     assert np.array_equal(est.score_samples(X_train[:5]), pipeline.score_samples(X_train[:5]))
 
     mlflow.sklearn.save_model(pipeline, str(tmp_path / "mlmodel"),
-                              skops_trusted_types=["sklearn.tree._tree.Tree"])
+                              skops_trusted_types=["sklearn.tree._tree.Tree"],
+                              pip_requirements=["scikit-learn"])
     text = (tmp_path / "mlmodel" / "MLmodel").read_text()
     (tmp_path / "mlmodel" / "MLmodel").write_text("run_id: 0123abcd\n" + text)
     est, src = load_sklearn(tmp_path / "mlmodel")
@@ -117,7 +118,8 @@ def test_joblib_and_mlflow_inputs(pipeline: Any, X_train: np.ndarray, tmp_path: 
     assert np.max(np.abs(sc.score(P) + pipeline.score_samples(P))) <= 1e-5
 
     mlflow.sklearn.save_model(pipeline, str(tmp_path / "mlpickle"),
-                              serialization_format="cloudpickle")
+                              serialization_format="cloudpickle",
+                              pip_requirements=["scikit-learn"])
     est, src = load_sklearn(tmp_path / "mlpickle")
     assert src["kind"] == "mlflow"
     assert np.array_equal(est.score_samples(X_train[:5]), pipeline.score_samples(X_train[:5]))
