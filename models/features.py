@@ -38,6 +38,7 @@ domain — ``V(f) = A(f) / (2 pi f)`` — and sums the band ``f_lo <= f <= f_hi`
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -82,6 +83,45 @@ def finite_rows(frames: F64) -> npt.NDArray[np.bool_]:
 CHUNK = 32            # windows per pass: the temporaries stay in the L2 cache
 
 
+class _Workspace(threading.local):
+    """Per-thread scratch arrays, reused across calls: fresh multi-100-kB temporaries cost
+    page faults on every call (glibc returns them to the OS), which dominated the run time."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple[str, int, str], npt.NDArray[Any]] = {}
+
+    def get(self, name: str, rows: int, cols: int, dtype: str) -> npt.NDArray[Any]:
+        key = (name, cols, dtype)
+        buf = self.bufs.get(key)
+        if buf is None or buf.shape[0] < rows:
+            buf = self.bufs[key] = np.empty((max(rows, CHUNK), cols), dtype=dtype)
+        return buf[:rows]
+
+
+_WORK = _Workspace()
+try:
+    np.fft.rfft(np.zeros(4), out=np.empty(3, dtype=np.complex128))
+    _NP_FFT_OUT = True
+except TypeError:                     # numpy < 2
+    _NP_FFT_OUT = False
+
+
+def _rfft(x: F64, dtype: str) -> npt.NDArray[np.complexfloating[Any, Any]]:
+    """Real FFT of each row into a reused buffer (numpy >= 2 takes ``out=``)."""
+    m, n = x.shape
+    if dtype == "float64" and _NP_FFT_OUT:
+        out: npt.NDArray[np.complexfloating[Any, Any]] = np.fft.rfft(
+            x, axis=1, out=_WORK.get("spec", m, n // 2 + 1, "complex128"))
+        return out
+    if dtype == "float32":
+        x32 = _WORK.get("x32", m, n, "float32")
+        np.copyto(x32, x, casting="same_kind")
+        out = sfft.rfft(x32, axis=1)
+        return out
+    out = sfft.rfft(x, axis=1)
+    return out
+
+
 @lru_cache(maxsize=32)
 def _mean_weights(n: int) -> F64:
     return np.full(n, 1.0 / n)
@@ -98,8 +138,10 @@ def _time_chunk(x: F64, out: F64) -> None:
     n = x.shape[1]
     w = _mean_weights(n)
     mean = x @ w                      # BLAS reductions: ~2x faster than np.sum here
-    d = x - mean[:, None]
-    d2 = d * d
+    d = _WORK.get("d", x.shape[0], n, "float64")
+    d2 = _WORK.get("d2", x.shape[0], n, "float64")
+    np.subtract(x, mean[:, None], out=d)
+    np.multiply(d, d, out=d2)
     m2 = d2 @ w
     d *= d2
     m3 = d @ w
@@ -124,8 +166,8 @@ def _time_chunk(x: F64, out: F64) -> None:
 def _spectral_chunk(x: F64, sample_rate: float, cut: float, dtype: str, out: F64 | None,
                     iso: tuple[float, float, float] | None, iso_out: F64 | None) -> None:
     n = x.shape[1]
-    spec = sfft.rfft(x if dtype == "float64" else x.astype(dtype), axis=1)
-    amp = np.abs(spec)
+    spec = _rfft(x, dtype)
+    amp = np.abs(spec, out=_WORK.get("amp", x.shape[0], spec.shape[1], dtype))
     nb = amp.shape[1]
     freqs, ones = _freq_axes(n, sample_rate, dtype)
     if out is not None:
