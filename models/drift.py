@@ -10,7 +10,9 @@ Two statistics per feature over a rolling window of the last ``window`` vectors:
 
 The source's drift value is the maximum over features of the configured statistic. Past
 ``threshold`` a ``drift_detected`` event is raised (once); ``drift_cleared`` when it falls below
-``clear_ratio * threshold``. Features constant in training are skipped.
+``clear_ratio * threshold``. A feature constant in training is compared as two bins (its
+training value / anything else): IsolationForest never splits on it, so drift is the only place
+its change shows.
 """
 
 from __future__ import annotations
@@ -65,9 +67,14 @@ def psi(recent: npt.NDArray[np.float64], edges: npt.NDArray[np.float64],
     """PSI of ``recent`` against bins with interior ``edges`` and ``expected`` shares."""
     idx = np.searchsorted(edges, recent, side="right")
     counts = np.bincount(idx, minlength=len(expected)).astype(np.float64)
-    actual = np.maximum(counts / max(len(recent), 1), _EPS)
-    exp = np.maximum(expected, _EPS)
-    return float(np.sum((actual - exp) * np.log(actual / exp)))
+    return psi_shares(counts / max(len(recent), 1), expected)
+
+
+def psi_shares(actual: npt.NDArray[np.float64], expected: npt.NDArray[np.float64]) -> float:
+    """PSI from bin shares (each clipped at 1e-4 so empty bins stay finite)."""
+    a = np.maximum(actual, _EPS)
+    e = np.maximum(expected, _EPS)
+    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def ks_distance(recent: npt.NDArray[np.float64], quantiles: npt.NDArray[np.float64],
@@ -135,6 +142,10 @@ class DriftMonitor:
         per: dict[str, tuple[float, float]] = {}
         for j, name in enumerate(self.names):
             if not self.usable[j]:
+                # Constant in training: two bins, "the training value" and "anything else".
+                moved = float(np.mean(R[:, j] != self.q[j, 0]))
+                per[name] = (psi_shares(np.array([1.0 - moved, moved]), np.array([1.0, 0.0])),
+                             moved)
                 continue
             per[name] = (psi(R[:, j], self.edges[j], self.expected),
                          ks_distance(R[:, j], self.q[j], self.levels))
