@@ -1,0 +1,121 @@
+"""Modbus driver cost: 10,000 registers/s in block reads (float32 points, 125-register blocks).
+
+The pymodbus server runs in a child process (its CPU is not counted); the driver runs under the
+agent's ``run_driver`` here. Prints the driver process' CPU seconds per wall second, its RSS,
+the registers and values read per second.
+
+    .venv/bin/python tests/bench/bench_modbus.py [--registers 1000] [--interval 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import socket
+import subprocess
+import sys
+import time
+
+from edge_agent.agent.supervisor import Backoff, run_driver
+from edge_agent.confkit import build
+from edge_agent.drivers.base import DriverOutput
+from edge_agent.drivers.modbus import Config, create
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def serve(port: int, registers: int) -> None:
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
+    regs = [(i * 7) & 0xFFFF for i in range(registers)]
+    dev = SimDevice(1, simdata=[SimData(0, values=regs, datatype=DataType.REGISTERS)])
+    srv = ModbusTcpServer(dev, address=("127.0.0.1", port))
+    print("READY", flush=True)
+    await srv.serve_forever()
+
+
+def start_server(registers: int) -> tuple[subprocess.Popen[str], int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--registers",
+                              str(registers)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.strip() == "READY", line
+    return child, port
+
+
+async def bench(child: subprocess.Popen[str], port: int, registers: int, interval: float,
+                seconds: float) -> None:
+    try:
+        await asyncio.sleep(0.3)
+        points = [{"sensor_id": f"r{a}", "address": a, "data_type": "float32",
+                   "word_order": "little"} for a in range(0, registers - 1, 2)]
+        cfg = build(Config, {"kind": "modbus", "name": "bench", "host": "127.0.0.1",
+                             "port": port, "poll_interval": interval, "timeout": "1s",
+                             "devices": [{"name": "d", "unit_id": 1, "points": points}]})
+        drv = create(cfg)
+        values = 0
+
+        async def emit(out: DriverOutput) -> None:
+            nonlocal values
+            values += len(out)
+
+        rss0 = rss_mib()
+        task = asyncio.create_task(run_driver(drv, emit, poll_interval=interval,
+                                              backoff=Backoff()))
+        await asyncio.sleep(2.0)
+        c0, v0, r0, t0 = cpu_s(), values, drv.health().reads, time.perf_counter()
+        await asyncio.sleep(seconds)
+        c1, v1, r1, t1 = cpu_s(), values, drv.health().reads, time.perf_counter()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        wall = t1 - t0
+        blocks = drv.health().detail["blocks"]
+        regs_per_poll = len(points) * 2
+        print(f"modbus: {len(points)} float32 points = {regs_per_poll} registers in {blocks} "
+              f"blocks, poll {interval * 1000:g} ms, {wall:.1f} s")
+        print(f"  registers read     {(r1 - r0) * regs_per_poll / wall:10.0f} /s")
+        print(f"  values delivered   {(v1 - v0) / wall:10.0f} /s")
+        print(f"  driver CPU         {(c1 - c0):10.2f} s  = {(c1 - c0) / wall:.3f} CPU-s per s")
+        print(f"  RSS                {rss_mib():10.1f} MiB (before driver {rss0:.1f} MiB)")
+        print(f"  health             {drv.health().snapshot()['errors']}")
+    finally:
+        child.terminate()
+        child.wait(5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--registers", type=int, default=1000)
+    ap.add_argument("--interval", type=float, default=0.1)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve:
+        asyncio.run(serve(a.serve, a.registers))
+    else:
+        child, port = start_server(a.registers)
+        asyncio.run(bench(child, port, a.registers, a.interval, a.seconds))
+
+
+if __name__ == "__main__":
+    main()
