@@ -149,8 +149,8 @@ class _Base:
                     f"{self.sample_rate} Hz {self.channels}")
 
     def _channel(self, windows: Sequence[Window], ci: int) -> F64:
-        """One channel of every window as a fresh contiguous ``(n_windows, window)`` array."""
-        out = np.empty((len(windows), self.window))
+        """One channel of the windows as a contiguous ``(n_windows, window)`` scratch array."""
+        out: F64 = ft.scratch("gather", len(windows), self.window)
         for i, w in enumerate(windows):
             out[i] = w.samples[:, ci]
         return out
@@ -230,30 +230,37 @@ class VibrationExtractor(_Base):
         n_w = len(windows)
         per = len(self.per_channel)
         out = np.empty((n_w, per * len(self.channels)))
-        iso = (c.iso_band_lo, c.iso_band_hi, self.accel_scale) if "iso" in c.include else None
         bad = np.zeros(n_w, dtype=bool)
-        for ci in range(len(self.channels)):
-            x = self._channel(windows, ci)
-            rowbad = ~np.isfinite(x @ np.ones(self.window))     # NaN/Inf anywhere in a row
-            if rowbad.any():
-                bad |= rowbad
-                x[rowbad] = 0.0
-            cols: list[F64] = []
-            basic, v = ft.vibration_features(x, self.sample_rate, c.high_freq_cut,
-                                             "basic" in c.include, iso, c.spectrum_dtype)
-            if basic is not None:
-                cols.append(basic)
-            if v is not None:
-                cols.append(v[:, None])
-                if self.zone_limits:
-                    cols.append(ft.iso_zone(v, self.zone_limits)[:, None].astype(np.float64))
-            if "envelope" in c.include and c.bearing is not None:
-                cols.append(envelope_energies(x, self.sample_rate, c.bearing, rpm,
-                                              c.envelope_band_lo, c.envelope_band_hi,
-                                              c.envelope_harmonics, c.envelope_tolerance))
-            out[:, ci * per:(ci + 1) * per] = np.concatenate(cols, axis=1)
+        ones = np.ones(self.window)
+        for s in range(0, n_w, ft.CHUNK):      # chunks: the scratch arrays stay in cache
+            chunk = windows[s:s + ft.CHUNK]
+            for ci in range(len(self.channels)):
+                x = self._channel(chunk, ci)
+                rowbad = ~np.isfinite(x @ ones)              # NaN/Inf anywhere in a row
+                if rowbad.any():
+                    bad[s:s + len(chunk)] |= rowbad
+                    x[rowbad] = 0.0
+                out[s:s + len(chunk), ci * per:(ci + 1) * per] = self._features(x, rpm)
         out[bad] = np.nan
         return out
+
+    def _features(self, x: F64, rpm: float) -> F64:
+        c = self.cfg
+        iso = (c.iso_band_lo, c.iso_band_hi, self.accel_scale) if "iso" in c.include else None
+        cols: list[F64] = []
+        basic, v = ft.vibration_features(x, self.sample_rate, c.high_freq_cut,
+                                         "basic" in c.include, iso, c.spectrum_dtype)
+        if basic is not None:
+            cols.append(basic)
+        if v is not None:
+            cols.append(v[:, None])
+            if self.zone_limits:
+                cols.append(ft.iso_zone(v, self.zone_limits)[:, None].astype(np.float64))
+        if "envelope" in c.include and c.bearing is not None:
+            cols.append(envelope_energies(x, self.sample_rate, c.bearing, rpm,
+                                          c.envelope_band_lo, c.envelope_band_hi,
+                                          c.envelope_harmonics, c.envelope_tolerance))
+        return np.concatenate(cols, axis=1)
 
 
 class SoundExtractor(_Base):

@@ -99,6 +99,12 @@ class _Workspace(threading.local):
 
 
 _WORK = _Workspace()
+
+
+def scratch(name: str, rows: int, cols: int, dtype: str = "float64") -> npt.NDArray[Any]:
+    """A per-thread reusable ``(rows, cols)`` array (contents undefined; valid until the next
+    call with the same name from the same thread)."""
+    return _WORK.get(name, rows, cols, dtype)
 try:
     np.fft.rfft(np.zeros(4), out=np.empty(3, dtype=np.complex128))
     _NP_FFT_OUT = True
