@@ -194,3 +194,22 @@ def test_signed_bundle(bundle_dir: Path, tmp_path: Path) -> None:
     other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     with pytest.raises(ModelError, match="does not verify"):
         load_bundle(signed, public_key=other)
+
+
+def test_scoring_path_does_not_import_sklearn(bundle_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edge_agent.models import alerting, bundle, cli, drift, onnx_score, training\n"
+        f"sc = onnx_score.Scorer.load({str(bundle_dir)!r}, expected_names={list(NAMES)!r}, "
+        f"expected_contract={CONTRACT!r})\n"
+        "sc.score([[0.0] * 22])\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sklearn', 'skl2onnx', 'onnx'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout
