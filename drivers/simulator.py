@@ -28,32 +28,8 @@ import numpy as np
 
 from edge_agent.confkit import Duration, field
 from edge_agent.drivers.base import DriverHealth, DriverOutput
+from edge_agent.models.envelope import BearingGeometry, defect_frequencies
 from edge_agent.records import Reading, WaveformBlock, parse_ts
-
-
-@dataclass(frozen=True)
-class BearingGeometry:
-    n_balls: int = field(9, gt=0)
-    ball_diameter_mm: float = field(7.94, gt=0)
-    pitch_diameter_mm: float = field(39.04, gt=0)
-    contact_angle_deg: float = field(0.0, ge=0, lt=90)
-
-    def problems(self) -> list[tuple[str, str]]:
-        if self.ball_diameter_mm >= self.pitch_diameter_mm:
-            return [("ball_diameter_mm", "must be smaller than pitch_diameter_mm")]
-        return []
-
-    def orders(self) -> dict[str, float]:
-        """Defect frequencies as multiples of shaft speed: bpfo, bpfi, bsf, ftf."""
-        r = self.ball_diameter_mm / self.pitch_diameter_mm * math.cos(
-            math.radians(self.contact_angle_deg))
-        n = self.n_balls
-        return {
-            "bpfo": n / 2 * (1 - r),
-            "bpfi": n / 2 * (1 + r),
-            "bsf": self.pitch_diameter_mm / (2 * self.ball_diameter_mm) * (1 - r * r),
-            "ftf": 0.5 * (1 - r),
-        }
 
 
 @dataclass(frozen=True)
@@ -79,7 +55,8 @@ class Config:
     microphone_rate: float = field(16000.0, gt=0)
     resonance_hz: float = field(3500.0, gt=0)
     noise_g: float = field(0.02, ge=0)
-    bearing: BearingGeometry = BearingGeometry()
+    # A 6205-type deep-groove ball bearing (diameters in mm).
+    bearing: BearingGeometry = BearingGeometry(9, 7.94, 39.04)
     fault: FaultScript = FaultScript()
 
     def waveform_sources(self) -> tuple[str, ...]:
@@ -160,9 +137,8 @@ class SimulatedPlant:
 
     def _impulses(self, t0: float, n: int, fs: float, fr: float, sev: float) -> np.ndarray:
         cfg, rng = self.cfg, self.rng
-        orders = cfg.bearing.orders()
-        order = orders["bpfo"] if cfg.fault.kind == "outer_race" else orders["bpfi"]
-        f_def = order * fr
+        freqs = defect_frequencies(cfg.bearing, fr)
+        f_def = freqs["bpfo"] if cfg.fault.kind == "outer_race" else freqs["bpfi"]
         out = np.zeros(n)
         ring_len = min(n, int(fs * 0.004))
         tr = np.arange(ring_len) / fs

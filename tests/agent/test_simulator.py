@@ -52,7 +52,9 @@ def test_outer_race_fault_shows_at_bpfo_in_envelope_after_onset() -> None:
     faulty = np.concatenate([o[0].samples[:, 0] for o in run(p, 4)])  # type: ignore[union-attr]
     assert stats.kurtosis(healthy) < 1.0 < 5.0 < stats.kurtosis(faulty)
     fs = 20_000
-    bpfo = p.cfg.bearing.orders()["bpfo"] * p.cfg.shaft_speed_rpm / 60
+    from edge_agent.models.envelope import defect_frequencies
+
+    bpfo = defect_frequencies(p.cfg.bearing, p.cfg.shaft_speed_rpm / 60)["bpfo"]
     sos = signal.butter(4, [2500, 4500], "bandpass", fs=fs, output="sos")
     env = np.abs(signal.hilbert(signal.sosfiltfilt(sos, faulty)))
     spec = np.abs(np.fft.rfft(env - env.mean()))
@@ -80,7 +82,7 @@ def test_config_problems_named() -> None:
     cross = {str(x) for x in check(Config, {"kind": "simulator", "resonance_hz": 15000})}
     assert cross == {"resonance_hz: must be below half of vibration_rate"}
     problems = {str(x) for x in check(Config, {"kind": "simulator",
-                                               "bearing": {"ball_diameter_mm": 50},
+                                               "bearing": {"n_balls": 9, "ball_diameter": 50, "pitch_diameter": 39},
                                                "block": "0s"})}
-    assert "bearing.ball_diameter_mm: must be smaller than pitch_diameter_mm" in problems
+    assert "bearing.ball_diameter: must be smaller than pitch_diameter" in problems
     assert "block: must be > 0" in problems
