@@ -82,7 +82,8 @@ def test_config_problems_named() -> None:
     cross = {str(x) for x in check(Config, {"kind": "simulator", "resonance_hz": 15000})}
     assert cross == {"resonance_hz: must be below half of vibration_rate"}
     problems = {str(x) for x in check(Config, {"kind": "simulator",
-                                               "bearing": {"n_balls": 9, "ball_diameter": 50, "pitch_diameter": 39},
+                                               "bearing": {"n_balls": 9, "ball_diameter": 50,
+                                                           "pitch_diameter": 39},
                                                "block": "0s"})}
     assert "bearing.ball_diameter: must be smaller than pitch_diameter" in problems
     assert "block: must be > 0" in problems
