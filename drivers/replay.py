@@ -65,6 +65,9 @@ class Config:
     start_time: str | None = None                 # RFC 3339; default: wall clock at first open
     segment_gap: float = field(1.0, gt=0)         # seconds between files
 
+    def waveform_sources(self) -> tuple[str, ...]:
+        return (self.source_id or self.name,)
+
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         if self.channels and self.columns and len(self.channels) != len(self.columns):

@@ -94,6 +94,9 @@ class Config:
     source_id: str | None = None         # default: the driver name
     stall_timeout: float = field(5.0, gt=0)   # no audio for this long: disconnected
 
+    def waveform_sources(self) -> tuple[str, ...]:
+        return (self.source_id or self.name,)
+
     def problems(self) -> list[tuple[str, str]]:
         names = [c.name for c in self.channels]
         out: list[tuple[str, str]] = []
