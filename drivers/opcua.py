@@ -99,7 +99,10 @@ class Config:
     username: str = ""
     password: Secret | None = None  # or password_file = "/etc/edge-agent/opcua.pw", "${ENV}"
     timeout: Duration = field(Duration(5.0), gt=0, le=120)        # per request
-    connection_check: Duration = field(Duration(1.0), gt=0, le=60)  # session liveness probe
+    connection_check: Duration = field(Duration(5.0), gt=0, le=60)  # liveness probe period+timeout
+    # How long the server keeps a session whose connection dropped. Each reconnect opens a new
+    # session, so keep this short: a flapping link must not exhaust a PLC's few session slots.
+    session_timeout: Duration = field(Duration(120.0), ge=10, le=3600)
     keepalive_count: int = field(10, ge=1, le=1000)
     freshness_factor: float = field(3.0, ge=1.5, le=100)
     max_rebuilds: int = field(3, ge=1, le=100)
@@ -143,6 +146,7 @@ class OpcUaDriver:
         client = Client(c.endpoint, timeout=float(c.timeout),
                         watchdog_intervall=float(c.connection_check))
         client.application_uri = c.application_uri
+        client.session_timeout = int(float(c.session_timeout) * 1000)
         client.name = client.description = f"edge-gateway-agent {c.name}"
         # Freshness is ours (see Session.watchdog); keep asyncua's watchdog from racing it.
         client._stale_check_margin = 1e9  # asyncua 2.x knob; inert on 1.x
