@@ -191,6 +191,8 @@ class Analysis:
         assert self.commissioner is not None
         try:
             return self.commissioner.fit()
+        except ImportError as exc:  # an install without scikit-learn/skl2onnx
+            return ModelError(f"baseline learning needs scikit-learn and skl2onnx: {exc}")
         except (ModelError, ValueError, OSError) as exc:
             return ModelError(str(exc))
 
