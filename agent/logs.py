@@ -40,6 +40,8 @@ def setup(level: str = "info", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Chatty libraries: keep their warnings, drop their per-message info.
-    for noisy in ("asyncua", "pymodbus", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Chatty libraries: the drivers and the uploader log (once, with context) and count every
+    # failure in their health/stats, so the libraries' own per-attempt lines are noise.
+    for noisy, floor in (("asyncua", logging.ERROR), ("pymodbus", logging.CRITICAL),
+                         ("httpx", logging.WARNING), ("httpcore", logging.WARNING)):
+        logging.getLogger(noisy).setLevel(max(floor, root.level))

@@ -126,6 +126,9 @@ class Config:
     max_registers: int = field(MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
     max_bits: int = field(MAX_BITS, ge=1, le=MAX_BITS)
 
+    def waveform_sources(self) -> tuple[str, ...]:
+        return ()  # registers are scalar readings
+
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         if self.transport == "tcp" and not self.host:

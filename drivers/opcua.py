@@ -108,6 +108,10 @@ class Config:
     max_rebuilds: int = field(3, ge=1, le=100)
     missing_retry: Duration = field(Duration(30.0), gt=0)
 
+    def waveform_sources(self) -> tuple[str, ...]:
+        """Array nodes are waveform sources named by their sensor_id."""
+        return tuple(n.sensor_id for n in self.nodes if n.waveform)
+
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         if self.security_policy != "None" and not (self.certificate and self.private_key):
