@@ -140,7 +140,9 @@ async def test_nan_readings_never_leave_as_numbers(tmp_path: Path) -> None:
 
 async def test_waveform_queue_overflow_is_bounded_and_counted(tmp_path: Path) -> None:
     raw = {"agent": {"state_dir": str(tmp_path)},
-           "queues": {"waveforms": {"size": 2, "overflow": "drop_oldest"}}}
+           "queues": {"waveforms": {"size": 2, "overflow": "drop_oldest"}},
+           "pipelines": [{"source": "w.wave", "window": 1000, "hop": 1000,
+                          "features": {"kind": "vibration"}}]}
     cfg = build(config.AgentConfig, raw)
 
     class SlowBuffer(FakeBuffer):
