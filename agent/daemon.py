@@ -69,7 +69,8 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
             if uploader is not None:
                 sources["uploader"] = uploader.stats
             metrics.serve(cfg.metrics.listen, metrics.StatsCollector(
-                sources, {"driver": ("name", pipeline.drivers_health)}))
+                sources, {"driver": ("name", pipeline.drivers_health),
+                          "analysis": ("source", pipeline.analysis_stats)}))
         log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,
                                           "state_dir": str(cfg.state_dir),
                                           "drivers": [d.name for d in pipeline.drivers],

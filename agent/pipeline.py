@@ -156,7 +156,7 @@ class Pipeline:
                 await self.buffer.put(events)
             if time.monotonic() >= next_log:
                 next_log += 60.0
-                log.info("heartbeat", extra={"stats": self.stats()})
+                log.info("heartbeat", extra={"stats": self.heartbeat()})
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -195,8 +195,15 @@ class Pipeline:
             "unrouted_blocks": self.unrouted_blocks,
             "driver_restarts": dict(self.driver_restarts),
             "analysis_errors": dict(self.analysis_errors),
-            "pipelines": {s: a.stats() for s, a in self.analyses.items()},
         }
+
+    def heartbeat(self) -> dict[str, Any]:
+        return {**self.stats(), "pipelines": self.analysis_stats(),
+                "drivers": self.drivers_health()}
+
+    def analysis_stats(self) -> list[dict[str, object]]:
+        """One entry per pipeline, keyed by ``source`` (a metrics label, not a metric name)."""
+        return [{"source": s, **a.stats()} for s, a in self.analyses.items()]
 
     def drivers_health(self) -> list[dict[str, object]]:
         return [d.health().snapshot() for d in self.drivers]

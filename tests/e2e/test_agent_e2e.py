@@ -104,6 +104,9 @@ def test_agent_end_to_end(tmp_path: Path) -> None:
     # Metrics endpoint served live numbers from the pipeline, buffer, uploader and driver.
     assert 'edge_agent_driver_connected{name="sim"} 1.0' in metrics
     assert "edge_agent_pipeline_uptime_s" in metrics
+    assert 'edge_agent_analysis_windows{source="pump-01.de_accel"}' in metrics
+    assert "edge_agent_buffer_rows_committed" in metrics
+    assert "edge_agent_uploader_" in metrics
 
     # Every reading exactly once: no duplicate answers, no primary-key conflicts, and per
     # sensor an unbroken series, one value per simulator block from the first to the last.
