@@ -30,8 +30,13 @@ run: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# mypy sees the installed layout (edge_agent.agent -> agent/, ...) through a tree of symlinks,
+# so imports across the namespace are checked, not silently Any.
 typecheck: $(VENV)/.installed-test
-	$(BIN)/mypy
+	rm -rf build/typecheck && mkdir -p build/typecheck/edge_agent
+	ln -s "$(CURDIR)"/edge_agent/*.py build/typecheck/edge_agent/
+	for d in agent drivers models sync; do ln -s "$(CURDIR)/$$d" build/typecheck/edge_agent/$$d; done
+	cd build/typecheck && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" -p edge_agent
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/pytest

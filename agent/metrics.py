@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -39,7 +39,7 @@ class StatsCollector(Collector):
     """Turns ``{component: stats_fn}`` and labelled per-item sources into gauges."""
 
     def __init__(self, sources: Mapping[str, StatsSource],
-                 labelled: Mapping[str, tuple[str, Callable[[], list[Mapping[str, Any]]]]]
+                 labelled: Mapping[str, tuple[str, Callable[[], Sequence[Mapping[str, Any]]]]]
                  ) -> None:
         self.sources = sources
         self.labelled = labelled  # component -> (label name, fn giving items with that key)

@@ -59,12 +59,9 @@ def cmd_gen_cert(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    try:
-        from edge_agent.models import cli as models_cli
-    except ImportError:  # models/cli.py optional extras missing: the other commands still work
-        models_cli = None
-    if models_cli is not None:
-        models_cli.add_commands(sub)
+    from edge_agent.models import cli as models_cli
+
+    models_cli.add_commands(sub)
 
     q = sub.add_parser("quarantine", help="batches the ingest API refused (400/422)")
     q.add_argument("action", choices=["list", "show", "requeue"])

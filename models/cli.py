@@ -182,8 +182,10 @@ def _spec(args: argparse.Namespace) -> Any:
         raise ModelError("recordings need --spec or --extractor to know the feature settings")
     raw = json.loads(Path(args.extractor).read_text(encoding="utf-8"))
     feats = raw.get("features", {})
-    cls = SoundConfig if feats.get("kind") == "sound" else VibrationConfig
-    return td.Spec("replay", build(cls, feats, "features"), int(raw["window"]), int(raw["hop"]),
+    cfg: VibrationConfig | SoundConfig = (build(SoundConfig, feats, "features")
+                                          if feats.get("kind") == "sound"
+                                          else build(VibrationConfig, feats, "features"))
+    return td.Spec("replay", cfg, int(raw["window"]), int(raw["hop"]),
                    float(raw["sample_rate"]), tuple(raw["channels"]))
 
 

@@ -31,6 +31,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -227,7 +228,8 @@ def train_mimii(data: Path, out: Path) -> dict[str, float]:
     return res
 
 
-def simulator_features(seconds: float, *, fault: str, seed: int
+def simulator_features(seconds: float, *,
+                       fault: Literal["none", "outer_race", "inner_race"], seed: int
                        ) -> tuple[F64, F64, F64, F64]:
     """Vibration and microphone feature matrices (+ fault severity per window) of a simulated run
     with the default simulator settings except ``fault.kind`` and ``seed``."""
