@@ -227,40 +227,52 @@ class VibrationExtractor(_Base):
         c = self.cfg
         rpm = self._shaft(shaft_rpm) if "envelope" in c.include else 0.0
         self._check(windows)
-        n_w = len(windows)
-        per = len(self.per_channel)
-        out = np.empty((n_w, per * len(self.channels)))
+        n_w, n_ch = len(windows), len(self.channels)
+        basic = "basic" in c.include
+        iso_band = (c.iso_band_lo, c.iso_band_hi) if "iso" in c.include else None
+        spectral = basic or iso_band is not None
+        envelope = "envelope" in c.include and c.bearing is not None
+        raws = np.empty((n_ch, ft.RAW_ROWS, n_w)) if spectral else None
+        env = np.empty((n_ch, n_w, len(ENVELOPE_NAMES))) if envelope else None
         bad = np.zeros(n_w, dtype=bool)
         ones = np.ones(self.window)
         for s in range(0, n_w, ft.CHUNK):      # chunks: the scratch arrays stay in cache
             chunk = windows[s:s + ft.CHUNK]
-            for ci in range(len(self.channels)):
+            e = s + len(chunk)
+            for ci in range(n_ch):
                 x = self._channel(chunk, ci)
-                rowbad = ~np.isfinite(x @ ones)              # NaN/Inf anywhere in a row
-                if rowbad.any():
-                    bad[s:s + len(chunk)] |= rowbad
-                    x[rowbad] = 0.0
-                out[s:s + len(chunk), ci * per:(ci + 1) * per] = self._features(x, rpm)
+                if not basic:                  # else: a non-finite mean flags the row below
+                    bad[s:e] |= ~np.isfinite(x @ ones)
+                if raws is not None:
+                    ft.vibration_raw(x, raws[ci, :, s:e], self.sample_rate, c.high_freq_cut,
+                                     basic, iso_band, c.spectrum_dtype)
+                if env is not None and c.bearing is not None:
+                    env[ci, s:e] = envelope_energies(
+                        x, self.sample_rate, c.bearing, rpm, c.envelope_band_lo,
+                        c.envelope_band_hi, c.envelope_harmonics, c.envelope_tolerance)
+        per = len(self.per_channel)
+        out = np.empty((n_w, per * n_ch))
+        for ci in range(n_ch):
+            o = out[:, ci * per:(ci + 1) * per]
+            j = 0
+            if raws is not None:
+                if basic:
+                    bad |= ~np.isfinite(raws[ci, ft.R_MEAN])      # NaN/Inf anywhere in a row
+                b, v = ft.vibration_finish(raws[ci], self.window, self.sample_rate, basic,
+                                           None if iso_band is None else self.accel_scale)
+                if b is not None:
+                    o[:, :b.shape[1]] = b
+                    j = b.shape[1]
+                if v is not None:
+                    o[:, j] = v
+                    j += 1
+                    if self.zone_limits:
+                        o[:, j] = ft.iso_zone(v, self.zone_limits)
+                        j += 1
+            if env is not None:
+                o[:, j:] = env[ci]
         out[bad] = np.nan
         return out
-
-    def _features(self, x: F64, rpm: float) -> F64:
-        c = self.cfg
-        iso = (c.iso_band_lo, c.iso_band_hi, self.accel_scale) if "iso" in c.include else None
-        cols: list[F64] = []
-        basic, v = ft.vibration_features(x, self.sample_rate, c.high_freq_cut,
-                                         "basic" in c.include, iso, c.spectrum_dtype)
-        if basic is not None:
-            cols.append(basic)
-        if v is not None:
-            cols.append(v[:, None])
-            if self.zone_limits:
-                cols.append(ft.iso_zone(v, self.zone_limits)[:, None].astype(np.float64))
-        if "envelope" in c.include and c.bearing is not None:
-            cols.append(envelope_energies(x, self.sample_rate, c.bearing, rpm,
-                                          c.envelope_band_lo, c.envelope_band_hi,
-                                          c.envelope_harmonics, c.envelope_tolerance))
-        return np.concatenate(cols, axis=1)
 
 
 class SoundExtractor(_Base):

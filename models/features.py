@@ -80,7 +80,7 @@ def finite_rows(frames: F64) -> npt.NDArray[np.bool_]:
     return out
 
 
-CHUNK = 32            # windows per pass: the temporaries stay in the L2 cache
+CHUNK = 64            # windows per pass: scratch stays cache-resident, per-call overhead amortised
 
 
 class _Workspace(threading.local):
@@ -112,17 +112,25 @@ except TypeError:                     # numpy < 2
     _NP_FFT_OUT = False
 
 
+def _rowdot(a: F64, b: F64) -> F64:
+    """``sum(a * b, axis=1)`` in one pass without a temporary (numpy >= 2: ``vecdot``)."""
+    vecdot = getattr(np, "vecdot", None)
+    out: F64 = vecdot(a, b) if vecdot is not None else np.einsum("ij,ij->i", a, b)
+    return out
+
+
 def _rfft(x: F64, dtype: str) -> npt.NDArray[np.complexfloating[Any, Any]]:
-    """Real FFT of each row into a reused buffer (numpy >= 2 takes ``out=``)."""
+    """Real FFT of each row; float64 into a reused buffer (numpy >= 2 takes ``out=``), float32
+    through scipy's pocketfft (numpy's float32 path is slower)."""
     m, n = x.shape
-    if dtype == "float64" and _NP_FFT_OUT:
-        out: npt.NDArray[np.complexfloating[Any, Any]] = np.fft.rfft(
-            x, axis=1, out=_WORK.get("spec", m, n // 2 + 1, "complex128"))
-        return out
     if dtype == "float32":
         x32 = _WORK.get("x32", m, n, "float32")
         np.copyto(x32, x, casting="same_kind")
-        out = sfft.rfft(x32, axis=1)
+        out: npt.NDArray[np.complexfloating[Any, Any]] = sfft.rfft(x32, axis=1,
+                                                                   overwrite_x=True)
+        return out
+    if _NP_FFT_OUT:
+        out = np.fft.rfft(x, axis=1, out=_WORK.get("spec", m, n // 2 + 1, "complex128"))
         return out
     out = sfft.rfft(x, axis=1)
     return out
@@ -134,77 +142,184 @@ def _mean_weights(n: int) -> F64:
 
 
 @lru_cache(maxsize=32)
-def _freq_axes(n: int, sample_rate: float, dtype: str) -> tuple[npt.NDArray[np.floating[Any]],
-                                                                 npt.NDArray[np.floating[Any]]]:
+def _amp_weights(n: int, sample_rate: float, dtype: str) -> npt.NDArray[np.floating[Any]]:
+    """Columns (1, f): ``amp @ W`` gives ``sum(A)`` and ``sum(f * A)`` in one BLAS pass."""
     nb = n // 2 + 1
-    return (np.arange(nb, dtype=dtype) * (sample_rate / n), np.ones(nb, dtype=dtype))
+    w = np.stack([np.ones(nb), np.arange(nb) * (sample_rate / n)], axis=1).astype(dtype)
+    w.flags.writeable = False
+    return w
 
 
-def _time_chunk(x: F64, out: F64) -> None:
+@lru_cache(maxsize=32)
+def _power_weights(n: int, sample_rate: float, cut: float | None,
+                   iso: tuple[float, float] | None, dtype: str
+                   ) -> npt.NDArray[np.floating[Any]]:
+    """Columns (1, f > cut) and/or the ISO velocity weights: ``|X|**2 @ W`` gives the total
+    power, the power above the cut and the velocity sum in one BLAS pass."""
+    nb = n // 2 + 1
+    cols: list[F64] = []
+    if cut is not None:
+        cut_bin = math.floor(cut * n / sample_rate) + 1      # first bin with f > cut
+        high = np.zeros(nb)
+        high[cut_bin:] = 1.0
+        cols += [np.ones(nb), high]
+    if iso is not None:
+        cols.append(_iso_weights(n, sample_rate, iso[0], iso[1]))
+    w = np.stack(cols, axis=1).astype(dtype)
+    w.flags.writeable = False
+    return w
+
+
+# float32 spectrum: a runner-up bin within this relative amplitude of the maximum could be
+# the float64 maximum instead (float32 FFT errors are ~1e-7 of the largest bin); such rows
+# get their dominant bin from a float64 FFT so that ties resolve like the reference.
+_TIE_REL = 1e-5
+
+
+# Rows of the per-window intermediate sums (``raw``, shape ``(RAW_ROWS, n_windows)``).
+(R_MEAN, R_S2, R_C2, R_C3, R_C4, R_CENTRED, R_MAX, R_MIN, R_K, R_TOP, R_SUM_A, R_SUM_FA,
+ R_PTOT, R_PHIGH, R_ISO) = range(15)
+RAW_ROWS = 15
+
+
+def _moments_centered(x: F64) -> tuple[F64, F64, F64]:
+    """Central moments m2, m3, m4 of each row through ``d = x - mean``."""
     n = x.shape[1]
     w = _mean_weights(n)
-    mean = x @ w                      # BLAS reductions: ~2x faster than np.sum here
     d = _WORK.get("d", x.shape[0], n, "float64")
     d2 = _WORK.get("d2", x.shape[0], n, "float64")
-    np.subtract(x, mean[:, None], out=d)
+    np.subtract(x, (x @ w)[:, None], out=d)
     np.multiply(d, d, out=d2)
-    m2 = d2 @ w
-    d *= d2
-    m3 = d @ w
-    d2 *= d2
-    m4 = d2 @ w
-    mx = x.max(axis=1)
-    mn = x.min(axis=1)
-    rms = np.sqrt(m2 + mean * mean)
-    # scipy's "variance is zero" test (relative to the mean), plus exactly constant windows
-    degenerate = (m2 <= (np.finfo(np.float64).eps * mean) ** 2) | (mx == mn)
-    safe_m2 = np.where(degenerate, 1.0, m2)
-    out[:, 0] = rms
-    out[:, 1] = mx - mn
-    out[:, 2] = np.where(degenerate, 0.0, m4 / (safe_m2 * safe_m2) - 3.0)
-    out[:, 3] = np.where(degenerate, 0.0, m3 / safe_m2 ** 1.5)
-    out[:, 4] = np.sqrt(m2)
-    out[:, 5] = mean
-    peak = np.maximum(mx, -mn)
-    out[:, 6] = np.where(rms > 0, peak / np.where(rms > 0, rms, 1.0), 0.0)
+    return d2 @ w, _rowdot(d2, d) / n, _rowdot(d2, d2) / n
 
 
-def _spectral_chunk(x: F64, sample_rate: float, cut: float, dtype: str, out: F64 | None,
-                    iso: tuple[float, float, float] | None, iso_out: F64 | None) -> None:
+def _time_raw(x: F64, raw: F64) -> None:
+    """Raw power sums ``s_k = mean(x**k)`` (one elementwise pass, four BLAS-speed
+    reductions), max and min. The binomial expansion of :func:`_finish` turns them into central
+    moments; it cancels when ``|mean| >> std``, so rows with ``mean**2 > m2`` get their central
+    moments computed about the mean here instead (``R_CENTRED`` = 1). Error bound of the raw
+    rows: ~20 eps relative on m2..m4."""
+    m, n = x.shape
+    w = _mean_weights(n)
+    x2 = _WORK.get("d2", m, n, "float64")         # shared: the fallback runs after its last use
+    np.multiply(x, x, out=x2)
+    np.matmul(x, w, out=raw[R_MEAN])
+    np.matmul(x2, w, out=raw[R_S2])
+    raw[R_C2] = raw[R_S2]
+    raw[R_C3] = _rowdot(x2, x)
+    raw[R_C4] = _rowdot(x2, x2)
+    raw[R_C3:R_C4 + 1] *= 1.0 / n
+    np.max(x, axis=1, out=raw[R_MAX])
+    np.min(x, axis=1, out=raw[R_MIN])
+    mean = raw[R_MEAN]
+    offset = ~(mean * mean <= raw[R_S2] - mean * mean)          # also catches NaN
+    raw[R_CENTRED] = offset
+    if offset.any():
+        idx = np.flatnonzero(offset)
+        m2, m3, m4 = _moments_centered(np.ascontiguousarray(x[idx]))
+        raw[R_C2, idx], raw[R_C3, idx], raw[R_C4, idx] = m2, m3, m4
+
+
+def _dominant(x: F64, amp: npt.NDArray[np.floating[Any]], exact: bool, raw: F64) -> None:
+    """First maximum bin (DC excluded) and its ``|X|`` per row. With a float32 ``amp``
+    (``exact`` false), rows whose runner-up is within :data:`_TIE_REL` are settled by a float64
+    FFT, so that the bin is the reference's."""
+    rows = np.arange(len(amp))
+    k = np.argmax(amp[:, 1:], axis=1) + 1
+    top = amp[rows, k]
+    if not exact:
+        amp[rows, k] = -1.0
+        k2 = np.argmax(amp[:, 1:], axis=1) + 1
+        amp[rows, k] = top
+        near = np.flatnonzero(amp[rows, k2] >= top * (1.0 - _TIE_REL))
+        if near.size:
+            a64 = np.abs(sfft.rfft(x[near], axis=1))
+            k[near] = np.argmax(a64[:, 1:], axis=1) + 1
+            top = top.astype(np.float64)
+            top[near] = a64[np.arange(near.size), k[near]]
+    raw[R_K] = k
+    raw[R_TOP] = top
+
+
+def _spectral_raw(x: F64, sample_rate: float, cut: float | None,
+                  iso: tuple[float, float] | None, dtype: str, raw: F64) -> None:
+    """Spectral sums of one chunk: dominant bin and ``|X|``, ``sum |X|``, ``sum f |X|``
+    (when ``cut`` is given) and ``|X|**2`` sums: total, above the cut, ISO-weighted."""
     n = x.shape[1]
     spec = _rfft(x, dtype)
     amp = np.abs(spec, out=_WORK.get("amp", x.shape[0], spec.shape[1], dtype))
-    nb = amp.shape[1]
-    freqs, ones = _freq_axes(n, sample_rate, dtype)
-    if out is not None:
-        dc = amp[:, 0].copy()
-        amp[:, 0] = -1.0                              # DC excluded from the argmax
-        k = np.argmax(amp, axis=1)
-        amp[:, 0] = dc
-        dom = amp[np.arange(len(amp)), k]
-        total = amp @ ones
-        centroid = amp @ freqs
-    amp *= amp                                        # power |X|^2 from here on
-    if out is not None:
-        cut_bin = math.floor(cut * n / sample_rate) + 1      # first bin with f > cut
-        ptot = amp @ ones
-        phigh = amp[:, cut_bin:] @ ones[cut_bin:] if cut_bin < nb else np.zeros(len(amp))
-        out[:, 0] = k * (sample_rate / n)
-        out[:, 1] = dom * (2.0 / n)
-        out[:, 2] = np.where(total > 0, centroid / np.where(total > 0, total, 1.0), 0.0)
-        out[:, 3] = np.where(ptot > 0, phigh / np.where(ptot > 0, ptot, 1.0), 0.0)
-    if iso is not None and iso_out is not None:
-        iso_out[:] = np.sqrt((amp @ _iso_weights(n, sample_rate, iso[0], iso[1])) /
-                             (n * n)) * (iso[2] * 1000.0)
+    if cut is not None:
+        _dominant(x, amp, dtype == "float64", raw)
+        raw[R_SUM_A:R_SUM_FA + 1] = (amp @ _amp_weights(n, sample_rate, dtype)).T
+    np.multiply(amp, amp, out=amp)                    # power |X|^2 from here on
+    pw = (amp @ _power_weights(n, sample_rate, cut, iso, dtype)).T
+    if cut is not None:
+        raw[R_PTOT:R_PHIGH + 1] = pw[:2]
+    if iso is not None:
+        raw[R_ISO] = pw[-1]
+
+
+def vibration_raw(x: F64, raw: F64, sample_rate: float, high_freq_cut: float = 1000.0,
+                  basic: bool = True, iso_band: tuple[float, float] | None = None,
+                  spectrum_dtype: str = "float64") -> None:
+    """Fill ``raw[:, i]`` (shape ``(RAW_ROWS, m)``, float64) for the rows of the contiguous
+    float64 frames ``x`` ``(m, n)``; :func:`vibration_finish` turns the whole batch into features.
+    Splitting the two lets a caller gather windows chunk by chunk (cache-sized scratch) and pay
+    the per-call overhead of the final vector arithmetic once per batch."""
+    for i in range(0, x.shape[0], CHUNK):
+        xc, rc = x[i:i + CHUNK], raw[:, i:i + CHUNK]
+        if basic:
+            _time_raw(xc, rc)
+        if basic or iso_band is not None:
+            _spectral_raw(xc, sample_rate, high_freq_cut if basic else None, iso_band,
+                          spectrum_dtype, rc)
+
+
+def vibration_finish(raw: F64, n: int, sample_rate: float, basic: bool = True,
+                     iso_scale: float | None = None) -> tuple[F64 | None, F64 | None]:
+    """Basic features ``(m, 11)`` and/or ISO velocity RMS ``(m,)`` from :func:`vibration_raw`."""
+    out: F64 | None = None
+    v: F64 | None = None
+    if basic:
+        m = raw.shape[1]
+        out = np.empty((m, len(BASIC_NAMES)))
+        mean, s2, mx, mn = raw[R_MEAN], raw[R_S2], raw[R_MAX], raw[R_MIN]
+        mu2 = mean * mean
+        c2, c3, c4 = raw[R_C2], raw[R_C3], raw[R_C4]
+        expand = raw[R_CENTRED] == 0.0
+        m2 = np.where(expand, c2 - mu2, c2)
+        m3 = np.where(expand, c3 - mean * (3.0 * c2 - 2.0 * mu2), c3)
+        m4 = np.where(expand, c4 - mean * (4.0 * c3 - mean * (6.0 * c2 - 3.0 * mu2)), c4)
+        rms = np.sqrt(s2)
+        # scipy's "variance is zero" test (relative to the mean), plus exactly constant windows
+        degenerate = (m2 <= (np.finfo(np.float64).eps * mean) ** 2) | (mx == mn)
+        safe_m2 = np.where(degenerate, 1.0, m2)
+        out[:, 0] = rms
+        out[:, 1] = mx - mn
+        out[:, 2] = np.where(degenerate, 0.0, m4 / (safe_m2 * safe_m2) - 3.0)
+        out[:, 3] = np.where(degenerate, 0.0, m3 / np.abs(safe_m2) ** 1.5)
+        out[:, 4] = np.sqrt(np.maximum(m2, 0.0))
+        out[:, 5] = mean
+        out[:, 6] = np.where(rms > 0, np.maximum(mx, -mn) / np.where(rms > 0, rms, 1.0), 0.0)
+        total, ptot = raw[R_SUM_A], raw[R_PTOT]
+        out[:, 7] = raw[R_K] * (sample_rate / n)
+        out[:, 8] = raw[R_TOP] * (2.0 / n)
+        out[:, 9] = np.where(total > 0, raw[R_SUM_FA] / np.where(total > 0, total, 1.0), 0.0)
+        out[:, 10] = np.where(ptot > 0, raw[R_PHIGH] / np.where(ptot > 0, ptot, 1.0), 0.0)
+    if iso_scale is not None:
+        v = np.sqrt(np.maximum(raw[R_ISO], 0.0) / (n * n)) * (iso_scale * 1000.0)
+    return out, v
 
 
 def time_features(frames: npt.ArrayLike) -> F64:
     """The seven time-domain features, shape ``(n_windows, 7)`` in :data:`BASIC_NAMES` order."""
-    x = _as_frames(frames)
-    out = np.empty((x.shape[0], 7))
+    x = np.ascontiguousarray(_as_frames(frames))
+    raw = np.zeros((RAW_ROWS, x.shape[0]))
     for i in range(0, x.shape[0], CHUNK):
-        _time_chunk(x[i:i + CHUNK], out[i:i + CHUNK])
-    return out
+        _time_raw(x[i:i + CHUNK], raw[:, i:i + CHUNK])
+    out, _ = vibration_finish(raw, x.shape[1], 1.0)
+    assert out is not None
+    return out[:, :7]
 
 
 def amplitude_spectrum(frames: npt.ArrayLike) -> F64:
@@ -223,21 +338,15 @@ def vibration_features(frames: npt.ArrayLike, sample_rate: float, high_freq_cut:
     """Basic features ``(n_windows, 11)`` and/or ISO velocity RMS ``(n_windows,)`` in one pass.
 
     ``iso`` is ``(f_lo, f_hi, accel_scale)``. ``spectrum_dtype="float32"`` runs the FFT and the
-    spectral sums in single precision (about 2x faster; relative error ~1e-6, and the dominant
-    bin may differ where two bins tie to ~1e-6); the time-domain features stay float64.
+    spectral sums in single precision (see the module doc for the accuracy); the time-domain
+    features stay float64.
     """
-    x = _as_frames(frames)
-    m = x.shape[0]
-    out = np.empty((m, len(BASIC_NAMES))) if basic else None
-    v = np.empty(m) if iso is not None else None
-    for i in range(0, m, CHUNK):
-        xc = x[i:i + CHUNK]
-        if out is not None:
-            _time_chunk(xc, out[i:i + CHUNK, :7])
-        _spectral_chunk(xc, sample_rate, high_freq_cut, spectrum_dtype,
-                        None if out is None else out[i:i + CHUNK, 7:],
-                        iso, None if v is None else v[i:i + CHUNK])
-    return out, v
+    x = np.ascontiguousarray(_as_frames(frames))
+    raw = np.empty((RAW_ROWS, x.shape[0]))
+    vibration_raw(x, raw, sample_rate, high_freq_cut, basic,
+                  None if iso is None else (iso[0], iso[1]), spectrum_dtype)
+    return vibration_finish(raw, x.shape[1], sample_rate, basic,
+                            None if iso is None else iso[2])
 
 
 def basic_features(frames: npt.ArrayLike, sample_rate: float, high_freq_cut: float = 1000.0,
