@@ -233,7 +233,7 @@ def _dominant(x: F64, amp: npt.NDArray[np.floating[Any]], exact: bool, raw: F64)
         amp[rows, k] = top
         near = np.flatnonzero(amp[rows, k2] >= top * (1.0 - _TIE_REL))
         if near.size:
-            a64 = np.abs(sfft.rfft(x[near], axis=1))
+            a64 = np.abs(np.fft.rfft(x[near], axis=1))      # the reference's FFT
             k[near] = np.argmax(a64[:, 1:], axis=1) + 1
             top = top.astype(np.float64)
             top[near] = a64[np.arange(near.size), k[near]]

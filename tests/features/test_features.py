@@ -166,3 +166,65 @@ def test_iso_zones() -> None:
 def test_bad_shapes_rejected() -> None:
     with pytest.raises(ValueError, match="frames"):
         ft.basic_features(np.zeros((2, 3, 4)), FS)
+
+
+# float32 spectrum: measured worst relative error over IMS, CWRU and synthetic windows is
+# 1.5e-6 (high_freq_energy), 1.2e-6 (spectral_centroid), 2.4e-7 (dominant_amplitude); the
+# dominant bin itself is the reference's (near-ties are settled in float64).
+F32_REL = 1e-5
+
+
+def check_float32(frames: np.ndarray, fs: float, cut: float = 1000.0) -> None:
+    got = ft.basic_features(frames, fs, cut, spectrum_dtype="float32")
+    for row, x in zip(got, frames, strict=True):
+        ref = reference(x, fs, cut)
+        for i, (name, value) in enumerate(zip(ft.BASIC_NAMES, row, strict=True)):
+            if i < 7:                       # the time domain stays float64
+                assert value == pytest.approx(ref[name], rel=1e-9, abs=1e-12), name
+            elif name == "dominant_frequency":
+                assert value == ref[name]
+            else:                           # a fraction: absolute floor of float32 round-off
+                assert value == pytest.approx(ref[name], rel=F32_REL,
+                                              abs=1e-6 if name == "high_freq_energy" else 0)
+
+
+def test_float32_spectrum_within_tolerance_of_reference(data_dir: Path) -> None:
+    rng = np.random.default_rng(11)
+    check_float32(np.concatenate([rng.standard_normal((4, N)),
+                                  rng.exponential(2.0, (2, N)) + 5.0]), FS)
+    raw = np.loadtxt(data_dir / "ims_1st_test" / "2003.10.22.12.14.13")
+    frames = np.concatenate([np.lib.stride_tricks.sliding_window_view(raw[:, c], 2048)[::1024]
+                             for c in range(0, 8, 3)])
+    check_float32(np.ascontiguousarray(frames), 20000.0)
+    t = np.arange(N) / FS
+    check_float32(np.stack([3.0 * np.sin(2 * np.pi * 1257.3 * t),          # off-bin, clean
+                            np.sin(2 * np.pi * 250.0 * t)                  # ~nothing above
+                            + 1e-5 * rng.standard_normal(N)]), FS)         # the cut; 17-bit
+    # The limit: a noise-free bin-centred tone has a float64 noise floor of ~1e-16 but a float32
+    # one of ~1e-7, and the centroid sums that floor times f over 1000 bins: 1.5e-5 here.
+    clean = np.sin(2 * np.pi * 250.0 * t)
+    c32 = ft.basic_features(clean, FS, spectrum_dtype="float32")[0, 9]
+    assert c32 == pytest.approx(250.0, rel=1e-4) and c32 != pytest.approx(250.0, rel=1e-6)
+
+
+def test_float32_near_tie_resolves_like_float64() -> None:
+    t = np.arange(N) / FS
+    # equal tones at bins 40 and 200: float32 round-off alone would pick either
+    x = np.sin(2 * np.pi * 500.0 * t) + np.sin(2 * np.pi * 2500.0 * t)
+    frames = np.stack([x, x[::-1].copy(), x + 1e-9 * np.cos(2 * np.pi * 2500.0 * t)])
+    f64 = ft.basic_features(frames, FS)
+    f32 = ft.basic_features(frames, FS, spectrum_dtype="float32")
+    np.testing.assert_array_equal(f32[:, 7], f64[:, 7])
+    np.testing.assert_allclose(f32[:, 8], f64[:, 8], rtol=1e-12)   # settled in float64
+    for row, ref_x in zip(f32, frames, strict=True):
+        assert row[7] == reference(ref_x, FS)["dominant_frequency"]
+
+
+def test_offset_windows_take_the_centred_path() -> None:
+    # |mean| >> std: the raw power sums would cancel; those rows are recomputed about the mean
+    rng = np.random.default_rng(3)
+    frames = np.concatenate([1e3 + 0.1 * rng.standard_t(4, (3, N)),        # big DC offset
+                             0.2 + rng.standard_normal((2, N))])          # raw-sum path
+    check_against_reference(frames, FS)
+    kurt = ft.time_features(frames)[:, 2]
+    np.testing.assert_allclose(kurt, scipy.stats.kurtosis(frames, axis=1), rtol=1e-9)
