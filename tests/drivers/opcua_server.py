@@ -1,6 +1,13 @@
 """A real asyncua server for the driver tests: changing scalars, a vibration array with its
 sample-rate node, a node that turns Bad, a node that gets deleted; restarts and faults on
 demand. Bound to 127.0.0.1 on a fixed port so the driver reconnects to the same endpoint.
+
+Every :meth:`PlantServer.start` builds a new ``asyncua.Server`` (new internal server, new
+address space, new listener) as a rebooted PLC would. What made that cost ~3-4 s is
+``Server.init()`` filling the ~6,000 standard (namespace 0) nodes from generated code; with a
+*shelf* (:func:`build_standard_shelf`, asyncua's own start-up accelerator for slow devices) each
+new server reads those nodes lazily from a read-only on-disk snapshot instead (~0.2 s). Our
+plant nodes are created fresh every time.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +24,6 @@ from typing import Any
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.binary_server_asyncio import BinaryServer
 
 NS = "urn:edge-agent:test"
 RATE = 25600.0
@@ -47,24 +54,64 @@ def nid(name: str) -> str:
     return f"ns=2;s={name}"
 
 
+def _shelf_ready(path: Path) -> bool:
+    # The test asyncua's Server.init() applies to decide "load the shelf" vs "fill and write it".
+    return path.is_file() or path.with_suffix(".db").is_file()
+
+
+async def build_standard_shelf(directory: Path) -> Path:
+    """Fill the standard address space once and write asyncua's shelf of it into ``directory``.
+
+    Returns the path to give :class:`PlantServer` (``shelf=``). Costs one full ``init()``.
+    """
+    path = directory / "ns0"
+    if not _shelf_ready(path):
+        await Server().init(path)  # no shelf yet: fills from code, then writes the shelf
+        if not _shelf_ready(path):
+            # Python builds without gdbm/ndbm fall back to dbm.dumb, which writes ns0.dat and
+            # ns0.dir but no ns0 / ns0.db; asyncua only looks for the latter two. An empty ns0
+            # makes it load the shelf (dbm.whichdb still identifies the .dat/.dir pair).
+            path.touch()
+    return path
+
+
+@dataclass(frozen=True)
+class Wave:
+    """A continuous sine published as consecutive ``n``-sample arrays on ``Wave`` (sample rate
+    on ``Wave.Rate``), each stamped with the time of its last sample on one sample clock, so
+    consecutive blocks join without gaps. Blocks go out at ``speed`` x real time."""
+
+    frequency: float
+    amplitude: float
+    rate: float = 10240.0
+    n: int = N_SAMPLES
+    speed: float = 2.0
+
+
 class PlantServer:
-    """``start()`` builds a fresh server (address space and all), ``stop()`` tears it down."""
+    """``start()`` builds a new server (address space and all), ``stop()`` tears it down."""
 
     def __init__(self, port: int, *, security: Security | None = None,
-                 update_s: float = 0.05) -> None:
+                 update_s: float = 0.05, shelf: Path | None = None,
+                 wave: Wave | None = None) -> None:
         self.port = port
         self.url = f"opc.tcp://127.0.0.1:{port}/plant/"
         self.security = security
         self.update_s = update_s
+        self.shelf = shelf
+        self.wave = wave
         self.server: Server | None = None
         self.bad = False            # Flaky node reports BadSensorFailure while set
         self.deleted = False
         self.tick = 0
-        self._task: asyncio.Task[None] | None = None
+        self.generation = 0         # servers built so far
+        self.wave_t0 = 0.0          # POSIX time of the wave's sample 0
+        self.wave_blocks = 0        # blocks written so far (over every server)
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         s = Server(user_manager=PasswordUsers(self.security.users) if self.security else None)
-        await s.init()
+        await s.init(self.shelf)
         s.set_endpoint(self.url)
         s.set_server_name("edge-agent test plant")
         if self.security:
@@ -82,42 +129,41 @@ class PlantServer:
             await plant.add_variable(ua.NodeId(name, idx), f"{idx}:{name}", value)
         await plant.add_variable(ua.NodeId("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
                                  varianttype=ua.VariantType.Double)
+        if self.wave is not None:
+            await plant.add_variable(ua.NodeId("Wave.Rate", idx), f"{idx}:Wave.Rate",
+                                     self.wave.rate)
+            await plant.add_variable(ua.NodeId("Wave", idx), f"{idx}:Wave",
+                                     [0.0] * self.wave.n, varianttype=ua.VariantType.Double)
         if self.deleted:
             await s.delete_nodes([s.get_node(nid("Doomed"))])
         await s.start()
         self.server = s
-        self._task = asyncio.create_task(self._update_loop())
+        self.generation += 1
+        self._tasks = [asyncio.create_task(self._update_loop())]
+        if self.wave is not None:
+            self._tasks.append(asyncio.create_task(self._wave_loop(self.wave)))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
+                await t
+        s, self.server = self.server, None
+        if s is not None:
+            # Server.stop() waits for its clock loop, which sleeps 1 s between ticks, to see a
+            # flag; a PLC being switched off does not wait, so stop the clock first.
+            clock, s.iserver.time_task = s.iserver.time_task, None
+            if clock is not None:
+                clock.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await clock
+            await s.stop()
 
     async def restart(self) -> None:
         await self.stop()
         await self.start()
-
-    async def stop_network(self) -> None:
-        """Take the server off the network: listener closed, every connection dropped, every
-        session and subscription gone; the address space stays (an in-process restart that
-        costs milliseconds instead of a 4-second address-space rebuild)."""
-        assert self.server is not None and self.server.bserver is not None
-        await self.server.bserver.stop()
-        for sess in list(self.server.iserver.subscription_service.subscriptions.values()):
-            await sess.stop()
-        self.server.iserver.subscription_service.subscriptions.clear()
-
-    async def start_network(self) -> None:
-        s = self.server
-        assert s is not None
-        s.bserver = BinaryServer(s.iserver, "127.0.0.1", self.port, s.limits)
-        s.bserver.set_policies(s._policies)
-        await s.bserver.start()
 
     async def delete_doomed(self) -> None:
         assert self.server is not None
@@ -162,3 +208,18 @@ class PlantServer:
                 wave = [math.sin(2 * math.pi * 160.0 * i / RATE) + t for i in range(N_SAMPLES)]
                 await self._write("Vib", wave, vtype=ua.VariantType.Double)
             await asyncio.sleep(self.update_s)
+
+    async def _wave_loop(self, w: Wave) -> None:
+        if not self.wave_blocks:
+            self.wave_t0 = time.time()
+        k = 2 * math.pi * w.frequency / w.rate
+        while True:
+            first = self.wave_blocks * w.n
+            block = [w.amplitude * math.sin(k * (first + i)) for i in range(w.n)]
+            end = datetime.fromtimestamp(self.wave_t0 + (first + w.n) / w.rate, UTC)
+            dv = ua.DataValue(ua.Variant(block, ua.VariantType.Double),
+                              SourceTimestamp=end, ServerTimestamp=end)
+            assert self.server is not None
+            await self.server.write_attribute_value(ua.NodeId.from_string(nid("Wave")), dv)
+            self.wave_blocks += 1
+            await asyncio.sleep(w.n / w.rate / w.speed)

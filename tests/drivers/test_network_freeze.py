@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -72,8 +73,8 @@ async def _freeze_and_thaw(drv: Driver, proxy: FreezableProxy, rec: Recorder, se
         await proxy.stop()
 
 
-async def test_opcua_notices_a_dead_link_and_recovers() -> None:
-    plant = PlantServer(free_port())
+async def test_opcua_notices_a_dead_link_and_recovers(ua_shelf: Path) -> None:
+    plant = PlantServer(free_port(), shelf=ua_shelf)
     await plant.start()
     proxy = FreezableProxy(plant.port)
     await proxy.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import time
@@ -23,7 +24,15 @@ from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.opcua_server import N_SAMPLES, RATE, PlantServer, Security, nid
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.timeout(180),
+    # asyncua 2.1's server calls an async data-change callback without awaiting it when a
+    # monitored node is deleted (address_space.py delete_nodes): the test server's bug, so its
+    # subscribers never hear BadNodeIdUnknown; the driver side is asserted without it.
+    pytest.mark.filterwarnings(
+        "ignore:coroutine 'MonitoredItemService.datachange_callback' was never awaited"
+        ":RuntimeWarning"),
+]
 
 FAST = {"publishing_interval": "100ms"}
 
@@ -55,8 +64,8 @@ def config(url: str, **extra: Any) -> Config:
 
 
 @pytest.fixture
-async def plant() -> AsyncIterator[PlantServer]:
-    srv = PlantServer(free_port())
+async def plant(ua_shelf: Path) -> AsyncIterator[PlantServer]:
+    srv = PlantServer(free_port(), shelf=ua_shelf)
     await srv.start()
     yield srv
     await srv.stop()
@@ -176,11 +185,15 @@ async def test_open_fails_clearly_and_close_is_idempotent() -> None:
 
 
 async def test_server_stopped_and_restarted_ten_times(plant: PlantServer) -> None:
-    await _restart_campaign(plant, config(plant.url), restarts=10, bound=10.0)
+    recoveries = await _restart_campaign(plant, config(plant.url), restarts=10, bound=10.0)
+    print(f"data again after a full restart: max {max(recoveries):.2f}s, "
+          f"median {sorted(recoveries)[len(recoveries) // 2]:.2f}s")
 
 
 async def _restart_campaign(plant: PlantServer, cfg: Config, *, restarts: int,
-                            bound: float) -> None:
+                            bound: float) -> list[float]:
+    """Run the driver under run_driver while the server is rebuilt ``restarts`` times (a new
+    Server each time, down for 0 / 0.3 / 0.6 s); return the seconds from each start to data."""
     drv = create(cfg)
     got: list[Reading] = []
     arrived = asyncio.Event()
@@ -189,26 +202,38 @@ async def _restart_campaign(plant: PlantServer, cfg: Config, *, restarts: int,
         got.extend(r for r in out if isinstance(r, Reading) and r.value is not None)
         arrived.set()
 
+    async def fresh_temp(since: float, what: str) -> None:
+        t0 = time.monotonic()
+        while not any(r.sensor_id == "temp" and r.timestamp >= since for r in got[-50:]):
+            left = bound - (time.monotonic() - t0)
+            assert left > 0, f"no data {bound}s after {what}"
+            arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), left)
+
     await asyncio.sleep(0.2)
     base = ResourceCount.now()
     task = asyncio.create_task(run_driver(drv, emit, poll_interval=None,
                                           backoff=Backoff(initial=0.05, maximum=0.5)))
+    recoveries: list[float] = []
     try:
-        await asyncio.wait_for(arrived.wait(), bound)
+        await fresh_temp(0.0, "the first connect")
+        steady = ResourceCount.now()  # driver connected: its tasks and sockets, the server's
+        first = plant.generation
         for i in range(restarts):
             if i == restarts // 2:
-                await plant.delete_doomed()  # stays deleted across the next restarts
-            full = i == restarts - 1  # the last one rebuilds the whole server
-            await (plant.stop() if full else plant.stop_network())
+                await plant.delete_doomed()  # stays deleted in every later server
+            old = plant.server
+            await plant.stop()
             await asyncio.sleep(0.3 * (i % 3))
-            t_restart = time.time()
-            await (plant.start() if full else plant.start_network())
-            t0 = time.monotonic()
-            while not any(r.sensor_id == "temp" and r.timestamp >= t_restart for r in got[-50:]):
-                assert time.monotonic() - t0 < bound, f"no data {bound}s after restart {i}"
-                arrived.clear()
-                await asyncio.wait_for(arrived.wait(), bound)
+            t_start, t0 = time.time(), time.monotonic()
+            await plant.start()
+            assert plant.server is not None and plant.server is not old
+            await fresh_temp(t_start, f"restart {i}")
+            recoveries.append(time.monotonic() - t0)
             got.clear()
+            await settle(steady, f"after restart {i}")
+        assert plant.generation == first + restarts  # every restart built a new server
         await collect_health_settle(drv)
         h = drv.health().snapshot()
         assert h["connected"] is True
@@ -219,8 +244,21 @@ async def _restart_campaign(plant: PlantServer, cfg: Config, *, restarts: int,
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    await asyncio.sleep(0.3)  # the server drops its side of the closed connection
-    ResourceCount.now().assert_same_as(base)
+    await settle(base, "after the driver stopped")
+    return recoveries
+
+
+async def settle(base: ResourceCount, what: str, limit_s: float = 2.0) -> None:
+    """Tasks and sockets back to ``base`` counts (a closing socket may take a moment)."""
+    t_end = time.monotonic() + limit_s
+    while True:
+        try:
+            ResourceCount.now().assert_same_as(base)
+            return
+        except AssertionError as exc:
+            if time.monotonic() > t_end:
+                raise AssertionError(f"{what}: {exc}") from None
+        await asyncio.sleep(0.05)
 
 
 async def collect_health_settle(drv: Driver) -> None:
@@ -257,7 +295,8 @@ def test_config_problems() -> None:
 
 
 @pytest.fixture
-async def secure_plant(tmp_path: Path) -> AsyncIterator[tuple[PlantServer, dict[str, Any]]]:
+async def secure_plant(tmp_path: Path, ua_shelf: Path
+                       ) -> AsyncIterator[tuple[PlantServer, dict[str, Any]]]:
     pki = tmp_path / "pki"
     srv_cert, srv_key = pki / "server-cert.der", pki / "server-key.pem"
     generate_client_certificate(srv_cert, srv_key, "urn:freeopcua:python:server", "127.0.0.1",
@@ -268,7 +307,7 @@ async def secure_plant(tmp_path: Path) -> AsyncIterator[tuple[PlantServer, dict[
     pw = tmp_path / "opcua.pw"
     pw.write_text("s3cret-Pa55\n")
     srv = PlantServer(free_port(), security=Security(srv_cert, srv_key,
-                                                     {"edge": "s3cret-Pa55"}))
+                                                     {"edge": "s3cret-Pa55"}), shelf=ua_shelf)
     await srv.start()
     extra = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
              "certificate": str(cli_cert), "private_key": str(cli_key),
@@ -282,7 +321,9 @@ async def test_sign_and_encrypt_with_username_survives_restarts(
     plant, extra = secure_plant
     cfg = config(plant.url, **extra)
     assert "s3cret" not in repr(cfg)  # the password never shows
-    await _restart_campaign(plant, cfg, restarts=3, bound=10.0)
+    recoveries = await _restart_campaign(plant, cfg, restarts=10, bound=10.0)
+    print(f"secure: data again after a full restart: max {max(recoveries):.2f}s, "
+          f"median {sorted(recoveries)[len(recoveries) // 2]:.2f}s")
 
 
 async def test_wrong_credentials_or_policy_are_refused_clearly(
