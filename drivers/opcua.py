@@ -32,13 +32,13 @@ from asyncua.crypto import security_policies
 from edge_agent.confkit import Duration, Secret, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
+from edge_agent.drivers.opcua_items import UA_ERRORS
 from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
 
 log = logging.getLogger("edge_agent.drivers.opcua")
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
-UA_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ua.UaError)
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,16 @@ A :class:`Session` lives from one ``open()`` to the next ``close()`` of
 :class:`edge_agent.drivers.opcua.OpcUaDriver` and is never reused. Its tasks (one pump per
 subscription, one loop per poll group, one watchdog) push records into a pending batch that
 :meth:`Session.next_batch` hands out; any fatal condition is recorded once and raised from there
-as :class:`SessionFailed`.
+as :class:`SessionFailed`. The items, groups and request builders it works from are in
+:mod:`edge_agent.drivers.opcua_items`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asyncua import Client, ua
@@ -27,7 +26,6 @@ from asyncua.common.subscription import (
 
 from edge_agent.drivers.base import DriverHealth
 from edge_agent.drivers.opcua_convert import (
-    NodeSpec,
     WaveformError,
     bad_reading,
     group_by,
@@ -36,14 +34,24 @@ from edge_agent.drivers.opcua_convert import (
     to_reading,
     to_waveform,
 )
+from edge_agent.drivers.opcua_items import (
+    UA_ERRORS,
+    Item,
+    PollGroup,
+    SubGroup,
+    group_key,
+    items_of,
+    monitor_request,
+    read_request,
+    subscription_params,
+)
 from edge_agent.records import Reading, WaveformBlock
 
 if TYPE_CHECKING:
-    from edge_agent.drivers.opcua import Config, Node
+    from edge_agent.drivers.opcua import Config
 
 log = logging.getLogger("edge_agent.drivers.opcua")
 
-UA_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ua.UaError)
 _CONNECTION_GONE = {"BadShutdown", "BadSessionClosed", "BadConnectionClosed",
                     "BadSecureChannelClosed", "BadSessionIdInvalid", "BadServerHalted"}
 
@@ -52,58 +60,14 @@ class SessionFailed(Exception):
     """The session cannot go on; the driver reconnects with a fresh client."""
 
 
-@dataclass(eq=False)
-class _Item:
-    node: Node
-    spec: NodeSpec
-    nodeid: ua.NodeId | None = None
-    rate: float | None = None          # waveform items: current sample rate
-    rate_for: _Item | None = None      # hidden sample-rate items: the waveform they serve
-
-
-@dataclass(eq=False)
-class _SubGroup:
-    interval: float                    # publishing interval, seconds
-    items: list[_Item]
-    sub: Subscription | None = None
-    handles: dict[int, _Item] = field(default_factory=dict)
-    missing: list[_Item] = field(default_factory=list)
-    created: float = 0.0               # monotonic, of the last (re)build
-    rebuilds: int = 0                  # consecutive rebuilds that brought nothing yet
-    force_rebuild: bool = False
-    next_retry: float = 0.0
-
-
-@dataclass(eq=False)
-class _PollGroup:
-    interval: float
-    items: list[_Item]
-
-
-def _items_of(cfg: Config) -> list[_Item]:
-    items: list[_Item] = []
-    for n in cfg.nodes:
-        spec = NodeSpec(n.sensor_id, n.sensor_type, n.unit, n.node_id or n.browse_path,
-                        n.waveform, tuple(n.channels), n.timestamp_at)
-        it = _Item(n, spec, rate=n.sample_rate)
-        items.append(it)
-        if n.waveform and n.sample_rate_node:
-            rate_node = type(n)(sensor_id=f"{n.sensor_id}.rate", node_id=n.sample_rate_node,
-                                mode=n.mode, publishing_interval=n.publishing_interval,
-                                poll_interval=n.poll_interval)
-            items.append(_Item(rate_node, NodeSpec(rate_node.sensor_id, "sample_rate", "Hz",
-                                                   n.sample_rate_node), rate_for=it))
-    return items
-
-
 class Session:
     def __init__(self, cfg: Config, client: Client, health: DriverHealth) -> None:
         self.cfg = cfg
         self.client = client
         self.health = health
-        self._items = _items_of(cfg)
-        self._subs: list[_SubGroup] = []
-        self._polls: list[_PollGroup] = []
+        self._items = items_of(cfg)
+        self._subs: list[SubGroup] = []
+        self._polls: list[PollGroup] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[Reading | WaveformBlock] = []
         self._wake = asyncio.Event()
@@ -115,16 +79,13 @@ class Session:
     async def start(self) -> None:
         await self._resolve()
         await self._read_rates()
-        by_mode = group_by(self._items, lambda it: (it.node.mode, float(
-            it.node.publishing_interval if it.node.mode == "subscription"
-            else it.node.poll_interval)))
-        for (mode, interval), items in sorted(by_mode.items()):
+        for (mode, interval), items in sorted(group_by(self._items, group_key).items()):
             if mode == "subscription":
-                g = _SubGroup(interval, items)
+                g = SubGroup(interval, items)
                 self._subs.append(g)
                 await self._create_subscription(g)
             else:
-                p = _PollGroup(interval, [it for it in items if it.nodeid is not None])
+                p = PollGroup(interval, [it for it in items if it.nodeid is not None])
                 if p.items:
                     self._polls.append(p)
                     self._spawn(self._poll_loop(p))
@@ -160,42 +121,22 @@ class Session:
             for it, dv in zip(rates, results, strict=True):
                 self.deliver(it, dv)
 
-    def _missing(self, it: _Item, reason: str) -> None:
+    def _missing(self, it: Item, reason: str) -> None:
         self.health.bad_points[it.spec.sensor_id] = reason
         self.health.error("missing_node")
         if it.rate_for is None:
             self._push(bad_reading(it.spec, reason, time.time()))
 
-    def _request(self, it: _Item) -> ua.MonitoredItemCreateRequest:
-        n = it.node
-        params = ua.MonitoringParameters()
-        params.ClientHandle = self._next_handle
-        self._next_handle += 1
-        sampling = n.publishing_interval if n.sampling_interval is None else n.sampling_interval
-        params.SamplingInterval = float(sampling) * 1000.0
-        params.QueueSize = n.queue_size
-        params.DiscardOldest = True
-        if n.deadband != "none":
-            params.Filter = ua.DataChangeFilter(
-                Trigger=ua.DataChangeTrigger.StatusValue,
-                DeadbandType=1 if n.deadband == "absolute" else 2,
-                DeadbandValue=float(n.deadband_value))
-        rv = ua.ReadValueId()
-        rv.NodeId = it.nodeid
-        rv.AttributeId = ua.AttributeIds.Value
-        mir = ua.MonitoredItemCreateRequest()
-        mir.ItemToMonitor = rv
-        mir.MonitoringMode = ua.MonitoringMode.Reporting
-        mir.RequestedParameters = params
-        return mir
-
-    async def _monitor(self, g: _SubGroup, items: list[_Item]) -> None:
+    async def _monitor(self, g: SubGroup, items: list[Item]) -> None:
         """Create monitored items; the ones the server refuses go to ``g.missing``."""
         assert g.sub is not None
         todo = [it for it in items if it.nodeid is not None]
         if not todo:
             return
-        mirs = [self._request(it) for it in todo]
+        mirs = []
+        for it in todo:
+            mirs.append(monitor_request(it, self._next_handle))
+            self._next_handle += 1
         results = await g.sub.create_monitored_items(mirs)
         for it, mir, res in zip(todo, mirs, results, strict=True):
             if isinstance(res, ua.StatusCode):
@@ -207,18 +148,8 @@ class Session:
                         ("cannot monitor", "browse path")):
                     del self.health.bad_points[it.spec.sensor_id]
 
-    async def _create_subscription(self, g: _SubGroup) -> None:
-        ms = g.interval * 1000.0
-        params = ua.CreateSubscriptionParameters()
-        params.RequestedPublishingInterval = ms
-        params.RequestedMaxKeepAliveCount = self.cfg.keepalive_count
-        # The server drops a subscription nobody publishes for after lifetime x interval:
-        # at least 3 keep-alives (spec) and about two minutes, so a crashed agent's leftovers
-        # do not pile up in a PLC with few subscription slots.
-        params.RequestedLifetimeCount = max(3 * self.cfg.keepalive_count,
-                                            math.ceil(120_000 / ms))
-        params.MaxNotificationsPerPublish = 0
-        params.PublishingEnabled = True
+    async def _create_subscription(self, g: SubGroup) -> None:
+        params = subscription_params(g.interval, self.cfg.keepalive_count)
         n_items = sum(it.node.queue_size for it in g.items)
         g.sub = await self.client.create_subscription(
             params, None, queue_maxsize=max(1000, 4 * n_items),
@@ -260,7 +191,7 @@ class Session:
         self.health.error("connection_lost")
         self._fail(f"connection lost: {exc!r}")
 
-    def deliver(self, it: _Item, dv: ua.DataValue) -> None:
+    def deliver(self, it: Item, dv: ua.DataValue) -> None:
         now = time.time()
         sid = it.spec.sensor_id
         if it.rate_for is not None:
@@ -283,7 +214,7 @@ class Session:
             self.health.bad_points.pop(sid, None)
         self._push(r)
 
-    async def _pump(self, g: _SubGroup, sub: Subscription) -> None:
+    async def _pump(self, g: SubGroup, sub: Subscription) -> None:
         async for ev in sub:
             if isinstance(ev, DataChangeEvent):
                 mi = ev.data.monitored_item
@@ -298,15 +229,8 @@ class Session:
                 log.warning("opcua %s: subscription status %s; rebuilding", self.cfg.name, name)
                 g.force_rebuild = True
 
-    async def _poll_loop(self, p: _PollGroup) -> None:
-        params = ua.ReadParameters()
-        params.MaxAge = 0
-        params.TimestampsToReturn = ua.TimestampsToReturn.Both
-        for it in p.items:
-            rv = ua.ReadValueId()
-            rv.NodeId = it.nodeid
-            rv.AttributeId = ua.AttributeIds.Value
-            params.NodesToRead.append(rv)
+    async def _poll_loop(self, p: PollGroup) -> None:
+        params = read_request(p.items)
         next_t = time.monotonic()
         while True:
             try:
@@ -325,7 +249,7 @@ class Session:
                 next_t = now
             await asyncio.sleep(next_t - now)
 
-    def _limit(self, g: _SubGroup) -> float:
+    def _limit(self, g: SubGroup) -> float:
         return self.cfg.freshness_factor * g.interval * self.cfg.keepalive_count
 
     async def _watchdog(self) -> None:
@@ -344,7 +268,7 @@ class Session:
                 elif g.missing and now >= g.next_retry:
                     await self._retry_missing(g)
 
-    async def _rebuild(self, g: _SubGroup, silent: float) -> None:
+    async def _rebuild(self, g: SubGroup, silent: float) -> None:
         assert g.sub is not None
         g.force_rebuild = False
         g.rebuilds += 1
@@ -363,7 +287,7 @@ class Session:
             return
         g.created = time.monotonic()
 
-    async def _retry_missing(self, g: _SubGroup) -> None:
+    async def _retry_missing(self, g: SubGroup) -> None:
         items, g.missing = g.missing, []
         g.next_retry = time.monotonic() + float(self.cfg.missing_retry)
         try:
