@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
@@ -88,7 +90,7 @@ class Config:
 
     kind: Literal["opcua"]
     name: str = field(pattern=_ID)
-    endpoint: str = field(pattern=r"opc\.tcp://.+")
+    endpoint: str = field()         # opc.tcp://host[:port][/path]; the port defaults to 4840
     nodes: tuple[Node, ...] = field(min_len=1)
     security_policy: Literal["None", "Basic256Sha256"] = "None"
     security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
@@ -114,6 +116,10 @@ class Config:
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
+        try:
+            parse_endpoint(self.endpoint)
+        except ValueError as exc:
+            out.append(("endpoint", str(exc)))
         if self.security_policy != "None" and not (self.certificate and self.private_key):
             out.append(("certificate", f"security_policy {self.security_policy} needs "
                                        "certificate and private_key"))
@@ -125,6 +131,46 @@ class Config:
                 out.append((f"nodes[{i}].sensor_id", f"duplicate sensor_id {n.sensor_id!r}"))
             seen.add(n.sensor_id)
         return out
+
+
+def parse_endpoint(url: str) -> tuple[str, str, int]:
+    """``(url, host, port)`` of an ``opc.tcp://host[:port][/path]`` endpoint, with the IANA
+    default port 4840 written into the URL when it has none; ``ValueError`` says what is wrong.
+    (asyncua itself ignores the scheme and would connect to port 0 when the port is missing.)"""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid endpoint URL: {exc}") from None
+    if parts.scheme.lower() != "opc.tcp":
+        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise ValueError(f"{url!r} has {got}; an OPC-UA endpoint looks like "
+                         "opc.tcp://host:4840/path")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{url!r} names no host (opc.tcp://host:4840/path)")
+    if port is None:
+        port = 4840
+        netloc = f"{parts.netloc}:{port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    elif port == 0:
+        raise ValueError(f"{url!r}: port 0 is not a server port")
+    return url, host, port
+
+
+def _why(exc: BaseException, host: str, port: int) -> str:
+    """A connect failure in words an operator can act on."""
+    if isinstance(exc, OSError) and exc.filename:   # certificate or key file
+        return f"cannot read {exc.filename}: {exc.strerror}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused: nothing listening at {host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host {host!r}: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return f"timed out waiting for {host}:{port}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({host}:{port})"
+    return repr(exc)
 
 
 def create(cfg: Config) -> OpcUaDriver:
@@ -145,9 +191,9 @@ class OpcUaDriver:
     def health(self) -> DriverHealth:
         return self._health
 
-    def _new_client(self) -> Client:
+    def _new_client(self, url: str) -> Client:
         c = self.cfg
-        client = Client(c.endpoint, timeout=float(c.timeout),
+        client = Client(url, timeout=float(c.timeout),
                         watchdog_intervall=float(c.connection_check))
         client.application_uri = c.application_uri
         client.session_timeout = int(float(c.session_timeout) * 1000)
@@ -175,7 +221,12 @@ class OpcUaDriver:
 
     async def open(self) -> None:
         await self.close()
-        client = self._new_client()
+        try:
+            url, host, port = parse_endpoint(self.cfg.endpoint)
+        except ValueError as exc:  # only a Config built without confkit gets here
+            self._health.error("endpoint")
+            raise DriverError(f"opcua {self.name}: endpoint {exc}") from exc
+        client = self._new_client(url)
         session = Session(self.cfg, client, self._health)
         self._session = session
         limit = float(self.cfg.timeout) * 4 + 5.0
@@ -187,15 +238,13 @@ class OpcUaDriver:
             await self.close()
             self._health.error("connect")
             raise DriverDisconnected(f"opcua {self.name}: server refused session at "
-                                     f"{self.cfg.endpoint}: {exc}") from exc
+                                     f"{url}: {exc}") from exc
         except UA_ERRORS as exc:
             await self.close()
             self._health.error("connect")
-            raise DriverDisconnected(f"opcua {self.name}: cannot connect to "
-                                     f"{self.cfg.endpoint}: {exc!r}") from exc
-        except FileNotFoundError as exc:  # pragma: no cover - OSError above catches it
-            await self.close()
-            raise DriverError(f"opcua {self.name}: {exc}") from exc
+            why = _why(exc, host, port)
+            raise DriverDisconnected(f"opcua {self.name}: cannot connect to {url}: {why}"
+                                     ) from exc
         try:
             async with asyncio.timeout(limit + len(self.cfg.nodes) * 0.01):
                 await session.start()

@@ -289,7 +289,7 @@ def test_config_problems() -> None:
     for needle in ("needs certificate and private_key", "username: is required",
                    "duplicate sensor_id"):
         assert needle in text, needle
-    with pytest.raises(ConfigError, match="endpoint: must match"):
+    with pytest.raises(ConfigError, match="endpoint: 'http://x' has scheme 'http'"):
         build(Config, {"kind": "opcua", "name": "ua", "endpoint": "http://x",
                        "nodes": [{"sensor_id": "a", "node_id": "i=84"}]})
 
