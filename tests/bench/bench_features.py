@@ -102,6 +102,12 @@ def main() -> None:
         np.copyto(x32[:len(x)], x, casting="same_kind")
         return x32[:len(x)]
 
+    def gather() -> None:
+        for i in range(0, n_win, ft.CHUNK):
+            for c in range(2):
+                for j, w in enumerate(windows[i:i + ft.CHUNK]):
+                    x64[j] = w.samples[:, c]
+
     fast = {
         "floor: rfft float64 (numpy, out=), chunks": chunks(
             lambda x, i: np.fft.rfft(x, axis=1, out=np.empty((len(x), N // 2 + 1), complex))),
@@ -112,10 +118,7 @@ def main() -> None:
             lambda x, i: np.abs(sfft.rfft(f32(x), axis=1, overwrite_x=True))),
         "floor: time-domain sums alone (mean..m4,max,min)": chunks(
             lambda x, i: ft._time_raw(x, raw[:, i:i + len(x)])),
-        "floor: gather 2-ch windows into (chunk, n) f64": lambda: [
-            np.copyto(x64[:len(ws)], np.stack([w.samples[:, c] for w in ws]))
-            for c in range(2) for ws in (windows[i:i + ft.CHUNK]
-                                         for i in range(0, n_win, ft.CHUNK))],
+        "floor: gather windows per channel (as Extractor)": gather,
         "features.basic_features on stacked frames": lambda: ft.basic_features(flat, FS),
         "features.basic_features, float32 spectrum":
             lambda: ft.basic_features(flat, FS, spectrum_dtype="float32"),

@@ -91,7 +91,7 @@ def test_mfcc_configurable_params(data_dir: Path, params: dict[str, float]) -> N
     lib = {"n_fft": "n_fft", "hop": "hop_length", "n_mels": "n_mels", "n_mfcc": "n_mfcc",
            "fmin": "fmin", "fmax": "fmax"}
     ref = librosa.feature.mfcc(y=y, sr=sr, **{lib[k]: v for k, v in params.items()})
-    got = mfcc(y, sr, **params)  # type: ignore[arg-type]
+    got = mfcc(y, sr, **params)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= TOL
 
