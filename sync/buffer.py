@@ -26,8 +26,10 @@ from edge_agent.confkit import ByteSize, Duration, field
 from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 
 from . import schema
+from .convert import Converted, convert, event_body
+from .pack import Packer
 from .quarantine import requeue_conn
-from .store import Converted, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,7 +71,7 @@ class _Corrupt(Exception):
 class _Put:
     records: Sequence[object]
     fut: asyncio.Future[None]
-    rows: Converted | None = None  # converted by the caller (overlaps with SQLite work)
+    rows: Converted  # converted by the caller (overlaps with the writer's SQLite work)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Buffer:
         self._used = 0
         self._dropped_snap: dict[str, int] = {}
         self._stopping = threading.Event()
+        self._packer = Packer()  # the callers' (event loop thread's); the writer has its own
 
     # -- async API ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,16 +124,12 @@ class Buffer:
         if not records:
             return
         fut = self._check().create_future()
-        rows = None
-        if self._store is not None:
-            # Convert here, on the caller's thread, while the writer runs SQLite (which releases
-            # the GIL); a reading from a source never seen before is left to the writer.
-            try:
-                rows = self._store.convert(records, new_sources=False)
-            except KeyError:
-                rows = None
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise ValueError(f"not buffered: {exc}") from exc
+        # Serialize here, on the caller's thread, while the writer runs SQLite and zlib (both
+        # release the GIL).
+        try:
+            rows = convert(records, self._packer)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not buffered: {exc}") from exc
         self._q.put(_Put(records, fut, rows))
         await fut
 
@@ -267,14 +266,7 @@ class Buffer:
     def _commit(self, store: Store, group: list[_Put]) -> None:
         rows, ok = Converted(), []
         for put in group:
-            try:
-                c = put.rows if put.rows is not None else store.convert(put.records)
-            except (TypeError, ValueError, AttributeError) as exc:
-                self._resolve(put.fut, exc=ValueError(f"not buffered: {exc}"))
-                continue
-            rows.readings += c.readings
-            rows.features += c.features
-            rows.events += c.events
+            rows.merge(put.rows)
             ok.append(put)
         if rows.n_rows:
             if not self._write(store, rows):
@@ -298,7 +290,7 @@ class Buffer:
         False only when closing while the disk still fails (nothing was acknowledged)."""
         delay = 0.2
         while True:
-            own = [store.convert([e]).events[0] for e in self._own_events]
+            own = [event_body(e) for e in self._own_events]
             try:
                 store.insert(Converted(rows.readings, rows.features, rows.events + own))
             except sqlite3.Error as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
-from .store import dumps
+from .pack import Key, Packer, Run, chunk_rows, dumps
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -81,6 +81,13 @@ def quarantine_body(db_path: Path | str, qid: int) -> str:
     return str(row[0])
 
 
+def _source(conn: sqlite3.Connection, key: Key) -> int:
+    conn.execute("INSERT OR IGNORE INTO sources(sensor_id, sensor_type, unit) VALUES (?, ?, ?)",
+                 key)
+    return int(conn.execute("SELECT id FROM sources WHERE sensor_id=? AND sensor_type=? AND "
+                            "unit=?", key).fetchone()[0])
+
+
 def requeue_conn(conn: sqlite3.Connection, qid: int) -> int:
     """Re-insert the rows of quarantined batch ``qid``; returns how many rows were queued."""
     row = conn.execute("SELECT body, requeued_us FROM quarantine WHERE id = ?", (qid,)).fetchone()
@@ -95,18 +102,21 @@ def requeue_conn(conn: sqlite3.Connection, qid: int) -> int:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = []
+        packer, runs = Packer(), dict[Key, Run]()
         for r in readings:
-            key = (r["sensor_id"], r["sensor_type"], r["unit"])
-            conn.execute("INSERT OR IGNORE INTO sources(sensor_id, sensor_type, unit) "
-                         "VALUES (?, ?, ?)", key)
-            src = conn.execute("SELECT id FROM sources WHERE sensor_id=? AND sensor_type=? AND "
-                               "unit=?", key).fetchone()[0]
+            key: Key = (r["sensor_id"], r["sensor_type"], r["unit"])
+            run = runs.get(key)
+            if run is None:
+                run = runs[key] = Run()
+            us = _us(r["timestamp"])
+            run.lo, run.hi = min(run.lo, us), max(run.hi, us)
             meta = r.get("metadata")
-            rows.append((src, _us(r["timestamp"]), r.get("value"), r.get("quality", 0.0),
-                         dumps(meta) if meta else None))
-        conn.executemany("INSERT INTO readings(src, ts, value, quality, meta) "
-                         "VALUES (?, ?, ?, ?, ?)", rows)
+            value = r.get("value")
+            run.frags.append(packer.fragment(None if value is None else float(value), us,
+                                             float(r.get("quality", 0.0)),
+                                             dumps(meta) if meta else None))
+        conn.executemany("INSERT INTO readings(src, n, ts, ts_max, size, body) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", chunk_rows(runs, lambda k: _source(conn, k)))
         conn.executemany("INSERT INTO features(ts, body) VALUES (?, ?)",
                          [(_us(f["window_start"]), dumps(f)) for f in feats])
         conn.executemany("INSERT INTO events(ts, body) VALUES (?, ?)",

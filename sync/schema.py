@@ -3,20 +3,26 @@
 ``PRAGMA user_version`` holds the schema version. :func:`migrate` applies every step above it in
 one transaction each; a database newer than this code is refused (never rewritten).
 
-Layout (v1):
+Layout (v2; v1 differed only in ``readings``, one row per reading, see :func:`_v2`):
 
 * ``meta(key, value)`` — ``epoch``: a random id minted when the file is created, part of every
   idempotency key so that a replaced (corrupt, deleted) database can never reuse a key.
 * ``sources(id, sensor_id, sensor_type, unit)`` — readings refer to their source by a small
   integer, keeping reading rows compact.
-* ``readings(id, src, ts, value, quality, meta, batch)`` — ``ts`` in integer microseconds,
-  ``meta`` JSON only when the reading has metadata, ``batch`` NULL until assigned to a batch.
+* ``readings(id, src, n, ts, ts_max, size, body)`` — *packed*: one row (a chunk) per source and
+  commit group holding ``n`` readings as pre-serialized contract JSON fragments, zlib-compressed
+  (see :mod:`.pack`); ``ts``/``ts_max`` their time range (µs), ``size`` their wire bytes. ``id``
+  is AUTOINCREMENT: chunks are never renumbered nor reused, and the sequence of all readings is
+  the chunks in id order. A batch's readings are one contiguous slice of that sequence
+  (``batches.lo_readings``/``lo_off`` .. ``hi_readings``/``hi_end``); ``meta.rcursor`` is the
+  position up to which readings are assigned to batches.
 * ``features(id, ts, body, batch)`` / ``events(id, ts, body, batch)`` — the contract's JSON object.
-* ``batches(id, key, state, lo_*/hi_*, ...)`` — the id range of each table's member rows (the
-  members are the rows in that range whose ``batch`` is this id: found by a rowid range scan,
-  so no index on ``batch`` slows down ingest); ``id`` is AUTOINCREMENT (never reused, even
-  after the rows are pruned) and is the ``batch_seq`` on the wire; ``state`` is
-  pending/delivered/split/quarantined.
+* ``batches(id, key, state, lo_*/hi_*, ...)`` — for events and features the id range of the
+  member rows (the members are the rows in that range whose ``batch`` is this id: found by a
+  rowid range scan, so no index on ``batch`` slows down ingest); for readings the slice above
+  (``lo_off``, ``hi_end``: offsets in the first and last chunk, v2). ``id`` is AUTOINCREMENT
+  (never reused, even after the rows are pruned) and is the ``batch_seq`` on the wire;
+  ``state`` is pending/delivered/split/quarantined.
 * ``quarantine(id, batch_key, status, reason, body, ...)`` — batches the receiver refused (400/422).
 * ``dropped(src, n)`` — readings dropped by the quota, per source (persistent counter).
 """
@@ -27,7 +33,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 
-LATEST = 1
+LATEST = 2
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -64,7 +70,25 @@ def _v1(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta(key, value) VALUES ('epoch', ?)", (secrets.token_hex(6),))
 
 
-MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1)]
+V2_TABLE = """CREATE TABLE readings(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, src INTEGER NOT NULL, n INTEGER NOT NULL,
+    ts INTEGER NOT NULL, ts_max INTEGER NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL)"""
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    """Packed readings. Existing rows are converted: the rows of each pending batch become
+    that batch's slice (same key, same rows), then the unassigned rows, in id order."""
+    from .migrate_v2 import convert_v1_readings
+
+    conn.execute("ALTER TABLE readings RENAME TO readings_v1")
+    conn.execute(V2_TABLE)
+    conn.execute("ALTER TABLE batches ADD COLUMN lo_off INTEGER")
+    conn.execute("ALTER TABLE batches ADD COLUMN hi_end INTEGER")
+    convert_v1_readings(conn)
+    conn.execute("DROP TABLE readings_v1")
+
+
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1), (2, _v2)]
 
 
 class SchemaTooNew(RuntimeError):

@@ -3,29 +3,31 @@
 Nothing here is thread-safe on purpose: one :class:`Store` owns one connection and is used from
 one thread. Every multi-statement change is one ``BEGIN IMMEDIATE … COMMIT`` transaction;
 changes that must survive a power cut (events, batch bookkeeping) commit at ``synchronous=FULL``.
+
+Readings are packed (schema v2, :mod:`.pack`): chunks in id order form one sequence; a batch's
+readings are a contiguous slice ``(lo chunk, offset) .. (hi chunk, end)`` of it, and the
+``rcursor`` (kept in ``meta``) is where the next batch starts. Since batches are sent and settled
+strictly oldest first, every chunk before the oldest pending slice is delivered and gone.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.records import Event, FeatureVector, Reading, format_us, to_us
-
 from . import schema
+from .convert import Converted
+from .pack import Key, Packer, chunk_rows, unpack
 
+log = logging.getLogger(__name__)
 TABLES = ("events", "features", "readings")
-_MAX_US = 253_402_300_800_000_000  # year 10000
 _MEMBER = "id BETWEEN ? AND ? AND batch = ?"
-_READING_OVERHEAD = 72  # JSON bytes of one reading beside its source strings (estimate)
-
-ReadingRow = tuple[int, int, float | None, float, str | None]  # src, ts, value, quality, meta
+Pos = tuple[int, int]  # (chunk id, offset in the chunk)
 
 
 @dataclass
@@ -37,79 +39,12 @@ class BatchRows:
     attempts: int
     events: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
-    readings: list[ReadingRow] = field(default_factory=list)
-    sources: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    readings: list[tuple[Key, str]] = field(default_factory=list)  # source, "\n"-joined frags
+    n_readings: int = 0
 
     @property
     def n_rows(self) -> int:
-        return len(self.events) + len(self.features) + len(self.readings)
-
-
-@dataclass
-class Converted:
-    readings: list[ReadingRow] = field(default_factory=list)
-    features: list[tuple[int, str]] = field(default_factory=list)
-    events: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.readings) + len(self.features) + len(self.events)
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return repr(obj)
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def dumps(obj: Any) -> str:
-    """Compact JSON that never contains NaN/Inf (they become strings) and never fails."""
-    try:
-        return json.dumps(obj, separators=(",", ":"), default=str, allow_nan=False)
-    except ValueError:
-        return json.dumps(_clean(obj), separators=(",", ":"), default=str, allow_nan=False)
-
-
-def _finite(v: float | None) -> float | None:
-    if v is None:
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
-
-
-def _us(ts: float, what: str) -> int:
-    if not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise ValueError(f"{what}: timestamp {ts!r} is not a finite number")
-    us = to_us(ts)
-    if not 0 <= us < _MAX_US:
-        raise ValueError(f"{what}: timestamp {ts!r} out of range")
-    return us
-
-
-def feature_body(f: FeatureVector) -> tuple[int, str]:
-    body: dict[str, Any] = {
-        "source_id": f.source_id, "window_start": format_us(_us(f.window_start, f.source_id)),
-        "window_end": format_us(_us(f.window_end, f.source_id)),
-        "values": {str(k): _finite(v) for k, v in f.values.items()},
-    }
-    if f.model is not None:
-        body["model"] = {"name": f.model.name, "version": f.model.version}
-    if f.score is not None:
-        body["score"] = _finite(f.score)
-    if f.is_anomaly is not None:
-        body["is_anomaly"] = bool(f.is_anomaly)
-    return _us(f.window_start, f.source_id), dumps(body)
-
-
-def event_body(e: Event) -> tuple[int, str]:
-    us = _us(e.timestamp, e.kind)
-    body = {"event_id": e.event_id, "kind": e.kind, "source_id": e.source_id,
-            "timestamp": format_us(us), "severity": e.severity, "details": e.details}
-    return us, dumps(body)
+        return len(self.events) + len(self.features) + self.n_readings
 
 
 class Store:
@@ -119,20 +54,19 @@ class Store:
         self.conn = conn
         self.sync = synchronous.upper()
         self.epoch = schema.epoch(conn)
-        self.src_ids: dict[tuple[str, str, str], int] = {}
-        self.src_rev: dict[int, tuple[str, str, str]] = {}
+        self.packer = Packer()  # for the writer thread
+        self.src_ids: dict[Key, int] = {}
+        self.src_rev: dict[int, Key] = {}
         for sid, a, b, c in conn.execute("SELECT id, sensor_id, sensor_type, unit FROM sources"):
             self.src_ids[(a, b, c)] = sid
             self.src_rev[sid] = (a, b, c)
-        self.rows = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                     for t in TABLES}
-        self.events_bytes = int(conn.execute(
-            "SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events").fetchone()[0])
-        self.head_ts: dict[str, int | None] = {t: self._head(t) for t in TABLES}
+        self.rows: dict[str, int] = {}
+        self.events_bytes = 0
+        self.head_ts: dict[str, int | None] = {}
         self.dropped: dict[int, int] = dict(conn.execute("SELECT src, n FROM dropped").fetchall())
-        self.quarantined = int(conn.execute(
-            "SELECT count(*) FROM quarantine WHERE requeued_us IS NULL").fetchone()[0])
+        self.quarantined = 0
         self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self.recount()
 
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
@@ -157,13 +91,48 @@ class Store:
         row = self.conn.execute(f"SELECT ts FROM {table} ORDER BY id LIMIT 1").fetchone()
         return None if row is None else int(row[0])
 
+    def cursor(self) -> Pos:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'rcursor'").fetchone()
+        if row is None:
+            return (0, 0)
+        a, b = str(row[0]).split(":")
+        return int(a), int(b)
+
+    def _set_cursor(self, pos: Pos) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rcursor', ?)",
+                          (f"{pos[0]}:{pos[1]}",))
+
+    def recount(self) -> None:
+        """Re-read the counters (at start, or after another connection changed the tables)."""
+        c = self.conn
+        self.rows = {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                     for t in ("events", "features")}
+        total = int(c.execute("SELECT coalesce(sum(n), 0) FROM readings").fetchone()[0])
+        self.rows["readings"] = total - self._delivered_prefix()
+        self.events_bytes = int(c.execute(
+            "SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events").fetchone()[0])
+        self.quarantined = int(c.execute(
+            "SELECT count(*) FROM quarantine WHERE requeued_us IS NULL").fetchone()[0])
+        self._refresh_heads()
+
+    def _delivered_prefix(self) -> int:
+        """Readings of the first chunk already delivered (it is kept until its end is)."""
+        head = self.conn.execute("SELECT min(id) FROM readings").fetchone()[0]
+        if head is None:
+            return 0
+        row = self.conn.execute("SELECT lo_readings, lo_off FROM batches WHERE state = "
+                                "'pending' AND lo_readings IS NOT NULL ORDER BY id LIMIT 1"
+                                ).fetchone()
+        pos = (int(row[0]), int(row[1] or 0)) if row is not None else self.cursor()
+        return pos[1] if pos[0] == head else 0
+
+    def _refresh_heads(self) -> None:
+        self.head_ts = {t: self._head(t) for t in TABLES}
+
     # -- ingest ---------------------------------------------------------------------------
-    def source_id(self, key: tuple[str, str, str]) -> int:
+    def source_id(self, key: Key) -> int:
         sid = self.src_ids.get(key)
         if sid is None:
-            for part in key:
-                if not isinstance(part, str):
-                    raise TypeError(f"reading source fields must be str, got {key!r}")
             # Own tiny autocommit transaction: the cache never holds a rolled-back id.
             self.conn.execute("INSERT OR IGNORE INTO sources(sensor_id, sensor_type, unit) "
                               "VALUES (?, ?, ?)", key)
@@ -174,62 +143,28 @@ class Store:
             self.src_rev[sid] = key
         return sid
 
-    def convert(self, records: Sequence[object], new_sources: bool = True) -> Converted:
-        """Records to rows; raises TypeError/ValueError naming the first bad record.
-
-        With ``new_sources=False`` it touches no SQLite (safe from any thread: the source cache
-        is only read) and raises KeyError for a source not seen yet."""
-        out = Converted()
-        rd, src_ids = out.readings.append, self.src_ids
-        source_id = self.source_id if new_sources else self._known_source
-        for rec in records:
-            if type(rec) is Reading:
-                # fast path for the common case (finite float, quality in 0..1); else sanitise
-                v, q, ts = rec.value, rec.quality, rec.timestamp
-                if not (type(v) is float and v - v == 0.0 and 0.0 <= q <= 1.0
-                        and type(ts) is float and 0.0 <= ts < 253402300800.0):
-                    rec = rec.sanitised()
-                    v, q, ts = rec.value, rec.quality, _us(rec.timestamp, rec.sensor_id) / 1e6
-                key = (rec.sensor_id, rec.sensor_type, rec.unit)
-                sid = src_ids.get(key)
-                if sid is None:
-                    sid = source_id(key)
-                rd((sid, round(ts * 1_000_000), v, q,
-                    dumps(rec.metadata) if rec.metadata else None))
-            elif isinstance(rec, Reading):
-                self._convert_slow(rec, out, source_id)
-            elif isinstance(rec, FeatureVector):
-                out.features.append(feature_body(rec))
-            elif isinstance(rec, Event):
-                out.events.append(event_body(rec))
-            else:
-                raise TypeError(f"cannot buffer {type(rec).__name__}: expected Reading, "
-                                "FeatureVector or Event")
-        return out
-
-    def _known_source(self, key: tuple[str, str, str]) -> int:
-        return self.src_ids[key]
-
-    @staticmethod
-    def _convert_slow(rec: Reading, out: Converted,
-                      source_id: Callable[[tuple[str, str, str]], int]) -> None:
-        r = rec.sanitised()
-        sid = source_id((r.sensor_id, r.sensor_type, r.unit))
-        out.readings.append((sid, _us(r.timestamp, r.sensor_id), r.value, r.quality,
-                             dumps(r.metadata) if r.metadata else None))
+    def key_of(self, src: int) -> Key:
+        key = self.src_rev.get(src)
+        if key is None:  # added by another connection (quarantine requeue from the CLI)
+            row = self.conn.execute("SELECT sensor_id, sensor_type, unit FROM sources WHERE "
+                                    "id = ?", (src,)).fetchone()
+            key = self.src_rev[src] = (row[0], row[1], row[2])
+            self.src_ids[key] = src
+        return key
 
     def insert(self, rows: Converted) -> None:
+        chunks = chunk_rows(rows.readings, self.source_id) if rows.readings else []
         with self.tx(full=bool(rows.events)) as c:
-            if rows.readings:
-                c.executemany("INSERT INTO readings(src, ts, value, quality, meta) "
-                              "VALUES (?, ?, ?, ?, ?)", rows.readings)
+            if chunks:
+                c.executemany("INSERT INTO readings(src, n, ts, ts_max, size, body) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", chunks)
             if rows.features:
                 c.executemany("INSERT INTO features(ts, body) VALUES (?, ?)", rows.features)
             if rows.events:
                 c.executemany("INSERT INTO events(ts, body) VALUES (?, ?)", rows.events)
         firsts: dict[str, tuple[int, int]] = {}
-        if rows.readings:
-            firsts["readings"] = (len(rows.readings), rows.readings[0][1])
+        if chunks:
+            firsts["readings"] = (sum(ch[1] for ch in chunks), chunks[0][2])
         if rows.features:
             firsts["features"] = (len(rows.features), rows.features[0][0])
         if rows.events:
@@ -241,110 +176,162 @@ class Store:
         self.events_bytes += sum(len(b) + 40 for _, b in rows.events)
 
     # -- batches --------------------------------------------------------------------------
-    def _load(self, bid: int, key: str, attempts: int) -> BatchRows:
-        c = self.conn
-        b = BatchRows(bid, key, attempts)
-        rng = self._ranges(bid)
-        b.events = [r[0] for r in c.execute(
-            f"SELECT body FROM events WHERE {_MEMBER} ORDER BY id", rng["events"])]
-        b.features = [r[0] for r in c.execute(
-            f"SELECT body FROM features WHERE {_MEMBER} ORDER BY id", rng["features"])]
-        b.readings = c.execute("SELECT src, ts, value, quality, meta FROM readings "
-                               f"WHERE {_MEMBER} ORDER BY id", rng["readings"]).fetchall()
-        b.sources = {s: self.src_rev[s] for s in {r[0] for r in b.readings}}
-        return b
+    def _batch_row(self, bid: int) -> tuple[Any, ...]:
+        row = self.conn.execute(
+            "SELECT lo_events, hi_events, lo_features, hi_features, lo_readings, lo_off, "
+            "hi_readings, hi_end FROM batches WHERE id = ?", (bid,)).fetchone()
+        return tuple(row) if row is not None else (None,) * 8
 
     def _ranges(self, bid: int) -> dict[str, tuple[int, int, int]]:
-        row = self.conn.execute("SELECT lo_events, hi_events, lo_features, hi_features, "
-                                "lo_readings, hi_readings FROM batches WHERE id = ?",
-                                (bid,)).fetchone()
+        row = self._batch_row(bid)
         out = {}
-        for i, t in enumerate(TABLES):
-            if row is None or row[2 * i] is None:
+        for i, t in enumerate(("events", "features")):
+            if row[2 * i] is None:
                 out[t] = (-1, -2, bid)  # empty range: no member in this table
             else:
                 out[t] = (int(row[2 * i]), int(row[2 * i + 1]), bid)
         return out
 
-    def _new_batch(self, gateway_id: str, members: dict[str, list[int]]) -> tuple[int, str]:
-        """A pending batch whose members are ``members[table]`` (ids, ascending)."""
+    def _slice(self, bid: int) -> tuple[Pos, Pos] | None:
+        row = self._batch_row(bid)
+        if row[4] is None:
+            return None
+        return (int(row[4]), int(row[5] or 0)), (int(row[6]), int(row[7]))
+
+    def _read_slice(self, lo: Pos, hi: Pos) -> list[tuple[Key, str]]:
+        out = []
+        for cid, src, n, body in self.conn.execute(
+                "SELECT id, src, n, body FROM readings WHERE id BETWEEN ? AND ? ORDER BY id",
+                (lo[0], hi[0])):
+            a = lo[1] if cid == lo[0] else 0
+            b = hi[1] if cid == hi[0] else n
+            if b <= a:
+                continue
+            text = unpack(body)
+            if a > 0 or b < n:
+                text = "\n".join(text.split("\n")[a:b])
+            out.append((self.key_of(src), text))
+        return out
+
+    def _load(self, bid: int, key: str, attempts: int, n_readings: int) -> BatchRows:
         c = self.conn
+        b = BatchRows(bid, key, attempts, n_readings=n_readings)
+        rng = self._ranges(bid)
+        b.events = [r[0] for r in c.execute(
+            f"SELECT body FROM events WHERE {_MEMBER} ORDER BY id", rng["events"])]
+        b.features = [r[0] for r in c.execute(
+            f"SELECT body FROM features WHERE {_MEMBER} ORDER BY id", rng["features"])]
+        sl = self._slice(bid)
+        if sl is not None:
+            b.readings = self._read_slice(*sl)
+        return b
+
+    def _new_batch(self, gateway_id: str, members: dict[str, list[int]],
+                   rslice: tuple[Pos, Pos, int] | None) -> tuple[int, str]:
+        """A pending batch of event/feature ids ``members`` (ascending) and a reading slice."""
         vals: list[int | None] = []
-        for t in TABLES:
+        for t in ("events", "features"):
             ids = members.get(t) or []
             vals += [len(ids)]
-        for t in TABLES:
+        vals.append(rslice[2] if rslice else 0)
+        for t in ("events", "features"):
             ids = members.get(t) or []
             vals += [ids[0], ids[-1]] if ids else [None, None]
-        cur = c.execute("INSERT INTO batches(key, state, created_us, n_events, n_features, "
-                        "n_readings, lo_events, hi_events, lo_features, hi_features, "
-                        "lo_readings, hi_readings) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, "
-                        "?, ?)", (f"new:{time.time_ns()}", time.time_ns() // 1000, *vals))
+        if rslice:
+            vals += [rslice[0][0], rslice[0][1], rslice[1][0], rslice[1][1]]
+        else:
+            vals += [None, None, None, None]
+        cur = self.conn.execute(
+            "INSERT INTO batches(key, state, created_us, n_events, n_features, n_readings, "
+            "lo_events, hi_events, lo_features, hi_features, lo_readings, lo_off, hi_readings, "
+            "hi_end) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (f"new:{time.time_ns()}", time.time_ns() // 1000, *vals))
         bid = int(cur.lastrowid or 0)
         key = f"{gateway_id}:{self.epoch}:{bid}"
-        c.execute("UPDATE batches SET key = ? WHERE id = ?", (key, bid))
+        self.conn.execute("UPDATE batches SET key = ? WHERE id = ?", (key, bid))
+        for t in ("events", "features"):
+            ids = members.get(t) or []
+            if ids:
+                self.conn.executemany(f"UPDATE {t} SET batch = ? WHERE id = ?",
+                                      [(bid, i) for i in ids])
         return bid, key
 
-    def pending(self) -> BatchRows | None:
-        row = self.conn.execute("SELECT id, key, attempts FROM batches WHERE state = 'pending' "
-                                "ORDER BY id LIMIT 1").fetchone()
-        return None if row is None else self._load(int(row[0]), str(row[1]), int(row[2]))
+    def pending(self, after: int | None = None) -> BatchRows | None:
+        """The oldest pending batch (with ``after``: the oldest one after batch ``after``)."""
+        row = self.conn.execute("SELECT id, key, attempts, n_readings FROM batches WHERE "
+                                "state = 'pending' AND id > ? ORDER BY id LIMIT 1",
+                                (-1 if after is None else after,)).fetchone()
+        return None if row is None else self._load(int(row[0]), str(row[1]), int(row[2]),
+                                                   int(row[3]))
 
-    def next_batch(self, gateway_id: str, max_rows: int, max_bytes: int) -> BatchRows | None:
-        """The oldest pending batch (resent as is), else a new one assigned durably."""
-        pend = self.pending()
+    def next_batch(self, gateway_id: str, max_rows: int, max_bytes: int,
+                   after: int | None = None) -> BatchRows | None:
+        """The oldest pending batch (resent as is), else a new one assigned durably.
+
+        ``after``: the batch currently in flight; a batch prepared while it is in flight comes
+        after it (and is never sent before it is settled)."""
+        pend = self.pending(after)
         if pend is not None:
             return pend
         c = self.conn
         with self.tx(full=True):
             budget_rows, budget_bytes = max_rows, max_bytes
-            picked: dict[str, tuple[int, list[Any]]] = {}
+            picked: dict[str, list[str]] = {}
             ids: dict[str, list[int]] = {}
             for table in ("events", "features"):
                 if budget_rows <= 0 or budget_bytes <= 0:
                     break
-                got: list[Any] = []
-                last = 0
                 for rid, body in c.execute(f"SELECT id, body FROM {table} WHERE batch IS NULL "
                                            "ORDER BY id LIMIT ?", (budget_rows,)):
-                    if got and len(body) + 2 > budget_bytes:
+                    if ids and len(body) + 2 > budget_bytes:
                         budget_bytes = 0
                         break
-                    got.append(body)
+                    picked.setdefault(table, []).append(body)
                     ids.setdefault(table, []).append(rid)
-                    last = rid
                     budget_rows -= 1
                     budget_bytes -= len(body) + 2
-                if got:
-                    picked[table] = (last, got)
+            rslice, readings, n_read = None, [], 0
             if budget_rows > 0 and budget_bytes > 0:
-                rows = c.execute("SELECT id, src, ts, value, quality, meta FROM readings "
-                                 "WHERE batch IS NULL ORDER BY id LIMIT ?",
-                                 (budget_rows,)).fetchall()
-                srcs = self.src_rev
-                n = 0
-                for row in rows:
-                    s = srcs[row[1]]
-                    size = _READING_OVERHEAD + len(s[0]) + len(s[1]) + len(s[2]) + len(row[5] or "")
-                    if n and size > budget_bytes:
-                        break
-                    budget_bytes -= size
-                    n += 1
-                if n:
-                    picked["readings"] = (rows[n - 1][0], [r[1:] for r in rows[:n]])
-                    ids["readings"] = [r[0] for r in rows[:n]]
-            if not picked:
+                rslice = self._take(budget_rows, budget_bytes, not picked)
+                if rslice is not None:
+                    readings = self._read_slice(rslice[0], rslice[1])
+                    n_read = rslice[2]
+            if not picked and rslice is None:
                 return None
-            bid, key = self._new_batch(gateway_id, ids)
-            for table, (last, _) in picked.items():
-                c.execute(f"UPDATE {table} SET batch = ? WHERE id <= ? AND batch IS NULL",
-                          (bid, last))
-        b = BatchRows(bid, key, 0)
-        b.events = picked.get("events", (0, []))[1]
-        b.features = picked.get("features", (0, []))[1]
-        b.readings = picked.get("readings", (0, []))[1]
-        b.sources = {s: self.src_rev[s] for s in {r[0] for r in b.readings}}
+            bid, key = self._new_batch(gateway_id, ids, rslice)
+        b = BatchRows(bid, key, 0, picked.get("events", []), picked.get("features", []),
+                      readings, n_read)
         return b
+
+    def _take(self, max_rows: int, max_bytes: int, need_one: bool) -> tuple[Pos, Pos, int] | None:
+        """Assign the next slice of readings (≤ max_rows, ≈ ≤ max_bytes); moves the cursor."""
+        cid, off = self.cursor()
+        lo: Pos | None = None
+        end: Pos = (cid, off)
+        n_total = end_n = 0
+        for rid, n, size in self.conn.execute(
+                "SELECT id, n, size FROM readings WHERE id >= ? ORDER BY id", (cid,)):
+            start = off if rid == cid else 0
+            avail = n - start
+            if avail <= 0:
+                continue
+            per = size / n
+            fit = min(avail, max_rows, int(max_bytes // per) if per > 0 else avail)
+            if fit <= 0 and (n_total or not need_one):
+                break
+            fit = max(fit, 1)
+            if lo is None:
+                lo = (rid, start)
+            end, end_n = (rid, start + fit), n
+            n_total += fit
+            max_rows -= fit
+            max_bytes -= int(per * fit)
+            if fit < avail or max_rows <= 0 or max_bytes <= 0:
+                break
+        if lo is None:
+            return None
+        self._set_cursor(end if end[1] < end_n else (end[0] + 1, 0))
+        return lo, end, n_total
 
     def record_attempt(self, bid: int, status: str) -> None:
         self.conn.execute("UPDATE batches SET attempts = attempts + 1, last_status = ? "
@@ -356,23 +343,18 @@ class Store:
         rng = self._ranges(bid)
         ev_bytes = c.execute("SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events "
                              f"WHERE {_MEMBER}", rng["events"]).fetchone()[0]
-        for table in TABLES:
+        for table in ("events", "features"):
             n = c.execute(f"DELETE FROM {table} WHERE {_MEMBER}", rng[table]).rowcount
             self.rows[table] -= n
         self.events_bytes -= int(ev_bytes)
-
-    def recount(self) -> None:
-        """Re-read the counters (after another connection changed the tables)."""
-        c = self.conn
-        self.rows = {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}
-        self.events_bytes = int(c.execute(
-            "SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events").fetchone()[0])
-        self.quarantined = int(c.execute(
-            "SELECT count(*) FROM quarantine WHERE requeued_us IS NULL").fetchone()[0])
-        self._refresh_heads()
-
-    def _refresh_heads(self) -> None:
-        self.head_ts = {t: self._head(t) for t in TABLES}
+        sl = self._slice(bid)
+        if sl is not None:
+            (lo, _), (hi, end) = sl
+            # batches settle oldest first: every chunk ending inside this slice is all delivered
+            c.execute("DELETE FROM readings WHERE id >= ? AND id < ?", (lo, hi))
+            c.execute("DELETE FROM readings WHERE id = ? AND n <= ?", (hi, end))
+            self.rows["readings"] -= int(c.execute(
+                "SELECT n_readings FROM batches WHERE id = ?", (bid,)).fetchone()[0])
 
     def mark_delivered(self, bid: int, status: str) -> None:
         with self.tx(full=True) as c:
@@ -382,27 +364,87 @@ class Store:
             c.execute("DELETE FROM batches WHERE state != 'pending' AND id < ?", (bid - 1000,))
         self._refresh_heads()
 
+    def _dissolve_after(self, bid: int) -> None:
+        """Give the rows of never-sent pending batches after ``bid`` back to the queue.
+
+        Only the oldest pending batch is ever sent, so the ones after the batch being settled
+        were prepared in advance and never sent: their keys were never used."""
+        c = self.conn
+        later = c.execute("SELECT id, attempts FROM batches WHERE state = 'pending' AND id > ? "
+                          "ORDER BY id", (bid,)).fetchall()
+        if any(int(a) for _, a in later):  # cannot happen (see above); never risk a resend
+            log.error("pending batches after %s were already attempted: not dissolved", bid)
+            return
+        cursor: Pos | None = None
+        for other, _ in later:
+            rng = self._ranges(other)
+            for table in ("events", "features"):
+                c.execute(f"UPDATE {table} SET batch = NULL WHERE {_MEMBER}", rng[table])
+            sl = self._slice(other)
+            if sl is not None and cursor is None:
+                cursor = sl[0]
+            c.execute("DELETE FROM batches WHERE id = ?", (other,))
+        if cursor is not None:
+            self._set_cursor(cursor)
+
+    def dissolve_after(self, bid: int) -> None:
+        with self.tx(full=True):
+            self._dissolve_after(bid)
+
     def split(self, bid: int, gateway_id: str) -> bool:
         """Replace a pending batch by two new batches (new keys) holding its halves."""
         c = self.conn
-        items: list[tuple[str, int]] = []
         rng = self._ranges(bid)
-        for table in TABLES:
+        items: list[tuple[str, int]] = []
+        for table in ("events", "features"):
             items += [(table, r[0]) for r in c.execute(
                 f"SELECT id FROM {table} WHERE {_MEMBER} ORDER BY id", rng[table])]
-        if len(items) <= 1:
+        sl = self._slice(bid)
+        n_read = 0
+        chunks: list[tuple[int, int]] = []
+        if sl is not None:
+            (lo, lo_off), (hi, hi_end) = sl
+            for cid, n in c.execute("SELECT id, n FROM readings WHERE id BETWEEN ? AND ? "
+                                    "ORDER BY id", (lo, hi)):
+                a = lo_off if cid == lo else 0
+                b = hi_end if cid == hi else n
+                if b > a:
+                    chunks.append((cid, b - a))
+                    n_read += b - a
+        total = len(items) + n_read
+        if total <= 1:
             return False
-        half = len(items) // 2
+        half = total // 2
         with self.tx(full=True):
-            for part in (items[:half], items[half:]):
-                members = {name: [i for t, i in part if t == name] for name in TABLES}
-                new_id, _ = self._new_batch(gateway_id, members)
-                for table in TABLES:
-                    c.executemany(f"UPDATE {table} SET batch = ? WHERE id = ?",
-                                  [(new_id, i) for t, i in part if t == table])
+            self._dissolve_after(bid)  # the halves go before anything prepared after bid
+            parts = [items[:half], items[half:]]
+            slices: list[tuple[Pos, Pos, int] | None] = [None, None]
+            if sl is not None:
+                k = half - len(items)  # readings in the first half (may be <= 0)
+                if k <= 0:
+                    slices[1] = (sl[0], sl[1], n_read)
+                else:
+                    mid = self._pos(sl[0], chunks, k)
+                    slices = [(sl[0], mid, k), (mid, sl[1], n_read - k)]
+            for part, rs in zip(parts, slices, strict=True):
+                members = {t: [i for tt, i in part if tt == t] for t in ("events", "features")}
+                if part or rs:
+                    self._new_batch(gateway_id, members, rs)
             c.execute("UPDATE batches SET state = 'split', done_us = ? WHERE id = ?",
                       (time.time_ns() // 1000, bid))
         return True
+
+    @staticmethod
+    def _pos(lo: Pos, chunks: list[tuple[int, int]], k: int) -> Pos:
+        """The position ``k`` readings after ``lo`` (chunks: (id, readings in the slice))."""
+        for cid, m in chunks:
+            start = lo[1] if cid == lo[0] else 0
+            if k < m:
+                return (cid, start + k)
+            k -= m
+            if k == 0:
+                return (cid, start + m)
+        raise ValueError("position beyond the slice")
 
     def quarantine(self, bid: int, key: str, status: int | None, reason: str, body: str,
                    n_rows: int) -> None:
@@ -427,28 +469,46 @@ class Store:
         return (total - free) * self.page_size
 
     def drop_oldest(self, table: str, n: int, older_than_us: int | None = None) -> int:
-        """Delete up to ``n`` oldest unassigned rows of readings/features; count per source."""
+        """Delete about ``n`` oldest unassigned readings (whole chunks) or features; count
+        dropped readings per source."""
         c = self.conn
-        cond, extra = ("", ()) if older_than_us is None else (" AND ts < ?", (older_than_us,))
-        row = c.execute(f"SELECT max(id) FROM (SELECT id FROM {table} WHERE batch IS NULL{cond} "
-                        "ORDER BY id LIMIT ?)", (*extra, n)).fetchone()
-        if row is None or row[0] is None:
+        if table == "features":
+            cond, extra = ("", ()) if older_than_us is None else (" AND ts < ?", (older_than_us,))
+            row = c.execute(f"SELECT max(id) FROM (SELECT id FROM features WHERE batch IS NULL"
+                            f"{cond} ORDER BY id LIMIT ?)", (*extra, n)).fetchone()
+            if row is None or row[0] is None:
+                return 0
+            with self.tx(full=True):
+                gone = c.execute(f"DELETE FROM features WHERE id <= ? AND batch IS NULL{cond}",
+                                 (int(row[0]), *extra)).rowcount
+            self.rows[table] -= gone
+            self.head_ts[table] = self._head(table)
+            return int(gone)
+        cid, off = self.cursor()
+        first = cid + 1 if off > 0 else cid  # a partly assigned chunk stays
+        cond, extra = ("", ()) if older_than_us is None else (" AND ts_max < ?", (older_than_us,))
+        victims: list[tuple[int, int, int]] = []
+        got = 0
+        for rid, src, k in c.execute(f"SELECT id, src, n FROM readings WHERE id >= ?{cond} "
+                                     "ORDER BY id", (first, *extra)):
+            if got >= n:
+                break
+            victims.append((rid, src, k))
+            got += k
+        if not victims:
             return 0
-        cutoff = int(row[0])
+        per_src: dict[int, int] = {}
+        for _, src, k in victims:
+            per_src[src] = per_src.get(src, 0) + k
         with self.tx(full=True):
-            if table == "readings":
-                per_src = c.execute(f"SELECT src, count(*) FROM readings WHERE id <= ? AND "
-                                    f"batch IS NULL{cond} GROUP BY src",
-                                    (cutoff, *extra)).fetchall()
-                for src, k in per_src:
-                    self.dropped[src] = self.dropped.get(src, 0) + int(k)
-                c.executemany("INSERT INTO dropped(src, n) VALUES (?, ?) ON CONFLICT(src) "
-                              "DO UPDATE SET n = n + excluded.n", per_src)
-            gone = c.execute(f"DELETE FROM {table} WHERE id <= ? AND batch IS NULL{cond}",
-                             (cutoff, *extra)).rowcount
-        self.rows[table] -= gone
-        self.head_ts[table] = self._head(table)
-        return int(gone)
+            c.executemany("DELETE FROM readings WHERE id = ?", [(v[0],) for v in victims])
+            c.executemany("INSERT INTO dropped(src, n) VALUES (?, ?) ON CONFLICT(src) "
+                          "DO UPDATE SET n = n + excluded.n", list(per_src.items()))
+        for src, k in per_src.items():
+            self.dropped[src] = self.dropped.get(src, 0) + k
+        self.rows["readings"] -= got
+        self.head_ts["readings"] = self._head("readings")
+        return got
 
     def vacuum(self, max_pages: int) -> int:
         """Give free pages back to the file system (incremental vacuum)."""

@@ -6,13 +6,16 @@ Per ``../shared/contracts/ingest-api.md``: a batch's key and exact membership ar
 413 splits into two new batches (new keys, recorded before sending); 400/422 quarantine; 401/403
 are retried slowly with one event per episode; everything else is transient and retried with
 exponential backoff, full jitter, ``Retry-After`` honoured, capped — never counted as delivered.
-One batch is in flight at a time, so batches arrive oldest first (events before readings).
+One batch is in flight at a time, so batches arrive oldest first (events before readings); the
+next one is prepared (taken, built, gzipped) while the current one is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import functools
 import logging
 import random
 import sqlite3
@@ -132,6 +135,13 @@ def classify(resp: httpx.Response) -> Outcome:
     raise _Retry("unexpected", f"unexpected status {st}")
 
 
+@dataclass
+class _Prepared:
+    batch: BatchRows
+    body: bytes
+    payload: bytes
+
+
 class _stop_at(stop_base):
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
@@ -166,6 +176,7 @@ class Uploader:
         self.last_error: str | None = None
         self.last_success: float | None = None
         self._progress = asyncio.Condition()
+        self._retried = False
 
     # -- public ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -179,7 +190,7 @@ class Uploader:
                 self.buffer.data_event.clear()
                 try:
                     async with self._lock:
-                        sent = await self._one(deadline=None)
+                        sent = await self._drain(deadline=None)
                     delay = float(self.cfg.backoff_initial)
                 except sqlite3.Error as exc:  # the buffer's disk: keep going, retry later
                     self.last_error = f"buffer: {exc}"
@@ -203,8 +214,7 @@ class Uploader:
         try:
             async with asyncio.timeout(timeout):
                 async with self._lock:
-                    while await self._one(deadline=deadline):
-                        pass
+                    await self._drain(deadline=deadline)
         except (TimeoutError, sqlite3.Error) as exc:
             log.info("flush stopped with data left in the buffer: %r", exc)
         finally:
@@ -231,33 +241,72 @@ class Uploader:
             "last_error": self.last_error, "last_success": self.last_success,
         }
 
-    # -- one batch ------------------------------------------------------------------------
-    async def _one(self, deadline: float | None) -> bool:
-        """Send the next batch to a final outcome; False when nothing is buffered."""
-        cfg = self.cfg
-        gw = self.gateway_id
+    # -- batches --------------------------------------------------------------------------
+    async def _prepare(self, after: int | None) -> _Prepared | None:
+        """Take the next batch (assigning it durably if new) and build its body."""
+        cfg, gw = self.cfg, self.gateway_id
 
         def pick(s: Store) -> BatchRows | None:
-            return s.next_batch(gw, cfg.batch_max_rows, cfg.batch_max_bytes)
+            return s.next_batch(gw, cfg.batch_max_rows, cfg.batch_max_bytes, after)
 
         batch = await self.buffer.call(pick)
         if batch is None:
+            return None
+
+        def build() -> tuple[bytes, bytes]:
+            body = build_body(batch, gw, time.time_ns() // 1000)
+            return body, encode(body, cfg.gzip, cfg.gzip_level)
+
+        body, payload = await asyncio.to_thread(build)
+        return _Prepared(batch, body, payload)
+
+    async def _drain(self, deadline: float | None) -> bool:
+        """Send batches until the buffer is empty; False if there was nothing to send or the
+        deadline (flush) was reached.
+
+        Pipelined: while a batch is in flight, the next one is taken and its body built and
+        compressed. Batches are still *sent* strictly one at a time, oldest first: the prepared
+        one goes out only once the current one is settled. If the current one was split (413),
+        or needed retries (the prepared one may be stale, e.g. events were raised meanwhile),
+        the prepared batch — never sent, so its key was never used — is dissolved and the next
+        batch taken afresh."""
+        prep = await self._prepare(None)
+        if prep is None:
             return False
-        self.state = "sending"
-        body = await asyncio.to_thread(build_body, batch, gw, time.time_ns() // 1000)
-        payload = await asyncio.to_thread(encode, body, cfg.gzip, cfg.gzip_level)
-        retrying = AsyncRetrying(stop=stop_never if deadline is None else _stop_at(deadline),
-                                 wait=self._wait, retry=retry_if_exception_type(_Retry),
-                                 reraise=True, before_sleep=self._before_sleep)
+        nxt: asyncio.Task[_Prepared | None] | None = None
         try:
-            async for attempt in retrying:
-                with attempt:
-                    outcome, status, text = await self._attempt(batch, payload)
-        except _Retry:
-            return False  # deadline reached (flush)
-        self.state = "sending"
-        await self._settle(batch, outcome, body, status, text)
-        await self._notify()
+            while prep is not None:
+                self.state = "sending"
+                bid = prep.batch.id
+                nxt = asyncio.create_task(self._prepare(bid))
+                self._retried = False
+                retrying = AsyncRetrying(
+                    stop=stop_never if deadline is None else _stop_at(deadline),
+                    wait=self._wait, retry=retry_if_exception_type(_Retry), reraise=True,
+                    before_sleep=self._before_sleep)
+                try:
+                    async for attempt in retrying:
+                        with attempt:
+                            outcome, status, text = await self._attempt(prep.batch, prep.payload)
+                except _Retry:
+                    return False  # deadline reached (flush)
+                self.state = "sending"
+                await self._settle(prep.batch, outcome, prep.body, status, text)
+                await self._notify()
+                task, nxt = nxt, None
+                ahead = await task
+                if outcome == "split":  # the split dissolved what was prepared after it
+                    prep = await self._prepare(None)
+                elif self._retried and ahead is not None:
+                    await self.buffer.call(functools.partial(Store.dissolve_after, bid=bid))
+                    prep = await self._prepare(None)
+                else:
+                    prep = ahead
+        finally:
+            if nxt is not None:
+                nxt.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await nxt
         return True
 
     async def _attempt(self, batch: BatchRows, payload: bytes) -> tuple[Outcome, int, str]:
@@ -339,6 +388,7 @@ class Uploader:
         self.failed[kind] += 1
         self.last_error = str(exc)
         self.state = "auth_failed" if kind == "auth" else "backoff"
+        self._retried = True
         wait = rs.next_action.sleep if rs.next_action else 0.0
         log.warning("upload attempt %d failed (%s); retrying in %.1fs", rs.attempt_number, exc,
                     wait)

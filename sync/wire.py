@@ -1,4 +1,4 @@
-"""The request body of one batch, built straight from buffer rows (contract JSON, fast)."""
+"""The request body of one batch, assembled from pre-serialized buffer rows (contract JSON)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,21 @@ import gzip
 import json
 import time
 
+from .pack import prefix
 from .store import BatchRows
-
-_SEC_CACHE: dict[int, str] = {}
 
 
 def fmt_us(us: int) -> str:
-    """Integer microseconds to ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (cached per second)."""
+    """Integer microseconds to ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     secs, micros = divmod(us, 1_000_000)
-    base = _SEC_CACHE.get(secs)
-    if base is None:
-        if len(_SEC_CACHE) > 200_000:
-            _SEC_CACHE.clear()
-        base = _SEC_CACHE[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    return f"{base}.{micros:06d}Z"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(secs))}.{micros:06d}Z"
 
 
 def build_body(batch: BatchRows, gateway_id: str, sent_at_us: int) -> bytes:
-    """The JSON body for ``batch``: events, then features, then readings, in buffer order."""
+    """The JSON body for ``batch``: events, then features, then readings, in buffer order.
+
+    Readings are stored as the tails of their JSON objects (see :mod:`.pack`), so this only
+    concatenates: one ``str.replace`` per chunk puts the source's prefix in front of each."""
     parts = [f'{{"gateway_id":{json.dumps(gateway_id)},"batch_seq":{batch.id},'
              f'"sent_at":"{fmt_us(sent_at_us)}"']
     if batch.events:
@@ -31,18 +28,14 @@ def build_body(batch: BatchRows, gateway_id: str, sent_at_us: int) -> bytes:
     if batch.features:
         parts.append(',"features":[' + ",".join(batch.features) + "]")
     if batch.readings:
-        pre = {src: f'{{"sensor_id":{json.dumps(s[0])},"sensor_type":{json.dumps(s[1])},'
-                    f'"unit":{json.dumps(s[2])},"value":'
-               for src, s in batch.sources.items()}
+        pres: dict[tuple[str, str, str], tuple[str, str]] = {}
         items: list[str] = []
-        add = items.append
-        for src, ts, value, quality, meta in batch.readings:
-            v = "null" if value is None else repr(value)
-            if meta:
-                add(f'{pre[src]}{v},"timestamp":"{fmt_us(ts)}","quality":{quality!r},'
-                    f'"metadata":{meta}}}')
-            else:
-                add(f'{pre[src]}{v},"timestamp":"{fmt_us(ts)}","quality":{quality!r}}}')
+        for key, text in batch.readings:
+            pre = pres.get(key)
+            if pre is None:
+                p = prefix(key)
+                pre = pres[key] = (p, "," + p)
+            items.append(pre[0] + text.replace("\n", pre[1]))
         parts.append(',"readings":[' + ",".join(items) + "]")
     parts.append("}")
     return "".join(parts).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ import pytest
 from edge_agent.confkit import Duration, Secret
 from edge_agent.records import Reading
 from edge_agent.sync.buffer import Buffer, BufferConfig
+from edge_agent.sync.pack import prefix, unpack
 from edge_agent.sync.uploader import Uploader, UploaderConfig
 from tests.receiver import IngestReceiver
 
@@ -36,11 +38,26 @@ def fast_uploader_cfg(url: str, **kw: Any) -> UploaderConfig:
 
 
 def db_rows(path: Path, table: str = "readings") -> int:
+    """Rows stored in ``table`` (readings: packed, ``n`` readings per chunk row)."""
+    what = "coalesce(sum(n), 0)" if table == "readings" else "count(*)"
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        return int(conn.execute(f"SELECT {what} FROM {table}").fetchone()[0])
     finally:
         conn.close()
+
+
+def stored_readings(conn: sqlite3.Connection, where: str = "", args: tuple[Any, ...] = ()
+                    ) -> list[tuple[str, dict[str, Any]]]:
+    """(sensor_id, contract JSON object) of every stored reading, in order (unpacked)."""
+    out = []
+    for sensor, stype, unit, body in conn.execute(
+            "SELECT s.sensor_id, s.sensor_type, s.unit, r.body FROM readings r "
+            f"JOIN sources s ON s.id = r.src {where} ORDER BY r.id", args):
+        pre = prefix((sensor, stype, unit))
+        for frag in unpack(body).split("\n"):
+            out.append((sensor, json.loads(pre + frag)))
+    return out
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from edge_agent.records import Event, FeatureVector, ModelRef, Reading
 from edge_agent.sync import schema
 from edge_agent.sync.buffer import Buffer, BufferConfig
 
-from .conftest import T0, db_rows, readings
+from .conftest import T0, db_rows, readings, stored_readings
 
 
 def event_kinds(path: Path) -> list[str]:
@@ -75,10 +75,9 @@ async def test_group_commit_shares_transactions(buffer: Buffer) -> None:
 async def test_non_finite_values_never_stored_as_numbers(buffer: Buffer) -> None:
     await buffer.put([Reading("s", "t", float("nan"), "u", T0),
                       Reading("s", "t", float("inf"), "u", T0 + 1)])
-    rows = await buffer.call(lambda s: s.conn.execute(
-        "SELECT value, quality, meta FROM readings").fetchall())
-    assert [(v, q) for v, q, _ in rows] == [(None, 0.0), (None, 0.0)]
-    assert "non-finite" in json.loads(rows[0][2])["reason"]
+    rows = [r for _, r in await buffer.call(lambda s: stored_readings(s.conn))]
+    assert [(r["value"], r["quality"]) for r in rows] == [(None, 0.0), (None, 0.0)]
+    assert "non-finite" in rows[0]["metadata"]["reason"]
 
 
 async def test_bad_records_fail_their_put_only(buffer: Buffer) -> None:
@@ -140,12 +139,13 @@ async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
 
 async def test_size_quota_drops_oldest_readings_keeps_events(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    cfg = BufferConfig(max_size=ByteSize(2 * 1024**2), reserved_for_events=ByteSize(256 * 1024))
+    # packed readings take ~6 bytes each: 240k readings overflow 1 MiB
+    cfg = BufferConfig(max_size=ByteSize(1024**2), reserved_for_events=ByteSize(128 * 1024))
     b = Buffer(path, cfg)
     await b.start()
     await b.put([Event("anomaly_raised", "pump", T0, "critical", {"n": i}) for i in range(50)])
     for k in range(40):
-        await b.put(readings(2000, sensor=f"s{k % 3}", t0=T0 + k * 10))
+        await b.put(readings(6000, sensor=f"s{k % 3}", t0=T0 + k * 10))
     st = b.stats()
     dropped = st["dropped_total"]
     assert isinstance(dropped, int) and dropped > 0
@@ -155,6 +155,7 @@ async def test_size_quota_drops_oldest_readings_keeps_events(tmp_path: Path) -> 
     assert st["rows_queued"]["events"] >= 50  # type: ignore[index]
     oldest = await b.call(lambda s: s.conn.execute("SELECT min(ts) FROM readings").fetchone()[0])
     assert oldest > int(T0 * 1e6)  # the oldest readings went first
+    assert set(by) == {"s0", "s1", "s2"}  # counted per sensor
     await b.close()
     kinds = event_kinds(path)
     assert kinds.count("anomaly_raised") == 50 and "buffer_quota_drop" in kinds
@@ -165,7 +166,7 @@ async def test_file_shrinks_after_drain(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     b = Buffer(path, BufferConfig(housekeeping_interval=Duration(0.05)))
     await b.start()
-    await b.put(readings(100_000))
+    await b.put(readings(400_000))  # packed: ~2.5 MB
     await b.call(lambda s: s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
     big = path.stat().st_size
     await b.call(lambda s: s.conn.execute("DELETE FROM readings"))
@@ -211,7 +212,7 @@ async def test_disk_full_keeps_running_and_recovers(tmp_path: Path) -> None:
     kinds = event_kinds(path)
     assert {"buffer_disk_error", "buffer_quota_drop", "buffer_disk_recovered"} <= set(kinds)
     conn = sqlite3.connect(path)
-    late = conn.execute("SELECT count(*) FROM readings r JOIN sources s ON s.id = r.src "
+    late = conn.execute("SELECT sum(n) FROM readings r JOIN sources s ON s.id = r.src "
                         "WHERE s.sensor_id = 'late'").fetchone()[0]
     conn.close()
     assert late == 3000  # the acknowledged put is all there
