@@ -294,3 +294,28 @@ def test_gateway_id_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="gateway_id"):
         Uploader(b, UploaderConfig(), "has space")
     assert db_rows  # imported helper used elsewhere
+
+
+async def test_413_splits_across_chunks_and_sources_in_order(tmp_path: Path) -> None:
+    """Packed readings: 413 halving cuts inside and between chunks (several sources per commit,
+    events in front); every row arrives once, each source in order."""
+    with IngestReceiver(api_key=API_KEY, max_rows=70) as rx:
+        b = Buffer(tmp_path / "b.db", BufferConfig())
+        await b.start()
+        await b.put([Event("anomaly_raised", "pump", T0, "warning")])
+        for k in range(6):
+            await b.put([r for s in range(3) for r in readings(
+                40 + k * 7, sensor=f"s{s}", t0=T0 + k * 10 + s * 0.0001)])
+        total = sum(3 * (40 + k * 7) for k in range(6))
+        async with Running(b, fast_uploader_cfg(rx.url, batch_max_rows=400)) as up:
+            assert await up.wait_until(lambda u: u.rows_sent == total + 1, 20)
+            assert up.failed["http_413"] >= 3
+        assert len(rx.readings) == total and rx.rows_stored == total + 1
+        assert rx.conflicts == 0 and rx.duplicates == 0
+        ok = [q for q in rx.requests if q.status == 200]
+        assert ok[0].n_events == 1 and all(q.n_readings + q.n_events <= 70 for q in ok)
+        for s in ("s0", "s1", "s2"):  # each source's readings arrived in time order
+            stamps = [ts for ts, sensor in rx.readings if sensor == s]
+            assert stamps == sorted(stamps) and len(stamps) == total // 3
+        assert b.stats()["rows_queued_total"] == 0
+        await b.close()

@@ -1,0 +1,98 @@
+"""Schema migration v1 (one row per reading) → v2 (packed chunks): nothing lost, a pending batch
+keeps its key and exactly its rows, everything is delivered once afterwards."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from edge_agent.records import format_us
+from edge_agent.sync import schema
+from edge_agent.sync.buffer import Buffer, BufferConfig
+from tests.receiver import IngestReceiver
+
+from .conftest import T0, Running, fast_uploader_cfg
+
+US0 = int(T0 * 1_000_000)
+
+
+def make_v1(path: Path) -> str:
+    """A v1 database as an agent of the previous version leaves it after a crash: a pending
+    batch (already sent once) of 300 readings, 700 unassigned readings of 3 sources interleaved,
+    one with metadata and one null value, a feature vector and an event. Returns the key."""
+    conn = schema.connect(str(path))
+    conn.execute("BEGIN")
+    schema.MIGRATIONS[0][1](conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    conn.executemany("INSERT INTO sources(id, sensor_id, sensor_type, unit) VALUES (?, ?, ?, ?)",
+                     [(i + 1, f"s{i}", "temperature", "degC") for i in range(3)])
+    rows = []
+    for j in range(1000):
+        meta = '{"node":"ns=2;s=X"}' if j == 5 else None
+        value, quality = (None, 0.0) if j == 7 else (20.0 + j * 0.25, 1.0)
+        if j == 7:
+            meta = '{"reason":"no value"}'
+        rows.append((j + 1, j % 3 + 1, US0 + j * 1000, value, quality, meta,
+                     1 if j < 300 else None))
+    conn.executemany("INSERT INTO readings(id, src, ts, value, quality, meta, batch) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    key = "gw-test:" + schema.epoch(conn) + ":1"
+    conn.execute("INSERT INTO batches(id, key, state, created_us, attempts, n_readings, "
+                 "n_features, n_events, lo_readings, hi_readings) VALUES "
+                 "(1, ?, 'pending', 0, 1, 300, 0, 0, 1, 300)", (key,))
+    conn.execute("INSERT INTO features(ts, body) VALUES (?, ?)", (US0, '{"source_id":"p",'
+                 f'"window_start":"{format_us(US0)}","window_end":"{format_us(US0 + 1)}",'
+                 '"values":{"rms":0.5}}'))
+    conn.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (US0, '{"event_id":"e1",'
+                 f'"kind":"k","source_id":"x","timestamp":"{format_us(US0)}",'
+                 '"severity":"info","details":{}}'))
+    conn.close()
+    return key
+
+
+async def test_v1_database_migrates_and_delivers_exactly_once(tmp_path: Path,
+                                                              rx: IngestReceiver) -> None:
+    path = tmp_path / "buffer.db"
+    key = make_v1(path)
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    assert b.stats()["rows_queued"] == {"events": 1, "features": 1, "readings": 1000}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST == 2
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'readings_v1'"
+                        ).fetchone()[0] == 0
+    conn.close()
+    async with Running(b, fast_uploader_cfg(rx.url, batch_max_rows=400)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 1002, 20)
+    first = rx.requests[0]
+    assert first.idempotency_key == key and first.n_readings == 300  # the same batch, resent
+    assert first.batch_seq == 1 and first.n_events == 0
+    assert rx.duplicates == 0 and rx.conflicts == 0 and rx.rows_stored == 1002
+    assert len(rx.readings) == 1000
+    for j in range(1000):
+        r = rx.readings[(format_us(US0 + j * 1000), f"s{j % 3}")]
+        if j == 7:
+            assert r["value"] is None and r["quality"] == 0 and r["metadata"]["reason"]
+        else:
+            assert r["value"] == 20.0 + j * 0.25 and r["quality"] == 1.0
+    assert rx.readings[(format_us(US0 + 5000), "s2")]["metadata"] == {"node": "ns=2;s=X"}
+    assert b.stats()["rows_queued_total"] == 0
+    await b.close()
+
+
+async def test_pending_batch_already_stored_counts_delivered(tmp_path: Path,
+                                                             rx: IngestReceiver) -> None:
+    """The v1 agent's batch was stored but the answer was lost; after the upgrade the same
+    key is resent and the receiver answers duplicate_ignored: nothing is stored twice."""
+    path = tmp_path / "buffer.db"
+    key = make_v1(path)
+    with rx.cond:
+        rx.idempotency[key] = ("orig", 1e18)
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    async with Running(b, fast_uploader_cfg(rx.url, batch_max_rows=400)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 1002, 20)
+        assert up.sent["duplicate"] == 1
+    assert len(rx.readings) == 700 and rx.conflicts == 0
+    await b.close()
