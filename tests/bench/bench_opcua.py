@@ -5,6 +5,11 @@ interval; the driver runs under the agent's ``run_driver`` in this process. Prin
 process' CPU seconds per wall second, its RSS, and the values delivered per second.
 
     .venv/bin/python tests/bench/bench_opcua.py [--nodes 1000] [--seconds 20]
+
+``--restarts N`` instead measures what a full server restart costs: ``Server.init()`` with and
+without asyncua's standard address-space shelf, and, over N full rebuilds of the test plant
+server (new Server each time) with the driver under ``run_driver``, the time from the
+server's start to the first fresh value.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import resource
 import socket
 import subprocess
@@ -138,14 +144,86 @@ async def bench(child: subprocess.Popen[str], port: int, n: int, seconds: float,
         child.wait(5)
 
 
+async def bench_restarts(restarts: int) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from asyncua import Server
+
+    from tests.drivers.opcua_server import PlantServer, build_standard_shelf, nid
+
+    # every restart makes asyncua's client log a publish traceback and the supervisor a warning
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+    logging.getLogger("edge_agent").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        shelf = await build_standard_shelf(Path(tmp))
+        t_build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await Server().init()
+        t_plain = time.perf_counter() - t0
+        inits = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            await Server().init(shelf)
+            inits.append(time.perf_counter() - t0)
+        print(f"Server.init(): from code {t_plain:.2f} s; shelf build (once) {t_build:.2f} s; "
+              f"from shelf median {sorted(inits)[2]:.3f} s")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        plant = PlantServer(port, shelf=shelf)
+        await plant.start()
+        cfg = build(Config, {"kind": "opcua", "name": "bench", "endpoint": plant.url,
+                             "connection_check": "500ms", "timeout": "2s",
+                             "nodes": [{"sensor_id": "temp", "node_id": nid("Temp"),
+                                        "publishing_interval": "100ms"}]})
+        latest = 0.0
+        fresh = asyncio.Event()
+
+        async def emit(out: DriverOutput) -> None:
+            nonlocal latest
+            for r in out:
+                if r.timestamp > latest:
+                    latest = r.timestamp
+                    fresh.set()
+
+        task = asyncio.create_task(run_driver(create(cfg), emit, poll_interval=None,
+                                              backoff=Backoff(initial=0.05, maximum=0.5)))
+        await asyncio.wait_for(fresh.wait(), 30)
+        starts, recover = [], []
+        for _ in range(restarts):
+            await plant.stop()
+            t_wall, t0 = time.time(), time.perf_counter()
+            await plant.start()
+            starts.append(time.perf_counter() - t0)
+            while latest < t_wall:
+                fresh.clear()
+                await asyncio.wait_for(fresh.wait(), 30)
+            recover.append(time.perf_counter() - t0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await plant.stop()
+        starts.sort()
+        recover.sort()
+        print(f"{restarts} full restarts: server start median {starts[len(starts) // 2]:.3f} s "
+              f"max {starts[-1]:.3f} s; start -> fresh data median "
+              f"{recover[len(recover) // 2]:.2f} s, max {recover[-1]:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--interval", type=float, default=0.1)
+    ap.add_argument("--restarts", type=int, default=0)
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.serve:
+    if a.restarts:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))  # the repo root, for tests.drivers.opcua_server
+        asyncio.run(bench_restarts(a.restarts))
+    elif a.serve:
         asyncio.run(serve(a.serve, a.nodes, a.interval))
     else:
         child, port = start_server(a.nodes, a.interval)
