@@ -81,12 +81,10 @@ def event_body(e: Event) -> tuple[int, str]:
 def convert(records: Sequence[object], packer: Packer) -> Converted:
     """Records to stored form; raises TypeError/ValueError naming the first bad record."""
     out = Converted()
-    if all(type(r) is Reading for r in records):
-        packer.readings(records, out.readings)  # type: ignore[arg-type]
-        return out
-    for rec in records:
+    others = packer.readings(records, out.readings)
+    for rec in others:
         if isinstance(rec, Reading):
-            packer.readings((rec,), out.readings)
+            packer.reading(rec, out.readings)
         elif isinstance(rec, FeatureVector):
             out.features.append(feature_body(rec))
         elif isinstance(rec, Event):

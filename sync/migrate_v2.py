@@ -27,9 +27,8 @@ def _runs(packer: Packer, rows: Iterable[tuple[Any, ...]], keys: dict[int, Key]
         if run is None:
             run = out[key] = Run()
         us = int(ts)
-        run.lo, run.hi = min(run.lo, us), max(run.hi, us)
-        run.frags.append(packer.fragment(None if value is None else float(value), us,
-                                         float(quality), meta))
+        run.add(packer.fragment(None if value is None else float(value), us, float(quality),
+                                meta), us)
     return out
 
 

@@ -109,12 +109,11 @@ def requeue_conn(conn: sqlite3.Connection, qid: int) -> int:
             if run is None:
                 run = runs[key] = Run()
             us = _us(r["timestamp"])
-            run.lo, run.hi = min(run.lo, us), max(run.hi, us)
             meta = r.get("metadata")
             value = r.get("value")
-            run.frags.append(packer.fragment(None if value is None else float(value), us,
-                                             float(r.get("quality", 0.0)),
-                                             dumps(meta) if meta else None))
+            run.add(packer.fragment(None if value is None else float(value), us,
+                                    float(r.get("quality", 0.0)), dumps(meta) if meta else None),
+                    us)
         conn.executemany("INSERT INTO readings(src, n, ts, ts_max, size, body) "
                          "VALUES (?, ?, ?, ?, ?, ?)", chunk_rows(runs, lambda k: _source(conn, k)))
         conn.executemany("INSERT INTO features(ts, body) VALUES (?, ?)",
