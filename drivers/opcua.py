@@ -39,6 +39,7 @@ from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
 
 log = logging.getLogger("edge_agent.drivers.opcua")
+_SETUP_ERRORS: tuple[type[BaseException], ...] = (SessionFailed, *UA_ERRORS)
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
 
@@ -248,7 +249,7 @@ class OpcUaDriver:
         try:
             async with asyncio.timeout(limit + len(self.cfg.nodes) * 0.01):
                 await session.start()
-        except (SessionFailed, *UA_ERRORS) as exc:
+        except _SETUP_ERRORS as exc:
             await self.close()
             self._health.error("setup")
             raise DriverDisconnected(f"opcua {self.name}: setting up subscriptions failed: "
