@@ -12,6 +12,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import dataclasses  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -45,8 +46,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = _load(args.config, args.state_dir)
     except ConfigError as exc:
         return _config_problem(exc)
+    from edge_agent.sync.schema import SchemaTooNew
+
     logs.setup(cfg.agent.log_level)
-    asyncio.run(daemon.run(cfg))
+    try:
+        asyncio.run(daemon.run(cfg))
+    except (OSError, SchemaTooNew) as exc:
+        # Start-up failures a technician can fix (permissions, a full disk, a database written by
+        # a newer agent): one clear line, not a traceback.
+        logging.getLogger("edge_agent").critical("cannot start", extra={"error": str(exc)})
+        print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

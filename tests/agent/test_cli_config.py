@@ -110,3 +110,12 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert r.returncode == 78 and "cannot read" in r.stderr
     r = cli("check-config", "-c", str(write(tmp_path, "[agent\nx=")))
     assert r.returncode == 78 and "not valid TOML" in r.stderr
+
+
+def test_unusable_state_dir_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = write(tmp_path, f'[agent]\nstate_dir = "{blocker}/state"\n[metrics]\nenabled = false\n')
+    r = cli("run", "-c", str(cfg))
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("edge-agent: cannot start:") and "Traceback" not in r.stderr
