@@ -1,6 +1,11 @@
 """Buffer ingest benchmark: durable group commit vs per-row commits vs raw in-memory executemany,
 and the cost of synchronous=FULL against NORMAL.
 
+"Durable" means ``await Buffer.put`` has returned, i.e. the transaction holding the readings is
+committed (WAL) at the configured ``synchronous`` level. "Per-row commits" is the naive design:
+one row per reading (the v1 layout), one transaction per reading, same file, same pragmas.
+Group commit and per-row commits are compared at the same level (NORMAL/NORMAL, FULL/FULL).
+
     .venv/bin/python tests/bench/bench_buffer.py [--rows 1000000]
 """
 
@@ -108,18 +113,24 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(dir=".") as d:
         dd = Path(d)
         print(f"SQLite {sqlite3.sqlite_version}, {repeat * len(rows):,} readings, puts of {PUT}")
+        group: dict[str, float] = {}
         for sync in ("normal", "full"):
             rate, commits = await buffer_ingest(dd / f"b-{sync}.db", sync, lists, repeat, 4)
+            group[sync] = rate
             print(f"Buffer.put durable ({sync.upper():6}), 4 producers: {rate:>11,.0f} readings/s"
                   f"  ({commits} commits)")
         small = make_lists(2000, 10)
         rate, commits = await buffer_ingest(dd / "b-small.db", "normal", small, 5, 64)
         print(f"Buffer.put puts of 10, 64 producers (NORMAL): {rate:>9,.0f} readings/s  "
               f"({commits} commits for 20,000 puts)")
+        per_row: dict[str, float] = {}
         for sync in ("normal", "full"):
             n = 20_000 if sync == "normal" else 2_000
-            r = per_row_commits(dd / f"row-{sync}.db", sync, rows[:n])
+            per_row[sync] = r = per_row_commits(dd / f"row-{sync}.db", sync, rows[:n])
             print(f"per-row commits ({sync.upper():6}):              {r:>11,.0f} readings/s")
+        for sync in ("normal", "full"):
+            print(f"group commit / per-row commits, both {sync.upper():6}:  "
+                  f"{group[sync] / per_row[sync]:>8.1f}x")
         print(f"raw executemany into :memory::            {raw_memory(rows):>11,.0f} readings/s")
         for sync in ("normal", "full"):
             for ev in (False, True):
