@@ -1,5 +1,5 @@
-"""Records → what the buffer stores: packed reading runs (:mod:`.pack`) and the contract JSON of
-feature vectors and events. Pure functions, no SQLite: runs on the caller's thread."""
+"""Records → what the buffer stores: reading objects for packing (:mod:`.pack`) and the contract
+JSON of feature vectors and events. Pure functions, no SQLite: runs on the caller's thread."""
 
 from __future__ import annotations
 
@@ -10,32 +10,27 @@ from typing import Any
 
 from edge_agent.records import Event, FeatureVector, Reading, format_us, to_us
 
-from .pack import Key, Packer, Run, dumps
+from .pack import Packer, Run, dumps
 
 _MAX_US = 253_402_300_800_000_000  # year 10000
 
 
 @dataclass
 class Converted:
-    readings: dict[Key, Run] = field(default_factory=dict)
+    readings: Run = field(default_factory=Run)
     features: list[tuple[int, str]] = field(default_factory=list)
     events: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def n_readings(self) -> int:
-        return sum(len(r.frags) for r in self.readings.values())
+        return len(self.readings)
 
     @property
     def n_rows(self) -> int:
         return self.n_readings + len(self.features) + len(self.events)
 
     def merge(self, other: Converted) -> None:
-        for key, run in other.readings.items():
-            mine = self.readings.get(key)
-            if mine is None:
-                self.readings[key] = run
-            else:
-                mine.extend(run)
+        self.readings.extend(other.readings)
         self.features += other.features
         self.events += other.events
 

@@ -1,8 +1,8 @@
 """Schema v1 → v2: one row per reading → packed chunks (see :mod:`.pack`).
 
-Runs inside the migration's transaction. Every pending batch keeps its key and exactly its rows:
-they become that batch's slice (chunks grouped by source, in order of first appearance). The
-unassigned rows follow, packed per source in windows of :data:`WINDOW` rows. Nothing is lost:
+Runs inside the migration's transaction. Every pending batch keeps its key and exactly its rows,
+in their order: they become that batch's slice. The unassigned rows follow, in order, read in
+windows of :data:`WINDOW` rows. Nothing is lost:
 rows that point at a batch that is not pending (never expected) are treated as unassigned.
 """
 
@@ -15,30 +15,25 @@ from typing import Any
 from .pack import Key, Packer, Run, chunk_rows
 
 WINDOW = 20_000
-INSERT = "INSERT INTO readings(src, n, ts, ts_max, size, body) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT = "INSERT INTO readings(n, ts, ts_max, size, srcs, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def _runs(packer: Packer, rows: Iterable[tuple[Any, ...]], keys: dict[int, Key]
-          ) -> dict[Key, Run]:
-    out: dict[Key, Run] = {}
+def _run(packer: Packer, rows: Iterable[tuple[Any, ...]], keys: dict[int, Key]) -> Run:
+    run = Run()
     for src, ts, value, quality, meta in rows:
-        key = keys[src]
-        run = out.get(key)
-        if run is None:
-            run = out[key] = Run()
-        us = int(ts)
-        run.add(packer.fragment(None if value is None else float(value), us, float(quality),
-                                meta), us)
-    return out
+        us, key = int(ts), keys[src]
+        run.add(packer.fragment(key, None if value is None else float(value), us,
+                                float(quality), meta), us, key)
+    return run
 
 
-def _insert(conn: sqlite3.Connection, runs: dict[Key, Run], src_of: dict[Key, int]
+def _insert(conn: sqlite3.Connection, run: Run, src_of: dict[Key, int]
             ) -> tuple[int, int, int] | None:
     """Insert chunks; returns (first id, last id, n of the last chunk) or None if empty."""
     first = last = last_n = -1
-    for row in chunk_rows(runs, src_of.__getitem__):
+    for row in chunk_rows(run, src_of.__getitem__):
         cur = conn.execute(INSERT, row)
-        last, last_n = int(cur.lastrowid or 0), row[1]
+        last, last_n = int(cur.lastrowid or 0), row[0]
         if first < 0:
             first = last
     return None if first < 0 else (first, last, last_n)
@@ -58,7 +53,7 @@ def convert_v1_readings(conn: sqlite3.Connection) -> None:
             rows = conn.execute("SELECT src, ts, value, quality, meta FROM readings_v1 "
                                 "WHERE id BETWEEN ? AND ? AND batch = ? ORDER BY id",
                                 (lo, hi, bid)).fetchall()
-            got = _insert(conn, _runs(packer, rows, keys), src_of)
+            got = _insert(conn, _run(packer, rows, keys), src_of)
             n = len(rows)
         if got is None:
             conn.execute("UPDATE batches SET lo_readings = NULL, hi_readings = NULL, "
@@ -78,6 +73,6 @@ def convert_v1_readings(conn: sqlite3.Connection) -> None:
         after = int(rows[-1][0])
         free = [r[1:6] for r in rows if r[6] is None or int(r[6]) not in pend_ids]
         if free:
-            _insert(conn, _runs(packer, free, keys), src_of)
+            _insert(conn, _run(packer, free, keys), src_of)
     conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rcursor', ?)",
                  (f"{cursor[0]}:{cursor[1]}",))

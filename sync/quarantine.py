@@ -102,20 +102,17 @@ def requeue_conn(conn: sqlite3.Connection, qid: int) -> int:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        packer, runs = Packer(), dict[Key, Run]()
+        packer, run = Packer(), Run()
         for r in readings:
             key: Key = (r["sensor_id"], r["sensor_type"], r["unit"])
-            run = runs.get(key)
-            if run is None:
-                run = runs[key] = Run()
             us = _us(r["timestamp"])
             meta = r.get("metadata")
             value = r.get("value")
-            run.add(packer.fragment(None if value is None else float(value), us,
+            run.add(packer.fragment(key, None if value is None else float(value), us,
                                     float(r.get("quality", 0.0)), dumps(meta) if meta else None),
-                    us)
-        conn.executemany("INSERT INTO readings(src, n, ts, ts_max, size, body) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", chunk_rows(runs, lambda k: _source(conn, k)))
+                    us, key)
+        conn.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, body) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", chunk_rows(run, lambda k: _source(conn, k)))
         conn.executemany("INSERT INTO features(ts, body) VALUES (?, ?)",
                          [(_us(f["window_start"]), dumps(f)) for f in feats])
         conn.executemany("INSERT INTO events(ts, body) VALUES (?, ?)",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .convert import Converted
-from .pack import Key, chunk_rows, unpack
+from .pack import chunk_rows, unpack
 from .storebase import TABLES, Pos, StoreBase
 
 __all__ = ["TABLES", "BatchRows", "Pos", "Store"]
@@ -35,7 +35,7 @@ class BatchRows:
     attempts: int
     events: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
-    readings: list[tuple[Key, str]] = field(default_factory=list)  # source, "\n"-joined frags
+    readings: list[str] = field(default_factory=list)  # "\n"-joined reading objects
     n_readings: int = 0
 
     @property
@@ -47,10 +47,10 @@ class Store(StoreBase):
     """The buffer's tables behind one connection (owned by the writer thread)."""
 
     def insert(self, rows: Converted) -> None:
-        chunks = chunk_rows(rows.readings, self.source_id) if rows.readings else []
+        chunks = chunk_rows(rows.readings, self.source_id) if len(rows.readings) else []
         with self.tx(full=bool(rows.events)) as c:
             if chunks:
-                c.executemany("INSERT INTO readings(src, n, ts, ts_max, size, body) "
+                c.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, body) "
                               "VALUES (?, ?, ?, ?, ?, ?)", chunks)
             if rows.features:
                 c.executemany("INSERT INTO features(ts, body) VALUES (?, ?)", rows.features)
@@ -58,7 +58,7 @@ class Store(StoreBase):
                 c.executemany("INSERT INTO events(ts, body) VALUES (?, ?)", rows.events)
         firsts: dict[str, tuple[int, int]] = {}
         if chunks:
-            firsts["readings"] = (sum(ch[1] for ch in chunks), chunks[0][2])
+            firsts["readings"] = (sum(ch[0] for ch in chunks), chunks[0][1])
         if rows.features:
             firsts["features"] = (len(rows.features), rows.features[0][0])
         if rows.events:
@@ -92,10 +92,10 @@ class Store(StoreBase):
             return None
         return (int(row[4]), int(row[5] or 0)), (int(row[6]), int(row[7]))
 
-    def _read_slice(self, lo: Pos, hi: Pos) -> list[tuple[Key, str]]:
+    def _read_slice(self, lo: Pos, hi: Pos) -> list[str]:
         out = []
-        for cid, src, n, body in self.conn.execute(
-                "SELECT id, src, n, body FROM readings WHERE id BETWEEN ? AND ? ORDER BY id",
+        for cid, n, body in self.conn.execute(
+                "SELECT id, n, body FROM readings WHERE id BETWEEN ? AND ? ORDER BY id",
                 (lo[0], hi[0])):
             a = lo[1] if cid == lo[0] else 0
             b = hi[1] if cid == hi[0] else n
@@ -104,7 +104,7 @@ class Store(StoreBase):
             text = unpack(body)
             if a > 0 or b < n:
                 text = "\n".join(text.split("\n")[a:b])
-            out.append((self.key_of(src), text))
+            out.append(text)
         return out
 
     def _load(self, bid: int, key: str, attempts: int, n_readings: int) -> BatchRows:

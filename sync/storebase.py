@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from . import schema
-from .pack import Key, Packer
+from .pack import Key, Packer, parse_srcs
 
 TABLES = ("events", "features", "readings")
 Pos = tuple[int, int]  # (chunk id, offset in the chunk)
@@ -112,11 +112,13 @@ class StoreBase:
             self.src_rev[sid] = key
         return sid
 
-    def key_of(self, src: int) -> Key:
+    def key_of(self, src: int) -> Key | None:
         key = self.src_rev.get(src)
         if key is None:  # added by another connection (quarantine requeue from the CLI)
             row = self.conn.execute("SELECT sensor_id, sensor_type, unit FROM sources WHERE "
                                     "id = ?", (src,)).fetchone()
+            if row is None:
+                return None
             key = self.src_rev[src] = (row[0], row[1], row[2])
             self.src_ids[key] = src
         return key
@@ -150,19 +152,20 @@ class StoreBase:
         cid, off = self.cursor()
         first = cid + 1 if off > 0 else cid  # a partly assigned chunk stays
         cond, extra = ("", ()) if older_than_us is None else (" AND ts_max < ?", (older_than_us,))
-        victims: list[tuple[int, int, int]] = []
+        victims: list[tuple[int, int, str]] = []
         got = 0
-        for rid, src, k in c.execute(f"SELECT id, src, n FROM readings WHERE id >= ?{cond} "
-                                     "ORDER BY id", (first, *extra)):
+        for rid, k, srcs in c.execute(f"SELECT id, n, srcs FROM readings WHERE id >= ?{cond} "
+                                      "ORDER BY id", (first, *extra)):
             if got >= n:
                 break
-            victims.append((rid, src, k))
+            victims.append((rid, k, srcs))
             got += k
         if not victims:
             return 0
         per_src: dict[int, int] = {}
-        for _, src, k in victims:
-            per_src[src] = per_src.get(src, 0) + k
+        for _, _, srcs in victims:
+            for src, k in parse_srcs(srcs).items():
+                per_src[src] = per_src.get(src, 0) + k
         with self.tx(full=True):
             c.executemany("DELETE FROM readings WHERE id = ?", [(v[0],) for v in victims])
             c.executemany("INSERT INTO dropped(src, n) VALUES (?, ?) ON CONFLICT(src) "
@@ -185,6 +188,7 @@ class StoreBase:
     def dropped_by_sensor(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for src, n in self.dropped.items():
-            name = self.src_rev.get(src, (f"src{src}", "", ""))[0]
+            key = self.key_of(src)
+            name = key[0] if key is not None else f"src{src}"
             out[name] = out.get(name, 0) + n
         return out

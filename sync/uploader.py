@@ -303,9 +303,9 @@ class Uploader:
                 else:
                     prep = ahead
         finally:
-            if nxt is not None:
+            if nxt is not None:  # whatever it took stays pending and is sent later, in order
                 nxt.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, sqlite3.Error):
                     await nxt
         return True
 

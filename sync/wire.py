@@ -6,7 +6,6 @@ import gzip
 import json
 import time
 
-from .pack import prefix
 from .store import BatchRows
 
 
@@ -19,8 +18,8 @@ def fmt_us(us: int) -> str:
 def build_body(batch: BatchRows, gateway_id: str, sent_at_us: int) -> bytes:
     """The JSON body for ``batch``: events, then features, then readings, in buffer order.
 
-    Readings are stored as the tails of their JSON objects (see :mod:`.pack`), so this only
-    concatenates: one ``str.replace`` per chunk puts the source's prefix in front of each."""
+    Readings are stored as their JSON objects (see :mod:`.pack`), so this only concatenates:
+    one ``str.replace`` per chunk turns its separators into commas."""
     parts = [f'{{"gateway_id":{json.dumps(gateway_id)},"batch_seq":{batch.id},'
              f'"sent_at":"{fmt_us(sent_at_us)}"']
     if batch.events:
@@ -28,15 +27,8 @@ def build_body(batch: BatchRows, gateway_id: str, sent_at_us: int) -> bytes:
     if batch.features:
         parts.append(',"features":[' + ",".join(batch.features) + "]")
     if batch.readings:
-        pres: dict[tuple[str, str, str], tuple[str, str]] = {}
-        items: list[str] = []
-        for key, text in batch.readings:
-            pre = pres.get(key)
-            if pre is None:
-                p = prefix(key)
-                pre = pres[key] = (p, "," + p)
-            items.append(pre[0] + text.replace("\n", pre[1]))
-        parts.append(',"readings":[' + ",".join(items) + "]")
+        parts.append(',"readings":[' + ",".join(t.replace("\n", ",") for t in batch.readings)
+                     + "]")
     parts.append("}")
     return "".join(parts).encode()
 

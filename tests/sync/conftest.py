@@ -15,7 +15,7 @@ import pytest
 from edge_agent.confkit import Duration, Secret
 from edge_agent.records import Reading
 from edge_agent.sync.buffer import Buffer, BufferConfig
-from edge_agent.sync.pack import prefix, unpack
+from edge_agent.sync.pack import unpack
 from edge_agent.sync.uploader import Uploader, UploaderConfig
 from tests.receiver import IngestReceiver
 
@@ -47,16 +47,11 @@ def db_rows(path: Path, table: str = "readings") -> int:
         conn.close()
 
 
-def stored_readings(conn: sqlite3.Connection, where: str = "", args: tuple[Any, ...] = ()
-                    ) -> list[tuple[str, dict[str, Any]]]:
-    """(sensor_id, contract JSON object) of every stored reading, in order (unpacked)."""
+def stored_readings(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every stored reading as its contract JSON object, in order (unpacked)."""
     out = []
-    for sensor, stype, unit, body in conn.execute(
-            "SELECT s.sensor_id, s.sensor_type, s.unit, r.body FROM readings r "
-            f"JOIN sources s ON s.id = r.src {where} ORDER BY r.id", args):
-        pre = prefix((sensor, stype, unit))
-        for frag in unpack(body).split("\n"):
-            out.append((sensor, json.loads(pre + frag)))
+    for (body,) in conn.execute("SELECT body FROM readings ORDER BY id"):
+        out += [json.loads(frag) for frag in unpack(body).split("\n")]
     return out
 
 
