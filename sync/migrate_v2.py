@@ -15,15 +15,16 @@ from typing import Any
 from .pack import Key, Packer, Run, chunk_rows
 
 WINDOW = 20_000
-INSERT = "INSERT INTO readings(n, ts, ts_max, size, srcs, body) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT = ("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
 def _run(packer: Packer, rows: Iterable[tuple[Any, ...]], keys: dict[int, Key]) -> Run:
     run = Run()
     for src, ts, value, quality, meta in rows:
         us, key = int(ts), keys[src]
-        run.add(packer.fragment(key, None if value is None else float(value), us,
-                                float(quality), meta), us, key)
+        run.add(packer.fragment(None if value is None else float(value), us, float(quality),
+                                meta), us, key)
     return run
 
 

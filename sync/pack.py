@@ -1,16 +1,18 @@
-"""Packed readings: contract JSON objects, pre-serialized at ingest, compressed per chunk.
+"""Packed readings: contract JSON, pre-serialized at ingest, in order, compressed per chunk.
 
-A *chunk* holds the readings of one commit group in their order (at most :data:`CHUNK_MAX`),
-each as its complete contract JSON object::
+A *chunk* holds up to :data:`CHUNK_MAX` readings of one commit group, in the order they were
+put. Each reading is stored as the tail of its contract JSON object, everything after
+``"value":``::
 
-    {"sensor_id":"p7.temp","sensor_type":"temperature","unit":"degC","value":20.25,
-     "timestamp":"2026-11-27T10:15:01.000000Z","quality":1.0}      (on one line)
+    20.25,"timestamp":"2026-11-27T10:15:01.000000Z","quality":1.0}
+    7.5,"timestamp":"2026-11-27T10:15:01.000000Z","quality":1.0,"metadata":{"node":"x"}}
 
-joined by ``"\n"`` and zlib-compressed (the repeated names compress away: ~6 to 20 bytes per
-reading on disk). A raw newline never occurs inside compact JSON (it is escaped in strings), so
-``"\n"`` separates readings unambiguously: splitting a chunk is a ``str.split`` and its wire
-form is ``text.replace("\n", ",")``. ``srcs`` counts the chunk's readings per source id
-(``"3:100,5:20"``) for the quota's per-sensor drop counters.
+joined by ``"\n"`` and zlib-compressed (``body``), with the index of each reading's source in
+the chunk's source list (``idx``: uint16 array, zlib; ``srcs``: global source ids). A raw
+newline never occurs inside compact JSON (it is escaped in strings), so ``"\n"`` separates
+readings unambiguously and splitting a chunk is a ``str.split``. On the wire each tail goes
+behind its source's prefix ``{"sensor_id":…,"sensor_type":…,"unit":…,"value":`` (:func:`wire`:
+``map`` and ``join``, no Python code per reading).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import json
 import math
 import time
 import zlib
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from edge_agent.records import Reading
@@ -35,27 +38,42 @@ Key = tuple[str, str, str]  # sensor_id, sensor_type, unit
 
 
 class Run:
-    """Reading objects in order, with their timestamps (µs) and sources."""
+    """Readings in order: the tail of each one's JSON object (after ``"value":``), its
+    timestamp (µs) and the index of its source in ``table``."""
 
-    __slots__ = ("frags", "keys", "us")
+    __slots__ = ("frags", "idx", "ix", "table", "us")
 
     def __init__(self) -> None:
         self.frags: list[str] = []
         self.us: list[int] = []
-        self.keys: list[Key] = []
+        self.idx: list[int] = []
+        self.table: list[Key] = []
+        self.ix: dict[Key, int] = {}
 
     def __len__(self) -> int:
         return len(self.frags)
 
+    def source(self, key: Key) -> int:
+        i = self.ix.get(key)
+        if i is None:
+            _check_key(key)
+            i = self.ix[key] = len(self.table)
+            self.table.append(key)
+        return i
+
     def add(self, frag: str, us: int, key: Key) -> None:
         self.frags.append(frag)
         self.us.append(us)
-        self.keys.append(key)
+        self.idx.append(self.source(key))
 
     def extend(self, other: Run) -> None:
+        remap = [self.source(k) for k in other.table]
         self.frags += other.frags
         self.us += other.us
-        self.keys += other.keys
+        if remap == list(range(len(remap))):  # same sources, same order: the usual case
+            self.idx += other.idx
+        else:
+            self.idx += [remap[i] for i in other.idx]
 
 
 def _clean(obj: Any) -> Any:
@@ -93,7 +111,6 @@ class Packer:
         self._ts_pre: dict[str, str] = {}
         self._q_tail: dict[float, str] = {}
         self._q_meta: dict[float, str] = {}
-        self._pres: dict[Key, str] = {}
 
     def ts_text(self, us: int) -> str:
         """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` for integer µs (seconds part cached)."""
@@ -124,29 +141,17 @@ class Packer:
         self._metas[key] = (types, text)
         return text
 
-    def prefix(self, key: Key) -> str:
-        pre = self._pres.get(key)
-        if pre is None:
-            _check_key(key)
-            if len(self._pres) > 100_000:
-                self._pres.clear()
-            pre = self._pres[key] = prefix(key)
-        return pre
-
-    def fragment(self, key: Key, value: float | None, us: int, quality: float,
-                 meta: str | None) -> str:
-        """The contract JSON object of one reading (already sanitised)."""
+    def fragment(self, value: float | None, us: int, quality: float, meta: str | None) -> str:
+        """The tail of one reading's JSON object (already sanitised)."""
         v = "null" if value is None else repr(value)
         q = self._quals.get(quality)
         if q is None:
             q = repr(float(quality))
             if len(self._quals) < 1024:
                 self._quals[quality] = q
-        pre = self.prefix(key)
         if meta:
-            return (f'{pre}{v},"timestamp":"{self.ts_text(us)}","quality":{q},'
-                    f'"metadata":{meta}}}')
-        return f'{pre}{v},"timestamp":"{self.ts_text(us)}","quality":{q}}}'
+            return f'{v},"timestamp":"{self.ts_text(us)}","quality":{q},"metadata":{meta}}}'
+        return f'{v},"timestamp":"{self.ts_text(us)}","quality":{q}}}'
 
     def readings(self, records: Iterable[object], run: Run) -> list[object]:
         """Append the Readings in ``records`` to ``run``, in order; returns the other records
@@ -154,10 +159,9 @@ class Packer:
 
         Raises ValueError for a timestamp that is not a finite number in range; NaN/Inf values
         and out-of-range qualities are sanitised (``Reading.sanitised``)."""
-        # Hot loop (~2 µs per reading): few f-string pieces, cached texts for the source, the
-        # second and the quality.
-        ts_pre, q_tail, q_meta, pres = self._ts_pre, self._q_tail, self._q_meta, self._pres
-        frags, uss, keys = run.frags, run.us, run.keys
+        # Hot loop (~2 µs per reading): few f-string pieces, cached second and quality texts.
+        ts_pre, q_tail, q_meta = self._ts_pre, self._q_tail, self._q_meta
+        frags, uss, idx, ix = run.frags, run.us, run.idx, run.ix
         others: list[object] = []
         for rec in records:
             if type(rec) is not Reading:
@@ -169,18 +173,20 @@ class Packer:
                 self._slow(rec, run)
                 continue
             key = (rec.sensor_id, rec.sensor_type, rec.unit)
-            pre = pres.get(key) or self.prefix(key)
+            i = ix.get(key)
+            if i is None:
+                i = run.source(key)
             us = round(ts * 1_000_000)
             u = str(us)
             tp = ts_pre.get(u[:-6]) or self._second(u[:-6])
             if rec.metadata:
                 qm = q_meta.get(q) or self._quality(q)[1]
-                frags.append(f"{pre}{v!r}{tp}{u[-6:]}{qm}{self.meta_text(rec.metadata)}}}")
+                frags.append(f"{v!r}{tp}{u[-6:]}{qm}{self.meta_text(rec.metadata)}}}")
             else:
                 qt = q_tail.get(q) or self._quality(q)[0]
-                frags.append(f"{pre}{v!r}{tp}{u[-6:]}{qt}")
+                frags.append(f"{v!r}{tp}{u[-6:]}{qt}")
             uss.append(us)
-            keys.append(key)
+            idx.append(i)
         return others
 
     def _second(self, secs: str) -> str:
@@ -214,7 +220,7 @@ class Packer:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
             raise TypeError(f"{r.sensor_id}: value {v!r} is not a number")
         key = (r.sensor_id, r.sensor_type, r.unit)
-        run.add(self.fragment(key, None if v is None else float(v), us, float(r.quality),
+        run.add(self.fragment(None if v is None else float(v), us, float(r.quality),
                               self.meta_text(r.metadata) if r.metadata else None), us, key)
 
 
@@ -224,20 +230,23 @@ def _check_key(key: Key) -> None:
             raise TypeError(f"reading source fields must be str, got {key!r}")
 
 
-# n, ts lo, ts hi, wire bytes, srcs, body
-ChunkRow = tuple[int, int, int, int, str, bytes | str]
+# n, ts lo, ts hi, wire bytes, srcs, idx, body
+ChunkRow = tuple[int, int, int, int, str, bytes, bytes | str]
 
 
 def chunk_rows(run: Run, source_id: Callable[[Key], int]) -> list[ChunkRow]:
     """Rows for the packed ``readings`` table: one per CHUNK_MAX readings, in order."""
     rows: list[ChunkRow] = []
-    frags, uss, keys = run.frags, run.us, run.keys
+    frags, uss, idx = run.frags, run.us, run.idx
+    srcs = ",".join(str(source_id(k)) for k in run.table)
+    plens = [len(prefix(k)) + 1 for k in run.table]
+    code = "H" if len(run.table) <= 0xFFFF else "I"
     for i in range(0, len(frags), CHUNK_MAX):
-        part, us = frags[i:i + CHUNK_MAX], uss[i:i + CHUNK_MAX]
-        counts = Counter(keys[i:i + CHUNK_MAX])
-        srcs = ",".join(f"{source_id(k)}:{n}" for k, n in counts.items())
+        part, us, ix = frags[i:i + CHUNK_MAX], uss[i:i + CHUNK_MAX], idx[i:i + CHUNK_MAX]
         text = "\n".join(part)
-        rows.append((len(part), min(us), max(us), len(text) + 1, srcs, pack_text(text)))
+        size = len(text) + sum(map(plens.__getitem__, ix))
+        rows.append((len(part), min(us), max(us), size, srcs,
+                     zlib.compress(array(code, ix).tobytes(), LEVEL), pack_text(text)))
     return rows
 
 
@@ -252,10 +261,20 @@ def unpack(body: bytes | str) -> str:
     return body if isinstance(body, str) else zlib.decompress(body).decode()
 
 
-def parse_srcs(srcs: str) -> dict[int, int]:
+def unpack_idx(blob: bytes, n: int) -> array[int]:
+    raw = zlib.decompress(blob)
+    return array("H" if len(raw) == 2 * n else "I", raw)
+
+
+def per_source(srcs: str, blob: bytes, n: int) -> dict[int, int]:
+    """Readings per source id in one chunk."""
+    ids = [int(x) for x in srcs.split(",")]
     out: dict[int, int] = {}
-    for part in srcs.split(","):
-        if part:
-            a, b = part.split(":")
-            out[int(a)] = out.get(int(a), 0) + int(b)
+    for i, k in Counter(unpack_idx(blob, n)).items():
+        out[ids[i]] = out.get(ids[i], 0) + k
     return out
+
+
+def wire(srcs: list[str], idx: Sequence[int], tails: list[str]) -> str:
+    """The readings as comma-separated JSON objects: each tail behind its source's prefix."""
+    return ",".join(map(str.__add__, map(srcs.__getitem__, idx), tails))

@@ -108,11 +108,12 @@ def requeue_conn(conn: sqlite3.Connection, qid: int) -> int:
             us = _us(r["timestamp"])
             meta = r.get("metadata")
             value = r.get("value")
-            run.add(packer.fragment(key, None if value is None else float(value), us,
+            run.add(packer.fragment(None if value is None else float(value), us,
                                     float(r.get("quality", 0.0)), dumps(meta) if meta else None),
                     us, key)
-        conn.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, body) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", chunk_rows(run, lambda k: _source(conn, k)))
+        conn.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         chunk_rows(run, lambda k: _source(conn, k)))
         conn.executemany("INSERT INTO features(ts, body) VALUES (?, ?)",
                          [(_us(f["window_start"]), dumps(f)) for f in feats])
         conn.executemany("INSERT INTO events(ts, body) VALUES (?, ?)",

@@ -8,11 +8,11 @@ Layout (v2; v1 differed only in ``readings``, one row per reading, see :func:`_v
 * ``meta(key, value)`` — ``epoch``: a random id minted when the file is created, part of every
   idempotency key so that a replaced (corrupt, deleted) database can never reuse a key.
 * ``sources(id, sensor_id, sensor_type, unit)`` — source ids (v1: referenced by each reading
-  row; v2: by the ``srcs`` counts and the ``dropped`` counters).
-* ``readings(id, n, ts, ts_max, size, srcs, body)`` — *packed*: one row (a chunk) per commit
-  group (≤ 4096 readings) holding ``n`` readings in order as pre-serialized contract JSON,
-  zlib-compressed (see :mod:`.pack`); ``ts``/``ts_max`` their time range (µs), ``size`` their
-  wire bytes, ``srcs`` their count per source id (for the quota's counters). ``id``
+  row; v2: by each chunk's ``srcs`` and by the ``dropped`` counters).
+* ``readings(id, n, ts, ts_max, size, srcs, idx, body)`` — *packed*: one row (a chunk) per
+  commit group (≤ 4096 readings) holding ``n`` readings in order as pre-serialized contract JSON,
+  zlib-compressed, with each reading's source (see :mod:`.pack`); ``ts``/``ts_max`` their time
+  range (µs), ``size`` their wire bytes. ``id``
   is AUTOINCREMENT: chunks are never renumbered nor reused, and the sequence of all readings is
   the chunks in id order. A batch's readings are one contiguous slice of that sequence
   (``batches.lo_readings``/``lo_off`` .. ``hi_readings``/``hi_end``); ``meta.rcursor`` is the
@@ -73,7 +73,8 @@ def _v1(conn: sqlite3.Connection) -> None:
 
 V2_TABLE = """CREATE TABLE readings(
     id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL, ts INTEGER NOT NULL,
-    ts_max INTEGER NOT NULL, size INTEGER NOT NULL, srcs TEXT NOT NULL, body BLOB NOT NULL)"""
+    ts_max INTEGER NOT NULL, size INTEGER NOT NULL, srcs TEXT NOT NULL, idx BLOB NOT NULL,
+    body BLOB NOT NULL)"""
 
 
 def _v2(conn: sqlite3.Connection) -> None:

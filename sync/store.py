@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .convert import Converted
-from .pack import chunk_rows, unpack
+from .pack import chunk_rows, unpack, unpack_idx, wire
 from .storebase import TABLES, Pos, StoreBase
 
 __all__ = ["TABLES", "BatchRows", "Pos", "Store"]
@@ -35,7 +35,7 @@ class BatchRows:
     attempts: int
     events: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
-    readings: list[str] = field(default_factory=list)  # "\n"-joined reading objects
+    readings: list[str] = field(default_factory=list)  # wire form of each chunk's part
     n_readings: int = 0
 
     @property
@@ -50,8 +50,8 @@ class Store(StoreBase):
         chunks = chunk_rows(rows.readings, self.source_id) if len(rows.readings) else []
         with self.tx(full=bool(rows.events)) as c:
             if chunks:
-                c.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, body) "
-                              "VALUES (?, ?, ?, ?, ?, ?)", chunks)
+                c.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)", chunks)
             if rows.features:
                 c.executemany("INSERT INTO features(ts, body) VALUES (?, ?)", rows.features)
             if rows.events:
@@ -94,17 +94,18 @@ class Store(StoreBase):
 
     def _read_slice(self, lo: Pos, hi: Pos) -> list[str]:
         out = []
-        for cid, n, body in self.conn.execute(
-                "SELECT id, n, body FROM readings WHERE id BETWEEN ? AND ? ORDER BY id",
-                (lo[0], hi[0])):
+        for cid, n, srcs, idx, body in self.conn.execute(
+                "SELECT id, n, srcs, idx, body FROM readings WHERE id BETWEEN ? AND ? "
+                "ORDER BY id", (lo[0], hi[0])):
             a = lo[1] if cid == lo[0] else 0
             b = hi[1] if cid == hi[0] else n
             if b <= a:
                 continue
-            text = unpack(body)
+            tails = unpack(body).split("\n")
+            ix = unpack_idx(idx, n)
             if a > 0 or b < n:
-                text = "\n".join(text.split("\n")[a:b])
-            out.append(text)
+                tails, ix = tails[a:b], ix[a:b]
+            out.append(wire(self.prefixes(srcs), ix, tails))
         return out
 
     def _load(self, bid: int, key: str, attempts: int, n_readings: int) -> BatchRows:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from . import schema
-from .pack import Key, Packer, parse_srcs
+from .pack import Key, Packer, per_source, prefix
 
 TABLES = ("events", "features", "readings")
 Pos = tuple[int, int]  # (chunk id, offset in the chunk)
@@ -25,6 +25,7 @@ class StoreBase:
         self.epoch = schema.epoch(conn)
         self.packer = Packer()  # for the writer thread
         self.src_ids: dict[Key, int] = {}
+        self._prefixes: dict[str, list[str]] = {}
         self.src_rev: dict[int, Key] = {}
         for sid, a, b, c in conn.execute("SELECT id, sensor_id, sensor_type, unit FROM sources"):
             self.src_ids[(a, b, c)] = sid
@@ -112,6 +113,21 @@ class StoreBase:
             self.src_rev[sid] = key
         return sid
 
+    def prefixes(self, srcs: str) -> list[str]:
+        """The JSON prefix of each source id in a chunk's ``srcs``."""
+        out = self._prefixes.get(srcs)
+        if out is None:
+            if len(self._prefixes) > 10_000:
+                self._prefixes.clear()
+            out = []
+            for s in srcs.split(","):
+                key = self.key_of(int(s))
+                if key is None:
+                    raise LookupError(f"buffer: unknown source id {s}")
+                out.append(prefix(key))
+            self._prefixes[srcs] = out
+        return out
+
     def key_of(self, src: int) -> Key | None:
         key = self.src_rev.get(src)
         if key is None:  # added by another connection (quarantine requeue from the CLI)
@@ -163,9 +179,10 @@ class StoreBase:
         if not victims:
             return 0
         per_src: dict[int, int] = {}
-        for _, _, srcs in victims:
-            for src, k in parse_srcs(srcs).items():
-                per_src[src] = per_src.get(src, 0) + k
+        for rid, k, srcs in victims:
+            blob = c.execute("SELECT idx FROM readings WHERE id = ?", (rid,)).fetchone()[0]
+            for src, m in per_source(srcs, blob, k).items():
+                per_src[src] = per_src.get(src, 0) + m
         with self.tx(full=True):
             c.executemany("DELETE FROM readings WHERE id = ?", [(v[0],) for v in victims])
             c.executemany("INSERT INTO dropped(src, n) VALUES (?, ?) ON CONFLICT(src) "

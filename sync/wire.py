@@ -18,8 +18,8 @@ def fmt_us(us: int) -> str:
 def build_body(batch: BatchRows, gateway_id: str, sent_at_us: int) -> bytes:
     """The JSON body for ``batch``: events, then features, then readings, in buffer order.
 
-    Readings are stored as their JSON objects (see :mod:`.pack`), so this only concatenates:
-    one ``str.replace`` per chunk turns its separators into commas."""
+    Readings are stored pre-serialized (see :mod:`.pack`); the store hands them over in wire
+    form, so this only concatenates."""
     parts = [f'{{"gateway_id":{json.dumps(gateway_id)},"batch_seq":{batch.id},'
              f'"sent_at":"{fmt_us(sent_at_us)}"']
     if batch.events:
@@ -27,8 +27,7 @@ def build_body(batch: BatchRows, gateway_id: str, sent_at_us: int) -> bytes:
     if batch.features:
         parts.append(',"features":[' + ",".join(batch.features) + "]")
     if batch.readings:
-        parts.append(',"readings":[' + ",".join(t.replace("\n", ",") for t in batch.readings)
-                     + "]")
+        parts.append(',"readings":[' + ",".join(batch.readings) + "]")
     parts.append("}")
     return "".join(parts).encode()
 

@@ -15,7 +15,7 @@ import pytest
 from edge_agent.confkit import Duration, Secret
 from edge_agent.records import Reading
 from edge_agent.sync.buffer import Buffer, BufferConfig
-from edge_agent.sync.pack import unpack
+from edge_agent.sync.pack import prefix, unpack, unpack_idx, wire
 from edge_agent.sync.uploader import Uploader, UploaderConfig
 from tests.receiver import IngestReceiver
 
@@ -49,9 +49,12 @@ def db_rows(path: Path, table: str = "readings") -> int:
 
 def stored_readings(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every stored reading as its contract JSON object, in order (unpacked)."""
+    pre = {sid: prefix((a, b, c)) for sid, a, b, c in conn.execute(
+        "SELECT id, sensor_id, sensor_type, unit FROM sources")}
     out = []
-    for (body,) in conn.execute("SELECT body FROM readings ORDER BY id"):
-        out += [json.loads(frag) for frag in unpack(body).split("\n")]
+    for srcs, idx, n, body in conn.execute("SELECT srcs, idx, n, body FROM readings ORDER BY id"):
+        table = [pre[int(x)] for x in srcs.split(",")]
+        out += json.loads("[" + wire(table, unpack_idx(idx, n), unpack(body).split("\n")) + "]")
     return out
 
 

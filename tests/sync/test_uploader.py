@@ -320,3 +320,19 @@ async def test_413_splits_across_chunks_and_sources_in_order(tmp_path: Path) -> 
         assert list(rx.readings) == order  # exactly in the order they were put
         assert b.stats()["rows_queued_total"] == 0
         await b.close()
+
+
+async def test_next_batch_is_prepared_while_one_is_in_flight(buffer: Buffer,
+                                                             rx: IngestReceiver) -> None:
+    await buffer.put(readings(3000))
+    rx.inject(delay=0.6)  # the first batch stays in flight for a while
+    async with Running(buffer, fast_uploader_cfg(rx.url, batch_max_rows=1000)) as up:
+        await asyncio.sleep(0.3)
+        pending = await buffer.call(lambda s: s.conn.execute(
+            "SELECT id, attempts FROM batches WHERE state = 'pending' ORDER BY id").fetchall())
+        assert len(pending) == 2 and pending[1][1] == 0  # the next one: assigned, not sent
+        assert len(rx.requests) == 0  # ... and only one request is in flight
+        assert await up.wait_until(lambda u: u.rows_sent == 3000, 20)
+    seqs = [q.batch_seq for q in rx.requests]
+    assert seqs == sorted(seqs) and len(seqs) == 3 and rx.duplicates == 0
+    assert list(rx.readings) == sorted(rx.readings)
