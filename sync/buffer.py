@@ -27,7 +27,6 @@ from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 
 from . import schema
 from .convert import Converted, convert, event_body
-from .pack import Packer
 from .quarantine import requeue_conn
 from .store import Store
 
@@ -71,7 +70,6 @@ class _Corrupt(Exception):
 class _Put:
     records: Sequence[object]
     fut: asyncio.Future[None]
-    rows: Converted  # converted by the caller (overlaps with the writer's SQLite work)
 
 
 @dataclass
@@ -81,6 +79,10 @@ class _Call:
 
 
 _STOP = object()
+# A commit group linger (commit_interval) for more puts only while it holds fewer rows than this:
+# small puts share one commit (one fsync at FULL), big ones are committed at once. Producers
+# waiting for their ack cannot add to a group, so lingering then is pure idle time.
+_LINGER_BELOW = 1000
 
 
 class Buffer:
@@ -107,7 +109,6 @@ class Buffer:
         self._used = 0
         self._dropped_snap: dict[str, int] = {}
         self._stopping = threading.Event()
-        self._packer = Packer()  # the callers' (event loop thread's); the writer has its own
 
     # -- async API ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -124,13 +125,9 @@ class Buffer:
         if not records:
             return
         fut = self._check().create_future()
-        # Serialize here, on the caller's thread, while the writer runs SQLite and zlib (both
-        # release the GIL).
-        try:
-            rows = convert(records, self._packer)
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not buffered: {exc}") from exc
-        self._q.put(_Put(records, fut, rows))
+        # Serialized by the writer thread (it holds the GIL for it instead of the event loop;
+        # a bad record fails this put only, with ValueError).
+        self._q.put(_Put(tuple(records), fut))
         await fut
 
     async def call(self, fn: Callable[[Store], T]) -> T:
@@ -249,9 +246,14 @@ class Buffer:
             deadline = time.monotonic() + self.cfg.commit_interval
             while n < self.cfg.commit_rows:
                 try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                    nxt = self._q.get_nowait()  # everything already queued joins the group
                 except queue.Empty:
-                    break
+                    if n >= _LINGER_BELOW:  # big enough: lingering would only add latency
+                        break
+                    try:
+                        nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
                 if not isinstance(nxt, _Put):
                     carry = nxt
                     break
@@ -266,7 +268,11 @@ class Buffer:
     def _commit(self, store: Store, group: list[_Put]) -> None:
         rows, ok = Converted(), []
         for put in group:
-            rows.merge(put.rows)
+            try:
+                rows.merge(convert(put.records, store.packer))
+            except (TypeError, ValueError, AttributeError) as exc:
+                self._resolve(put.fut, exc=ValueError(f"not buffered: {exc}"))
+                continue
             ok.append(put)
         if rows.n_rows:
             if not self._write(store, rows):
