@@ -2,10 +2,11 @@
 
 ``await buffer.put(records)`` returns only once the records are committed (that is the
 acknowledgement). All SQLite work happens in one dedicated writer thread that owns the
-connection; puts queued while a commit is in flight are committed together (group commit: up to
-``commit_rows`` rows or ``commit_interval`` of lingering), so the event loop never waits on
-fsync and many small puts share one transaction. The uploader's batch bookkeeping runs on the
-same thread (see :meth:`Buffer.call`), so there is exactly one writer.
+connection and serializes the records (:mod:`.convert`, :mod:`.pack`); puts queued while a
+commit is in flight are committed together (group commit: up to ``commit_rows`` rows; a group
+of fewer than 1000 rows lingers up to ``commit_interval`` for more), so the event loop never
+waits on fsync and many small puts share one transaction. The uploader's batch bookkeeping
+runs on the same thread (see :meth:`Buffer.call`), so there is exactly one writer.
 """
 
 from __future__ import annotations
