@@ -1,5 +1,5 @@
-"""Records → what the buffer stores: reading objects for packing (:mod:`.pack`) and the contract
-JSON of feature vectors and events. Pure functions, no SQLite (run by the buffer's writer thread)."""
+"""Records → what the buffer stores: readings for packing (:mod:`.pack`) and the contract JSON
+of feature vectors and events. Pure functions, no SQLite (run by the buffer's writer thread)."""
 
 from __future__ import annotations
 
