@@ -80,6 +80,9 @@ class _Call:
 
 
 _STOP = object()
+# What serializing a bad record can raise (wrong types, NaN timestamps, circular or too deep
+# details, out-of-range times).
+_BAD_RECORD = (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError, OSError)
 # A commit group linger (commit_interval) for more puts only while it holds fewer rows than this:
 # small puts share one commit (one fsync at FULL), big ones are committed at once. Producers
 # waiting for their ack cannot add to a group, so lingering then is pure idle time.
@@ -271,7 +274,7 @@ class Buffer:
         for put in group:
             try:
                 rows.merge(convert(put.records, store.packer))
-            except (TypeError, ValueError, AttributeError) as exc:
+            except _BAD_RECORD as exc:  # that put fails alone; the writer goes on
                 self._resolve(put.fut, exc=ValueError(f"not buffered: {exc}"))
                 continue
             ok.append(put)

@@ -105,6 +105,16 @@ async def test_bad_records_fail_their_put_only(buffer: Buffer) -> None:
     assert isinstance(res[1], ValueError) and "timestamp" in str(res[1])
     assert isinstance(res[2], ValueError) and "str" in str(res[2])
     assert buffer.stats()["rows_queued_total"] == 5
+    deep: dict[str, object] = {}
+    for _ in range(100_000):
+        deep = {"x": deep}
+    circular: dict[str, object] = {}
+    circular["self"] = circular
+    for details in (deep, circular):  # serialized by the writer: it must survive them
+        with pytest.raises(ValueError, match="not buffered"):
+            await buffer.put([Event("k", "s", T0, "info", details)])
+    await buffer.put(readings(1, t0=T0 + 50))
+    assert buffer.stats()["rows_queued_total"] == 6
 
 
 async def test_garbage_file_is_moved_aside_with_event(tmp_path: Path) -> None:
