@@ -130,7 +130,7 @@ def test_agent_end_to_end(tmp_path: Path) -> None:
 
     # The graceful stop delivered everything: nothing is left unsent in the buffer.
     db = sqlite3.connect(tmp_path / "state" / "buffer.db")
-    left = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    left = db.execute("SELECT coalesce(sum(n), 0) FROM readings").fetchone()[0]
     db.close()
     assert left == 0
 
@@ -175,6 +175,6 @@ microphone = false
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     db = sqlite3.connect(tmp_path / "state" / "buffer.db")
-    stored = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    stored = db.execute("SELECT coalesce(sum(n), 0) FROM readings").fetchone()[0]
     db.close()
     assert stored >= 4 * 8  # ~4 s of 4 process values per 0.25 s block, all committed
