@@ -177,6 +177,7 @@ class Uploader:
         self.last_success: float | None = None
         self._progress = asyncio.Condition()
         self._retried = False
+        self._key: str | None = None  # the batch in flight: logs carry it as correlation_id
 
     # -- public ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -278,6 +279,7 @@ class Uploader:
             while prep is not None:
                 self.state = "sending"
                 bid = prep.batch.id
+                self._key = prep.batch.key
                 nxt = asyncio.create_task(self._prepare(bid))
                 self._retried = False
                 retrying = AsyncRetrying(
@@ -344,11 +346,14 @@ class Uploader:
             self.rows_sent += batch.n_rows
             self.bytes_sent += len(body)
             self.last_success = now()
+            log.info("batch delivered", extra={"correlation_id": key, "outcome": outcome,
+                                               "rows": batch.n_rows, "bytes": len(body)})
             return
         if outcome == "split":
             self.failed["http_413"] += 1
             if await self.buffer.call(lambda s: s.split(bid, gw)):
-                log.info("batch %s too large (413): split in two new batches", key)
+                log.info("batch %s too large (413): split in two new batches", key,
+                         extra={"correlation_id": key})
                 return
             reason = f"413 for a single-row batch: {reason}"
         n = batch.n_rows
@@ -356,7 +361,8 @@ class Uploader:
         await self.buffer.call(lambda s: s.quarantine(bid, key, status, reason, text, n))
         self.quarantined += 1
         self.failed["quarantined"] += 1
-        log.error("batch %s quarantined (%s): %s", key, status, reason[:200])
+        log.error("batch %s quarantined (%s): %s", key, status, reason[:200],
+                  extra={"correlation_id": key})
         await self._event("batch_quarantined", "warning",
                           {"batch_key": key, "status": status, "rows": n, "reason": reason[:500]})
 
@@ -391,7 +397,7 @@ class Uploader:
         self._retried = True
         wait = rs.next_action.sleep if rs.next_action else 0.0
         log.warning("upload attempt %d failed (%s); retrying in %.1fs", rs.attempt_number, exc,
-                    wait)
+                    wait, extra={"correlation_id": self._key})
         await self._notify()
         if kind == "auth" and not self._auth_episode:
             self._auth_episode = True

@@ -336,3 +336,17 @@ async def test_next_batch_is_prepared_while_one_is_in_flight(buffer: Buffer,
     seqs = [q.batch_seq for q in rx.requests]
     assert seqs == sorted(seqs) and len(seqs) == 3 and rx.duplicates == 0
     assert list(rx.readings) == sorted(rx.readings)
+
+
+async def test_logs_follow_one_batch_by_its_correlation_id(
+        buffer: Buffer, rx: IngestReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    await buffer.put(readings(50))
+    rx.inject(status=503, times=2)
+    caplog.set_level("INFO", logger="edge_agent.sync.uploader")
+    async with Running(buffer, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 50, 20)
+    key = rx.requests[-1].idempotency_key
+    tagged = [r for r in caplog.records if getattr(r, "correlation_id", None) == key]
+    msgs = [r.getMessage() for r in tagged]
+    assert sum("retrying" in m for m in msgs) == 2 and msgs[-1] == "batch delivered"
+    assert {q.idempotency_key for q in rx.requests} == {key}  # retries reused the key
