@@ -32,7 +32,7 @@ from edge_agent.models.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
 from edge_agent.models.training import CommissioningConfig
 from edge_agent.sync.buffer import BufferConfig
-from edge_agent.sync.uploader import UploaderConfig
+from edge_agent.sync.contract import UploaderConfig
 
 EX_CONFIG = 78
 

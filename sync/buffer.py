@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -28,14 +27,14 @@ from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 
 from . import schema
 from .convert import Converted, convert, event_body
+from .files import Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
 from .store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SQLITE_FULL, SQLITE_CORRUPT, SQLITE_NOTADB = 13, 11, 26
-_UNREADABLE = {10, 14, 8}  # IOERR, CANTOPEN, READONLY: unreadable file at start
+SQLITE_FULL = 13
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,6 @@ class BufferConfig:
 
 class BufferClosed(RuntimeError):
     """The buffer is not running (not started, closed, or its writer failed)."""
-
-
-class _Corrupt(Exception):
-    pass
 
 
 @dataclass
@@ -402,54 +397,14 @@ class Buffer:
     # -- open / corruption ----------------------------------------------------------------
     def _open(self) -> Store:
         try:
-            return self._try_open()
-        except _Corrupt as exc:
+            return open_store(self.path, self.cfg.synchronous, self.cfg.integrity_check)
+        except Corrupt as exc:
             reason = str(exc)
-        moved = self._move_aside()
+        moved = move_aside(self.path)
         self.moved_aside.append(moved)
         log.error("buffer %s unusable (%s); moved aside to %s", self.path, reason, moved)
-        store = self._try_open()
+        store = open_store(self.path, self.cfg.synchronous, self.cfg.integrity_check)
         self._emit("buffer_corrupt_moved_aside", "critical",
                    {"path": str(self.path), "moved_to": moved, "reason": reason})
         self._own_flush(store)
         return store
-
-    def _try_open(self) -> Store:
-        sync = self.cfg.synchronous.upper()
-        existed = self.path.exists()
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = schema.connect(str(self.path), sync)
-            schema.migrate(conn)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
-            check = self.cfg.integrity_check
-            if check == "always" or (check == "after_crash" and existed and
-                                     (row is None or row[0] != "1")):
-                res = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
-                if res != ["ok"]:
-                    raise _Corrupt("quick_check: " + "; ".join(res))
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '0')")
-            return Store(conn, sync)
-        except sqlite3.DatabaseError as exc:
-            if conn is not None:
-                conn.close()
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            if code in (SQLITE_CORRUPT, SQLITE_NOTADB) or (existed and code in _UNREADABLE):
-                raise _Corrupt(f"{getattr(exc, 'sqlite_errorname', '')}: {exc}") from exc
-            raise
-        except _Corrupt:
-            if conn is not None:
-                conn.close()
-            raise
-
-    def _move_aside(self) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        base = f"{self.path}.corrupt-{stamp}"
-        target, i = base, 1
-        while os.path.exists(target):
-            target, i = f"{base}.{i}", i + 1
-        for suffix in ("-wal", "-shm", ""):  # main file last: its presence marks the set
-            src = f"{self.path}{suffix}"
-            if os.path.exists(src):
-                os.replace(src, f"{target}{suffix}")
-        return target

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import functools
 import logging
 import random
@@ -24,115 +23,21 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
-from edge_agent.confkit import ByteSize, Duration, Secret, field
 from edge_agent.records import Event, Severity, now
 
 from .buffer import Buffer
+from .contract import Outcome, Retry, UploaderConfig, classify
 from .store import BatchRows, Store
 from .wire import build_body, encode
 
 log = logging.getLogger(__name__)
-INGEST_PATH = "/api/v1/data/ingest"
-
-
-@dataclass(frozen=True)
-class UploaderConfig:
-    """Section ``[uploader]``; ``url`` is the API base (``None``: keep everything buffered)."""
-
-    url: str | None = None
-    api_key: Secret | None = None
-    batch_max_rows: int = field(5000, gt=0)
-    batch_max_bytes: ByteSize = field(ByteSize(4 * 1024**2), ge=1024)
-    gzip: bool = True
-    gzip_level: int = field(5, ge=1, le=9)
-    timeout: Duration = field(Duration(30.0), gt=0)
-    backoff_initial: Duration = field(Duration(1.0), gt=0)
-    backoff_max: Duration = field(Duration(300.0), gt=0)
-    retry_after_max: Duration = field(Duration(3600.0), gt=0)
-    auth_retry_interval: Duration = field(Duration(300.0), gt=0)
-    bandwidth_limit: ByteSize | None = field(None, gt=0)
-    interval: Duration = field(Duration(1.0), ge=0)
-    verify_tls: bool = True
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = []
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            out.append(("url", "must start with http:// or https://"))
-        if self.url is not None and self.api_key is None:
-            out.append(("api_key", "is required when url is set (or give api_key_file)"))
-        if self.backoff_initial > self.backoff_max:
-            out.append(("backoff_initial", "must not exceed backoff_max"))
-        return out
-
-    @property
-    def endpoint(self) -> str:
-        base = (self.url or "").rstrip("/")
-        return base if base.endswith(INGEST_PATH) else base + INGEST_PATH
-
-
-class _Retry(Exception):
-    """A transient outcome: retry the same batch (same key, same body)."""
-
-    def __init__(self, kind: str, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-Outcome = Literal["accepted", "duplicate", "conflict", "split", "quarantine"]
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        secs = float(value)  # RFC 9110: delay-seconds (decimals tolerated)
-    except ValueError:
-        pass
-    else:
-        return secs if secs >= 0 and secs == secs else None
-    try:
-        dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, dt.timestamp() - time.time())
-
-
-def classify(resp: httpx.Response) -> Outcome:
-    """Map a response to an outcome per the contract's table; raises :class:`_Retry`."""
-    st = resp.status_code
-    if st in (200, 201, 202):
-        try:
-            data: Any = resp.json()
-        except ValueError:
-            raise _Retry("bad_body", f"{st} with a non-JSON body") from None
-        if isinstance(data, dict) and isinstance(data.get("event_id"), str):
-            if data.get("status") == "accepted" and isinstance(data.get("accepted"), int):
-                return "accepted"
-            if data.get("status") == "duplicate_ignored":
-                return "duplicate"
-        raise _Retry("bad_body", f"{st} with an unexpected body {resp.text[:200]!r}")
-    if st == 409:
-        return "conflict"
-    if st == 413:
-        return "split"
-    if st in (400, 422):
-        return "quarantine"
-    if st in (401, 403):
-        raise _Retry("auth", f"{st} {resp.text[:200]}")
-    if st in (408, 429) or 500 <= st <= 599:
-        ra = parse_retry_after(resp.headers.get("Retry-After"))
-        raise _Retry("http_429" if st == 429 else f"http_{st // 100}xx" if st >= 500 else
-                     "http_408", f"{st}", ra)
-    raise _Retry("unexpected", f"unexpected status {st}")
 
 
 @dataclass
@@ -284,13 +189,13 @@ class Uploader:
                 self._retried = False
                 retrying = AsyncRetrying(
                     stop=stop_never if deadline is None else _stop_at(deadline),
-                    wait=self._wait, retry=retry_if_exception_type(_Retry), reraise=True,
+                    wait=self._wait, retry=retry_if_exception_type(Retry), reraise=True,
                     before_sleep=self._before_sleep)
                 try:
                     async for attempt in retrying:
                         with attempt:
                             outcome, status, text = await self._attempt(prep.batch, prep.payload)
-                except _Retry:
+                except Retry:
                     return False  # deadline reached (flush)
                 self.state = "sending"
                 await self._settle(prep.batch, outcome, prep.body, status, text)
@@ -316,7 +221,7 @@ class Uploader:
         try:
             key = cfg.api_key.reveal() if cfg.api_key is not None else ""
         except (LookupError, OSError) as exc:
-            raise _Retry("auth", f"API key unavailable: {exc}") from None
+            raise Retry("auth", f"API key unavailable: {exc}") from None
         headers = {"Content-Type": "application/json", "X-API-Key": key,
                    "Idempotency-Key": batch.key, "X-Request-ID": str(uuid.uuid4())}
         if cfg.gzip:
@@ -326,9 +231,9 @@ class Uploader:
         try:
             resp = await client.post(cfg.endpoint, content=payload, headers=headers)
         except httpx.TimeoutException as exc:
-            raise _Retry("timeout", repr(exc)) from None
+            raise Retry("timeout", repr(exc)) from None
         except httpx.TransportError as exc:
-            raise _Retry("connection", repr(exc)) from None
+            raise Retry("connection", repr(exc)) from None
         bid, status = batch.id, str(resp.status_code)
         await self.buffer.call(lambda s: s.record_attempt(bid, status))
         outcome = classify(resp)
@@ -380,17 +285,17 @@ class Uploader:
 
     def _wait(self, rs: RetryCallState) -> float:
         exc = rs.outcome.exception() if rs.outcome else None
-        if isinstance(exc, _Retry) and exc.kind == "auth":
+        if isinstance(exc, Retry) and exc.kind == "auth":
             return float(self.cfg.auth_retry_interval)
         wait = float(self._backoff(rs))
-        if isinstance(exc, _Retry) and exc.retry_after is not None:
+        if isinstance(exc, Retry) and exc.retry_after is not None:
             ra = min(exc.retry_after, self.cfg.retry_after_max)
             wait = ra + random.uniform(0, 0.1 * ra)
         return wait
 
     async def _before_sleep(self, rs: RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None
-        kind = exc.kind if isinstance(exc, _Retry) else "unexpected"
+        kind = exc.kind if isinstance(exc, Retry) else "unexpected"
         self.failed[kind] += 1
         self.last_error = str(exc)
         self.state = "auth_failed" if kind == "auth" else "backoff"

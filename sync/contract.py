@@ -1,0 +1,113 @@
+"""The ingest contract's answer table, and the uploader's settings.
+
+:func:`classify` maps one HTTP response to what the agent does with the batch, row by row of
+``../shared/contracts/ingest-api.md``: delivered (accepted, duplicate_ignored, 409), split (413),
+quarantine (400/422), or a transient :class:`Retry` (401/403 slowly; 408/429/5xx and anything
+else, including a 2xx whose body is not the contract's JSON — never counted as delivered).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from edge_agent.confkit import ByteSize, Duration, Secret, field
+
+INGEST_PATH = "/api/v1/data/ingest"
+
+
+@dataclass(frozen=True)
+class UploaderConfig:
+    """Section ``[uploader]``; ``url`` is the API base (``None``: keep everything buffered)."""
+
+    url: str | None = None
+    api_key: Secret | None = None
+    batch_max_rows: int = field(5000, gt=0)
+    batch_max_bytes: ByteSize = field(ByteSize(4 * 1024**2), ge=1024)
+    gzip: bool = True
+    gzip_level: int = field(5, ge=1, le=9)
+    timeout: Duration = field(Duration(30.0), gt=0)
+    backoff_initial: Duration = field(Duration(1.0), gt=0)
+    backoff_max: Duration = field(Duration(300.0), gt=0)
+    retry_after_max: Duration = field(Duration(3600.0), gt=0)
+    auth_retry_interval: Duration = field(Duration(300.0), gt=0)
+    bandwidth_limit: ByteSize | None = field(None, gt=0)
+    interval: Duration = field(Duration(1.0), ge=0)
+    verify_tls: bool = True
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            out.append(("url", "must start with http:// or https://"))
+        if self.url is not None and self.api_key is None:
+            out.append(("api_key", "is required when url is set (or give api_key_file)"))
+        if self.backoff_initial > self.backoff_max:
+            out.append(("backoff_initial", "must not exceed backoff_max"))
+        return out
+
+    @property
+    def endpoint(self) -> str:
+        base = (self.url or "").rstrip("/")
+        return base if base.endswith(INGEST_PATH) else base + INGEST_PATH
+
+
+class Retry(Exception):
+    """A transient outcome: retry the same batch (same key, same body)."""
+
+    def __init__(self, kind: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+Outcome = Literal["accepted", "duplicate", "conflict", "split", "quarantine"]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)  # RFC 9110: delay-seconds (decimals tolerated)
+    except ValueError:
+        pass
+    else:
+        return secs if secs >= 0 and secs == secs else None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, dt.timestamp() - time.time())
+
+
+def classify(resp: httpx.Response) -> Outcome:
+    """Map a response to an outcome per the contract's table; raises :class:`Retry`."""
+    st = resp.status_code
+    if st in (200, 201, 202):
+        try:
+            data: Any = resp.json()
+        except ValueError:
+            raise Retry("bad_body", f"{st} with a non-JSON body") from None
+        if isinstance(data, dict) and isinstance(data.get("event_id"), str):
+            if data.get("status") == "accepted" and isinstance(data.get("accepted"), int):
+                return "accepted"
+            if data.get("status") == "duplicate_ignored":
+                return "duplicate"
+        raise Retry("bad_body", f"{st} with an unexpected body {resp.text[:200]!r}")
+    if st == 409:
+        return "conflict"
+    if st == 413:
+        return "split"
+    if st in (400, 422):
+        return "quarantine"
+    if st in (401, 403):
+        raise Retry("auth", f"{st} {resp.text[:200]}")
+    if st in (408, 429) or 500 <= st <= 599:
+        ra = parse_retry_after(resp.headers.get("Retry-After"))
+        raise Retry("http_429" if st == 429 else f"http_{st // 100}xx" if st >= 500 else
+                     "http_408", f"{st}", ra)
+    raise Retry("unexpected", f"unexpected status {st}")
