@@ -18,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _measure import rss_mib  # tests/bench/_measure.py
+
 from edge_agent.confkit import ByteSize, Duration, Secret
 from edge_agent.records import Reading
 from edge_agent.sync.buffer import Buffer, BufferConfig
@@ -25,13 +27,6 @@ from edge_agent.sync.uploader import Uploader, UploaderConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Sampler(threading.Thread):
@@ -43,7 +38,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         t0 = time.monotonic()
         while not self.stop.wait(0.5):  # a measurement cadence, not a work loop
-            self.samples.append((time.monotonic() - t0, rss_mb()))
+            self.samples.append((time.monotonic() - t0, rss_mib()))
 
 
 async def fill(buf: Buffer, n: int) -> float:
@@ -86,7 +81,7 @@ async def main() -> None:
             up = Uploader(buf, cfg, "bench-gw")
             sampler = Sampler()
             sampler.start()
-            r0 = rss_mb()
+            r0 = rss_mib()
             t = time.perf_counter()
             await up.flush(3600)
             dt = time.perf_counter() - t

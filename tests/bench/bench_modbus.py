@@ -12,29 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import resource
 import socket
 import subprocess
 import sys
 import time
 
+from _measure import cpu_s, rss_mib  # tests/bench/_measure.py
+
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.modbus import Config, create
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 async def serve(port: int, registers: int) -> None:
