@@ -132,7 +132,8 @@ class Analysis:
         if ext is None:
             return [], events
         names = ext.names()
-        X = ext.batch(windows, shaft_rpm)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            X = ext.batch(windows, shaft_rpm)  # non-finite windows come back as NaN rows
         finite = np.isfinite(X).all(axis=1)
         self.windows += len(windows)
         self.invalid_windows += int((~finite).sum())
