@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from edge_agent.confkit import Duration, field
-from edge_agent.drivers.base import DriverHealth, DriverOutput
+from edge_agent.drivers.base import DriverError, DriverHealth, DriverOutput
 from edge_agent.models.envelope import BearingGeometry, defect_frequencies
 from edge_agent.records import Reading, WaveformBlock, parse_ts
 
@@ -87,6 +87,7 @@ class SimulatedPlant:
         self._vib_n = 0                   # samples emitted so far
         self._mic_n = 0
         self._shaft_phase = 0.0
+        self._mic_phase = 0.0
         self._next_impulse = 0.0          # sim time of the next defect impulse
         self._temp = 45.0 + 3 * self.rng.random()
 
@@ -122,8 +123,12 @@ class SimulatedPlant:
         load = 1.0 + 0.05 * math.sin(2 * math.pi * t0 / 41.0)
         base = load * (0.06 * np.sin(phase) + 0.025 * np.sin(2 * phase + 0.7)
                        + 0.01 * np.sin(3 * phase + 1.9))
+        # The vertical axis sees the same rotor with its own phase lags (continuous across
+        # blocks: every term follows the accumulated shaft phase).
+        vert = load * 0.8 * (0.06 * np.sin(phase - 0.9) + 0.025 * np.sin(2 * phase - 1.1)
+                             + 0.01 * np.sin(3 * phase + 0.4))
         h = base + cfg.noise_g * rng.standard_normal(n)
-        v = 0.8 * np.roll(base, n // 7) + cfg.noise_g * rng.standard_normal(n)
+        v = vert + cfg.noise_g * rng.standard_normal(n)
         if sev > 0 and cfg.fault.amplitude_g > 0:
             imp = self._impulses(t0, n, fs, fr, sev)
             h += imp
@@ -162,9 +167,10 @@ class SimulatedPlant:
         cfg, rng = self.cfg, self.rng
         fs = cfg.microphone_rate
         n = round((t0 + dt) * fs) - self._mic_n
-        tt = t0 + np.arange(n) / fs
         bpf = 6 * fr  # six-vane impeller
-        x = 0.05 * np.sin(2 * math.pi * bpf * tt) + 0.02 * np.sin(2 * math.pi * 2 * bpf * tt)
+        phase = self._mic_phase + 2 * math.pi * bpf * np.arange(n) / fs
+        self._mic_phase = float((self._mic_phase + 2 * math.pi * bpf * n / fs) % (2 * math.pi))
+        x = 0.05 * np.sin(phase) + 0.02 * np.sin(2 * phase)
         x += 0.015 * rng.standard_normal(n)
         if sev > 0:
             clicks = (rng.random(n) < sev * 0.002).astype(float)
@@ -213,7 +219,7 @@ class SimulatorDriver:
     async def read(self) -> DriverOutput:
         plant = self._plant
         if plant is None:
-            raise RuntimeError("read() before open()")
+            raise DriverError("simulator read() before open()")
         if self.cfg.pace == "realtime":
             due = plant.start + plant.t + float(self.cfg.block)
             delay = due - time.time()

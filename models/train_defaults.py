@@ -287,7 +287,7 @@ def pipeline_toml(spec: Spec, source: str) -> str:
     else:
         extra = f"n_mfcc = {f.n_mfcc}\nn_fft = {f.n_fft}\nhop = {f.hop}\n"
     return (f'[[pipelines]]\nsource = "{source}"\nwindow = {spec.window}\nhop = {spec.hop}\n'
-            f'model = "builtin:{spec.name}"\n[pipelines.features]\nkind = "{f.kind}"\n'
+            f'model = {{ path = "builtin:{spec.name}" }}\n[pipelines.features]\nkind = "{f.kind}"\n'
             + extra.replace("'", '"'))
 
 

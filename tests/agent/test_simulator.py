@@ -87,3 +87,12 @@ def test_config_problems_named() -> None:
                                                "block": "0s"})}
     assert "bearing.ball_diameter: must be smaller than pitch_diameter" in problems
     assert "block: must be > 0" in problems
+
+
+def test_waveforms_are_continuous_across_blocks() -> None:
+    p = plant(noise_g=0.0, fault={"kind": "none"})
+    blocks = [o[0] for o in run(p, 3)]
+    x = np.concatenate([b.samples for b in blocks if isinstance(b, WaveformBlock)])
+    step = np.abs(np.diff(x, axis=0))
+    edges = np.cumsum([b.n_samples for b in blocks if isinstance(b, WaveformBlock)])[:-1] - 1
+    assert step[edges].max() <= 1.05 * np.delete(step, edges, axis=0).max()
