@@ -6,6 +6,15 @@ when a block does not continue the previous one: a time gap or overlap beyond ``
 seconds, a different sample rate, or different channels. Memory per source is bounded by
 ``length`` samples plus the block being pushed. Window times come from a per-stream sample
 counter (``anchor + index / rate``), so they do not drift over long runs.
+
+Timestamp jitter: sources stamped by another clock (a PLC stamping OPC-UA arrays, a sound card)
+deliver blocks whose ``start`` differs from the expected continuation by a few ms. Such a
+mismatch is *not* a gap: the default tolerance is ``max(2 samples, 25 % of the block, 5 ms)``
+(the larger of the previous and the new block's durations), far below any real dropout of a
+block-wise source yet far above clock jitter. Within tolerance the sample counter is kept and
+the anchor is re-anchored slowly: it moves by ``1/32`` of the mismatch per block, at most half
+a sample, so zero-mean jitter averages out (window times never step backwards) while a slow
+clock drift between the source and the nominal rate is followed.
 """
 
 from __future__ import annotations
@@ -45,14 +54,20 @@ class _Stream:
     pending: F64                 # samples from index `pending_at` on, not yet past a window start
     pending_at: int
     next_start: int              # sample index of the next window's first sample
+    last_n: int = 0              # samples in the previous block (for the default tolerance)
 
 
 class Windower:
     """``Windower(length, hop)``: windows of ``length`` samples every ``hop`` samples.
 
     ``tolerance`` (seconds) is how far a block's ``start`` may differ from where the previous
-    block ended before the stream restarts; default: one sample period plus 1 ms.
+    block ended before the stream restarts; default (``None``):
+    ``max(2 / rate, 0.25 * block duration, 5 ms)`` with the block duration the larger of the
+    previous and the new block's.
     """
+
+    SLEW_GAIN = 1.0 / 32          # fraction of a tolerated mismatch applied to the anchor per block
+    MAX_STEP_SAMPLES = 0.5        # anchor moves at most this many sample periods per block
 
     def __init__(self, length: int, hop: int, tolerance: float | None = None) -> None:
         if length < 2 or hop < 1:
@@ -64,8 +79,10 @@ class Windower:
         self.windows = 0
         self._streams: dict[str, _Stream] = {}
 
-    def _tol(self, sr: float) -> float:
-        return self.tolerance if self.tolerance is not None else 1.0 / sr + 1e-3
+    def _tol(self, sr: float, n_samples: int) -> float:
+        if self.tolerance is not None:
+            return self.tolerance
+        return max(2.0 / sr, 0.25 * n_samples / sr, 5e-3)
 
     def reset(self, source_id: str | None = None) -> None:
         """Forget one source (or all): the next block starts a fresh stream."""
@@ -93,8 +110,12 @@ class Windower:
                 reason = "channels"
             else:
                 expected = st.anchor + st.seen / st.sample_rate
-                if abs(block.start - expected) > self._tol(st.sample_rate):
-                    reason = "gap" if block.start > expected else "overlap"
+                err = float(block.start) - expected
+                if abs(err) > self._tol(st.sample_rate, max(st.last_n, x.shape[0])):
+                    reason = "gap" if err > 0 else "overlap"
+                elif x.shape[0]:
+                    lim = self.MAX_STEP_SAMPLES / st.sample_rate
+                    st.anchor += min(lim, max(-lim, err * self.SLEW_GAIN))
             if reason is not None:
                 self.resets[reason] += 1
                 self.dropped_samples += st.pending.shape[0]
@@ -105,6 +126,7 @@ class Windower:
             self._streams[block.source_id] = st
         if x.shape[0] == 0:
             return []
+        st.last_n = x.shape[0]
         buf = np.concatenate([st.pending, x]) if st.pending.shape[0] else x
         buf_at = st.pending_at
         st.seen += x.shape[0]

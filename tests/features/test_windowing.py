@@ -89,3 +89,47 @@ def test_bad_blocks() -> None:
     with pytest.raises(ValueError):
         Windower(1, 1)
     assert w.push(block(0, 0)) == []
+
+
+def jittered(n_blocks: int, n: int, sr: float, jitter: float, seed: int = 1,
+             ppm: float = 0.0, gap_at: int | None = None, gap: float = 0.0) -> list[WaveformBlock]:
+    """Blocks of a continuous stream whose start times carry clock jitter (and optional drift)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n_blocks):
+        true = 1000.0 + k * n / sr * (1 + ppm * 1e-6) + (gap if gap_at is not None and k >= gap_at
+                                                          else 0.0)
+        data = np.arange(k * n, (k + 1) * n, dtype=np.float64)[:, None]
+        out.append(WaveformBlock("plc", sr, ("x",), true + rng.uniform(-jitter, jitter), data))
+    return out
+
+
+def test_plc_clock_jitter_keeps_nearly_all_windows() -> None:
+    # review repro: 1024-sample arrays at 10240 Hz, window 2048 / hop 1024, ±2 ms jitter
+    w = Windower(2048, 1024)
+    out = [x for b in jittered(200, 1024, 10240.0, 0.002) for x in w.push(b)]
+    assert not w.resets and len(out) == 199 and w.dropped_samples == 0
+    starts = np.array([x.start for x in out])
+    assert np.all(np.diff(starts) > 0)                    # never steps backwards
+    true = 1000.0 + np.arange(199) * 0.1
+    assert np.max(np.abs(starts - true)) < 0.0025         # jitter does not accumulate into drift
+    # the window contents are the contiguous stream
+    np.testing.assert_array_equal(out[150].samples[:, 0], np.arange(150 * 1024, 152 * 1024))
+
+
+def test_clock_drift_is_followed_and_real_gap_still_resets() -> None:
+    # a source clock 200 ppm off the nominal rate: 2 ms over 100 blocks of 0.1 s, no reset
+    w = Windower(2048, 1024)
+    out = [x for b in jittered(400, 1024, 10240.0, 0.001, ppm=200.0) for x in w.push(b)]
+    assert not w.resets and len(out) == 399
+    assert abs(out[-1].start - (1000.0 + 398 * 0.1 * (1 + 200e-6))) < 0.003
+    # a 100 ms dropout (one lost array) is a real gap even with jitter
+    w2 = Windower(2048, 1024)
+    for b in jittered(50, 1024, 10240.0, 0.002, gap_at=25, gap=0.1):
+        w2.push(b)
+    assert w2.resets == {"gap": 1}
+    # an explicit tolerance still overrides the default
+    w3 = Windower(2048, 1024, tolerance=0.0005)
+    for b in jittered(20, 1024, 10240.0, 0.002):
+        w3.push(b)
+    assert sum(w3.resets.values()) > 0
