@@ -31,6 +31,7 @@ import glob
 import math
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -102,6 +103,10 @@ def detect_format(path: Path) -> Literal["wav", "ims", "cwru"]:
 
 def _select(data: F64, names: tuple[str, ...], cfg: Config, path: Path,
             keys: tuple[str, ...] | None = None) -> tuple[F64, tuple[str, ...]]:
+    if cfg.channels and not cfg.columns and len(cfg.channels) != data.shape[1]:
+        raise DriverError(f"{path}: {len(cfg.channels)} channel name(s) {list(cfg.channels)} for "
+                          f"{data.shape[1]} column(s) in the file; name every column or select "
+                          f"columns with `columns`")
     idx: list[int] = []
     for col in cfg.columns or tuple(str(i) for i in range(data.shape[1])):
         if keys is not None and col.upper() in keys:
@@ -117,16 +122,24 @@ def _select(data: F64, names: tuple[str, ...], cfg: Config, path: Path,
 
 
 def load(path: Path, fmt: Format, cfg: Config) -> Recording:
-    """Read one file; every failure is a :class:`DriverError` naming the file and the cause."""
+    """Read one file; every failure is a :class:`DriverError` naming the file and the cause.
+
+    A recording without samples counts as unreadable (replaying it would spin on empty blocks).
+    """
     kind = detect_format(path) if fmt == "auto" else fmt
     try:
         if kind == "wav":
-            return _load_wav(path, cfg)
-        if kind == "cwru":
-            return _load_cwru(path, cfg)
-        return _load_ims(path, cfg)
-    except (OSError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            rec = _load_wav(path, cfg)
+        elif kind == "cwru":
+            rec = _load_cwru(path, cfg)
+        else:
+            rec = _load_ims(path, cfg)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError,
+            zlib.error) as exc:
         raise DriverError(f"{path}: cannot read as {kind}: {exc}") from exc
+    if rec.samples.shape[0] == 0:
+        raise DriverError(f"{path}: cannot read as {kind}: no samples")
+    return rec
 
 
 def _load_wav(path: Path, cfg: Config) -> Recording:
@@ -162,7 +175,7 @@ def _load_cwru(path: Path, cfg: Config) -> Recording:
     from scipy.io.matlab import MatReadError
     try:
         m = loadmat(path)
-    except (MatReadError, IndexError, EOFError, struct.error) as exc:
+    except (MatReadError, IndexError, EOFError, struct.error, zlib.error) as exc:
         raise ValueError(f"not a readable MATLAB file ({type(exc).__name__}: {exc})") from exc
     found: dict[str, F64] = {}
     for key, val in m.items():
@@ -176,7 +189,8 @@ def _load_cwru(path: Path, cfg: Config) -> Recording:
     n = min(len(found[k]) for k in keys)
     x = np.stack([found[k][:n] for k in keys], axis=1)
     rpm_keys = [k for k in m if k.endswith("RPM")]
-    rpm = float(np.ravel(m[rpm_keys[0]])[0]) if rpm_keys else None
+    rpm_val = np.ravel(np.asarray(m[rpm_keys[0]])) if rpm_keys else np.empty(0)
+    rpm = float(rpm_val[0]) if rpm_val.size else None
     rate = cfg.sample_rate or (12000.0 if re.search(r"12k", path.name, re.I) else 48000.0)
     sel, chans = _select(x, tuple(k.lower() for k in keys), cfg, path, keys)
     return Recording(path, sel, chans, float(rate), rpm)

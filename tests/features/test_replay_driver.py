@@ -173,3 +173,49 @@ async def test_bad_file_in_a_folder_is_skipped_and_reported(tmp_path: Path) -> N
     snap = d.health().snapshot()
     assert snap["errors"] == {"bad_file": 1}
     assert any("b.wav" in k for k in snap["bad_points"])
+
+
+async def test_corrupt_compressed_mat_and_empty_rpm_are_driver_errors(tmp_path: Path) -> None:
+    sig = np.random.default_rng(0).normal(size=(5000, 1))
+    scipy.io.savemat(tmp_path / "a_12k.mat", {"X097_DE_time": sig, "X097RPM": np.array([[1797.0]])},
+                     do_compression=True)
+    raw = bytearray((tmp_path / "a_12k.mat").read_bytes())
+    for i in range(400, 450):
+        raw[i] ^= 0x5A                                    # corrupt the deflate stream
+    (tmp_path / "b_12k.mat").write_bytes(bytes(raw))
+    with pytest.raises(DriverError, match=r"b_12k\.mat: cannot read as cwru"):
+        await driver(path=str(tmp_path / "b_12k.mat")).open()
+    # an empty *RPM entry: the signal is still replayed, without an rpm Reading
+    scipy.io.savemat(tmp_path / "c_12k.mat",
+                     {"X097_DE_time": sig[:1000], "X097RPM": np.zeros((0, 0))})
+    d = driver(path=str(tmp_path), loop=False, block_size=4000)
+    await d.open()
+    got = await drain(d)
+    assert [b.n_samples for b in blocks(got)] == [4000, 1000, 1000]
+    assert sum(isinstance(r, Reading) for r in got) == 1           # only a_12k has an rpm
+    snap = d.health().snapshot()
+    assert snap["errors"] == {"bad_file": 1} and any("b_12k" in k for k in snap["bad_points"])
+
+
+async def test_channels_without_columns_must_name_every_column(tmp_path: Path) -> None:
+    wavfile.write(tmp_path / "two.wav", 8000, np.zeros((100, 2), np.int16))
+    with pytest.raises(DriverError, match=r"1 channel name\(s\) \['a'\] for 2 column\(s\)"):
+        await driver(path=str(tmp_path / "two.wav"), channels=["a"]).open()
+    d = driver(path=str(tmp_path / "two.wav"), channels=["a", "b"])
+    await d.open()
+    assert blocks(await d.read())[0].channels == ("a", "b")
+
+
+async def test_empty_recordings_are_unreadable(tmp_path: Path) -> None:
+    wavfile.write(tmp_path / "empty.wav", 8000, np.zeros((0, 1), np.int16))
+    d = driver(path=str(tmp_path), loop=True)
+    with pytest.raises(DriverError, match=r"no readable file.*empty\.wav.*no samples"):
+        await d.open()
+    # next to a good file, the empty one is skipped and reported, looping still works
+    wavfile.write(tmp_path / "good.wav", 8000, np.ones((300, 1), np.int16))
+    d = driver(path=str(tmp_path), loop=True, block_size=200)
+    await d.open()
+    sizes = [b.n_samples for _ in range(6) for b in blocks(await d.read())]
+    assert sizes == [200, 100] * 3 and d.loops == 2
+    assert d.health().snapshot()["errors"]["bad_file"] >= 1
+    await d.close()
