@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from asyncua import Client, ua
-from asyncua.crypto import security_policies
+from asyncua.crypto import security_policies, uacrypto
 
 from edge_agent.confkit import Duration, Secret, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
@@ -206,11 +207,16 @@ class OpcUaDriver:
     async def _configure(self, client: Client) -> None:
         c = self.cfg
         if c.security_policy != "None":
+            await self._check_pki()
             mode = getattr(ua.MessageSecurityMode, c.security_mode)
-            await client.set_security(security_policies.SecurityPolicyBasic256Sha256,
-                                      certificate=c.certificate, private_key=c.private_key,
-                                      server_certificate=c.server_certificate or None,
-                                      mode=mode)
+            try:
+                await client.set_security(security_policies.SecurityPolicyBasic256Sha256,
+                                          certificate=c.certificate, private_key=c.private_key,
+                                          server_certificate=c.server_certificate or None,
+                                          mode=mode)
+            except (ValueError, TypeError) as exc:   # unusable key material (not a network error)
+                raise DriverError(f"opcua {c.name}: cannot load certificate/private_key "
+                                  f"{c.certificate} / {c.private_key}: {exc}") from exc
         if c.username:
             client.set_user(c.username)
             if c.password is not None:
@@ -219,6 +225,24 @@ class OpcUaDriver:
                 except (LookupError, OSError) as exc:
                     raise DriverError(f"opcua {c.name}: password unavailable "
                                       f"({c.password.describe()}): {exc}") from exc
+
+    async def _check_pki(self) -> None:
+        """Parse each certificate / key file first, so a malformed one is a :class:`DriverError`
+        naming it (a configuration problem: retrying cannot help) rather than a crash.
+
+        A missing or unreadable file stays an OSError (reported as a connect failure, retried).
+        """
+        c = self.cfg
+        files: list[tuple[str, str, Callable[[str], Awaitable[object]]]] = [
+            ("certificate", c.certificate, uacrypto.load_certificate),
+            ("private_key", c.private_key, uacrypto.load_private_key)]
+        if c.server_certificate:
+            files.append(("server_certificate", c.server_certificate, uacrypto.load_certificate))
+        for what, path, loader in files:
+            try:
+                await loader(path)
+            except (ValueError, TypeError) as exc:
+                raise DriverError(f"opcua {c.name}: cannot load {what} {path}: {exc}") from exc
 
     async def open(self) -> None:
         await self.close()

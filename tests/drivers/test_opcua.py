@@ -348,3 +348,19 @@ async def test_wrong_credentials_or_policy_are_refused_clearly(
     await drv.close()
     await asyncio.sleep(0.3)
     ResourceCount.now().assert_same_as(base)
+
+
+async def test_malformed_certificate_or_key_is_a_clear_driver_error(
+        secure_plant: tuple[PlantServer, dict[str, Any]], tmp_path: Path) -> None:
+    plant, extra = secure_plant
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    der = tmp_path / "junk.der"
+    der.write_bytes(b"\x30\x03garbage")
+    for key, path in (("certificate", junk), ("private_key", der), ("private_key", junk),
+                      ("server_certificate", der)):
+        drv = create(config(plant.url, **{**extra, key: str(path)}))
+        with pytest.raises(DriverError, match=f"cannot load {key} {path}") as err:
+            await drv.open()
+        assert not isinstance(err.value, DriverDisconnected)     # configuration, not network
+        await drv.close()
