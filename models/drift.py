@@ -2,11 +2,18 @@
 
 Two statistics per feature over a rolling window of the last ``window`` vectors:
 
-* **PSI** (population stability index) over the ten training-decile bins (the manifest's
-  quantiles at 0.1 … 0.9); expected share 10 % per bin.
+* **PSI** (population stability index) over the training-decile bins (the manifest's
+  quantiles at 0.1 … 0.9); expected share 10 % per bin for a continuous feature.
 * **KS**: the Kolmogorov-Smirnov distance between the recent empirical CDF and the training CDF
-  (piecewise-linear through the manifest's 21 quantiles), with the asymptotic two-sample p-value
-  using ``n_eff = n·m/(n+m)`` (``m`` = training rows).
+  (through the manifest's 21 quantiles), with the asymptotic two-sample p-value using
+  ``n_eff = n·m/(n+m)`` (``m`` = training rows).
+
+Features with few distinct values (ISO zone, dominant frequency at steady speed) have tied
+quantiles. A value ``v`` that the quantiles hit at levels ``lo..hi`` is a point mass: the training
+CDF jumps from ``lo`` to ``hi`` at ``v`` (a step, linear between distinct values). PSI merges
+identical decile edges into one bin ``[v, next)`` whose expected share is the CDF mass it covers
+(``lo(next) - lo(v)``), and splits a point mass at the top edge into ``{v}`` / ``> v`` so a move
+above it still shows. For a continuous feature both statistics are unchanged.
 
 The source's drift value is the maximum over features of the configured statistic. Past
 ``threshold`` a ``drift_detected`` event is raised (once); ``drift_cleared`` when it falls below
@@ -79,14 +86,75 @@ def psi_shares(actual: npt.NDArray[np.float64], expected: npt.NDArray[np.float64
 
 def ks_distance(recent: npt.NDArray[np.float64], quantiles: npt.NDArray[np.float64],
                 levels: npt.NDArray[np.float64]) -> float:
-    """sup |F_recent - F_train| with F_train piecewise-linear through (quantiles, levels)."""
-    x = np.sort(recent)
+    """sup |F_recent - F_train|, F_train through (quantiles, levels) with steps at tied values.
+
+    Exact: both CDFs are compared just left of and at every recent value and every distinct
+    training quantile (between those points one is constant and the other monotone).
+    """
+    x = np.sort(np.asarray(recent, dtype=np.float64))
     n = len(x)
     if n == 0:
         return 0.0
-    f = np.interp(x, quantiles, levels, left=0.0, right=1.0)
-    i = np.arange(1, n + 1, dtype=np.float64)
-    return float(max(np.max(i / n - f), np.max(f - (i - 1) / n)))
+    v, lo, hi = _steps(quantiles, levels)
+    pts = np.union1d(x, v)
+    at = np.abs(np.searchsorted(x, pts, side="right") / n - train_cdf(pts, v, lo, hi))
+    left = np.abs(np.searchsorted(x, pts, side="left") / n
+                  - train_cdf(pts, v, lo, hi, left=True))
+    return float(max(np.max(at), np.max(left)))
+
+
+def _steps(quantiles: npt.NDArray[np.float64], levels: npt.NDArray[np.float64]
+           ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Distinct quantile values with the lowest and highest level at which each occurs."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    lv = np.asarray(levels, dtype=np.float64)
+    v, first = np.unique(q, return_index=True)
+    _, last_rev = np.unique(q[::-1], return_index=True)
+    last = len(q) - 1 - last_rev
+    return v, lv[first], lv[last]
+
+
+def train_cdf(x: npt.NDArray[np.float64], v: npt.NDArray[np.float64],
+              lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64],
+              *, left: bool = False) -> npt.NDArray[np.float64]:
+    """Training CDF F(x) (or F(x-) if ``left``): 0 below, 1 above, jump lo->hi at each ``v``,
+    linear from (v_j, hi_j) to (v_j+1, lo_j+1) in between."""
+    x = np.asarray(x, dtype=np.float64)
+    j = np.searchsorted(v, x, side="left" if left else "right") - 1
+    out = np.empty_like(x)
+    below, above = j < 0, j >= len(v) - 1
+    out[below] = 0.0
+    out[above] = 1.0
+    mid = ~(below | above)
+    if len(v) >= 2 and mid.any():
+        jm = j[mid]
+        t = (x[mid] - v[jm]) / (v[jm + 1] - v[jm])
+        out[mid] = hi[jm] + (lo[jm + 1] - hi[jm]) * t
+    if not left:
+        out[x == v[-1]] = hi[-1]
+    return out
+
+
+def decile_bins(quantiles: npt.NDArray[np.float64], levels: npt.NDArray[np.float64]
+                ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """PSI bin edges (for :func:`psi`) and expected shares of one feature.
+
+    Edges are the distinct decile quantiles; the expected share of ``[e_i, e_i+1)`` is
+    ``lo(e_i+1) - lo(e_i)`` (the CDF mass, so merged identical edges add up their shares and a
+    point mass lands in the bin its value falls in). A point mass at the top edge gets its own
+    bin so values above it are counted apart.
+    """
+    v, lo, hi = _steps(quantiles, levels)
+    deciles = [float(q) for q, lv in zip(quantiles, levels, strict=True)
+               if 0 < lv < 1 and round(float(lv) * 10, 6) % 1 == 0]
+    edges = np.unique(np.asarray(deciles, dtype=np.float64))
+    k = np.searchsorted(v, edges)
+    cuts = list(lo[k])
+    if len(edges) and hi[k[-1]] > lo[k[-1]]:
+        edges = np.append(edges, np.nextafter(edges[-1], math.inf))
+        cuts.append(float(hi[k[-1]]))
+    expected = np.diff(np.concatenate([[0.0], np.asarray(cuts, dtype=np.float64), [1.0]]))
+    return edges, np.clip(expected, 0.0, 1.0)
 
 
 class DriftMonitor:
@@ -101,9 +169,7 @@ class DriftMonitor:
         levels = np.asarray(manifest.quantile_levels, dtype=np.float64)
         self.levels = levels
         self.q = np.array([manifest.training[n].quantiles for n in self.names], dtype=np.float64)
-        deciles = [i for i, lv in enumerate(levels) if 0 < lv < 1 and round(lv * 10, 6) % 1 == 0]
-        self.edges = self.q[:, deciles]
-        self.expected = np.diff(np.concatenate([[0.0], levels[deciles], [1.0]]))
+        self.bins = [decile_bins(self.q[j], levels) for j in range(len(self.names))]
         self.usable = (self.q[:, -1] - self.q[:, 0]) > 0
         self._buf: deque[npt.NDArray[np.float64]] = deque(maxlen=cfg.window)
         self._since = 0
@@ -147,7 +213,7 @@ class DriftMonitor:
                 per[name] = (psi_shares(np.array([1.0 - moved, moved]), np.array([1.0, 0.0])),
                              moved)
                 continue
-            per[name] = (psi(R[:, j], self.edges[j], self.expected),
+            per[name] = (psi(R[:, j], *self.bins[j]),
                          ks_distance(R[:, j], self.q[j], self.levels))
         if not per:
             return DriftStatus(0.0, 0.0, 1.0, "", n, per)
