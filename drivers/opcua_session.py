@@ -4,8 +4,11 @@ A :class:`Session` lives from one ``open()`` to the next ``close()`` of
 :class:`edge_agent.drivers.opcua.OpcUaDriver` and is never reused. Its tasks (one pump per
 subscription, one loop per poll group, one watchdog) push records into a pending batch that
 :meth:`Session.next_batch` hands out; any fatal condition is recorded once and raised from there
-as :class:`SessionFailed`. The items, groups and request builders it works from are in
-:mod:`edge_agent.drivers.opcua_items`.
+as :class:`SessionFailed`. The pending batch is bounded (a stalled consumer must not grow
+memory without limit): beyond ``max(1000, 4 x the nodes' queue sizes)`` records or
+``PENDING_MAX_SAMPLES`` waveform values the oldest records are dropped, counted in health as
+``errors["dropped_backlog"]`` and ``detail["dropped_backlog"]``. The items, groups and request
+builders it works from are in :mod:`edge_agent.drivers.opcua_items`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +60,9 @@ _CONNECTION_GONE = {"BadShutdown", "BadSessionClosed", "BadConnectionClosed",
                     "BadSecureChannelClosed", "BadSessionIdInvalid", "BadServerHalted"}
 
 
+PENDING_MAX_SAMPLES = 4_000_000        # waveform values held for the consumer (~32 MB float64)
+
+
 class SessionFailed(Exception):
     """The session cannot go on; the driver reconnects with a fresh client."""
 
@@ -69,7 +76,9 @@ class Session:
         self._subs: list[SubGroup] = []
         self._polls: list[PollGroup] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending: list[Reading | WaveformBlock] = []
+        self._pending: deque[Reading | WaveformBlock] = deque()
+        self._pending_values = 0           # waveform values in _pending
+        self.pending_max = max(1000, 4 * sum(it.node.queue_size for it in self._items))
         self._wake = asyncio.Event()
         self._failure: str | None = None
         self._next_handle = 1
@@ -179,6 +188,18 @@ class Session:
 
     def _push(self, rec: Reading | WaveformBlock) -> None:
         self._pending.append(rec)
+        if isinstance(rec, WaveformBlock):
+            self._pending_values += rec.samples.size
+        dropped = 0
+        while len(self._pending) > 1 and (len(self._pending) > self.pending_max
+                                          or self._pending_values > PENDING_MAX_SAMPLES):
+            old = self._pending.popleft()
+            if isinstance(old, WaveformBlock):
+                self._pending_values -= old.samples.size
+            dropped += 1
+        if dropped:
+            self.health.errors["dropped_backlog"] += dropped
+            self.health.detail["dropped_backlog"] = self.health.errors["dropped_backlog"]
         self._wake.set()
 
     def _fail(self, reason: str) -> None:
@@ -299,7 +320,9 @@ class Session:
     async def next_batch(self) -> list[Reading | WaveformBlock]:
         while True:
             if self._pending:
-                out, self._pending = self._pending, []
+                out = list(self._pending)
+                self._pending.clear()
+                self._pending_values = 0
                 return out
             if self._failure is not None:
                 raise SessionFailed(self._failure)

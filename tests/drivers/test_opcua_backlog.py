@@ -1,0 +1,60 @@
+"""The session's pending batch is bounded when the consumer stalls (drop oldest, counted)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from edge_agent.confkit import build
+from edge_agent.drivers import opcua_session
+from edge_agent.drivers.base import DriverHealth
+from edge_agent.drivers.opcua import Config
+from edge_agent.drivers.opcua_session import Session
+from edge_agent.records import Reading, WaveformBlock
+
+
+def session() -> tuple[Session, DriverHealth]:
+    cfg = build(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://127.0.0.1:4840",
+                         "nodes": [{"sensor_id": "t", "node_id": "ns=2;s=T"},
+                                   {"sensor_id": "vib", "node_id": "ns=2;s=V", "waveform": True,
+                                    "sample_rate": 10240.0}]})
+    health = DriverHealth("ua", "opcua")
+    # the client is never used by _push / next_batch; the session only sets a callback on it
+    return Session(cfg, types.SimpleNamespace(), health), health
+
+
+def block(i: int, n: int = 1024) -> WaveformBlock:
+    return WaveformBlock("vib", 10240.0, ("x",), 1000.0 + i * n / 10240.0,
+                         np.full((n, 1), float(i)), "g", {})
+
+
+async def test_stalled_consumer_keeps_newest_records_and_counts_drops() -> None:
+    s, health = session()
+    assert s.pending_max == 1000
+    for i in range(5000):
+        s._push(Reading("t", "temperature", float(i), "C", 1000.0 + i))
+    assert len(s._pending) == 1000
+    assert health.errors["dropped_backlog"] == 4000
+    assert health.snapshot()["dropped_backlog"] == 4000
+    got = await s.next_batch()
+    assert [r.value for r in got if isinstance(r, Reading)] == [float(i) for i in range(4000, 5000)]
+    s._push(Reading("t", "temperature", 1.0, "C", 2000.0))         # fresh after draining
+    assert len(await s.next_batch()) == 1 and health.errors["dropped_backlog"] == 4000
+
+
+async def test_waveform_backlog_is_bounded_by_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(opcua_session, "PENDING_MAX_SAMPLES", 100 * 1024)
+    s, health = session()
+    for i in range(300):
+        s._push(block(i))
+    assert s._pending_values <= 100 * 1024 and len(s._pending) == 100
+    assert health.errors["dropped_backlog"] == 200
+    got = await s.next_batch()
+    assert [int(b.samples[0, 0]) for b in got if isinstance(b, WaveformBlock)] == list(
+        range(200, 300))
+    assert s._pending_values == 0
+    # a single block larger than the budget is still delivered (never an empty queue)
+    s._push(block(0, n=200 * 1024))
+    assert len(await s.next_batch()) == 1
