@@ -207,6 +207,10 @@ class VibrationExtractor(_Base):
         if "iso" in c.include:
             out.update(accel_unit=c.accel_unit, iso_band=[c.iso_band_lo, c.iso_band_hi],
                        iso_zone_limits=list(self.zone_limits) if self.zone_limits else None)
+        if "envelope" in c.include:
+            # Envelope energies are taken at the bearing's defect frequencies, which scale with
+            # shaft speed: a model trained at one speed (or from a tag) is not valid at another.
+            out.update(shaft_speed_rpm=c.shaft_speed_rpm, shaft_speed_tag=c.shaft_speed_tag)
         if "envelope" in c.include and c.bearing is not None:
             b = c.bearing
             out.update(envelope_band=[c.envelope_band_lo, c.envelope_band_hi],

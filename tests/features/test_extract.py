@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,3 +144,33 @@ def test_sound_extractor_names_and_values() -> None:
     c = ex.contract()
     assert c["kind"] == "sound" and c["n_mfcc"] == 13 and c["n_mels"] == 128
     assert c["mfcc_hop"] == 512 and c["n_fft"] == 2048
+
+
+def test_envelope_contract_carries_shaft_speed_and_refuses_other_speed(tmp_path: Path) -> None:
+    from sklearn.ensemble import IsolationForest
+
+    from edge_agent.models.export import export_bundle
+    from edge_agent.models.onnx_score import ContractMismatch, Scorer
+
+    def ex(extra: dict[str, object]) -> Any:
+        cfg = build(VibrationConfig, {"include": ["basic", "envelope"], "bearing": BEARING,
+                                      **extra})
+        return make_extractor(cfg, 48000.0, ("de",), 32768, 16384)
+
+    at_1797, at_1500 = ex({"shaft_speed_rpm": 1797.0}), ex({"shaft_speed_rpm": 1500.0})
+    tagged = ex({"shaft_speed_tag": "plc.rpm"})
+    assert at_1797.contract()["shaft_speed_rpm"] == 1797.0
+    assert at_1797.contract()["shaft_speed_tag"] is None
+    assert tagged.contract()["shaft_speed_tag"] == "plc.rpm"
+    # without the envelope group the contract is as before (shipped bundles keep loading)
+    plain = make_extractor(VibrationConfig(include=("basic", "iso")), 25600.0, ("x",), 2048, 1024)
+    assert not any(k.startswith("shaft") for k in plain.contract())
+    names = at_1797.names()
+    X = np.random.default_rng(0).normal(size=(300, len(names)))
+    model = IsolationForest(n_estimators=10, random_state=0).fit(X)
+    out = export_bundle(model, X, names, at_1797.contract(), tmp_path / "env", name="env",
+                        version="1", kind="vibration", source={"kind": "test"})
+    Scorer.load(out, expected_names=names, expected_contract=at_1797.contract())
+    for other in (at_1500, tagged):
+        with pytest.raises(ContractMismatch, match="shaft_speed"):
+            Scorer.load(out, expected_names=names, expected_contract=other.contract())
