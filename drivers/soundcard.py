@@ -18,7 +18,16 @@ lost silently:
   block gets ``metadata["input_overflow"] = True``; counted as ``errors["input_overflow"]``.
 
 Timestamps come from the sample counter (``t0 + frames / rate``), so blocks are exactly
-contiguous while nothing is lost. Per-channel calibration turns full-scale samples into units:
+contiguous while nothing is lost. The sound card's crystal is not the nominal rate (50 ppm is
+~4 s/day), so on every callback the counter time is compared with a reference: PortAudio's
+stream clock (``inputBufferAdcTime`` mapped to the wall clock at the start) or, when the stream
+gives none, the wall clock (callback arrival minus one block). When the difference exceeds
+``CLOCK_TOLERANCE_S`` (``CLOCK_TOLERANCE_WALL_S`` against the jittery wall clock) the timeline is
+slewed by at most ``CLOCK_SLEW_S`` per callback (1 ms: below the windower's jitter tolerance,
+so windows continue) until it is back within tolerance; counted in health as
+``clock_corrections`` with the last ``clock_error_s``.
+
+Per-channel calibration turns full-scale samples into units:
 
 * ``raw`` — full-scale fraction (unit ``FS``);
 * ``dbfs`` — also full-scale fraction (``FS``), documented as dBFS-referenced: a window's level
@@ -50,6 +59,9 @@ from edge_agent.records import WaveformBlock
 
 F64 = npt.NDArray[np.float64]
 G = 9.80665
+CLOCK_TOLERANCE_S = 0.010        # counter time vs PortAudio's stream clock before slewing
+CLOCK_TOLERANCE_WALL_S = 0.050   # ... vs the wall clock (callback scheduling jitter)
+CLOCK_SLEW_S = 0.001             # largest correction per callback
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,8 @@ class SoundcardDriver:
         self.overruns = 0
         self.overrun_samples = 0
         self.input_overflows = 0
+        self.clock_corrections = 0
+        self.clock_error = 0.0             # last counter-minus-reference time difference (s)
 
     # -- PortAudio thread ---------------------------------------------------------------------
     def _callback(self, indata: npt.NDArray[np.float32], frames: int, time_info: Any,
@@ -173,6 +187,8 @@ class SoundcardDriver:
                 if adc and self._adc0 is not None:   # re-anchor on PortAudio's ADC clock
                     self._anchors.append(
                         (self._written, self._adc0[1] + (float(adc) - self._adc0[0])))
+            else:
+                self._discipline(adc, frames)
             data = indata[-self.capacity:]
             n = data.shape[0]
             at = (self._written + frames - n) % self.capacity
@@ -184,6 +200,24 @@ class SoundcardDriver:
         loop, ev = self._loop, self._event
         if loop is not None and ev is not None:
             loop.call_soon_threadsafe(ev.set)
+
+    def _discipline(self, adc: Any, frames: int) -> None:
+        """Slew the counter timeline toward the reference clock (called with the lock held)."""
+        a_frame, a_time = self._anchors[-1]
+        expected = a_time + (self._written - a_frame) / self.cfg.sample_rate
+        if adc and self._adc0 is not None:
+            ref, tol = self._adc0[1] + (float(adc) - self._adc0[0]), CLOCK_TOLERANCE_S
+        else:
+            ref, tol = time.time() - frames / self.cfg.sample_rate, CLOCK_TOLERANCE_WALL_S
+        err = expected - ref
+        self.clock_error = err
+        if abs(err) > tol:
+            step = max(-CLOCK_SLEW_S, min(CLOCK_SLEW_S, err))
+            if a_frame == self._written:
+                self._anchors[-1] = (a_frame, a_time - step)
+            else:
+                self._anchors.append((self._written, expected - step))
+            self.clock_corrections += 1
 
     # -- asyncio side -------------------------------------------------------------------------
     def _open_stream(self) -> Stream:
@@ -316,6 +350,8 @@ class SoundcardDriver:
     def health(self) -> DriverHealth:
         self._health.detail.update(overruns=self.overruns, overrun_samples=self.overrun_samples,
                                    input_overflows=self.input_overflows,
+                                   clock_corrections=self.clock_corrections,
+                                   clock_error_s=round(self.clock_error, 6),
                                    buffer_fill=round((self._written - self._read) /
                                                      self.capacity, 3))
         return self._health

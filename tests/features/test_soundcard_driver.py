@@ -8,6 +8,7 @@ What is NOT tested: capture from real hardware.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import sys
 import threading
@@ -228,3 +229,60 @@ async def test_missing_device_lists_the_inputs(monkeypatch: pytest.MonkeyPatch) 
                          "channels": [{"name": "a"}]})
     with pytest.raises(DriverError, match=r"'Focusrite'.*input devices: \['USB Audio'\]"):
         await create(cfg).open()
+
+
+async def test_crystal_drift_is_slewed_toward_the_stream_clock() -> None:
+    from edge_agent.models.windowing import Windower
+    d, made = make(buffer_seconds=1.0)
+    await d.open()
+    s = made[0]
+    # the card's crystal runs 1000 ppm slow: 100 frames take 100/SR * 1.001 s of stream clock
+    blocks = []
+    for k in range(2400):                       # 30 s of audio
+        s.feed(ramp(0, 100))
+        s.adc += 100 / SR * 1e-3
+        if k % 8 == 7:
+            blocks += await d.read()
+    adc_end = s.adc                             # stream-clock time of the next frame
+    last = blocks[-1]
+    t0 = blocks[0].start
+    # without discipline the counter would be 30 ms behind; slewed, it stays within ~tolerance
+    assert abs(last.end - (t0 + (adc_end - 1000.0))) < 0.0125
+    snap = d.health().snapshot()
+    assert snap["clock_corrections"] > 0 and abs(float(snap["clock_error_s"])) < 0.012
+    # corrections are small steps: the windower sees one continuous stream
+    w = Windower(400, 200)
+    for b in blocks:
+        w.push(b)
+    assert not w.resets and w.windows > 1000
+    steps = [b.start - a.end for a, b in itertools.pairwise(blocks)]
+    assert max(abs(x) for x in steps) <= 0.0011
+    await d.close()
+
+
+async def test_no_drift_no_correction() -> None:
+    d, made = make(buffer_seconds=1.0)
+    await d.open()
+    s = made[0]
+    n = 0
+    for k in range(400):
+        s.feed(ramp(0, 100))
+        if k % 40 == 39:
+            n += sum(b.n_samples for b in await d.read())
+    assert n == 40000 and d.health().snapshot()["clock_corrections"] == 0
+    await d.close()
+
+
+async def test_without_a_stream_clock_the_wall_clock_disciplines() -> None:
+    d, made = make(buffer_seconds=1.0)
+    await d.open()
+    s = made[0]
+    for _ in range(40):                 # 0.5 s of audio delivered in far less wall time
+        s.feed(ramp(0, 100), adc=0.0)   # PortAudio gives no ADC time
+    snap = d.health().snapshot()
+    assert snap["clock_corrections"] > 0 and float(snap["clock_error_s"]) > 0.05
+    bl = [b for _ in range(50) if d._written > d._read for b in await d.read()]
+    assert sum(b.n_samples for b in bl) == 4000                     # corrections lose nothing
+    steps = [b.start - a.end for a, b in itertools.pairwise(bl)]
+    assert all(-0.0011 <= x < 0 for x in steps)                     # slewed back, 1 ms a step
+    await d.close()
