@@ -65,6 +65,8 @@ class Node:
     channels: tuple[str, ...] = ("x",)
     sample_rate: float | None = field(None, gt=0)
     sample_rate_node: str = ""
+    # waveform stamp: "start" = first sample's time; "end" = end of the block (when the buffer
+    # filled): start + n / rate, one sample period after the last sample
     timestamp_at: Literal["start", "end"] = "end"
 
     def problems(self) -> list[tuple[str, str]]:

@@ -41,7 +41,8 @@ class NodeSpec:
     node: str                       # NodeId string as resolved (for metadata)
     waveform: bool = False
     channels: tuple[str, ...] = ("x",)
-    timestamp_at: str = "end"       # waveform: does the timestamp mark the first or last sample
+    timestamp_at: str = "end"       # waveform: the stamp is the block's start (first sample)
+                                    # or its end (one sample period after the last sample)
 
 
 def quality_of(status: ua.StatusCode | None) -> float:
@@ -147,6 +148,8 @@ def to_waveform(spec: NodeSpec, dv: ua.DataValue, sample_rate: float | None,
         raise WaveformError("array holds NaN or Inf")
     ts, ts_src = timestamp_of(dv, local)
     n = samples.shape[0]
+    # "end": the stamp is when the buffer filled, i.e. the block's end = start + n / rate
+    # (WaveformBlock.end), one sample period after the last sample's own time
     start = ts - n / sample_rate if spec.timestamp_at == "end" else ts
     meta: dict[str, Any] = {"source": "opcua", "node": spec.node, "status": status_name(status),
                             "ts_source": ts_src, "quality": quality_of(status)}

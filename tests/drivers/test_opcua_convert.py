@@ -79,6 +79,7 @@ def test_waveform_shapes_rate_and_start() -> None:
     np.testing.assert_array_equal(w.samples[:, 0], [0, 2, 4, 6])
     assert w.channels == ("h", "v") and w.sample_rate == 1000.0
     assert w.start == pytest.approx(T_SRC.timestamp() - 4 / 1000.0)  # stamp marks the end
+    assert w.end == pytest.approx(T_SRC.timestamp())   # of the block: one period after the last
     start_spec = NodeSpec("p1.vib", "vibration", "g", "n", True, ("x",), timestamp_at="start")
     assert to_waveform(start_spec, dv(data, src=T_SRC), 8.0, 0.0).start == T_SRC.timestamp()
     assert to_waveform(spec, dv(data, ua.StatusCodes.UncertainInitialValue), 10.0,
