@@ -160,14 +160,26 @@ class _Base:
         raise NotImplementedError
 
     def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64:
-        return self._rows(windows, shaft_rpm)
+        """One row per window; a row with any non-finite feature is all NaN (a bad window)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # such rows are marked bad below
+            return _mark_bad(self._rows(windows, shaft_rpm))
 
     def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]:
         if not np.isfinite(window.samples).all():
             raise FeatureError(f"{window.source_id}: window at {window.start} holds NaN/Inf "
                                "samples")
-        row = self._rows([window], shaft_rpm)[0]
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            row = self._rows([window], shaft_rpm)[0]
+        if not np.isfinite(row).all():
+            which = [n for n, v in zip(self._names, row, strict=True) if not math.isfinite(v)]
+            raise FeatureError(f"{window.source_id}: window at {window.start} gives non-finite "
+                               f"features ({', '.join(which[:4])}); samples out of range?")
         return dict(zip(self._names, (float(v) for v in row), strict=True))
+
+
+def _mark_bad(rows: F64) -> F64:
+    rows[~np.isfinite(rows).all(axis=1)] = np.nan
+    return rows
 
 
 class VibrationExtractor(_Base):

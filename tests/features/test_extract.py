@@ -174,3 +174,24 @@ def test_envelope_contract_carries_shaft_speed_and_refuses_other_speed(tmp_path:
     for other in (at_1500, tagged):
         with pytest.raises(ContractMismatch, match="shaft_speed"):
             Scorer.load(out, expected_names=names, expected_contract=other.contract())
+
+
+@pytest.mark.parametrize("kind", ["vibration", "sound"])
+def test_huge_finite_samples_give_feature_error_and_bad_rows(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4096, 1))
+    huge = x * 1e154                     # finite, but squares/powers overflow to inf
+    assert np.isfinite(huge).all()
+    if kind == "vibration":
+        cfg: VibrationConfig | SoundConfig = build(VibrationConfig, {
+            "include": ["basic", "iso", "envelope"], "iso_class": "I", "bearing": BEARING,
+            "shaft_speed_rpm": 1500.0})
+    else:
+        cfg = SoundConfig()
+    ex = make_extractor(cfg, 25600.0, ("x",), 4096, 2048)
+    with pytest.raises(FeatureError, match="non-finite features"):
+        ex(win(huge, 25600.0, ("x",)))
+    rows = ex.batch([win(x, 25600.0, ("x",)), win(huge, 25600.0, ("x",)),
+                     win(x, 25600.0, ("x",))])
+    assert np.isfinite(rows[0]).all() and np.isfinite(rows[2]).all()
+    assert np.isnan(rows[1]).all()
