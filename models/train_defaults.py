@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,8 +78,9 @@ def data_dir(arg: str | None = None) -> Path:
 def read_recording(path: Path | str, channel: str | int | None = None
                    ) -> tuple[F64, float]:
     """``(samples (n, c), sample_rate)`` from a CWRU ``.mat`` (``channel`` = key suffix, default
-    ``DE_time``), a WAV/FLAC (``channel`` = column index, default all) or an IMS ASCII file
-    (20 kHz; ``channel`` = column index, default all)."""
+    ``DE_time``; 12 kHz if the name holds ``12k``, else 48 kHz), a WAV/FLAC (``channel`` =
+    column index, default all) or an IMS ASCII file (20 kHz; ``channel`` = column index, default
+    all)."""
     p = Path(path)
     if p.suffix == ".mat":
         import scipy.io as sio
@@ -88,7 +90,7 @@ def read_recording(path: Path | str, channel: str | int | None = None
         keys = [k for k in d if k.endswith(suffix)]
         if len(keys) != 1:
             raise ValueError(f"{p}: expected one *{suffix} signal, found {keys}")
-        return np.asarray(d[keys[0]], dtype=np.float64).reshape(-1, 1), 48000.0
+        return np.asarray(d[keys[0]], dtype=np.float64).reshape(-1, 1), cwru_rate(p)
     if p.suffix.lower() in (".wav", ".flac"):
         import soundfile as sf
 
@@ -96,6 +98,12 @@ def read_recording(path: Path | str, channel: str | int | None = None
         return (x if channel is None else x[:, [int(channel)]]), float(sr)
     x = np.loadtxt(p, dtype=np.float64, ndmin=2)
     return (x if channel is None else x[:, [int(channel)]]), 20000.0
+
+
+def cwru_rate(path: Path) -> float:
+    """CWRU sample rate from the file name, the replay driver's rule (drivers/replay.py):
+    ``12k`` anywhere in the name (any case) -> 12 kHz, else 48 kHz."""
+    return 12000.0 if re.search(r"12k", path.name, re.I) else 48000.0
 
 
 def features_of(spec: Spec, samples: F64, source: str = "replay", start: float = 0.0) -> F64:

@@ -108,3 +108,23 @@ async def test_train_from_buffer(tmp_path: Path) -> None:
     expected_rows = sum(1 for f in fvs[:-1] if t0 + 2.0 <= f.window_start <= t0 + 15.0)
     assert sc.manifest.source["rows"] == expected_rows
     assert np.isfinite(sc.score(features_of(spec, np.zeros((4096, 2)) + 0.01))).all()
+
+
+def test_cwru_sample_rate_from_file_name(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import scipy.io
+
+    from edge_agent.models.train_defaults import read_recording
+
+    x = np.random.default_rng(0).normal(size=(12000 * 4, 1))
+    for name, rate in (("12k_Drive_End_B007_0_118.mat", 12000.0),
+                       ("B007_12K_0.mat", 12000.0), ("48k_Drive_End_B007_0_122.mat", 48000.0),
+                       ("normal_0_97.mat", 48000.0)):
+        scipy.io.savemat(tmp_path / name, {"X118_DE_time": x})
+        got, sr = read_recording(tmp_path / name)
+        assert sr == rate and got.shape == x.shape, name
+    # a 12 kHz recording is not trained as if it were 48 kHz (the CWRU spec is 48 kHz)
+    out = tmp_path / "m"
+    assert cli("models", "train", "--from-files", str(tmp_path / "12k_Drive_End_B007_0_118.mat"),
+               "--spec", "vibration_cwru_de", "--out", str(out), "--name", "m") != 0
+    assert "12000.0 Hz" in capsys.readouterr().err and not out.exists()
