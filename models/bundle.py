@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
+MAX_REFERENCE_TOLERANCE = 1e-2
 
 Kind = Literal["vibration", "sound", "process"]
 KINDS: tuple[str, ...] = ("vibration", "sound", "process")
@@ -132,13 +134,33 @@ class Manifest:
             out.append("score.semantics must be 'higher_is_more_anomalous'")
         if set(self.training) != set(names):
             out.append("training summary does not cover exactly the features")
+        bad_thr = [k for k, v in self.thresholds.items() if not math.isfinite(v)]
+        if bad_thr:
+            out.append(f"thresholds {', '.join(bad_thr)} not finite")
+        lv = self.quantile_levels
+        if (not lv or not all(0.0 <= q <= 1.0 for q in lv)
+                or any(b <= a for a, b in pairwise(lv))):
+            out.append("quantile_levels must be strictly increasing within [0, 1]")
         for k, s in self.training.items():
             if len(s.quantiles) != len(self.quantile_levels):
                 out.append(f"training summary of {k} has {len(s.quantiles)} quantiles, "
                            f"expected {len(self.quantile_levels)}")
+            if not (math.isfinite(s.mean) and math.isfinite(s.std) and s.std >= 0):
+                out.append(f"training.{k}: mean/std not finite (or std < 0)")
+            if not all(math.isfinite(q) for q in s.quantiles):
+                out.append(f"training.{k}.quantiles not finite")
+            elif any(b < a for a, b in pairwise(s.quantiles)):
+                out.append(f"training.{k}.quantiles not sorted")
         for i, r in enumerate(self.references):
             if len(r.input) != len(names):
                 out.append(f"reference {i} has {len(r.input)} values for {len(names)} features")
+            if not (math.isfinite(r.score) and all(math.isfinite(x) for x in r.input)):
+                out.append(f"reference {i} holds non-finite values")
+        if not (0.0 < self.reference_tolerance <= MAX_REFERENCE_TOLERANCE):
+            out.append(f"reference_tolerance {self.reference_tolerance!r} must be > 0 and <= "
+                       f"{MAX_REFERENCE_TOLERANCE:g} (a larger one disables the reference check)")
+        if self.n_training_rows < 0:
+            out.append("n_training_rows is negative")
         if len(self.onnx_sha256) != 64:
             out.append("onnx_sha256 is not a sha256 hex digest")
         return out
