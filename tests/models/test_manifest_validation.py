@@ -18,7 +18,7 @@ NAN, INF = float("nan"), float("inf")
 
 
 def first(d: dict[str, Any]) -> dict[str, Any]:
-    return d["training"][next(iter(d["training"]))]  # type: ignore[no-any-return]
+    return d["training"][next(iter(d["training"]))]
 
 
 def set_(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
