@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.queues import BoundedQueue
@@ -47,7 +48,9 @@ class Pipeline:
         self.analyses = {p.source: Analysis(p, cfg.state_dir) for p in cfg.pipelines}
         self.shaft_tags = {p.source: getattr(p.features, "shaft_speed_tag", None)
                            for p in cfg.pipelines}
-        self.latest: dict[str, float] = {}
+        self.gate = ReadingGate()
+        self.latest = self.gate.latest  # last good value per sensor (shaft speed tags)
+        self.refused_records = 0
         self._fitting: dict[str, asyncio.Task[None]] = {}
         self.analysis_errors: dict[str, int] = {}
         self.unrouted_blocks = 0
@@ -74,13 +77,16 @@ class Pipeline:
                 raise
             except Exception:  # supervisor boundary: a driver bug must not take
                 # the other drivers down; log it with its traceback and restart this one.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # shutting down: whatever close() raised must not restart it
                 delay = self.backoff.delay(restarts)
                 restarts += 1
                 self.driver_restarts[driver.name] = restarts
                 log.exception("driver task crashed; restarting",
                               extra={"driver": driver.name, "retry_in_s": round(delay, 3)})
-                await self.buffer.put([Event("driver_crashed", driver.name, time.time(),
-                                             "warning", {"restarts": restarts})])
+                await self._put([Event("driver_crashed", driver.name, time.time(),
+                                       "warning", {"restarts": restarts})])
                 await asyncio.sleep(delay)
 
     async def _reading_writer(self) -> None:
@@ -88,11 +94,23 @@ class Pipeline:
             batch = await self.readings.get_batch(READ_BATCH)
             if not batch:
                 return  # closed and drained
-            clean = [r.sanitised() for r in batch]
-            for r in clean:
-                if r.value is not None:
-                    self.latest[r.sensor_id] = r.value
-            await self.buffer.put(clean)
+            clean, events = self.gate.admit(batch, time.time())
+            await self._put([*events, *clean])
+
+    async def _put(self, records: list[Any]) -> None:
+        """Commit ``records``; if the buffer refuses the group, commit them one by one so a
+        malformed record costs itself only (counted and logged), never its neighbours."""
+        if not records:
+            return
+        try:
+            await self.buffer.put(records)
+        except ValueError:
+            for r in records:
+                try:
+                    await self.buffer.put([r])
+                except ValueError as exc:
+                    self.refused_records += 1
+                    log.error("record refused by the buffer", extra={"error": str(exc)})
 
     async def _analysis_task(self) -> None:
         while True:
@@ -118,8 +136,7 @@ class Pipeline:
                 if an.baseline_ready and block.source_id not in self._fitting:
                     self._fitting[block.source_id] = asyncio.create_task(
                         self._commission(an, block.end), name=f"baseline:{block.source_id}")
-            if out:
-                await self.buffer.put(out)
+            await self._put(out)
             await asyncio.sleep(0)  # let drivers and the writer run between batches
 
     def _analysis_failed(self, an: Analysis, block: WaveformBlock,
@@ -135,8 +152,36 @@ class Pipeline:
     async def _commission(self, an: Analysis, ts: float) -> None:
         """Fit a baseline off the event loop (sklearn), then load it and record the events."""
         log.info("commissioning: fitting baseline", extra={"source": an.source})
-        result = await asyncio.to_thread(an.fit_baseline)
-        await self.buffer.put(an.baseline_done(result, ts))
+        try:
+            result = await asyncio.to_thread(an.fit_baseline)
+            events = an.baseline_done(result, ts)
+        except Exception as exc:  # stage boundary: a failed fit must leave the
+            # pipeline running unscored and say why, not surface at shutdown.
+            log.exception("commissioning failed", extra={"source": an.source})
+            events = [Event("baseline_failed", an.source, ts, "warning",
+                            {"error": f"{type(exc).__name__}: {exc}"})]
+        await self._put(events)
+
+    async def _uploader_task(self, uploader: Uploader) -> None:
+        """The uploader never gives up on the network; a bug in it must not take acquisition
+        down either: log it, record it, back off and run it again."""
+        restarts = 0
+        while True:
+            try:
+                await uploader.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # supervisor boundary, as for drivers
+                delay = self.backoff.delay(restarts)
+                restarts += 1
+                log.exception("uploader crashed; restarting",
+                              extra={"retry_in_s": round(delay, 3), "restarts": restarts})
+                await self._put([Event("uploader_crashed", self.cfg.agent.gateway_id,
+                                       time.time(), "warning",
+                                       {"error": f"{type(exc).__name__}: {exc}",
+                                        "restarts": restarts})])
+                await asyncio.sleep(delay)
 
     async def _health_task(self) -> None:
         was: dict[str, bool] = {}
@@ -152,8 +197,7 @@ class Pipeline:
                                         "info" if h.connected else "warning",
                                         {"errors": dict(h.errors)}))
                 was[d.name] = h.connected
-            if events:
-                await self.buffer.put(events)
+            await self._put(events)
             if time.monotonic() >= next_log:
                 next_log += 60.0
                 log.info("heartbeat", extra={"stats": self.heartbeat()})
@@ -169,7 +213,8 @@ class Pipeline:
             analysis = tg.create_task(self._analysis_task(), name="analysis")
             background = [tg.create_task(self._health_task(), name="health")]
             if self.uploader is not None:
-                background.append(tg.create_task(self.uploader.run(), name="uploader"))
+                background.append(tg.create_task(self._uploader_task(self.uploader),
+                                                 name="uploader"))
             await stop.wait()
             log.info("stopping: closing drivers and draining queues")
             for t in driver_tasks:
@@ -177,11 +222,22 @@ class Pipeline:
             await asyncio.gather(*driver_tasks, return_exceptions=True)
             self.readings.close()
             self.waveforms.close()
-            await asyncio.gather(writer, analysis, *self._fitting.values())
+            limit = float(self.cfg.agent.shutdown_timeout)
+            try:
+                async with asyncio.timeout(limit):
+                    await asyncio.gather(writer, analysis, *self._fitting.values(),
+                                         return_exceptions=True)
+            except TimeoutError:
+                # The buffer cannot commit (a failing disk): stop waiting; what was not
+                # committed was never acknowledged, and drivers re-read live values.
+                log.error("could not commit everything before shutdown_timeout",
+                          extra={"pending_readings": len(self.readings)})
+                for t in (writer, analysis, *self._fitting.values()):
+                    t.cancel()
             for t in background:
                 t.cancel()
-        await self.buffer.put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
-                                     "info", {"uptime_s": round(time.time() - self.started)})])
+        await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
+                               "info", {"uptime_s": round(time.time() - self.started)})])
         if self.uploader is not None:
             try:
                 await self.uploader.flush(float(self.cfg.agent.shutdown_timeout))
@@ -195,6 +251,8 @@ class Pipeline:
             "unrouted_blocks": self.unrouted_blocks,
             "driver_restarts": dict(self.driver_restarts),
             "analysis_errors": dict(self.analysis_errors),
+            "readings_dropped": self.gate.stats(),
+            "records_refused": self.refused_records,
         }
 
     def heartbeat(self) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""The reading gate: one malformed or repeated reading costs itself, never its batch."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.agent import config
+from edge_agent.agent.admission import ReadingGate
+from edge_agent.agent.pipeline import Pipeline
+from edge_agent.confkit import build
+from edge_agent.drivers.base import DriverHealth, DriverOutput
+from edge_agent.records import Reading
+from edge_agent.sync.buffer import Buffer, BufferConfig
+
+T0 = 1_800_000_000.0
+
+
+def r(sensor: Any = "s", ts: Any = T0, value: Any = 1.0) -> Reading:
+    return Reading(sensor, "t", value, "u", ts)
+
+
+def test_gate_drops_malformed_and_repeated_and_keeps_the_rest() -> None:
+    gate = ReadingGate()
+    batch = [r(ts=T0), r(ts=math.nan), r(sensor=""), r(sensor=7), r(ts=1e12), r(ts=T0),
+             r(ts=T0 + 1, value=np.float32(2.5)), r(ts=T0 + 2, value=True),
+             r(ts=T0 + 3, value="high"), r(ts=T0 + 4, value=math.inf), r(ts=T0 + 1)]
+    clean, events = gate.admit(batch, T0)
+    assert [x.timestamp for x in clean] == [T0, T0 + 1, T0 + 2, T0 + 4]
+    assert clean[1].value == 2.5 and clean[2].value == 1.0
+    assert clean[3].value is None and clean[3].quality == 0.0  # Inf sanitised, not dropped
+    assert gate.stats() == {"bad_timestamp:s": 2, "bad_sensor_id:": 1, "bad_sensor_id:?": 1,
+                            "repeated_timestamp:s": 2, "bad_value:s": 1}
+    assert len(events) == 5  # one event per (reason, sensor), not per reading
+    again, events2 = gate.admit([r(ts=math.nan)], T0)
+    assert again == [] and events2 == []
+
+
+class PollingPLC:
+    """A polled tag whose SourceTimestamp only moves when its value changes, plus a NaN stamp."""
+
+    streaming = True
+
+    def __init__(self) -> None:
+        self.name = "plc"
+        self.n = 0
+        self._h = DriverHealth("plc", "fake")
+
+    async def open(self) -> None:
+        return None
+
+    async def read(self) -> DriverOutput:
+        await asyncio.sleep(0.005)
+        self.n += 1
+        if self.n > 30:
+            await asyncio.Event().wait()
+        ts = T0 + self.n // 3  # the same source timestamp three polls in a row
+        bad = Reading("plc.bad", "t", 1.0, "u", math.nan)
+        return [Reading("plc.counter", "counter", float(self.n // 3), "", ts),
+                Reading("plc.temp", "temperature", 20.0 + self.n, "degC", T0 + self.n), bad]
+
+    async def close(self) -> None:
+        return None
+
+    def health(self) -> DriverHealth:
+        return self._h
+
+
+async def test_real_buffer_keeps_good_readings_around_bad_ones(tmp_path: Path) -> None:
+    cfg = build(config.AgentConfig, {"agent": {"state_dir": str(tmp_path)}})
+    buf = Buffer(tmp_path / "buffer.db", BufferConfig())
+    await buf.start()
+    p = Pipeline(cfg, [PollingPLC()], buf, None)  # type: ignore[list-item]
+    stop = asyncio.Event()
+    task = asyncio.create_task(p.run(stop))
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await buf.close()
+    db = sqlite3.connect(tmp_path / "buffer.db")
+    stored = db.execute("SELECT coalesce(sum(n), 0) FROM readings").fetchone()[0]
+    kinds = [row[0] for row in db.execute("SELECT body FROM events")]
+    db.close()
+    assert stored == 30 + 11  # every temperature; one counter per distinct source timestamp
+    assert p.gate.stats()["bad_timestamp:plc.bad"] == 30
+    assert p.gate.stats()["repeated_timestamp:plc.counter"] == 19
+    assert any("reading_dropped" in k for k in kinds) and any("agent_stopped" in k for k in kinds)
