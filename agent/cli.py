@@ -51,6 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(cfg.agent.log_level)
     try:
         asyncio.run(daemon.run(cfg))
+    except asyncio.CancelledError:
+        print("edge-agent: stopped by a second signal before the final sync finished "
+              "(everything read is committed in the buffer)", file=sys.stderr)
+        return 1
     except (OSError, SchemaTooNew) as exc:
         # Start-up failures a technician can fix (permissions, a full disk, a database written by
         # a newer agent): one clear line, not a traceback.

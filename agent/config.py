@@ -53,7 +53,9 @@ class AgentSection:
     gateway_id: str = field("edge-gateway", pattern=r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
     state_dir: str = "./state"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_timeout: Duration = field(Duration(10.0), gt=0, le=300)
+    # Bound on the final sync (and on draining to the buffer) at SIGTERM; the systemd unit
+    # allows 90 s in all, so keep it below that.
+    shutdown_timeout: Duration = field(Duration(10.0), gt=0, le=60)
     health_interval: Duration = field(Duration(1.0), gt=0)
 
 
@@ -75,6 +77,10 @@ class ReconnectSection:
 class MetricsSection:
     enabled: bool = True
     listen: str = field("127.0.0.1:9108", pattern=r"[^:]+:[0-9]{1,5}")
+
+    def problems(self) -> list[tuple[str, str]]:
+        port = int(self.listen.rpartition(":")[2])
+        return [] if 0 < port < 65536 else [("listen", f"port {port} is not in 1..65535")]
 
 
 @dataclass(frozen=True)

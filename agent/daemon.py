@@ -8,8 +8,10 @@ cancels what is left (the buffer is still closed cleanly: every put() already co
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,22 @@ def buffer_path(cfg: AgentConfig) -> Path:
     return p if p.is_absolute() else cfg.state_dir / p
 
 
+def lock_state_dir(state_dir: Path) -> int:
+    """One agent per state directory: two would poll twice and upload the same buffer."""
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(f"another edge-agent is already running with state_dir {state_dir}"
+                      ) from None
+    return fd
+
+
 async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_state_dir(cfg.state_dir)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     signals = 0
@@ -78,6 +93,7 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
         await pipeline.run(stop)
     finally:
         await asyncio.shield(buffer.close())
+        os.close(lock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("agent stopped")

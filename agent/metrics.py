@@ -69,13 +69,24 @@ class StatsCollector(Collector):
                         walk(_name(prefix, str(k)), v, labels)
 
         for comp, fn in self.sources.items():
-            walk(f"edge_agent_{comp}", fn(), {})
+            walk(f"edge_agent_{comp}", _snapshot(fn), {})
         for comp, (label, items) in self.labelled.items():
-            for item in items():
+            for item in _snapshot(items):
                 ident = str(item.get(label, ""))
                 walk(f"edge_agent_{comp}", {k: v for k, v in item.items() if k != label},
                      {label: ident})
         yield from fams.values()
+
+
+def _snapshot(fn: Callable[[], Any]) -> Any:
+    """Scrapes run in the HTTP server's thread while the event loop mutates the stats: a dict
+    that changed size mid-copy is simply read again."""
+    for _ in range(3):
+        try:
+            return fn()
+        except RuntimeError:
+            continue
+    return {}
 
 
 def serve(listen: str, collector: Collector) -> CollectorRegistry | None:
@@ -85,7 +96,7 @@ def serve(listen: str, collector: Collector) -> CollectorRegistry | None:
     registry.register(collector)
     try:
         start_http_server(int(port), addr=host, registry=registry)
-    except OSError as exc:
+    except (OSError, OverflowError, ValueError) as exc:
         log.error("metrics endpoint not started", extra={"listen": listen, "error": str(exc)})
         return None
     log.info("metrics endpoint up", extra={"url": f"http://{listen}/metrics"})

@@ -45,7 +45,8 @@ async def _close_quietly(driver: Driver, limit_s: float = 5.0) -> None:
     try:
         async with asyncio.timeout(limit_s):
             await driver.close()
-    except RECOVERABLE as exc:
+    except Exception as exc:  # noqa: BLE001 - closing must never raise: a failing close() would
+        # otherwise replace the reason we are closing (a reconnect, or a cancellation).
         log.warning("driver close failed", extra={"driver": driver.name, "error": repr(exc)})
 
 

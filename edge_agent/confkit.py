@@ -17,6 +17,7 @@ for cross-field checks (keys relative to that table).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -41,6 +42,8 @@ class Duration(float):
         if isinstance(raw, bool):
             raise ValueError("expected a duration such as \"250ms\" or \"5s\"")
         if isinstance(raw, int | float):
+            if not math.isfinite(raw) or raw < 0:
+                raise ValueError(f"{raw!r} is not a duration (a finite number of seconds >= 0)")
             return cls(float(raw))
         if isinstance(raw, str):
             m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]+)\s*", raw)
@@ -173,9 +176,10 @@ class _Builder:
                 self.fail(path, str(exc))
                 return tp(0)
         if tp is float:
-            if isinstance(raw, int | float) and not isinstance(raw, bool):
+            if isinstance(raw, int | float) and not isinstance(raw, bool) \
+                    and math.isfinite(raw):
                 return float(raw)
-            self.fail(path, f"must be a number, got {raw!r}")
+            self.fail(path, f"must be a finite number, got {raw!r}")
             return 0.0
         if tp is int:
             if isinstance(raw, int) and not isinstance(raw, bool):

@@ -119,3 +119,44 @@ def test_unusable_state_dir_is_one_clear_line(tmp_path: Path) -> None:
     r = cli("run", "-c", str(cfg))
     assert r.returncode == 1
     assert r.stderr.strip().startswith("edge-agent: cannot start:") and "Traceback" not in r.stderr
+
+
+def test_non_finite_numbers_and_bad_ports_are_config_errors(tmp_path: Path) -> None:
+    text = """
+[agent]
+health_interval = inf
+[metrics]
+listen = "127.0.0.1:99999"
+[[drivers]]
+kind = "simulator"
+noise_g = nan
+[[pipelines]]
+source = "pump-01.de_accel"
+threshold = nan
+features = { kind = "vibration" }
+"""
+    r = cli("check-config", "-c", str(write(tmp_path, text)))
+    assert r.returncode == 78
+    for key in ("agent.health_interval", "metrics.listen: port 99999",
+                "drivers[0].noise_g: must be a finite number", "pipelines[0].threshold"):
+        assert key in r.stderr, (key, r.stderr)
+
+
+def test_one_agent_per_state_dir(tmp_path: Path) -> None:
+    cfg = write(tmp_path, f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+                          '[metrics]\nenabled = false\n'
+                          '[[drivers]]\nkind = "simulator"\nmicrophone = false\n')
+    first = subprocess.Popen([*CLI, "run", "-c", str(cfg)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        time.sleep(3)
+        second = cli("run", "-c", str(cfg))
+        assert second.returncode == 1
+        assert "another edge-agent is already running" in second.stderr
+        assert first.poll() is None  # the first one is undisturbed
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+    assert first.returncode == 0
