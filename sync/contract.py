@@ -90,7 +90,7 @@ def classify(resp: httpx.Response) -> Outcome:
     if st in (200, 201, 202):
         try:
             data: Any = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, bad charset, or nested too deep
             raise Retry("bad_body", f"{st} with a non-JSON body") from None
         if isinstance(data, dict) and isinstance(data.get("event_id"), str):
             if data.get("status") == "accepted" and isinstance(data.get("accepted"), int):

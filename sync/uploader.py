@@ -55,6 +55,24 @@ class _stop_at(stop_base):
         return self.deadline is not None and time.monotonic() >= self.deadline
 
 
+def _api_key(cfg: UploaderConfig) -> str:
+    """The API key as sent: a UTF-8 BOM and surrounding whitespace stripped (editors add them to
+    key files); it must be non-empty printable ASCII (an HTTP header), else :class:`Retry`
+    ``auth`` — the message never contains the key itself."""
+    try:
+        key = cfg.api_key.reveal() if cfg.api_key is not None else ""
+    except (LookupError, OSError, UnicodeDecodeError) as exc:
+        raise Retry("auth", f"API key unavailable: {exc}") from None
+    key = key.replace("\ufeff", "").strip()
+    where = cfg.api_key.describe() if cfg.api_key is not None else "<unset>"
+    if not key:
+        raise Retry("auth", f"API key {where} is empty")
+    if not (key.isascii() and key.isprintable()):
+        raise Retry("auth", f"API key {where} contains non-ASCII or control characters "
+                            f"({len(key)} characters); it must be printable ASCII")
+    return key
+
+
 class Uploader:
     def __init__(self, buffer: Buffer, cfg: UploaderConfig, gateway_id: str,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -218,10 +236,7 @@ class Uploader:
 
     async def _attempt(self, batch: BatchRows, payload: bytes) -> tuple[Outcome, int, str]:
         cfg = self.cfg
-        try:
-            key = cfg.api_key.reveal() if cfg.api_key is not None else ""
-        except (LookupError, OSError) as exc:
-            raise Retry("auth", f"API key unavailable: {exc}") from None
+        key = _api_key(cfg)
         headers = {"Content-Type": "application/json", "X-API-Key": key,
                    "Idempotency-Key": batch.key, "X-Request-ID": str(uuid.uuid4())}
         if cfg.gzip:
@@ -234,6 +249,8 @@ class Uploader:
             raise Retry("timeout", repr(exc)) from None
         except httpx.TransportError as exc:
             raise Retry("connection", repr(exc)) from None
+        except httpx.HTTPError as exc:  # e.g. DecodingError: a garbage gzip/brotli answer body
+            raise Retry("bad_body", repr(exc)) from None
         bid, status = batch.id, str(resp.status_code)
         await self.buffer.call(lambda s: s.record_attempt(bid, status))
         outcome = classify(resp)

@@ -66,6 +66,7 @@ class Fault:
     reset: bool = False                 # drop the connection without answering (not stored)
     store_then_drop: bool = False       # process and store, then drop the answer
     retry_after: float | str | None = None
+    headers: dict[str, str] | None = None  # extra answer headers (e.g. a lying Content-Encoding)
 
 
 @dataclass
@@ -294,12 +295,12 @@ class IngestReceiver:
     def inject(self, status: int | None = None, body: str | bytes | None = None, *,
                delay: float = 0.0, reset: bool = False, store_then_drop: bool = False,
                retry_after: float | str | None = None, content_type: str = "application/json",
-               times: int = 1) -> None:
+               headers: dict[str, str] | None = None, times: int = 1) -> None:
         """Queue a fault for the next ``times`` ingest requests."""
         with self.cond:
             for _ in range(times):
                 self.faults.append(Fault(status, body, content_type, delay, reset,
-                                         store_then_drop, retry_after))
+                                         store_then_drop, retry_after, headers))
 
     def wait_for(self, pred: Callable[[IngestReceiver], bool], timeout: float) -> bool:
         with self.cond:
@@ -486,6 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = fault.body if fault.body is not None else json.dumps(
                 {"detail": f"injected {fault.status}"})
             extra = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+            extra.update(fault.headers or {})
             rx.record(RequestLog(time.time(), fault.status, "injected",
                                  self.headers.get("Idempotency-Key"),
                                  self.headers.get("X-Request-ID"), wire_bytes=len(raw)))

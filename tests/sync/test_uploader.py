@@ -350,3 +350,53 @@ async def test_logs_follow_one_batch_by_its_correlation_id(
     msgs = [r.getMessage() for r in tagged]
     assert sum("retrying" in m for m in msgs) == 2 and msgs[-1] == "batch delivered"
     assert {q.idempotency_key for q in rx.requests} == {key}  # retries reused the key
+
+
+@pytest.mark.parametrize("fault", [
+    # a 2xx whose body claims gzip but is not: httpx raises DecodingError while reading it
+    {"status": 200, "body": b"not gzip at all", "headers": {"Content-Encoding": "gzip"}},
+    {"status": 200, "body": "[" * 200_000},  # JSON nested too deep: RecursionError
+    {"status": 500, "body": b"\xff\xfe oops", "content_type": "text/plain; charset=bogus-xyz"},
+])
+async def test_garbage_answers_are_transient_and_never_kill_the_task(
+        buffer: Buffer, rx: IngestReceiver, fault: dict[str, object]) -> None:
+    await buffer.put(readings(20))
+    rx.inject(times=2, **fault)  # type: ignore[arg-type]
+    runner = Running(buffer, fast_uploader_cfg(rx.url))
+    async with runner as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 20 or (
+            runner.task is not None and runner.task.done()), 20)
+        assert runner.task is not None and not runner.task.done()
+        assert sum(up.failed.values()) == 2
+    assert len({q.idempotency_key for q in rx.requests}) == 1 and rx.rows_stored == 20
+
+
+async def test_api_key_file_with_bom_and_newline_is_cleaned(
+        buffer: Buffer, rx: IngestReceiver, tmp_path: Path) -> None:
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(("\ufeff" + API_KEY + "\r\n").encode("utf-8"))  # Windows Notepad
+    await buffer.put(readings(10))
+    async with Running(buffer, fast_uploader_cfg(rx.url, api_key=Secret(file=str(keyfile)))) \
+            as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 10, 20)
+    assert [q.status for q in rx.requests] == [200]
+
+
+async def test_non_ascii_api_key_is_an_auth_failure_not_a_crash(
+        buffer: Buffer, rx: IngestReceiver, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    keyfile = tmp_path / "key"
+    keyfile.write_text("clé-secrète\n", encoding="utf-8")
+    await buffer.put(readings(10))
+    runner = Running(buffer, fast_uploader_cfg(rx.url, api_key=Secret(file=str(keyfile))))
+    async with runner as up:
+        assert await up.wait_until(lambda u: u.failed["auth"] >= 2, 10)
+        assert runner.task is not None and not runner.task.done()
+        assert up.stats()["state"] == "auth_failed" and "non-ASCII" in str(up.last_error)
+        keyfile.write_text(API_KEY)  # fixed on disk: picked up on the next attempt
+        assert await wait_rx(rx, lambda r: all_in(r, 10) and any(
+            e["kind"] == "uploader_auth_failed" for e in r.events.values()), 10)
+    assert rx.requests and all(q.status == 200 for q in rx.requests)  # bad key never sent
+    events = [e for e in rx.events.values() if e["kind"] == "uploader_auth_failed"]
+    assert len(events) == 1 and "non-ASCII" in events[0]["details"]["error"]
+    assert "clé" not in json.dumps(events) and "clé" not in caplog.text
