@@ -260,9 +260,13 @@ class Buffer:
                 n += len(nxt.records)
             self._commit(store, group)
             self._housekeep(store)
-        self._own_flush(store)
-        store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
-        store.conn.close()
+        try:
+            self._own_flush(store)
+            store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
+        except sqlite3.Error as exc:  # left unclean: quick_check at the next start
+            log.warning("buffer closed without marking a clean shutdown: %s", exc)
+        finally:
+            store.conn.close()
 
     def _commit(self, store: Store, group: list[_Put]) -> None:
         rows, ok = Converted(), []
@@ -274,10 +278,12 @@ class Buffer:
                 continue
             ok.append(put)
         if rows.n_rows:
-            if not self._write(store, rows):
+            err = self._write(store, rows)
+            if err is not None:
                 for put in ok:
-                    self._resolve(put.fut, exc=BufferClosed("closed while the disk kept failing;"
-                                                            " these records were not buffered"))
+                    self._resolve(put.fut, exc=BufferClosed(
+                        f"closed while the disk kept failing ({err}); these records were not "
+                        "buffered"))
                 return
             self.commits += 1
             self.rows_committed += rows.n_rows
@@ -289,10 +295,12 @@ class Buffer:
             except RuntimeError:
                 pass
 
-    def _write(self, store: Store, rows: Converted) -> bool:
+    def _write(self, store: Store, rows: Converted) -> sqlite3.Error | None:
         """Insert, retrying disk errors (full disk, I/O) until it works or the buffer closes.
 
-        False only when closing while the disk still fails (nothing was acknowledged)."""
+        Returns the disk error only when closing while the disk still fails: once close() has
+        been called, each group gets one more try and is then given up (its puts fail, nothing
+        is acknowledged), so close() returns in bounded time."""
         delay = 0.2
         while True:
             own = [event_body(e) for e in self._own_events]
@@ -301,20 +309,21 @@ class Buffer:
             except sqlite3.Error as exc:
                 self._disk_error(store, exc)
                 # Back-pressure: puts wait while we retry; close() interrupts the wait.
-                if self._stopping.wait(delay) and self._q.empty():
+                if self._stopping.wait(delay):
                     try:
                         store.insert(Converted(rows.readings, rows.features, rows.events + own))
-                    except sqlite3.Error:
-                        return False
+                    except sqlite3.Error as again:
+                        self.disk_errors += 1
+                        return again
                     self._own_events.clear()
-                    return True
+                    return None
                 delay = min(delay * 2, 30.0)
                 continue
             self._own_events.clear()
             if self._disk_episode:
                 self._disk_episode = False
                 self._emit("buffer_disk_recovered", "info", {"disk_errors": self.disk_errors})
-            return True
+            return None
 
     def _disk_error(self, store: Store, exc: sqlite3.Error) -> None:
         self.disk_errors += 1

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from edge_agent.confkit import ByteSize, ConfigError, Duration, build
 from edge_agent.records import Event, FeatureVector, ModelRef, Reading
 from edge_agent.sync import schema
-from edge_agent.sync.buffer import Buffer, BufferConfig
+from edge_agent.sync.buffer import Buffer, BufferClosed, BufferConfig
+from edge_agent.sync.store import Store
 
 from .conftest import T0, db_rows, readings, stored_readings
 
@@ -241,3 +243,32 @@ async def test_disk_full_keeps_running_and_recovers(tmp_path: Path) -> None:
     late = sum(r["sensor_id"] == "late" for r in stored_readings(conn))
     conn.close()
     assert late == 3000  # the acknowledged put is all there
+
+
+@pytest.mark.timeout(20)  # before the fix, close() never returned
+async def test_close_while_the_disk_keeps_failing_returns_and_fails_the_puts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    await b.put(readings(10, sensor="before"))
+
+    def broken(self: Store, rows: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Store, "insert", broken)
+    puts = [asyncio.create_task(b.put(readings(5, sensor=f"lost{i}", t0=T0 + i)))
+            for i in range(2)]
+    await asyncio.sleep(0.5)  # the writer is retrying: the puts wait (back-pressure)
+    assert not any(p.done() for p in puts)
+    cpu = time.process_time()
+    await asyncio.wait_for(b.close(), 5)  # before: spun at 100 % CPU forever
+    assert time.process_time() - cpu < 3
+    for p in puts:
+        with pytest.raises(BufferClosed, match="disk I/O error"):
+            await p
+    monkeypatch.undo()
+    conn = sqlite3.connect(path)
+    got = {r["sensor_id"] for r in stored_readings(conn)}
+    conn.close()
+    assert got == {"before"}  # nothing acknowledged that was not committed, nothing lost
