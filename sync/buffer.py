@@ -131,9 +131,15 @@ class Buffer:
 
     async def call(self, fn: Callable[[Store], T]) -> T:
         """Run ``fn(store)`` on the writer thread (the only thread touching SQLite)."""
+        return await self.submit(fn)
+
+    def submit(self, fn: Callable[[Store], T]) -> asyncio.Future[T]:
+        """Queue ``fn(store)`` for the writer thread now (synchronously) and return its future.
+
+        Once queued it runs even if the caller stops waiting (e.g. ``asyncio.shield`` it)."""
         fut: asyncio.Future[T] = self._check().create_future()
         self._q.put(_Call(fn, fut))
-        return await fut
+        return fut
 
     async def requeue(self, qid: int) -> int:
         """Re-queue quarantined batch ``qid`` through the writer (keeps counters exact)."""

@@ -47,6 +47,9 @@ class _Prepared:
     payload: bytes
 
 
+_DELIVERED = ("accepted", "duplicate", "conflict")
+
+
 class _stop_at(stop_base):
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
@@ -252,18 +255,44 @@ class Uploader:
         except httpx.HTTPError as exc:  # e.g. DecodingError: a garbage gzip/brotli answer body
             raise Retry("bad_body", repr(exc)) from None
         bid, status = batch.id, str(resp.status_code)
-        await self.buffer.call(lambda s: s.record_attempt(bid, status))
-        outcome = classify(resp)
-        if outcome in ("accepted", "duplicate", "conflict") and self._auth_episode:
-            self._auth_episode = False
-            await self._event("uploader_auth_recovered", "info", {})
-        return outcome, resp.status_code, resp.text[:4000]
+        try:  # classified before any await: nothing can come between the answer and its record
+            outcome = classify(resp)
+        except Retry:
+            await self.buffer.call(lambda s: s.record_attempt(bid, status))
+            raise
+        text = resp.text[:4000]
+        if outcome in _DELIVERED:
+            await self._deliver(batch, outcome, status)
+            if self._auth_episode:
+                self._auth_episode = False
+                await self._event("uploader_auth_recovered", "info", {})
+        else:
+            await self.buffer.call(lambda s: s.record_attempt(bid, status))
+        return outcome, resp.status_code, text
+
+    async def _deliver(self, batch: BatchRows, outcome: Outcome, status: str) -> None:
+        """Record the attempt and mark the batch delivered as ONE writer job, queued at once and
+        shielded: a flush deadline or a cancellation (shutdown) arriving now cannot leave an
+        acknowledged batch pending (to be resent after a restart); the writer runs the job
+        whatever happens to this task (before a later close() stops it)."""
+        bid = batch.id
+
+        def settle(s: Store) -> None:
+            s.record_attempt(bid, status)
+            s.mark_delivered(bid, outcome)
+
+        fut = self.buffer.submit(settle)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            log.info("cancelled while settling delivered batch %s; the buffer still commits it",
+                     batch.key, extra={"correlation_id": batch.key})
+            raise
 
     async def _settle(self, batch: BatchRows, outcome: Outcome, body: bytes, status: int,
                       reason: str) -> None:
         bid, key, gw = batch.id, batch.key, self.gateway_id
-        if outcome in ("accepted", "duplicate", "conflict"):
-            await self.buffer.call(lambda s: s.mark_delivered(bid, outcome))
+        if outcome in _DELIVERED:  # already marked delivered by _attempt (see _deliver)
             self.sent[outcome] += 1
             self.rows_sent += batch.n_rows
             self.bytes_sent += len(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from edge_agent.confkit import ByteSize, ConfigError, Duration, Secret, build
 from edge_agent.records import Event, FeatureVector, ModelRef, format_us, to_us
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.quarantine import list_quarantine, quarantine_body, requeue
+from edge_agent.sync.store import Store
 from edge_agent.sync.uploader import Uploader, UploaderConfig
 from tests.receiver import IngestReceiver, validate
 
@@ -400,3 +402,52 @@ async def test_non_ascii_api_key_is_an_auth_failure_not_a_crash(
     events = [e for e in rx.events.values() if e["kind"] == "uploader_auth_failed"]
     assert len(events) == 1 and "non-ASCII" in events[0]["details"]["error"]
     assert "clé" not in json.dumps(events) and "clé" not in caplog.text
+
+
+def _slow_record_attempt(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """A busy writer (a commit group, an fsync, a disk-error retry) right after the answer."""
+    orig = Store.record_attempt
+
+    def slow(self: Store, bid: int, status: str) -> None:
+        time.sleep(seconds)
+        orig(self, bid, status)
+
+    monkeypatch.setattr(Store, "record_attempt", slow)
+
+
+async def test_flush_deadline_during_settle_never_leaves_an_acked_batch_pending(
+        tmp_path: Path, rx: IngestReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    await b.put(readings(20))
+    _slow_record_attempt(monkeypatch, 0.5)
+    await Uploader(b, fast_uploader_cfg(rx.url), "gw").flush(0.3)  # deadline hits mid-settle
+    await b.close()
+    assert [q.outcome for q in rx.requests] == ["accepted"]
+    assert db_rows(path) == 0
+    conn = sqlite3.connect(path)
+    states = conn.execute("SELECT state, attempts FROM batches").fetchall()
+    conn.close()
+    assert states == [("delivered", 1)]
+
+
+async def test_run_cancelled_right_after_the_answer_settles_the_batch(
+        tmp_path: Path, rx: IngestReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    await b.put(readings(20))
+    _slow_record_attempt(monkeypatch, 0.5)
+    async with Running(b, fast_uploader_cfg(rx.url)):
+        assert await wait_rx(rx, lambda r: len(r.requests) == 1)
+        await asyncio.sleep(0.05)  # the answer is in; the writer is busy: cancel (shutdown)
+    await b.close()
+    monkeypatch.undo()
+    assert db_rows(path) == 0
+    b2 = Buffer(path, BufferConfig())  # restart: nothing is resent
+    await b2.start()
+    assert b2.stats()["rows_queued_total"] == 0
+    await Uploader(b2, fast_uploader_cfg(rx.url), "gw-test").flush(1.0)
+    await b2.close()
+    assert [q.outcome for q in rx.requests] == ["accepted"] and rx.duplicates == 0
