@@ -27,12 +27,13 @@ from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 
 from . import schema
 from .convert import Converted, convert, event_body
-from .files import Corrupt, move_aside, open_store
+from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
 from .store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+__all__ = ["Buffer", "BufferClosed", "BufferConfig", "BufferUnavailable"]
 
 SQLITE_FULL = 13
 

@@ -1,8 +1,11 @@
 """The database file itself: open and check it at start, or move a corrupt one aside.
 
-A file that is not a database, cannot be read, or fails ``PRAGMA quick_check`` after an unclean
-shutdown is :class:`Corrupt`; the buffer then moves it (with its ``-wal`` and ``-shm``) aside as
-``<path>.corrupt-<UTC timestamp>`` — never deleting it — and starts a new one.
+A file that is not a database (SQLITE_NOTADB), is damaged (SQLITE_CORRUPT) or fails
+``PRAGMA quick_check`` after an unclean shutdown is :class:`Corrupt`; the buffer then moves it
+(with its ``-wal`` and ``-shm``) aside as ``<path>.corrupt-<UTC timestamp>`` — never deleting
+it — and starts a new one. A file that cannot be opened or written (permissions, read-only,
+I/O error) is not corrupt: that is :class:`BufferUnavailable` (an ``OSError``), the agent's
+start fails and nothing is moved.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from . import schema
 from .store import Store
 
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
-_UNREADABLE = {10, 14, 8}  # IOERR, CANTOPEN, READONLY: unreadable file at start
+_UNAVAILABLE = {3, 8, 10, 14, 23}  # PERM, READONLY, IOERR, CANTOPEN, AUTH: not corrupt
 
 
 class Corrupt(Exception):
-    """The database file cannot be used as it is."""
+    """The database file's content is damaged (moved aside)."""
+
+
+class BufferUnavailable(OSError):
+    """The database cannot be opened or written (permissions, read-only file system, a path
+    that is not a file...). Its data is NOT moved aside: fix the cause and restart."""
 
 
 def open_store(path: Path, synchronous: str, integrity_check: str) -> Store:
@@ -43,8 +51,15 @@ def open_store(path: Path, synchronous: str, integrity_check: str) -> Store:
         if conn is not None:
             conn.close()
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code in (SQLITE_CORRUPT, SQLITE_NOTADB) or (existed and code in _UNREADABLE):
-            raise Corrupt(f"{getattr(exc, 'sqlite_errorname', '')}: {exc}") from exc
+        name = getattr(exc, "sqlite_errorname", "")
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            raise Corrupt(f"{name}: {exc}") from exc
+        if code in _UNAVAILABLE:
+            raise BufferUnavailable(
+                f"buffer database {path} cannot be {'opened' if existed else 'created'} for "
+                f"writing ({name}: {exc}); check the owner and permissions of the file, its "
+                "-wal/-shm and its directory (e.g. after running the agent once as root); "
+                "nothing was moved") from exc
         raise
     except Corrupt:
         if conn is not None:

@@ -14,7 +14,7 @@ import pytest
 from edge_agent.confkit import ByteSize, ConfigError, Duration, build
 from edge_agent.records import Event, FeatureVector, ModelRef, Reading
 from edge_agent.sync import schema
-from edge_agent.sync.buffer import Buffer, BufferClosed, BufferConfig
+from edge_agent.sync.buffer import Buffer, BufferClosed, BufferConfig, BufferUnavailable
 from edge_agent.sync.store import Store
 
 from .conftest import T0, db_rows, readings, stored_readings
@@ -272,3 +272,37 @@ async def test_close_while_the_disk_keeps_failing_returns_and_fails_the_puts(
     got = {r["sensor_id"] for r in stored_readings(conn)}
     conn.close()
     assert got == {"before"}  # nothing acknowledged that was not committed, nothing lost
+
+
+@pytest.mark.parametrize("how", ["read_only", "wal_is_a_directory"])
+async def test_unwritable_existing_database_is_not_moved_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Root-owned files after a ``sudo edge-agent run`` (tests run as root, so: SQLite's own
+    read-only open, or a -wal that cannot be opened) are unavailable, not corrupt: start fails
+    with one clear OSError and every buffered row stays where it is."""
+    path = tmp_path / "buffer.db"
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    await b.put(readings(100))
+    await b.close()
+    if how == "read_only":
+        real = sqlite3.connect
+
+        def ro(p: str, *a: object, **k: object) -> sqlite3.Connection:
+            if str(p) == str(path):
+                return real(f"file:{p}?mode=ro", *a, uri=True, **k)  # type: ignore[arg-type]
+            return real(p, *a, **k)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(schema.sqlite3, "connect", ro)
+    else:
+        (tmp_path / "buffer.db-wal").mkdir()
+    b2 = Buffer(path, BufferConfig())
+    with pytest.raises(BufferUnavailable, match=f"{path}.*(READONLY|CANTOPEN)") as info:
+        await b2.start()
+    assert isinstance(info.value, OSError)  # the agent's start catches OSError
+    assert b2.moved_aside == []
+    assert not [n for n in os.listdir(tmp_path) if "corrupt" in n]
+    monkeypatch.undo()
+    if how == "wal_is_a_directory":
+        (tmp_path / "buffer.db-wal").rmdir()  # the cause fixed: everything is still there
+    assert db_rows(path) == 100
