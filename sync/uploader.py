@@ -335,8 +335,9 @@ class Uploader:
             return float(self.cfg.auth_retry_interval)
         wait = float(self._backoff(rs))
         if isinstance(exc, Retry) and exc.retry_after is not None:
+            # Retry-After: 0 or a past date must not mean "hammer it": never below the backoff
             ra = min(exc.retry_after, self.cfg.retry_after_max)
-            wait = ra + random.uniform(0, 0.1 * ra)
+            wait = max(wait, ra + random.uniform(0, 0.1 * ra))
         return wait
 
     async def _before_sleep(self, rs: RetryCallState) -> None:

@@ -451,3 +451,15 @@ async def test_run_cancelled_right_after_the_answer_settles_the_batch(
     await Uploader(b2, fast_uploader_cfg(rx.url), "gw-test").flush(1.0)
     await b2.close()
     assert [q.outcome for q in rx.requests] == ["accepted"] and rx.duplicates == 0
+
+
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_zero_or_past_retry_after_still_backs_off(buffer: Buffer, rx: IngestReceiver,
+                                                         retry_after: str) -> None:
+    await buffer.put(readings(10))
+    rx.inject(status=503, retry_after=retry_after, times=3)
+    cfg = fast_uploader_cfg(rx.url, backoff_initial=Duration(0.2), backoff_max=Duration(0.4))
+    async with Running(buffer, cfg) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 10, 20)
+    gaps = [b.time - a.time for a, b in zip(rx.requests, rx.requests[1:], strict=False)]
+    assert len(gaps) == 3 and min(gaps) >= 0.09  # >= backoff_initial / 2, never 0
