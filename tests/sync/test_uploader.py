@@ -97,9 +97,12 @@ async def test_timeout_then_retry_gets_duplicate_ignored(buffer: Buffer,
     async with Running(buffer, fast_uploader_cfg(rx.url, timeout=Duration(0.5))) as up:
         assert await up.wait_until(lambda u: u.rows_sent == 30, 20)
         assert up.failed["timeout"] >= 1
-    # the slow request was processed after the client gave up; the retry was a duplicate
-    assert rx.rows_stored == 30
-    assert {q.outcome for q in rx.requests} >= {"accepted"}
+    # The slow request is processed after the client gave up; the retry, with the same key,
+    # got there first and was accepted, so the late original is answered duplicate_ignored.
+    assert rx.wait_for(lambda r: len(r.requests) >= 2, 5)
+    assert len({q.idempotency_key for q in rx.requests}) == 1  # one batch, one key
+    assert {q.outcome for q in rx.requests} == {"accepted", "duplicate_ignored"}
+    assert rx.rows_stored == 30 and rx.conflicts == 0
 
 
 async def test_stored_but_answer_lost(buffer: Buffer, rx: IngestReceiver) -> None:
