@@ -12,9 +12,9 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import math  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
+import _measure  # noqa: E402 - tests/bench/_measure.py
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
@@ -28,19 +28,7 @@ FS, N, HOP, SECONDS = 25600.0, 2048, 1024, 10.0
 
 
 def best(fns: dict[str, Callable[[], object]], rounds: int = 15) -> dict[str, tuple[float, float]]:
-    """(min wall, min CPU) seconds per function over interleaved rounds (a busy machine
-    disturbs all paths alike)."""
-    for fn in fns.values():
-        fn()
-    walls: dict[str, list[float]] = {k: [] for k in fns}
-    cpus: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            walls[name].append(time.perf_counter() - t)
-            cpus[name].append(time.process_time() - c)
-    return {k: (min(walls[k]), min(cpus[k])) for k in fns}
+    return _measure.best(fns, rounds)
 
 
 def reference_window(x: np.ndarray) -> list[float]:

@@ -15,10 +15,10 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import _measure  # noqa: E402 - tests/bench/_measure.py
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,19 +45,7 @@ def load() -> tuple[np.ndarray, str]:
 
 
 def best(fns: dict[str, Callable[[], object]], rounds: int = 60) -> dict[str, tuple[float, float]]:
-    """(min wall, min CPU) seconds per function; rounds interleave the functions so a busy
-    machine (other processes) disturbs them alike."""
-    for fn in fns.values():
-        fn()
-    walls: dict[str, list[float]] = {k: [] for k in fns}
-    cpus: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            walls[name].append(time.perf_counter() - t)
-            cpus[name].append(time.process_time() - c)
-    return {k: (min(walls[k]), min(cpus[k])) for k in fns}
+    return _measure.best(fns, rounds)
 
 
 FRESH = """
