@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import resource
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -36,3 +39,17 @@ def best(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, tuple[f
             walls[name].append(time.perf_counter() - t)
             cpus[name].append(time.process_time() - c)
     return {k: (min(walls[k]), min(cpus[k])) for k in fns}
+
+
+def start_server_child(script: str, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """Run ``script --serve PORT *args`` in a child process (so the server's CPU is not
+    counted) on a free loopback port; return once it prints READY."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    child = subprocess.Popen([sys.executable, script, "--serve", str(port), *args],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.strip() == "READY", line
+    return child, port

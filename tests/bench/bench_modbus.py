@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 import subprocess
-import sys
 import time
 
-from _measure import cpu_s, rss_mib  # tests/bench/_measure.py
+from _measure import cpu_s, rss_mib, start_server_child  # tests/bench/_measure.py
 
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.confkit import build
@@ -37,15 +35,7 @@ async def serve(port: int, registers: int) -> None:
 
 
 def start_server(registers: int) -> tuple[subprocess.Popen[str], int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--registers",
-                              str(registers)], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    assert line.strip() == "READY", line
-    return child, port
+    return start_server_child(__file__, "--registers", str(registers))
 
 
 async def bench(child: subprocess.Popen[str], port: int, registers: int, interval: float,

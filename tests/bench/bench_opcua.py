@@ -24,7 +24,7 @@ import sys
 import time
 from datetime import UTC
 
-from _measure import cpu_s, rss_mib  # tests/bench/_measure.py
+from _measure import cpu_s, rss_mib, start_server_child  # tests/bench/_measure.py
 
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.confkit import build
@@ -66,15 +66,7 @@ async def serve(port: int, n: int, interval: float) -> None:
 
 
 def start_server(n: int, interval: float) -> tuple[subprocess.Popen[str], int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--nodes", str(n),
-                              "--interval", str(interval)], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    assert line.strip() == "READY", line
-    return child, port
+    return start_server_child(__file__, "--nodes", str(n), "--interval", str(interval))
 
 
 async def bench(child: subprocess.Popen[str], port: int, n: int, seconds: float,
