@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import struct
 
 import pytest
 
@@ -21,23 +20,12 @@ from edge_agent.drivers.modbus_codec import (
     registers_to_bytes,
     slice_for,
 )
+from tests.drivers.modbus_server import CODES
+from tests.drivers.modbus_server import wire as wire_words  # the device layout, built by hand
 
-CODES = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f",
-         "int64": "q", "uint64": "Q", "float64": "d"}
 SAMPLES = {"int16": -12345, "uint16": 54321, "int32": -123456789, "uint32": 3_000_000_123,
            "float32": 3.25, "int64": -1_234_567_890_123, "uint64": 18_000_000_000_000_000_000,
            "float64": -2.718281828459045}
-
-
-def wire_words(dtype: str, value: float, byte_order: str, word_order: str) -> list[int]:
-    """How a device lays the value out: bytes ABCD... regrouped by hand, not by the codec."""
-    raw = struct.pack(">" + CODES[dtype], value)
-    pairs = [raw[i:i + 2] for i in range(0, len(raw), 2)]
-    if word_order == "little":
-        pairs.reverse()
-    if byte_order == "little":
-        pairs = [p[::-1] for p in pairs]
-    return [int.from_bytes(p, "big") for p in pairs]
 
 
 @pytest.mark.parametrize("dtype", list(CODES))
