@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from edge_agent.agent.admission import ReadingGate
@@ -55,6 +55,7 @@ class Pipeline:
         self.analysis_errors: dict[str, int] = {}
         self.unrouted_blocks = 0
         self.driver_restarts: dict[str, int] = {d.name: 0 for d in self.drivers}
+        self.uploader_restarts: dict[str, int] = {}
         self.started = time.time()
         r = cfg.reconnect
         self.backoff = Backoff(r.initial, r.maximum, r.multiplier, r.jitter)
@@ -69,24 +70,35 @@ class Pipeline:
 
     async def _driver_task(self, driver: Driver) -> None:
         poll = getattr(getattr(driver, "cfg", None), "poll_interval", None)
-        restarts = 0
+        await self._supervise(
+            lambda: run_driver(driver, self.emit, poll_interval=poll, backoff=self.backoff),
+            "driver_crashed", driver.name, self.driver_restarts)
+
+    async def _supervise(self, run: Callable[[], Awaitable[None]], kind: str, source: str,
+                         restarts: dict[str, int]) -> None:
+        """Run a long-lived stage (a driver, the uploader); if it crashes on a bug, log it with
+        its traceback, record a ``kind`` event, back off and run it again — the other stages
+        keep running. Returns when ``run`` returns."""
         while True:
             try:
-                await run_driver(driver, self.emit, poll_interval=poll, backoff=self.backoff)
+                await run()
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # supervisor boundary: a driver bug must not take
-                # the other drivers down; log it with its traceback and restart this one.
+            except Exception as exc:  # supervisor boundary: one stage's bug must not take the
+                # others down.
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # shutting down: whatever close() raised must not restart it
-                delay = self.backoff.delay(restarts)
-                restarts += 1
-                self.driver_restarts[driver.name] = restarts
-                log.exception("driver task crashed; restarting",
-                              extra={"driver": driver.name, "retry_in_s": round(delay, 3)})
-                await self._put([Event("driver_crashed", driver.name, time.time(),
-                                       "warning", {"restarts": restarts})])
+                n = restarts.get(source, 0)
+                delay = self.backoff.delay(n)
+                restarts[source] = n + 1
+                log.exception(f"{kind.replace('_', ' ')}; restarting",
+                              extra={"source": source, "retry_in_s": round(delay, 3),
+                                     "restarts": n + 1})
+                await self._put([Event(kind, source, time.time(), "warning",
+                                       {"error": f"{type(exc).__name__}: {exc}",
+                                        "restarts": n + 1})])
                 await asyncio.sleep(delay)
 
     async def _reading_writer(self) -> None:
@@ -162,27 +174,6 @@ class Pipeline:
                             {"error": f"{type(exc).__name__}: {exc}"})]
         await self._put(events)
 
-    async def _uploader_task(self, uploader: Uploader) -> None:
-        """The uploader never gives up on the network; a bug in it must not take acquisition
-        down either: log it, record it, back off and run it again."""
-        restarts = 0
-        while True:
-            try:
-                await uploader.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # supervisor boundary, as for drivers
-                delay = self.backoff.delay(restarts)
-                restarts += 1
-                log.exception("uploader crashed; restarting",
-                              extra={"retry_in_s": round(delay, 3), "restarts": restarts})
-                await self._put([Event("uploader_crashed", self.cfg.agent.gateway_id,
-                                       time.time(), "warning",
-                                       {"error": f"{type(exc).__name__}: {exc}",
-                                        "restarts": restarts})])
-                await asyncio.sleep(delay)
-
     async def _health_task(self) -> None:
         was: dict[str, bool] = {}
         next_log = time.monotonic() + 60.0
@@ -213,8 +204,10 @@ class Pipeline:
             analysis = tg.create_task(self._analysis_task(), name="analysis")
             background = [tg.create_task(self._health_task(), name="health")]
             if self.uploader is not None:
-                background.append(tg.create_task(self._uploader_task(self.uploader),
-                                                 name="uploader"))
+                up = self.uploader
+                background.append(tg.create_task(
+                    self._supervise(up.run, "uploader_crashed", self.cfg.agent.gateway_id,
+                                    self.uploader_restarts), name="uploader"))
             await stop.wait()
             log.info("stopping: closing drivers and draining queues")
             for t in driver_tasks:
@@ -250,6 +243,7 @@ class Pipeline:
             "queues": {"readings": self.readings.stats(), "waveforms": self.waveforms.stats()},
             "unrouted_blocks": self.unrouted_blocks,
             "driver_restarts": dict(self.driver_restarts),
+            "uploader_restarts": sum(self.uploader_restarts.values()),
             "analysis_errors": dict(self.analysis_errors),
             "readings_dropped": self.gate.stats(),
             "records_refused": self.refused_records,
