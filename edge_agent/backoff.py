@@ -17,7 +17,9 @@ __all__ = ["Backoff", "Retrier"]
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with jitter: ``delay(n) = min(maximum, initial·multiplier^n)·(1-jitter·U)``."""
+    """Exponential backoff with jitter.
+
+    ``delay(n) = min(maximum, initial·multiplier^n)·(1 - jitter·U)``, U uniform in [0, 1)."""
 
     initial: float = 0.5
     maximum: float = 60.0
