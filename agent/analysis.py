@@ -22,10 +22,10 @@ import numpy as np
 from edge_agent.agent.config import PipelineConfig
 from edge_agent.models.alerting import AnomalyAlerter
 from edge_agent.models.drift import DriftMonitor
-from edge_agent.models.extract import Extractor, make_extractor
+from edge_agent.models.dsp.extract import Extractor, make_extractor
+from edge_agent.models.dsp.windowing import Windower
 from edge_agent.models.onnx_score import ModelError, ModelSlot
 from edge_agent.models.training import Commissioner, commissioning_event
-from edge_agent.models.windowing import Windower
 from edge_agent.records import Event, FeatureVector, WaveformBlock
 
 log = logging.getLogger("edge_agent.analysis")

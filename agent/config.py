@@ -28,7 +28,7 @@ from edge_agent.confkit import (
 )
 from edge_agent.models.alerting import AlertConfig
 from edge_agent.models.drift import DriftConfig
-from edge_agent.models.extract import SoundConfig, VibrationConfig
+from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
 from edge_agent.models.training import CommissioningConfig
 from edge_agent.sync.buffer import BufferConfig

@@ -172,7 +172,7 @@ def _replay(files: Sequence[str], args: argparse.Namespace
 def _spec(args: argparse.Namespace) -> Any:
     from edge_agent.confkit import build
     from edge_agent.models import train_defaults as td
-    from edge_agent.models.extract import SoundConfig, VibrationConfig
+    from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 
     if args.spec:
         if args.spec not in td.SPECS:

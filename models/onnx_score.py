@@ -24,14 +24,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from edge_agent.confkit import field
-from edge_agent.models.bundle import (
-    Bundle,
-    ContractMismatch,
-    Manifest,
-    ModelError,
-    load_bundle,
-    normalise,
-)
+from edge_agent.errors import ContractMismatch, ModelError
+from edge_agent.models.bundle import Bundle, Manifest, load_bundle, normalise
 from edge_agent.records import FeatureVector, ModelRef
 
 log = logging.getLogger(__name__)

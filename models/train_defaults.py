@@ -37,8 +37,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.models.extract import SoundConfig, VibrationConfig, make_extractor
-from edge_agent.models.windowing import Windower
+from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig, make_extractor
+from edge_agent.models.dsp.windowing import Windower
 from edge_agent.records import WaveformBlock
 
 F64 = npt.NDArray[np.float64]

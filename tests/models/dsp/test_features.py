@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from edge_agent.models import features as ft
+from edge_agent.models.dsp import features as ft
 
 FS = 25600.0
 N = 2048

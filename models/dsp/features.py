@@ -45,14 +45,21 @@ domain — ``V(f) = A(f) / (2 pi f)`` — and sums the band ``f_lo <= f <= f_hi`
 
 from __future__ import annotations
 
-import math
-import threading
-from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
+
+from edge_agent.models.dsp.spectrum import (
+    CHUNK,
+    WORK,
+    amp_weights,
+    mean_weights,
+    power_weights,
+    rfft_rows,
+    rowdot,
+)
 
 F64 = npt.NDArray[np.float64]
 
@@ -88,96 +95,6 @@ def finite_rows(frames: F64) -> npt.NDArray[np.bool_]:
     return out
 
 
-CHUNK = 64            # windows per pass: scratch stays cache-resident, per-call overhead amortised
-
-
-class _Workspace(threading.local):
-    """Per-thread scratch arrays, reused across calls: fresh multi-100-kB temporaries cost
-    page faults on every call (glibc returns them to the OS), which dominated the run time."""
-
-    def __init__(self) -> None:
-        self.bufs: dict[tuple[str, int, str], npt.NDArray[Any]] = {}
-
-    def get(self, name: str, rows: int, cols: int, dtype: str) -> npt.NDArray[Any]:
-        key = (name, cols, dtype)
-        buf = self.bufs.get(key)
-        if buf is None or buf.shape[0] < rows:
-            buf = self.bufs[key] = np.empty((max(rows, CHUNK), cols), dtype=dtype)
-        return buf[:rows]
-
-
-_WORK = _Workspace()
-
-
-def scratch(name: str, rows: int, cols: int, dtype: str = "float64") -> npt.NDArray[Any]:
-    """A per-thread reusable ``(rows, cols)`` array (contents undefined; valid until the next
-    call with the same name from the same thread)."""
-    return _WORK.get(name, rows, cols, dtype)
-try:
-    np.fft.rfft(np.zeros(4), out=np.empty(3, dtype=np.complex128))
-    _NP_FFT_OUT = True
-except TypeError:                     # numpy < 2
-    _NP_FFT_OUT = False
-
-
-def _rowdot(a: F64, b: F64) -> F64:
-    """``sum(a * b, axis=1)`` in one pass without a temporary (numpy >= 2: ``vecdot``)."""
-    vecdot = getattr(np, "vecdot", None)
-    out: F64 = vecdot(a, b) if vecdot is not None else np.einsum("ij,ij->i", a, b)
-    return out
-
-
-def _rfft(x: F64, dtype: str) -> npt.NDArray[np.complexfloating[Any, Any]]:
-    """Real FFT of each row; float64 into a reused buffer (numpy >= 2 takes ``out=``), float32
-    through scipy's pocketfft (numpy's float32 path is slower)."""
-    m, n = x.shape
-    if dtype == "float32":
-        x32 = _WORK.get("x32", m, n, "float32")
-        np.copyto(x32, x, casting="same_kind")
-        out: npt.NDArray[np.complexfloating[Any, Any]] = sfft.rfft(x32, axis=1,
-                                                                   overwrite_x=True)
-        return out
-    if _NP_FFT_OUT:
-        out = np.fft.rfft(x, axis=1, out=_WORK.get("spec", m, n // 2 + 1, "complex128"))
-        return out
-    out = sfft.rfft(x, axis=1)
-    return out
-
-
-@lru_cache(maxsize=32)
-def _mean_weights(n: int) -> F64:
-    return np.full(n, 1.0 / n)
-
-
-@lru_cache(maxsize=32)
-def _amp_weights(n: int, sample_rate: float, dtype: str) -> npt.NDArray[np.floating[Any]]:
-    """Columns (1, f): ``amp @ W`` gives ``sum(A)`` and ``sum(f * A)`` in one BLAS pass."""
-    nb = n // 2 + 1
-    w = np.stack([np.ones(nb), np.arange(nb) * (sample_rate / n)], axis=1).astype(dtype)
-    w.flags.writeable = False
-    return w
-
-
-@lru_cache(maxsize=32)
-def _power_weights(n: int, sample_rate: float, cut: float | None,
-                   iso: tuple[float, float] | None, dtype: str
-                   ) -> npt.NDArray[np.floating[Any]]:
-    """Columns (1, f > cut) and/or the ISO velocity weights: ``|X|**2 @ W`` gives the total
-    power, the power above the cut and the velocity sum in one BLAS pass."""
-    nb = n // 2 + 1
-    cols: list[F64] = []
-    if cut is not None:
-        cut_bin = math.floor(cut * n / sample_rate) + 1      # first bin with f > cut
-        high = np.zeros(nb)
-        high[cut_bin:] = 1.0
-        cols += [np.ones(nb), high]
-    if iso is not None:
-        cols.append(_iso_weights(n, sample_rate, iso[0], iso[1]))
-    w = np.stack(cols, axis=1).astype(dtype)
-    w.flags.writeable = False
-    return w
-
-
 # float32 spectrum: a runner-up bin within this relative amplitude of the maximum could be
 # the float64 maximum instead (float32 FFT errors are ~1e-7 of the largest bin); such rows
 # get their dominant bin from a float64 FFT so that ties resolve like the reference.
@@ -193,12 +110,12 @@ RAW_ROWS = 15
 def _moments_centered(x: F64) -> tuple[F64, F64, F64]:
     """Central moments m2, m3, m4 of each row through ``d = x - mean``."""
     n = x.shape[1]
-    w = _mean_weights(n)
-    d = _WORK.get("d", x.shape[0], n, "float64")
-    d2 = _WORK.get("d2", x.shape[0], n, "float64")
+    w = mean_weights(n)
+    d = WORK.get("d", x.shape[0], n, "float64")
+    d2 = WORK.get("d2", x.shape[0], n, "float64")
     np.subtract(x, (x @ w)[:, None], out=d)
     np.multiply(d, d, out=d2)
-    return d2 @ w, _rowdot(d2, d) / n, _rowdot(d2, d2) / n
+    return d2 @ w, rowdot(d2, d) / n, rowdot(d2, d2) / n
 
 
 def _time_raw(x: F64, raw: F64) -> None:
@@ -208,14 +125,14 @@ def _time_raw(x: F64, raw: F64) -> None:
     moments computed about the mean here instead (``R_CENTRED`` = 1). Error bound of the raw
     rows: ~20 eps relative on m2..m4."""
     m, n = x.shape
-    w = _mean_weights(n)
-    x2 = _WORK.get("d2", m, n, "float64")         # shared: the fallback runs after its last use
+    w = mean_weights(n)
+    x2 = WORK.get("d2", m, n, "float64")         # shared: the fallback runs after its last use
     np.multiply(x, x, out=x2)
     np.matmul(x, w, out=raw[R_MEAN])
     np.matmul(x2, w, out=raw[R_S2])
     raw[R_C2] = raw[R_S2]
-    raw[R_C3] = _rowdot(x2, x)
-    raw[R_C4] = _rowdot(x2, x2)
+    raw[R_C3] = rowdot(x2, x)
+    raw[R_C4] = rowdot(x2, x2)
     raw[R_C3:R_C4 + 1] *= 1.0 / n
     np.max(x, axis=1, out=raw[R_MAX])
     np.min(x, axis=1, out=raw[R_MIN])
@@ -254,13 +171,13 @@ def _spectral_raw(x: F64, sample_rate: float, cut: float | None,
     """Spectral sums of one chunk: dominant bin and ``|X|``, ``sum |X|``, ``sum f |X|``
     (when ``cut`` is given) and ``|X|**2`` sums: total, above the cut, ISO-weighted."""
     n = x.shape[1]
-    spec = _rfft(x, dtype)
-    amp = np.abs(spec, out=_WORK.get("amp", x.shape[0], spec.shape[1], dtype))
+    spec = rfft_rows(x, dtype)
+    amp = np.abs(spec, out=WORK.get("amp", x.shape[0], spec.shape[1], dtype))
     if cut is not None:
         _dominant(x, amp, dtype == "float64", raw)
-        raw[R_SUM_A:R_SUM_FA + 1] = (amp @ _amp_weights(n, sample_rate, dtype)).T
+        raw[R_SUM_A:R_SUM_FA + 1] = (amp @ amp_weights(n, sample_rate, dtype)).T
     np.multiply(amp, amp, out=amp)                    # power |X|^2 from here on
-    pw = (amp @ _power_weights(n, sample_rate, cut, iso, dtype)).T
+    pw = (amp @ power_weights(n, sample_rate, cut, iso, dtype)).T
     if cut is not None:
         raw[R_PTOT:R_PHIGH + 1] = pw[:2]
     if iso is not None:
@@ -363,18 +280,6 @@ def basic_features(frames: npt.ArrayLike, sample_rate: float, high_freq_cut: flo
     out, _ = vibration_features(frames, sample_rate, high_freq_cut, True, None, spectrum_dtype)
     assert out is not None
     return out
-
-
-@lru_cache(maxsize=32)
-def _iso_weights(n: int, sample_rate: float, f_lo: float, f_hi: float) -> F64:
-    freqs = np.arange(n // 2 + 1) * (sample_rate / n)
-    band = (freqs >= f_lo) & (freqs <= f_hi) & (freqs > 0)
-    weight = np.zeros(freqs.size)
-    weight[band] = 2.0 / (2.0 * np.pi * freqs[band]) ** 2
-    if n % 2 == 0 and band[-1]:
-        weight[-1] /= 2.0                      # the Nyquist bin is not mirrored
-    weight.flags.writeable = False
-    return weight
 
 
 def iso_velocity_rms(frames: npt.ArrayLike, sample_rate: float, f_lo: float = 10.0,

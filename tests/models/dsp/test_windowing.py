@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.models.windowing import Windower
+from edge_agent.models.dsp.windowing import Windower
 from edge_agent.records import WaveformBlock
 
 SR = 1000.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from edge_agent.models.envelope import (
+from edge_agent.models.dsp.envelope import (
     DEFECTS,
     BearingGeometry,
     band_energy,
@@ -144,7 +144,7 @@ def test_cwru_ball_file_is_faulty_but_shows_an_outer_race_signature(data_dir: Pa
     "2-4 kHz-wide band from 0.5 to 23 kHz (scanned): where its fault energy is, BPFO leads; "
     "where BSF leads (4-8 kHz) its energy is below the healthy record's. Squared envelope, "
     "fast-kurtogram band selection, cepstral and AR pre-whitening, peak/background ratios do "
-    "not name BSF either (tests/features/cwru_envelope_methods.py prints the table); BSF "
+    "not name BSF either (tests/models/dsp/cwru_envelope_methods.py prints the table); BSF "
     "with FTF sidebands leads only with >= 4 harmonics, by 6-30 %: not a robust diagnosis"))
 def test_cwru_ball_file_named_bsf(data_dir: Path) -> None:
     ball = energies(data_dir, FILES["ball"])

@@ -15,9 +15,9 @@ from scipy.io import wavfile
 from edge_agent.confkit import ConfigError, build
 from edge_agent.drivers.base import Driver, DriverError
 from edge_agent.drivers.replay import Config, ReplayDriver, create
-from edge_agent.models.envelope import DEFECTS
-from edge_agent.models.extract import VibrationConfig, make_extractor
-from edge_agent.models.windowing import Windower
+from edge_agent.models.dsp.envelope import DEFECTS
+from edge_agent.models.dsp.extract import VibrationConfig, make_extractor
+from edge_agent.models.dsp.windowing import Windower
 from edge_agent.records import Reading, WaveformBlock, parse_ts
 
 T0 = "2026-11-27T10:00:00Z"

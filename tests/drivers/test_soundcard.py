@@ -232,7 +232,7 @@ async def test_missing_device_lists_the_inputs(monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_crystal_drift_is_slewed_toward_the_stream_clock() -> None:
-    from edge_agent.models.windowing import Windower
+    from edge_agent.models.dsp.windowing import Windower
     d, made = make(buffer_seconds=1.0)
     await d.open()
     s = made[0]

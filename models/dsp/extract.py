@@ -28,17 +28,17 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.confkit import field
-from edge_agent.models import features as ft
-from edge_agent.models.envelope import ENVELOPE_NAMES, BearingGeometry, envelope_energies
-from edge_agent.models.mfcc import MFCC
-from edge_agent.models.windowing import Window
+from edge_agent.errors import FeatureError
+from edge_agent.models.dsp import features as ft
+from edge_agent.models.dsp.envelope import ENVELOPE_NAMES, BearingGeometry, envelope_energies
+from edge_agent.models.dsp.mfcc import MFCC
+from edge_agent.models.dsp.spectrum import scratch
+from edge_agent.models.dsp.windowing import Window
+
+__all__ = ["Extractor", "FeatureError", "SoundConfig", "VibrationConfig", "make_extractor"]
 
 F64 = npt.NDArray[np.float64]
 FeatureGroup = Literal["basic", "iso", "envelope"]
-
-
-class FeatureError(ValueError):
-    """A window the extractor cannot turn into finite features (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class _Base:
 
     def _channel(self, windows: Sequence[Window], ci: int) -> F64:
         """One channel of the windows as a contiguous ``(n_windows, window)`` scratch array."""
-        out: F64 = ft.scratch("gather", len(windows), self.window)
+        out: F64 = scratch("gather", len(windows), self.window)
         for i, w in enumerate(windows):
             out[i] = w.samples[:, ci]
         return out

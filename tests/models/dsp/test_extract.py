@@ -11,14 +11,14 @@ import pytest
 import scipy.stats
 
 from edge_agent.confkit import ConfigError, build
-from edge_agent.models.extract import (
+from edge_agent.models.dsp.extract import (
     FeatureError,
     SoundConfig,
     VibrationConfig,
     make_extractor,
 )
-from edge_agent.models.features import BASIC_NAMES
-from edge_agent.models.windowing import Window, Windower
+from edge_agent.models.dsp.features import BASIC_NAMES
+from edge_agent.models.dsp.windowing import Window, Windower
 from edge_agent.records import WaveformBlock
 
 BEARING = {"n_balls": 9, "ball_diameter": 0.3126, "pitch_diameter": 1.537}
@@ -137,7 +137,7 @@ def test_sound_extractor_names_and_values() -> None:
     assert names[:2] == ("m0_mfcc_mean_0", "m0_mfcc_mean_1") and names[13] == "m0_mfcc_std_0"
     assert len(names) == 52 and names[26] == "m1_mfcc_mean_0"
     d = ex(win(y, 16000.0, ("m0", "m1")))
-    from edge_agent.models.mfcc import MFCC
+    from edge_agent.models.dsp.mfcc import MFCC
     m = MFCC(16000.0, n_mfcc=13)(y[:, 1]).astype(np.float64)
     assert d["m1_mfcc_mean_4"] == pytest.approx(m[4].mean(), rel=1e-9)
     assert d["m1_mfcc_std_12"] == pytest.approx(m[12].std(), rel=1e-9)

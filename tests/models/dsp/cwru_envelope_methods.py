@@ -1,6 +1,6 @@
 """Evidence for the CWRU ball-fault xfail: envelope-analysis variants on the four CWRU files.
 
-Not a test (not collected): run ``.venv/bin/python tests/features/cwru_envelope_methods.py``.
+Not a test (not collected): run ``.venv/bin/python tests/models/dsp/cwru_envelope_methods.py``.
 Every method is applied identically to all four files (drive end, 32768-sample windows, 50 %
 overlap, energies averaged over windows). Per file it prints the highest of BPFO/BPFI/BSF
 (O/I/B), the ratio of the highest to the second, and the file's highest energy over the healthy
@@ -25,7 +25,7 @@ import scipy.io
 import scipy.linalg
 import scipy.signal
 
-from edge_agent.models.envelope import BearingGeometry, defect_frequencies
+from edge_agent.models.dsp.envelope import BearingGeometry, defect_frequencies
 
 F64 = npt.NDArray[np.float64]
 C128 = npt.NDArray[np.complex128]

@@ -13,7 +13,7 @@ import pytest
 from scipy.fft import dct
 from scipy.io import wavfile
 
-from edge_agent.models.mfcc import (
+from edge_agent.models.dsp.mfcc import (
     MFCC,
     dct2_ortho_matrix,
     hann_periodic,
@@ -131,7 +131,7 @@ def test_bad_parameters() -> None:
 
 def test_daemon_path_never_imports_librosa_or_numba() -> None:
     code = ("import sys, numpy as np\n"
-            "from edge_agent.models import extract, mfcc, features, envelope, windowing\n"
+            "from edge_agent.models.dsp import extract, mfcc, features, envelope, windowing\n"
             "ex = extract.make_extractor(extract.SoundConfig(), 16000.0, ('m',), 16000, 8000)\n"
             "mfcc.mfcc(np.zeros(16000, np.float32), 16000)\n"
             "bad = [m for m in ('librosa', 'numba', 'scipy.stats', 'sklearn')\n"
