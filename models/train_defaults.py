@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy.typing as npt
 
 from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Windower
+from edge_agent.recordings import read_recording
 from edge_agent.records import WaveformBlock
 
 F64 = npt.NDArray[np.float64]
@@ -73,37 +73,6 @@ def data_dir(arg: str | None = None) -> Path:
         return Path(arg)
     env = os.environ.get("EDGE_AGENT_TEST_DATA")
     return Path(env) if env else HERE.parent.parent / "shared" / "data"
-
-
-def read_recording(path: Path | str, channel: str | int | None = None
-                   ) -> tuple[F64, float]:
-    """``(samples (n, c), sample_rate)`` from a CWRU ``.mat`` (``channel`` = key suffix, default
-    ``DE_time``; 12 kHz if the name holds ``12k``, else 48 kHz), a WAV/FLAC (``channel`` =
-    column index, default all) or an IMS ASCII file (20 kHz; ``channel`` = column index, default
-    all)."""
-    p = Path(path)
-    if p.suffix == ".mat":
-        import scipy.io as sio
-
-        d = sio.loadmat(p)
-        suffix = str(channel or "DE_time")
-        keys = [k for k in d if k.endswith(suffix)]
-        if len(keys) != 1:
-            raise ValueError(f"{p}: expected one *{suffix} signal, found {keys}")
-        return np.asarray(d[keys[0]], dtype=np.float64).reshape(-1, 1), cwru_rate(p)
-    if p.suffix.lower() in (".wav", ".flac"):
-        import soundfile as sf
-
-        x, sr = sf.read(p, dtype="float64", always_2d=True)
-        return (x if channel is None else x[:, [int(channel)]]), float(sr)
-    x = np.loadtxt(p, dtype=np.float64, ndmin=2)
-    return (x if channel is None else x[:, [int(channel)]]), 20000.0
-
-
-def cwru_rate(path: Path) -> float:
-    """CWRU sample rate from the file name, the replay driver's rule (drivers/replay.py):
-    ``12k`` anywhere in the name (any case) -> 12 kHz, else 48 kHz."""
-    return 12000.0 if re.search(r"12k", path.name, re.I) else 48000.0
 
 
 def features_of(spec: Spec, samples: F64, source: str = "replay", start: float = 0.0) -> F64:

@@ -27,10 +27,11 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.bearing import BearingGeometry
 from edge_agent.confkit import field
 from edge_agent.errors import FeatureError
 from edge_agent.models.dsp import features as ft
-from edge_agent.models.dsp.envelope import ENVELOPE_NAMES, BearingGeometry, envelope_energies
+from edge_agent.models.dsp.envelope import ENVELOPE_NAMES, envelope_energies
 from edge_agent.models.dsp.mfcc import MFCC
 from edge_agent.models.dsp.spectrum import scratch
 from edge_agent.models.dsp.windowing import Window

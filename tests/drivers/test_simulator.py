@@ -52,7 +52,7 @@ def test_outer_race_fault_shows_at_bpfo_in_envelope_after_onset() -> None:
     faulty = np.concatenate([o[0].samples[:, 0] for o in run(p, 4)])  # type: ignore[union-attr]
     assert stats.kurtosis(healthy) < 1.0 < 5.0 < stats.kurtosis(faulty)
     fs = 20_000
-    from edge_agent.models.dsp.envelope import defect_frequencies
+    from edge_agent.bearing import defect_frequencies
 
     bpfo = defect_frequencies(p.cfg.bearing, p.cfg.shaft_speed_rpm / 60)["bpfo"]
     sos = signal.butter(4, [2500, 4500], "bandpass", fs=fs, output="sos")

@@ -25,7 +25,7 @@ import scipy.io
 import scipy.linalg
 import scipy.signal
 
-from edge_agent.models.dsp.envelope import BearingGeometry, defect_frequencies
+from edge_agent.bearing import BearingGeometry, defect_frequencies
 
 F64 = npt.NDArray[np.float64]
 C128 = npt.NDArray[np.complex128]
