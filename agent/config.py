@@ -27,10 +27,10 @@ from edge_agent.confkit import (
     field,
 )
 from edge_agent.models.alerting import AlertConfig
+from edge_agent.models.commissioning import CommissioningConfig
 from edge_agent.models.drift import DriftConfig
 from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
-from edge_agent.models.training import CommissioningConfig
 from edge_agent.sync.buffer import BufferConfig
 from edge_agent.sync.contract import UploaderConfig
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import config
-from edge_agent.agent.analysis import Analysis
+from edge_agent.agent.analysis import Analysis, BaselineLearned
 from edge_agent.agent.pipeline import Pipeline
 from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverHealth, DriverOutput
@@ -196,7 +196,8 @@ def test_commissioning_learns_a_baseline_then_scores(tmp_path: Path) -> None:
         i += 1
         assert i < 200
     result = an.fit_baseline()
-    assert isinstance(result, Path) and result.is_relative_to(tmp_path / "models")
+    assert isinstance(result, BaselineLearned)  # a typed result, never Path | ModelError
+    assert result.path.is_relative_to(tmp_path / "models")
     events += an.baseline_done(result, t0)
     kinds = [e.kind for e in events]
     assert "baseline_learned" in kinds and "model_loaded" in kinds

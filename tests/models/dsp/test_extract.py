@@ -149,8 +149,8 @@ def test_sound_extractor_names_and_values() -> None:
 def test_envelope_contract_carries_shaft_speed_and_refuses_other_speed(tmp_path: Path) -> None:
     from sklearn.ensemble import IsolationForest
 
-    from edge_agent.models.export import export_bundle
     from edge_agent.models.onnx_score import ContractMismatch, Scorer
+    from edge_agent.models.training.export import export_bundle
 
     def ex(extra: dict[str, object]) -> Any:
         cfg = build(VibrationConfig, {"include": ["basic", "envelope"], "bearing": BEARING,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.errors import TrainingError
 from edge_agent.models.bundle import (
     KINDS,
     FeatureSummary,
@@ -40,11 +41,11 @@ QUANTILE_LEVELS: tuple[float, ...] = tuple(round(i / 20, 2) for i in range(21))
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 
-class UnsupportedModel(ModelError):
+class UnsupportedModel(TrainingError):
     """The estimator cannot be exported to a bundle."""
 
 
-class VerificationFailed(ModelError):
+class VerificationFailed(TrainingError):
     """ONNX and sklearn scores disagree beyond the tolerance."""
 
 
@@ -183,7 +184,11 @@ def _wrap_stock(model: Any, kind: str, offset: float) -> Any:
 
 def to_score_onnx(est: Any, n_features: int, *, fast: bool = True) -> tuple[bytes, dict[str, Any]]:
     """ONNX bytes computing the bundle score, and the manifest's ``score`` description."""
-    from edge_agent.models.fastforest import FoldError, fold_isolation_forest, split_pipeline
+    from edge_agent.models.training.fastforest import (
+        FoldError,
+        fold_isolation_forest,
+        split_pipeline,
+    )
 
     kind = check_supported(est)
     out = "-score_samples" if kind == "IsolationForest" else "-decision_function"

@@ -22,7 +22,7 @@ The graph is ``X (float32, [N, F]) -> TreeEnsembleRegressor -> Exp -> score ([N,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -128,36 +128,42 @@ def _node_depths(left: npt.NDArray[np.int64], right: npt.NDArray[np.int64]
     return depth
 
 
-def fold_isolation_forest(forest: Any, affine: Affine | None = None) -> onnx.ModelProto:
-    """Build the single-op ONNX graph for a fitted ``IsolationForest`` (see module doc)."""
+def _check_forest(forest: Any, affine: Affine | None) -> float:
+    """Refuse what cannot be folded; the factor turning leaf path lengths into exponents."""
     if type(forest).__name__ != "IsolationForest" or not hasattr(forest, "estimators_"):
         raise FoldError(f"expected a fitted IsolationForest, got {type(forest).__name__}")
     n_features = int(forest.n_features_in_)
-    trees = list(forest.estimators_)
-    feats = list(forest.estimators_features_)
     max_samples = float(forest._max_samples if hasattr(forest, "_max_samples")
                         else forest.max_samples_)
-    denom = len(trees) * float(average_path_length(np.array([max_samples]))[0])
-    if not trees or denom <= 0:
+    denom = len(forest.estimators_) * float(average_path_length(np.array([max_samples]))[0])
+    if not forest.estimators_ or denom <= 0:
         raise FoldError("degenerate IsolationForest (no trees or max_samples < 2)")
     if affine is not None:
         if affine.mean.shape != (n_features,) or affine.scale.shape != (n_features,):
             raise FoldError("scaler shape does not match the forest's input")
         if not np.all(affine.scale > 0) or not np.all(np.isfinite(affine.scale)):
             raise FoldError("scaler has non-positive or non-finite scale; cannot fold")
-    factor = -math.log(2.0) / denom
+    return -math.log(2.0) / denom
 
-    tree_ids: list[npt.NDArray[np.int64]] = []
-    node_ids: list[npt.NDArray[np.int64]] = []
-    feat_ids: list[npt.NDArray[np.int64]] = []
-    values: list[npt.NDArray[np.float32]] = []
-    modes: list[str] = []
-    true_ids: list[npt.NDArray[np.int64]] = []
-    false_ids: list[npt.NDArray[np.int64]] = []
-    leaf_tree: list[npt.NDArray[np.int64]] = []
-    leaf_node: list[npt.NDArray[np.int64]] = []
-    leaf_w: list[npt.NDArray[np.float64]] = []
-    for k, (est, cols) in enumerate(zip(trees, feats, strict=True)):
+
+@dataclass
+class _Ensemble:
+    """The TreeEnsembleRegressor attributes, accumulated tree by tree."""
+
+    factor: float
+    affine: Affine | None
+    tree_ids: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    node_ids: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    feat_ids: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    values: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
+    true_ids: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    false_ids: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    leaf_tree: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    leaf_node: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    leaf_w: list[npt.NDArray[np.float64]] = field(default_factory=list)
+
+    def add_tree(self, k: int, est: Any, cols: Any) -> None:
         t = est.tree_
         left = np.asarray(t.children_left, dtype=np.int64)
         right = np.asarray(t.children_right, dtype=np.int64)
@@ -167,45 +173,56 @@ def fold_isolation_forest(forest: Any, affine: Affine | None = None) -> onnx.Mod
         cols_arr = np.asarray(cols, dtype=np.int64)
         gfeat = np.where(is_leaf, 0, cols_arr[np.where(is_leaf, 0, t.feature)])
         thr = np.asarray(t.threshold, dtype=np.float64)
-        if affine is None:
+        if self.affine is None:
             cut = _floor_f32(np.where(is_leaf, 0.0, thr))
         else:
-            cut = fold_thresholds(np.where(is_leaf, 0.0, thr), affine.mean[gfeat],
-                                  affine.scale[gfeat])
+            cut = fold_thresholds(np.where(is_leaf, 0.0, thr), self.affine.mean[gfeat],
+                                  self.affine.scale[gfeat])
         cut[is_leaf] = 0.0
-        tree_ids.append(np.full(n, k, dtype=np.int64))
-        node_ids.append(np.arange(n, dtype=np.int64))
-        feat_ids.append(gfeat)
-        values.append(cut)
-        modes.extend("LEAF" if lf else "BRANCH_LEQ" for lf in is_leaf)
-        true_ids.append(np.where(is_leaf, 0, left))
-        false_ids.append(np.where(is_leaf, 0, right))
+        self.tree_ids.append(np.full(n, k, dtype=np.int64))
+        self.node_ids.append(np.arange(n, dtype=np.int64))
+        self.feat_ids.append(gfeat)
+        self.values.append(cut)
+        self.modes.extend("LEAF" if lf else "BRANCH_LEQ" for lf in is_leaf)
+        self.true_ids.append(np.where(is_leaf, 0, left))
+        self.false_ids.append(np.where(is_leaf, 0, right))
         leaves = np.flatnonzero(is_leaf)
         path = depth[leaves] + average_path_length(
             np.asarray(t.n_node_samples, dtype=np.float64)[leaves])
-        leaf_tree.append(np.full(leaves.shape[0], k, dtype=np.int64))
-        leaf_node.append(leaves)
-        leaf_w.append(path * factor)
+        self.leaf_tree.append(np.full(leaves.shape[0], k, dtype=np.int64))
+        self.leaf_node.append(leaves)
+        self.leaf_w.append(path * self.factor)
 
-    def cat(xs: list[Any]) -> list[Any]:
-        return [x.item() for x in np.concatenate(xs)]
+    def node(self) -> onnx.NodeProto:
+        def cat(xs: list[Any]) -> list[Any]:
+            return [x.item() for x in np.concatenate(xs)]
 
-    n_nodes = sum(x.shape[0] for x in node_ids)
-    n_leaves = sum(x.shape[0] for x in leaf_node)
-    ens = helper.make_node(
-        "TreeEnsembleRegressor", [INPUT_NAME], ["exponent"], domain="ai.onnx.ml",
-        name="isolation_forest_folded", n_targets=1, aggregate_function="SUM",
-        post_transform="NONE",
-        nodes_treeids=cat(tree_ids), nodes_nodeids=cat(node_ids),
-        nodes_featureids=cat(feat_ids), nodes_values=cat(values), nodes_modes=modes,
-        nodes_truenodeids=cat(true_ids), nodes_falsenodeids=cat(false_ids),
-        nodes_missing_value_tracks_true=[0] * n_nodes,
-        target_treeids=cat(leaf_tree), target_nodeids=cat(leaf_node),
-        target_ids=[0] * n_leaves, target_weights=cat(leaf_w),
-    )
+        n_nodes = sum(x.shape[0] for x in self.node_ids)
+        n_leaves = sum(x.shape[0] for x in self.leaf_node)
+        return helper.make_node(
+            "TreeEnsembleRegressor", [INPUT_NAME], ["exponent"], domain="ai.onnx.ml",
+            name="isolation_forest_folded", n_targets=1, aggregate_function="SUM",
+            post_transform="NONE",
+            nodes_treeids=cat(self.tree_ids), nodes_nodeids=cat(self.node_ids),
+            nodes_featureids=cat(self.feat_ids), nodes_values=cat(self.values),
+            nodes_modes=self.modes, nodes_truenodeids=cat(self.true_ids),
+            nodes_falsenodeids=cat(self.false_ids),
+            nodes_missing_value_tracks_true=[0] * n_nodes,
+            target_treeids=cat(self.leaf_tree), target_nodeids=cat(self.leaf_node),
+            target_ids=[0] * n_leaves, target_weights=cat(self.leaf_w),
+        )
+
+
+def fold_isolation_forest(forest: Any, affine: Affine | None = None) -> onnx.ModelProto:
+    """Build the single-op ONNX graph for a fitted ``IsolationForest`` (see module doc)."""
+    ens = _Ensemble(_check_forest(forest, affine), affine)
+    n_features = int(forest.n_features_in_)
+    for k, (est, cols) in enumerate(zip(forest.estimators_, forest.estimators_features_,
+                                        strict=True)):
+        ens.add_tree(k, est, cols)
     exp = helper.make_node("Exp", ["exponent"], [OUTPUT_NAME], name="to_score")
     graph = helper.make_graph(
-        [ens, exp], "isolation_forest_fast",
+        [ens.node(), exp], "isolation_forest_fast",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, n_features])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, 1])],
     )

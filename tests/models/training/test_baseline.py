@@ -8,17 +8,13 @@ import numpy as np
 import pytest
 
 from edge_agent.models.bundle import ModelError, load_bundle
+from edge_agent.models.commissioning import Commissioner, CommissioningConfig, commissioning_event
 from edge_agent.models.drift import DriftConfig, DriftMonitor
 from edge_agent.models.onnx_score import Scorer
-from edge_agent.models.training import (
-    Commissioner,
-    CommissioningConfig,
-    commissioning_event,
-    fit_baseline,
-)
+from edge_agent.models.training.baseline import fit_baseline
 from edge_agent.records import FeatureVector
 
-from .conftest import CONTRACT, NAMES, training_matrix
+from ..conftest import CONTRACT, NAMES, training_matrix
 
 
 def test_fit_baseline_with_constant_feature_and_bad_rows(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 """Train and export the shipped default bundles; print ROC-AUC on held-out real data.
 
-    python -m edge_agent.models.train_defaults [--data DIR] [--out DIR] [--only NAME ...]
+A developer tool, not part of the installed package (it needs the ``[train]`` extra and the
+shared recordings). From the repository root::
+
+    .venv/bin/python tests/tools/train_defaults.py [--data DIR] [--out DIR] [--only NAME ...]
 
 Bundles (written to ``models/bundles/<name>/``, normal data only in training):
 
@@ -17,10 +20,11 @@ Bundles (written to ``models/bundles/<name>/``, normal data only in training):
   simulator's default pipelines use. AUC: the scripted outer-race fault at severity >= 0.5 vs
   held-out healthy windows.
 
-Each pipeline's settings are in :data:`SPECS`; the ``[[pipelines]]`` entry that fits a bundle is
-printed after training (the contract check refuses the model under any other settings).
-Recordings are read by :func:`read_recording` (``.mat`` CWRU, ``.wav``/``.flac`` and IMS ASCII),
-which ``edge-agent models train --from-files`` also uses.
+Each pipeline's settings are in :data:`edge_agent.models.builtin.SPECS`; the ``[[pipelines]]``
+entry that fits a bundle is printed after training (the contract check refuses the model under
+any other settings). Recordings are read by :func:`edge_agent.recordings.read_recording` and
+turned into feature matrices by :func:`edge_agent.models.chain.features_of` (the daemon's own
+chain), as ``edge-agent models train --from-files`` does.
 """
 
 from __future__ import annotations
@@ -29,41 +33,24 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig, make_extractor
-from edge_agent.models.dsp.windowing import Windower
+from edge_agent.models.builtin import BUNDLES, SPECS
+from edge_agent.models.chain import features_of
+from edge_agent.models.dsp.extract import VibrationConfig
+from edge_agent.models.spec import Spec, names_contract
 from edge_agent.recordings import read_recording
 from edge_agent.records import WaveformBlock
 
+__all__ = ["BUNDLES", "SPECS", "features_of", "main", "names_contract", "read_recording",
+           "roc_auc", "simulator_features"]
+
 F64 = npt.NDArray[np.float64]
-HERE = Path(__file__).resolve().parent
-BUNDLES = HERE / "bundles"
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    features: VibrationConfig | SoundConfig
-    window: int
-    hop: int
-    sample_rate: float
-    channels: tuple[str, ...]
-
-
-SPECS: dict[str, Spec] = {
-    "vibration_cwru_de": Spec("vibration_cwru_de", VibrationConfig(), 2048, 1024, 48000.0,
-                              ("de",)),
-    "sound_mimii_fan": Spec("sound_mimii_fan", SoundConfig(), 16000, 8000, 16000.0, ("mic",)),
-    "vibration_simulator": Spec("vibration_simulator", VibrationConfig(), 2048, 1024, 20000.0,
-                                ("h", "v")),
-    "sound_simulator": Spec("sound_simulator", SoundConfig(), 8192, 4096, 16000.0, ("mic",)),
-}
+REPO = Path(__file__).resolve().parents[2]
 
 
 # -- recordings -------------------------------------------------------------------------------
@@ -72,22 +59,7 @@ def data_dir(arg: str | None = None) -> Path:
     if arg:
         return Path(arg)
     env = os.environ.get("EDGE_AGENT_TEST_DATA")
-    return Path(env) if env else HERE.parent.parent / "shared" / "data"
-
-
-def features_of(spec: Spec, samples: F64, source: str = "replay", start: float = 0.0) -> F64:
-    """Cut ``samples`` into the spec's windows and extract the feature matrix."""
-    ext = make_extractor(spec.features, spec.sample_rate, spec.channels, spec.window, spec.hop)
-    win = Windower(spec.window, spec.hop)
-    block = WaveformBlock(source, spec.sample_rate, spec.channels, start,
-                          np.ascontiguousarray(samples, dtype=np.float64))
-    windows = win.push(block)
-    return ext.batch(windows) if windows else np.empty((0, len(ext.names())))
-
-
-def names_contract(spec: Spec) -> tuple[tuple[str, ...], dict[str, object]]:
-    ext = make_extractor(spec.features, spec.sample_rate, spec.channels, spec.window, spec.hop)
-    return ext.names(), ext.contract()
+    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def roc_auc(normal: Sequence[float] | F64, anomalous: Sequence[float] | F64) -> float:
@@ -110,7 +82,7 @@ def roc_auc(normal: Sequence[float] | F64, anomalous: Sequence[float] | F64) -> 
 # -- the bundles ------------------------------------------------------------------------------
 
 def _fit(spec: Spec, X: F64, out: Path, kind: str, source: Mapping[str, object]) -> Path:
-    from edge_agent.models.training import fit_baseline
+    from edge_agent.models.training.baseline import fit_baseline
 
     names, contract = names_contract(spec)
     return fit_baseline(X, names, contract, out / spec.name, name=spec.name, version="1",
@@ -160,14 +132,14 @@ def _iforest(X: F64) -> object:
 
 
 def _sk_scores(est: object, X: F64) -> F64:
-    from edge_agent.models.export import sklearn_scores
+    from edge_agent.models.training.export import sklearn_scores
 
     return sklearn_scores(est, X)
 
 
 def train_mimii(data: Path, out: Path) -> dict[str, float]:
     """OneClassSVM on the MFCC summaries (it beats IsolationForest here in 3-fold CV)."""
-    from edge_agent.models.export import export_bundle
+    from edge_agent.models.training.export import export_bundle
 
     spec = SPECS["sound_mimii_fan"]
     root = data / "mimii" / "fan_id_00"
@@ -269,7 +241,7 @@ def pipeline_toml(spec: Spec, source: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edge_agent.models.train_defaults",
+    ap = argparse.ArgumentParser(prog="tests/tools/train_defaults.py",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="recordings folder (default $EDGE_AGENT_TEST_DATA or "
                                    "../shared/data)")

@@ -12,17 +12,17 @@ from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-from edge_agent.models import export as export_mod
 from edge_agent.models.bundle import ModelError
-from edge_agent.models.export import (
+from edge_agent.models.onnx_score import Scorer
+from edge_agent.models.training import export as export_mod
+from edge_agent.models.training.export import (
     UnsupportedModel,
     VerificationFailed,
     export_bundle,
     load_sklearn,
 )
-from edge_agent.models.onnx_score import Scorer
 
-from .conftest import CONTRACT, NAMES, training_matrix
+from ..conftest import CONTRACT, NAMES, training_matrix
 
 
 def scorer(path: Path) -> Scorer:

@@ -11,16 +11,16 @@ from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from edge_agent.models.export import stock_onnx
-from edge_agent.models.fastforest import (
+from edge_agent.models.onnx_score import session_options
+from edge_agent.models.training.export import stock_onnx
+from edge_agent.models.training.fastforest import (
     FoldError,
     fold_isolation_forest,
     fold_thresholds,
     split_pipeline,
 )
-from edge_agent.models.onnx_score import session_options
 
-from .conftest import training_matrix
+from ..conftest import training_matrix
 
 
 def run(model_bytes: bytes, X: np.ndarray, output: str = "score") -> np.ndarray:

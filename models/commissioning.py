@@ -1,77 +1,56 @@
-"""Baseline learning on site: fit scaler + IsolationForest on this asset's own features.
+"""Commissioning: learn this asset's own baseline before scoring.
 
-:func:`fit_baseline` is the one entry point (used by commissioning mode, ``edge-agent models
-train`` and ``train_defaults``): it drops non-finite rows, fits ``StandardScaler`` +
-``IsolationForest``, exports through the same verified path as ``models export`` and picks the
-threshold as a quantile of the training scores. sklearn is imported inside the functions only.
+:class:`Commissioner` collects the feature vectors of one pipeline for a configured period or
+count; the chain (:mod:`edge_agent.models.chain`) runs :meth:`Commissioner.fit` in a worker
+thread, loads the bundle and records the event built by :func:`commissioning_event`.
 
-:class:`Commissioner` collects feature vectors of one pipeline for a configured period or count;
-the agent runs ``fit`` in a worker thread, loads the bundle and raises the event built by
-:func:`commissioning_event`.
+Collecting needs numpy only; fitting needs the ``[train]`` extra (scikit-learn, skl2onnx, onnx):
+:func:`require_train_extra` refuses a commissioning pipeline at start when it is missing, with
+the message of :class:`~edge_agent.errors.TrainExtraMissing`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.confkit import Duration, field
-from edge_agent.models.bundle import ModelError
+from edge_agent.errors import TrainExtraMissing
 from edge_agent.records import Event, FeatureVector
 
 MIN_ROWS = 32
 
+# import name -> distribution name, for everything the ``[train]`` extra installs
+TRAIN_EXTRA: tuple[tuple[str, str], ...] = (
+    ("sklearn", "scikit-learn"), ("skl2onnx", "skl2onnx"), ("onnx", "onnx"),
+    ("joblib", "joblib"),
+)
 
-def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, object],
-                 out_dir: Path | str, *, name: str, quantile: float = 0.995, seed: int = 0,
-                 n_estimators: int = 100, max_samples: int | str = "auto",
-                 version: str | None = None, kind: str | None = None,
-                 units: Mapping[str, str] | None = None,
-                 source: Mapping[str, Any] | None = None, holdout_fraction: float = 0.2,
-                 private_key: bytes | None = None) -> Path:
-    """Fit ``StandardScaler`` + ``IsolationForest`` on ``X`` and write a verified bundle.
 
-    ``out_dir`` is the bundle's own path: a directory (replaced atomically if it exists) or an
-    archive name ending in .tar.gz/.zip. The threshold is the ``quantile`` of the training
-    rows' scores. The last ``holdout_fraction`` of rows is kept out of fitting and used, with
-    synthetic out-of-range rows, to check ONNX against sklearn. Returns the bundle path.
-    """
-    from sklearn.ensemble import IsolationForest
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+def missing_train_extra() -> str | None:
+    """The first distribution of the ``[train]`` extra that is not installed, or None
+    (looked up without importing anything)."""
+    for module, dist in TRAIN_EXTRA:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return dist
+    return None
 
-    from edge_agent.models.export import export_bundle
 
-    A = np.asarray(X, dtype=np.float64)
-    if A.ndim != 2 or A.shape[1] != len(names):
-        raise ModelError(f"feature matrix must be (n, {len(names)}), got {A.shape}")
-    ok: npt.NDArray[np.bool_] = np.asarray(np.isfinite(A).all(axis=1))
-    A = A[ok]
-    if len(A) < MIN_ROWS:
-        raise ModelError(f"baseline needs at least {MIN_ROWS} finite feature vectors, "
-                         f"got {len(A)} (of {len(ok)})")
-    if not 0.5 <= quantile < 1.0:
-        raise ModelError("threshold quantile must be in [0.5, 1)")
-    n_hold = int(len(A) * holdout_fraction) if len(A) >= 5 * MIN_ROWS else 0
-    fit_rows, hold_rows = (A[:-n_hold], A[-n_hold:]) if n_hold else (A, A)
-    pipe = Pipeline([
-        ("scaler", StandardScaler()),
-        ("forest", IsolationForest(n_estimators=n_estimators, max_samples=max_samples,
-                                   random_state=seed)),
-    ]).fit(fit_rows)
-    src: dict[str, Any] = {"kind": "baseline", "rows": len(A), "fit_rows": len(fit_rows),
-                           "dropped_non_finite": int((~ok).sum()), "seed": seed,
-                           "n_estimators": n_estimators}
-    src.update(source or {})
-    return export_bundle(pipe, fit_rows, names, contract, out_dir, name=name, version=version,
-                         kind=kind, units=units, quantile=quantile, X_holdout=hold_rows,
-                         source=src, seed=seed, private_key=private_key)
+def require_train_extra() -> None:
+    """Raise :class:`TrainExtraMissing` unless the ``[train]`` extra is installed."""
+    missing = missing_train_extra()
+    if missing is not None:
+        raise TrainExtraMissing(missing)
 
 
 @dataclass(frozen=True)
@@ -99,8 +78,9 @@ class Commissioner:
     """Collects one pipeline's feature vectors, then fits its baseline bundle."""
 
     def __init__(self, cfg: CommissioningConfig, source_id: str, names: Sequence[str],
-                 contract: Mapping[str, object]) -> None:
+                 contract: Mapping[str, object], *, out_dir: Path | None = None) -> None:
         self.cfg = cfg
+        self.out_dir = out_dir if out_dir is not None else Path(cfg.out_dir)
         self.source_id = source_id
         self.names = tuple(names)
         self.contract = dict(contract)
@@ -138,11 +118,15 @@ class Commissioner:
         return np.array(self._rows, dtype=np.float64).reshape(-1, len(self.names))
 
     def fit(self, *, version: str | None = None) -> Path:
-        """Fit and export (CPU-heavy: run in a worker thread). Raises ``ModelError``."""
+        """Fit and export (CPU-heavy: run in a worker thread). Raises ``TrainingError``
+        (``TrainExtraMissing`` without the ``[train]`` extra)."""
+        require_train_extra()
+        from edge_agent.models.training.baseline import fit_baseline
+
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.source_id)
         name = f"baseline_{safe}"
         return fit_baseline(self.matrix(), self.names, self.contract,
-                            Path(self.cfg.out_dir) / name, name=name,
+                            self.out_dir / name, name=name,
                             quantile=self.cfg.quantile, seed=self.cfg.seed,
                             n_estimators=self.cfg.n_estimators, version=version,
                             source={"source_id": self.source_id, "skipped": self.skipped,
