@@ -5,7 +5,8 @@ refuses a whole put that holds a malformed record). :class:`ReadingGate`:
 
 * sanitises values (NaN/Inf → ``value = None``, quality 0, reason in metadata);
 * drops readings that cannot be stored or sent — empty or non-string ids, timestamps that are
-  not finite or not between 1970 and 2200 — counting them per sensor;
+  not finite or not between 1970 and the year 10000 (``edge_agent.timestamps``) — counting
+  them per sensor;
 * drops a reading whose ``(sensor_id, timestamp)`` was already admitted recently: a polled
   OPC-UA node returns the same SourceTimestamp until its value changes, and a reconnect
   re-delivers the last value. The backend's primary key is ``(timestamp, sensor_id)``, so such a
@@ -25,8 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge_agent.records import Event, Reading
+from edge_agent.timestamps import MAX_TS, MIN_TS
 
-_MAX_TS = 7_258_118_400.0  # 2200-01-01T00:00:00Z
 _RECENT = 8                  # timestamps remembered per sensor for the repeat check
 
 
@@ -75,7 +76,7 @@ def _malformed(r: Any) -> str | None:
         return "bad_type_or_unit"
     ts = r.timestamp
     if not isinstance(ts, numbers.Real) or isinstance(ts, bool) or not math.isfinite(ts) \
-            or not 0.0 <= ts < _MAX_TS:
+            or not MIN_TS <= ts < MAX_TS:
         return "bad_timestamp"
     if not isinstance(r.metadata, dict):
         return "bad_metadata"

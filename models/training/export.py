@@ -15,7 +15,6 @@ from __future__ import annotations
 import pickle
 import re
 import struct
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from edge_agent.models.bundle import (
     save_bundle,
     sha256_hex,
 )
+from edge_agent.timestamps import compact, now, second_text
 
 SUPPORTED = ("IsolationForest", "OneClassSVM")
 QUANTILE_LEVELS: tuple[float, ...] = tuple(round(i / 20, 2) for i in range(21))
@@ -308,14 +308,14 @@ def export_bundle(est: Any, X_train: npt.ArrayLike, names: Sequence[str],
     ref_X = _reference_rows(Xt, train_scores)
     ref_s = onnx_scores(onnx_bytes, ref_X)
     manifest = Manifest(
-        name=name, version=version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+        name=name, version=version or compact(),
         kind=kind, features=feature_specs(names, units), extractor=contract,
         score=score_info, thresholds={"anomaly": float(threshold)},
         training=training_summary(Xt, names), quantile_levels=QUANTILE_LEVELS,
         references=tuple(Reference(tuple(float(v) for v in x), float(s))
                          for x, s in zip(ref_X, ref_s, strict=True)),
         onnx_sha256=sha256_hex(onnx_bytes),
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        created=f"{second_text(int(now()))}Z",
         source=normalise(dict(source or {})), n_training_rows=len(Xt),
     )
     path = save_bundle(out, manifest, onnx_bytes, private_key=private_key)
