@@ -5,8 +5,9 @@ acknowledgement). All SQLite work happens in one dedicated writer thread that ow
 connection and serializes the records (:mod:`.convert`, :mod:`.pack`); puts queued while a
 commit is in flight are committed together (group commit: up to ``commit_rows`` rows; a group
 of fewer than 1000 rows lingers up to ``commit_interval`` for more), so the event loop never
-waits on fsync and many small puts share one transaction. The uploader's batch bookkeeping
-runs on the same thread (see :meth:`Buffer.call`), so there is exactly one writer.
+waits on fsync and many small puts share one transaction. The sinks' delivery transactions
+(:meth:`Buffer.sink`, :class:`.sinks.SinkHandle`) run on the same thread, so there is exactly
+one writer.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from edge_agent.backoff import Backoff
 from edge_agent.confkit import ByteSize, Duration, field
 from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 
 from . import schema
 from .convert import Converted, convert, event_body
+from .delivery import Table
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
+from .sinks import SinkHandle, check_sink
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,8 @@ T = TypeVar("T")
 __all__ = ["Buffer", "BufferClosed", "BufferConfig", "BufferUnavailable"]
 
 SQLITE_FULL = 13
+# Retrying a failing disk (full, I/O errors): the agent's one backoff policy.
+DISK_RETRY = Backoff(initial=0.2, maximum=30.0)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,8 @@ class Buffer:
         self._closed = False
         self._own_events: list[Event] = []
         self._next_house = 0.0
-        self.data_event = asyncio.Event()
+        self._handles: dict[str, SinkHandle] = {}
+        self._last_ts: dict[str, int] = {}
         self.moved_aside: list[str] = []
         self.disk_errors = 0
         self._disk_episode = False
@@ -113,12 +120,48 @@ class Buffer:
     # -- async API ------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.data_event = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._thread.start()
         await self._opened
-        self.data_event.set()
+        for h in self._handles.values():
+            h.registered = self._register(h)
+        self.wake()
+
+    def sink(self, name: str, tables: Iterable[Table], key_prefix: str | None = None
+             ) -> SinkHandle:
+        """Register the named sink consuming ``tables`` and return its handle (the same handle
+        for the same name). Register every sink before running any: a row is deleted once
+        every *registered* consumer of its table has delivered it. A sink new to this database
+        sees the rows still buffered; a known one resumes where it stopped. ``key_prefix``
+        (default: the name) starts its batch keys: ``<key_prefix>:<db epoch>:<batch id>``."""
+        wanted = frozenset(tables)
+        h = self._handles.get(name)
+        if h is not None:
+            if h.tables != wanted or h.key_prefix != (key_prefix or name):
+                raise ValueError(f"sink {name!r} is already registered with other tables or "
+                                 "key prefix")
+            return h
+        check_sink(name, wanted, key_prefix or name)
+        h = self._handles[name] = SinkHandle(self, name, wanted, key_prefix or name)
+        if self._loop is not None and not self._closed:
+            h.registered = self._register(h)
+        return h
+
+    def _register(self, h: SinkHandle) -> asyncio.Future[None]:
+        return self.submit(lambda s: s.register(h.name, h.tables))
+
+    def wake(self, tables: Iterable[str] = ("events", "features", "readings")) -> None:
+        """Tell the sinks consuming ``tables`` that there is new data (event loop thread)."""
+        hit = set(tables)
+        for h in self._handles.values():
+            if h.tables & hit:
+                h.data.set()
+
+    @property
+    def last_timestamps(self) -> dict[str, int]:
+        """The newest reading timestamp (µs) committed per sensor_id, as read at start."""
+        return dict(self._last_ts)
 
     async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
         """Commit ``records``; returns once they are durable in the buffer (the ack)."""
@@ -149,7 +192,7 @@ class Buffer:
             s.recount()
             return n
         n = await self.call(go)
-        self.data_event.set()
+        self.wake()
         return n
 
     async def close(self) -> None:
@@ -226,6 +269,7 @@ class Buffer:
             self._resolve(self._opened, exc=exc)
             return
         self._store = store
+        self._last_ts = store.last_timestamps()
         self._dropped_snap = store.dropped_by_sensor()
         self._used = store.used_bytes()
         self._resolve(self._opened)
@@ -297,8 +341,11 @@ class Buffer:
         for put in ok:
             self._resolve(put.fut)
         if rows.n_rows and self._loop is not None:
+            tables = [t for t, n in (("events", len(rows.events)),
+                                     ("features", len(rows.features)),
+                                     ("readings", rows.n_readings)) if n]
             try:
-                self._loop.call_soon_threadsafe(self.data_event.set)
+                self._loop.call_soon_threadsafe(self.wake, tables)
             except RuntimeError:
                 pass
 
@@ -308,7 +355,7 @@ class Buffer:
         Returns the disk error only when closing while the disk still fails: once close() has
         been called, each group gets one more try and is then given up (its puts fail, nothing
         is acknowledged), so close() returns in bounded time."""
-        delay = 0.2
+        retrier = DISK_RETRY.retrier()
         while True:
             own = [event_body(e) for e in self._own_events]
             try:
@@ -316,7 +363,7 @@ class Buffer:
             except sqlite3.Error as exc:
                 self._disk_error(store, exc)
                 # Back-pressure: puts wait while we retry; close() interrupts the wait.
-                if self._stopping.wait(delay):
+                if self._stopping.wait(retrier.next_delay()):
                     try:
                         store.insert(Converted(rows.readings, rows.features, rows.events + own))
                     except sqlite3.Error as again:
@@ -324,7 +371,6 @@ class Buffer:
                         return again
                     self._own_events.clear()
                     return None
-                delay = min(delay * 2, 30.0)
                 continue
             self._own_events.clear()
             if self._disk_episode:

@@ -59,7 +59,7 @@ async def test_v1_database_migrates_and_delivers_exactly_once(tmp_path: Path,
     await b.start()
     assert b.stats()["rows_queued"] == {"events": 1, "features": 1, "readings": 1000}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST == 3
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'readings_v1'"
                         ).fetchone()[0] == 0
     conn.close()
