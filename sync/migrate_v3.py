@@ -25,14 +25,15 @@ GATE = "CREATE TABLE gate(src INTEGER PRIMARY KEY, us INTEGER NOT NULL)"
 
 def _rebuild(conn: sqlite3.Connection, table: str, pending: list[int]) -> int:
     """Rebuild ``table`` with AUTOINCREMENT ids; returns the last id assigned to a batch."""
-    marks = ",".join("?" * len(pending)) or "NULL"
     conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v2")
     conn.execute(_TABLE.format(t=table))
+    assigned = f"batch IN ({','.join('?' * len(pending))})" if pending else "0"
     conn.execute(f"INSERT INTO {table}(id, ts, body) SELECT id, ts, body FROM {table}_v2 "
-                 f"WHERE batch IN ({marks}) ORDER BY id", pending)
+                 f"WHERE {assigned} ORDER BY id", pending)
     last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+    # the rest (unassigned; rows of a batch no longer pending, never expected) after them
     conn.execute(f"INSERT INTO {table}(ts, body) SELECT ts, body FROM {table}_v2 "
-                 f"WHERE batch IS NULL OR batch NOT IN ({marks}) ORDER BY id", pending)
+                 f"WHERE batch IS NULL OR NOT ({assigned}) ORDER BY id", pending)
     conn.execute(f"DROP TABLE {table}_v2")
     return int(last)
 

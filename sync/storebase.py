@@ -118,10 +118,11 @@ class StoreBase:
         """``(lo, hi)`` of ``col`` (``events``, ``features``, ``readings``) of every pending
         batch of every sink not in ``exclude``: rows nobody may delete or drop."""
         skip = list(exclude)
-        marks = ",".join("?" * len(skip)) or "NULL"
+        # (never "NOT IN (NULL)": that is NULL, i.e. false, for every row)
+        but = f" AND sink NOT IN ({','.join('?' * len(skip))})" if skip else ""
         return [(int(a), int(b)) for a, b in self.conn.execute(
             f"SELECT lo_{col}, hi_{col} FROM batches WHERE state = 'pending' AND lo_{col} IS "
-            f"NOT NULL AND sink NOT IN ({marks})", skip)]
+            f"NOT NULL{but}", skip)]
 
     @staticmethod
     def _outside(ranges: list[tuple[int, int]]) -> tuple[str, list[int]]:

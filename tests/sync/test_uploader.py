@@ -469,3 +469,25 @@ async def test_zero_or_past_retry_after_still_backs_off(buffer: Buffer, rx: Inge
         assert await up.wait_until(lambda u: u.rows_sent == 10, 20)
     gaps = [b.time - a.time for a, b in zip(rx.requests, rx.requests[1:], strict=False)]
     assert len(gaps) == 3 and min(gaps) >= 0.09  # >= backoff_initial / 2, never 0
+
+
+async def test_one_old_row_among_new_ones_costs_none_of_them(tmp_path: Path,
+                                                              rx: IngestReceiver) -> None:
+    """Contract (409 row): a sample already stored (e.g. repeated after a restart) in a batch
+    of new ones draws 409 for the whole batch, which stores nothing of it; the batch is split
+    until the old row stands alone: every new row is stored, the old one is set aside and
+    counted."""
+    b = Buffer(tmp_path / "b.db", BufferConfig())
+    await b.start()
+    old = readings(1, t0=T0 + 5)
+    await b.put(old)
+    async with Running(b, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 1, 20)
+    new = readings(30, t0=T0)
+    await b.put([*new[:17], *old, *new[17:]])  # the gate bypassed: straight into the buffer
+    async with Running(b, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 31, 20)
+        assert up.stats()["rows_already_present"] == 1 and up.sent["conflict"] == 1
+    assert rx.conflicts >= 2 and rx.rows_stored == 31 and len(rx.readings) == 31
+    assert b.stats()["rows_queued_total"] == 0
+    await b.close()
