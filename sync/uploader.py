@@ -69,13 +69,13 @@ def api_key(cfg: UploaderConfig) -> str | RetryAfter:
 class HttpSink:
     """POST one batch, classify the answer. Implements :class:`~.delivery.PreparingSink`."""
 
-    name = SINK
-    tables = TABLES
-
     def __init__(self, cfg: UploaderConfig, gateway_id: str,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 emit: Emit | None = None) -> None:
+                 emit: Emit | None = None, name: str = SINK,
+                 tables: frozenset[Table] = TABLES) -> None:
         check_gateway_id(gateway_id)
+        self.name = name
+        self.tables = tables
         self.cfg = cfg
         self.gateway_id = gateway_id
         self._transport = transport
@@ -150,7 +150,7 @@ class HttpSink:
 
     async def _event(self, kind: str, severity: Severity, details: dict[str, Any]) -> None:
         if self._emit is not None:
-            await self._emit(Event(kind=kind, source_id=SINK, timestamp=now(),
+            await self._emit(Event(kind=kind, source_id=self.name, timestamp=now(),
                                    severity=severity, details=details))
 
     def _get_client(self) -> httpx.AsyncClient:
