@@ -139,7 +139,7 @@ def test_sigkill_campaign_two_sinks_exactly_once_each(tmp_path: Path, kills: int
     acked: set[tuple[str, str]] = set()
     with IngestReceiver(api_key=API_KEY) as rx, IngestReceiver(api_key=API_KEY) as mx:
         def cmd(drain: bool) -> list[str]:
-            return python_child(db, rx.url, drain) + ["--mirror-url", mx.url]
+            return [*python_child(db, rx.url, drain), "--mirror-url", mx.url]
 
         for i in range(kills):
             target = rx if i % 2 else mx
