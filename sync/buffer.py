@@ -33,13 +33,13 @@ from .delivery import Table
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
 from .sinks import SinkHandle, check_sink
+from .space import SpaceMixin
 from .store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 __all__ = ["Buffer", "BufferClosed", "BufferConfig", "BufferUnavailable"]
 
-SQLITE_FULL = 13
 # Retrying a failing disk (full, I/O errors): the agent's one backoff policy.
 DISK_RETRY = Backoff(initial=0.2, maximum=30.0)
 
@@ -91,7 +91,7 @@ _BAD_RECORD = (TypeError, ValueError, AttributeError, ArithmeticError, Recursion
 _LINGER_BELOW = 1000
 
 
-class Buffer:
+class Buffer(SpaceMixin):
     def __init__(self, path: Path, cfg: BufferConfig,
                  on_event: Callable[[Event], None] | None = None) -> None:
         self.path = Path(path)
@@ -315,7 +315,7 @@ class Buffer:
             self._own_flush(store)
             store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
         except sqlite3.Error as exc:  # left unclean: quick_check at the next start
-            log.warning("buffer closed without marking a clean shutdown: %s", exc)
+            log.warning("buffer closed without marking a clean shutdown", extra={"error": str(exc)})
         finally:
             store.conn.close()
 
@@ -378,26 +378,12 @@ class Buffer:
                 self._emit("buffer_disk_recovered", "info", {"disk_errors": self.disk_errors})
             return None
 
-    def _disk_error(self, store: Store, exc: sqlite3.Error) -> None:
-        self.disk_errors += 1
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        log.warning("buffer write failed (%s); retrying", exc)
-        if not self._disk_episode:
-            self._disk_episode = True
-            self._emit("buffer_disk_error", "critical",
-                       {"error": str(exc), "code": getattr(exc, "sqlite_errorname", "")})
-        if code == SQLITE_FULL:
-            # Free pages inside the file for new rows: drop the oldest raw readings (counted).
-            try:
-                self._drop_bulk(store, max(1000, store.rows["readings"] // 10), "disk_full")
-            except sqlite3.Error as again:
-                log.warning("could not free space in the buffer: %s", again)
-
     def _emit(self, kind: str, severity: Severity, details: dict[str, Any]) -> None:
         ev = Event(kind=kind, source_id="buffer", timestamp=now(), severity=severity,
                    details=details)
         self._own_events.append(ev)
-        log.log(logging.WARNING if severity != "info" else logging.INFO, "%s %s", kind, details)
+        log.log(logging.WARNING if severity != "info" else logging.INFO, "buffer event",
+                extra={"kind": kind, "details": details})
         if self.on_event is not None and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self.on_event, ev)
@@ -408,54 +394,6 @@ class Buffer:
         if self._own_events:
             self._write(store, Converted())
 
-    # -- space ----------------------------------------------------------------------------
-    def _drop_bulk(self, store: Store, n: int, reason: str,
-                   older_than_us: int | None = None) -> int:
-        before = store.dropped_by_sensor()
-        got = store.drop_oldest("readings", n, older_than_us)
-        feats = 0
-        if got < n:
-            feats = store.drop_oldest("features", n - got, older_than_us)
-        if got or feats:
-            after = store.dropped_by_sensor()
-            per = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-            self.dropped_total += got + feats
-            self._dropped_snap = after
-            self._emit("buffer_quota_drop", "warning",
-                       {"reason": reason, "readings": got, "features": feats, "by_sensor": per})
-        return got + feats
-
-    def _housekeep(self, store: Store, force: bool = False) -> None:
-        try:
-            self._space(store, force)
-        except sqlite3.Error as exc:
-            self.disk_errors += 1
-            log.warning("buffer housekeeping failed: %s", exc)
-
-    def _space(self, store: Store, force: bool) -> None:
-        cfg = self.cfg
-        self._used = used = store.used_bytes()
-        ev = store.events_bytes
-        bulk_limit = cfg.max_size - max(cfg.reserved_for_events, ev)
-        if used - ev > bulk_limit and store.rows["readings"] + store.rows["features"]:
-            per_row = (used - ev) / (store.rows["readings"] + store.rows["features"])
-            n = int((used - ev - 0.9 * bulk_limit) / max(per_row, 1.0)) + 1
-            self._drop_bulk(store, n, "max_size")
-            store.vacuum(max_pages=1 << 30)
-            self._used = store.used_bytes()
-        t = time.monotonic()
-        if force or t >= self._next_house:
-            self._next_house = t + cfg.housekeeping_interval
-            cutoff = int((now() - cfg.max_age) * 1e6)
-            for _ in range(100):
-                if self._drop_bulk(store, 50_000, "max_age", older_than_us=cutoff) < 50_000:
-                    break
-            total, free = store.pages()
-            if free * store.page_size > max(1024**2, total * store.page_size // 4):
-                store.vacuum(max_pages=(256 * 1024**2) // store.page_size)
-            self._used = store.used_bytes()
-        self._own_flush(store)
-
     # -- open / corruption ----------------------------------------------------------------
     def _open(self) -> Store:
         try:
@@ -464,7 +402,8 @@ class Buffer:
             reason = str(exc)
         moved = move_aside(self.path)
         self.moved_aside.append(moved)
-        log.error("buffer %s unusable (%s); moved aside to %s", self.path, reason, moved)
+        log.error("buffer unusable; moved aside", extra={"path": str(self.path), "reason": reason,
+                                                         "moved_to": moved})
         store = open_store(self.path, self.cfg.synchronous, self.cfg.integrity_check)
         self._emit("buffer_corrupt_moved_aside", "critical",
                    {"path": str(self.path), "moved_to": moved, "reason": reason})

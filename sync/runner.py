@@ -14,7 +14,8 @@ While a batch is in flight on its first attempt, the next one is prepared (taken
 by ``sink.prepare`` if the sink has it): it is sent only once the current one is settled, and
 dissolved by the buffer if the current one needed retries or was split. :meth:`SinkRunner.flush`
 is the bounded variant for shutdown. State, counters, ``last_error`` and ``last_success`` feed
-the metrics.
+the metrics. A failing buffer (:class:`~edge_agent.errors.StorageError`) is retried with the
+same backoff; it never ends the loop.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_agent.backoff import Backoff, Retrier
+from edge_agent.errors import StorageError
 from edge_agent.records import now
 
 from .delivery import (
@@ -82,8 +84,17 @@ class SinkRunner:
     async def run(self) -> None:
         """Deliver until cancelled; never raises on peer or network failures."""
         while True:
-            async with self.handle.lock:
-                sent = await self._drain(deadline=None)
+            try:
+                async with self.handle.lock:
+                    sent = await self._drain(deadline=None)
+            except StorageError as exc:  # the buffer's disk: keep going, retry later
+                self.state = "backoff"
+                self.last_error = str(exc)
+                wait = self.retrier.next_delay()
+                log.warning("sink could not use the buffer; retrying", extra={
+                    "sink": self.sink.name, "error": str(exc), "retry_in_s": round(wait, 3)})
+                await asyncio.sleep(wait)
+                continue
             if not sent:
                 self.state = "idle"
                 await self.handle.wait_for_data()
@@ -98,8 +109,9 @@ class SinkRunner:
         try:
             async with asyncio.timeout(timeout), self.handle.lock:
                 done = await self._drain(deadline=deadline, until_empty=True)
-        except TimeoutError:
-            log.info("flush stopped with data left in the buffer", extra={"sink": self.sink.name})
+        except (TimeoutError, StorageError) as exc:
+            log.info("flush stopped with data left in the buffer",
+                     extra={"sink": self.sink.name, "error": repr(exc)})
         return done
 
     async def close(self) -> None:

@@ -6,6 +6,9 @@ bookkeeping runs on the buffer's writer thread and commits at FULL strength:
 
 * :meth:`SinkHandle.next_batch` — the sink's oldest pending batch, resent as is (same key, same
   members), else a new one whose key and exact membership are committed before it is returned.
+A failing buffer (full or failing disk) raises :class:`~edge_agent.errors.StorageError` from
+these methods; nothing is settled then, and the batch is offered again later.
+
 * :meth:`SinkHandle.settle` — ``Delivered``: marked delivered (one job, shielded from
   cancellation, with the attempt record), rows nobody else needs are freed; ``RetryAfter``: the
   attempt is recorded and batches prepared after it are dissolved; ``Split``: two new batches
@@ -17,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from edge_agent.errors import StorageError
 from edge_agent.records import Event, now
 
 from .delivery import Batch, Delivered, Outcome, Rejected, RetryAfter, Split
@@ -29,6 +35,9 @@ from .wire import build_body
 
 if TYPE_CHECKING:
     from .buffer import Buffer
+    from .store import Store
+
+T = TypeVar("T")
 
 __all__ = ["SinkHandle", "check_sink"]
 log = logging.getLogger(__name__)
@@ -60,6 +69,14 @@ class SinkHandle:
         self.rows_delivered = 0
         self.rows_rejected = 0
 
+    async def _call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn`` on the buffer's writer; SQLite failures (a full or failing disk) come
+        back as :class:`~edge_agent.errors.StorageError`."""
+        try:
+            return await self.buffer.call(fn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"buffer: {exc}") from exc
+
     async def _ready(self) -> None:
         if self.registered is None:
             raise RuntimeError(f"sink {self.name!r}: the buffer is not started")
@@ -73,7 +90,7 @@ class SinkHandle:
         settled."""
         await self._ready()
         name, prefix, bid = self.name, self.key_prefix, None if after is None else after.id
-        return await self.buffer.call(
+        return await self._call(
             lambda s: s.next_batch(name, prefix, max_rows, max_bytes, bid))
 
     async def settle(self, batch: Batch, outcome: Outcome) -> None:
@@ -88,6 +105,8 @@ class SinkHandle:
             fut = self.buffer.submit(lambda s: s.delivered(bid, status))
             try:
                 await asyncio.shield(fut)
+            except sqlite3.Error as exc:  # left pending: resent later, same key (duplicate)
+                raise StorageError(f"buffer: {exc}") from exc
             except asyncio.CancelledError:
                 log.info("cancelled while settling a delivered batch; the buffer still commits "
                          "it", extra={"correlation_id": batch.key, "sink": self.name})
@@ -96,11 +115,11 @@ class SinkHandle:
             self.rows_delivered += batch.n_rows
         elif isinstance(outcome, RetryAfter):
             status = outcome.status or outcome.kind
-            await self.buffer.call(lambda s: s.retry(self.name, bid, status))
+            await self._call(lambda s: s.retry(self.name, bid, status))
             self.settled["retry"] += 1
         elif isinstance(outcome, Split):
             name, prefix, status = self.name, self.key_prefix, outcome.status or "split"
-            if await self.buffer.call(lambda s: s.split(name, bid, prefix, status)):
+            if await self._call(lambda s: s.split(name, bid, prefix, status)):
                 self.settled["split"] += 1
                 return
             await self._reject(batch, Rejected(
@@ -113,7 +132,7 @@ class SinkHandle:
         body = outcome.body_hint or build_body(batch, self.key_prefix,
                                                time.time_ns() // 1000).decode()
         status, reason = outcome.status, outcome.reason
-        await self.buffer.call(lambda s: s.quarantine(bid, key, status, reason, body, n))
+        await self._call(lambda s: s.quarantine(bid, key, status, reason, body, n))
         self.settled["rejected"] += 1
         self.rows_rejected += n
         log.error("batch quarantined", extra={"correlation_id": key, "sink": self.name,
@@ -121,7 +140,11 @@ class SinkHandle:
         details: dict[str, Any] = {"batch_key": key, "sink": self.name, "rows": n,
                                    "status": int(status) if status.isdigit() else status,
                                    "reason": reason[:500]}
-        await self.buffer.put([Event("batch_quarantined", self.name, now(), "warning", details)])
+        try:
+            await self.buffer.put([Event("batch_quarantined", self.name, now(), "warning",
+                                         details)])
+        except sqlite3.Error as exc:
+            raise StorageError(f"buffer: {exc}") from exc
 
     async def wait_for_data(self) -> None:
         """Return once rows of this sink's tables were committed since the last call (at

@@ -10,7 +10,7 @@ readings are a contiguous slice ``(lo chunk, offset) .. (hi chunk, end)`` of it.
 features of a batch are an id range (ids are never reused). A sink settles its batches strictly
 oldest first, so everything before its oldest pending batch (or its cursor) is delivered by it;
 a row is deleted once every registered sink that consumes its table is past it
-(:meth:`Store._free`), unless another sink's pending batch holds it.
+(:meth:`.storebase.StoreBase._free`), unless another sink's pending batch holds it.
 """
 
 from __future__ import annotations

@@ -241,6 +241,10 @@ class Uploader:
         return self.runner.rows_delivered if self.runner else 0
 
     @property
+    def bytes_sent(self) -> int:
+        return self.sink.bytes_sent
+
+    @property
     def quarantined(self) -> int:
         return self.runner.outcomes["rejected"] if self.runner else 0
 

@@ -200,8 +200,9 @@ async def test_runner_backs_off_with_floor_and_slow_interval_and_resets_on_deliv
 
 
 async def test_flush_is_bounded_when_the_peer_keeps_failing(buffer: Buffer) -> None:
+    from edge_agent.backoff import Backoff
     sink, run = sink_runner(buffer, "s", ALL, DeliveryPolicy(
-        interval=0.0, backoff=DeliveryPolicy().backoff.__class__(initial=0.05, maximum=0.1)))
+        interval=0.0, backoff=Backoff(initial=0.05, maximum=0.1)))
     sink.script.extend([RetryAfter("connection")] * 1000)
     await buffer.put(readings(5))
     import time
@@ -243,3 +244,32 @@ async def test_rows_in_another_sinks_pending_batch_survive_the_quota(tmp_path: P
     conn = sqlite3.connect(tmp_path / "b.db")
     assert conn.execute("SELECT count(*) FROM batches WHERE state = 'pending'").fetchone()[0] == 1
     conn.close()
+
+
+async def test_a_failing_buffer_is_retried_never_ends_the_loop(
+        buffer: Buffer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from edge_agent.backoff import Backoff
+    from edge_agent.sync.store import Store
+
+    fails = [2]
+    real = Store.next_batch
+
+    def flaky(self: Store, sink: str, prefix: str, max_rows: int, max_bytes: int,
+              after: int | None = None) -> Batch | None:
+        if fails[0]:
+            fails[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, sink, prefix, max_rows, max_bytes, after)
+
+    monkeypatch.setattr(Store, "next_batch", flaky)
+    _sink, run = sink_runner(buffer, "s", ALL, DeliveryPolicy(
+        interval=0.0, backoff=Backoff(initial=0.05, maximum=0.1)))
+    await buffer.put(readings(7))
+    task = asyncio.create_task(run.run())
+    assert await run.wait_until(lambda r: r.rows_delivered == 7, 5)
+    assert not task.done() and fails == [0] and "disk is full" in str(run.last_error)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
