@@ -3,14 +3,18 @@ restarts; a row goes once every consumer of its table has it; outcomes settle as
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from edge_agent.backoff import Backoff
+from edge_agent.confkit import ByteSize
 from edge_agent.records import Event, FeatureVector, ModelRef
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.delivery import (
@@ -26,6 +30,7 @@ from edge_agent.sync.delivery import (
 from edge_agent.sync.quarantine import list_quarantine
 from edge_agent.sync.runner import DeliveryPolicy, SinkRunner
 from edge_agent.sync.sinks import SinkHandle
+from edge_agent.sync.store import Store
 
 from .conftest import T0, readings
 
@@ -188,7 +193,6 @@ async def test_runner_backs_off_with_floor_and_slow_interval_and_resets_on_deliv
     sink.script.extend([RetryAfter("http_5xx", after=5.0), RetryAfter("auth", slow=True),
                         RetryAfter("timeout")])
     await buffer.put(readings(5))
-    import time
     t = time.monotonic()
     assert await run.flush(10.0)
     elapsed = time.monotonic() - t
@@ -200,12 +204,10 @@ async def test_runner_backs_off_with_floor_and_slow_interval_and_resets_on_deliv
 
 
 async def test_flush_is_bounded_when_the_peer_keeps_failing(buffer: Buffer) -> None:
-    from edge_agent.backoff import Backoff
     sink, run = sink_runner(buffer, "s", ALL, DeliveryPolicy(
         interval=0.0, backoff=Backoff(initial=0.05, maximum=0.1)))
     sink.script.extend([RetryAfter("connection")] * 1000)
     await buffer.put(readings(5))
-    import time
     t = time.monotonic()
     assert not await run.flush(0.5)
     assert time.monotonic() - t < 1.0 and run.retrier.failures >= 3
@@ -227,7 +229,6 @@ def test_sink_names_and_tables_are_checked(tmp_path: Path) -> None:
 
 
 async def test_rows_in_another_sinks_pending_batch_survive_the_quota(tmp_path: Path) -> None:
-    from edge_agent.confkit import ByteSize
     cfg = BufferConfig(max_size=ByteSize(1024**2), reserved_for_events=ByteSize(128 * 1024))
     b = Buffer(tmp_path / "b.db", cfg)
     slow = b.sink("slow", ALL)
@@ -248,11 +249,6 @@ async def test_rows_in_another_sinks_pending_batch_survive_the_quota(tmp_path: P
 
 async def test_a_failing_buffer_is_retried_never_ends_the_loop(
         buffer: Buffer, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-
-    from edge_agent.backoff import Backoff
-    from edge_agent.sync.store import Store
-
     fails = [2]
     real = Store.next_batch
 
