@@ -22,7 +22,7 @@ from typing import Any
 from edge_agent.sync.delivery import Batch
 
 from .convert import Converted
-from .pack import chunk_rows, unpack, unpack_idx, wire
+from .pack import Run, chunk_rows, unpack, unpack_idx, wire
 from .storebase import TABLES, Cursors, Pos, StoreBase
 
 __all__ = ["TABLES", "Pos", "Store"]
@@ -38,9 +38,7 @@ class Store(StoreBase):
     def insert(self, rows: Converted) -> None:
         run = rows.readings
         chunks = chunk_rows(run, self.source_id) if len(run) else []
-        gate = ([(self.source_id(run.table[i]), us) for i, us in dict(zip(run.idx, run.us,
-                                                                          strict=True)).items()]
-                if chunks else [])
+        gate = self._last_per_source(run) if chunks else []
         with self.tx(full=bool(rows.events)) as c:
             if chunks:
                 c.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
@@ -64,6 +62,14 @@ class Store(StoreBase):
             self.rows[table] += n
         self.rtotal += firsts.get("readings", (0, 0))[0]
         self.events_bytes += sum(len(b) + 40 for _, b in rows.events)
+
+    def _last_per_source(self, run: Run) -> list[tuple[int, int]]:
+        """(source id, timestamp µs) of each source's last reading in ``run`` (for the gate).
+        Readings of a commit group interleave their sources, so searching from the end is
+        short for each."""
+        rev, n = run.idx[::-1], len(run.idx)
+        return [(self.source_id(key), run.us[n - 1 - rev.index(i)])
+                for i, key in enumerate(run.table)]
 
     def last_timestamps(self) -> dict[str, int]:
         """The newest reading timestamp (µs) ever committed per sensor_id."""
