@@ -148,6 +148,18 @@ class Buffer(SpaceMixin):
             h.registered = self._register(h)
         return h
 
+    @property
+    def known_sinks(self) -> list[str]:
+        """Every sink that has a cursor in this database (registered now or in earlier runs)."""
+        return sorted(self._store.cursors) if self._store is not None else []
+
+    async def retire_sink(self, name: str) -> None:
+        """Forget a sink removed from the configuration (cursors and pending batches), so the
+        rows its pending batches held are freed once the registered sinks have them."""
+        if name in self._handles:
+            raise ValueError(f"sink {name!r} is registered in this run")
+        await self.call(lambda s: s.retire(name))
+
     def _register(self, h: SinkHandle) -> asyncio.Future[None]:
         return self.submit(lambda s: s.register(h.name, h.tables))
 

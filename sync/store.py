@@ -98,6 +98,16 @@ class Store(StoreBase):
         self.cursors[sink] = cur
         self.consumers[sink] = frozenset(tables)
 
+    def retire(self, sink: str) -> None:
+        """Forget a sink that is gone for good: its cursors and its pending batches (whose rows
+        it would otherwise hold for ever); frees what the registered sinks have delivered."""
+        with self._guard(sink), self.tx(full=True) as c:
+            c.execute("DELETE FROM batches WHERE sink = ? AND state = 'pending'", (sink,))
+            c.execute("DELETE FROM sinks WHERE name = ?", (sink,))
+            self.cursors.pop(sink, None)
+            self._free()
+        self._refresh_heads()
+
     # -- batches --------------------------------------------------------------------------
     def _batch_row(self, bid: int) -> tuple[Any, ...]:
         row = self.conn.execute(

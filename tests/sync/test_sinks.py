@@ -269,3 +269,26 @@ async def test_a_failing_buffer_is_retried_never_ends_the_loop(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_sink_removed_for_good_is_retired_and_its_rows_freed(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path, BufferConfig())
+    m = b.sink("mqtt", EVENTS)
+    await b.start()
+    await b.put([*events(3), *readings(10)])
+    assert await m.next_batch(10, 1 << 20) is not None  # in flight when the agent stops
+    await b.close()
+    b2 = Buffer(path, BufferConfig())  # restarted without the MQTT sink
+    a = b2.sink("uploader", ALL)
+    await b2.start()
+    assert b2.known_sinks == ["mqtt", "uploader"]
+    while (batch := await a.next_batch(100, 1 << 20)) is not None:
+        await a.settle(batch, Delivered())
+    # the mqtt sink's pending batch (same key for when it comes back) still holds its rows
+    assert b2.stats()["rows_queued"] == {"events": 3, "features": 0, "readings": 0}
+    with pytest.raises(ValueError, match="registered"):
+        await b2.retire_sink("uploader")
+    await b2.retire_sink("mqtt")
+    assert b2.stats()["rows_queued_total"] == 0 and b2.known_sinks == ["uploader"]
+    await b2.close()
