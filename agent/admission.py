@@ -11,7 +11,10 @@ refuses a whole put that holds a malformed record). :class:`ReadingGate`:
   OPC-UA node returns the same SourceTimestamp until its value changes, and a reconnect
   re-delivers the last value. The backend's primary key is ``(timestamp, sensor_id)``, so such a
   repeat is the same sample, and sending it would make the backend answer 409 for the whole
-  batch (which the contract counts as delivered).
+  batch (split until the conflicting row stands alone, but still a wasted round trip). The
+  newest timestamp per sensor committed to the buffer is kept there and given to the gate at
+  start (``Buffer.last_timestamps``), so a repeat of a sample stored before a restart is
+  dropped too. Timestamps are compared in whole microseconds, as the backend stores them.
 
 Drop counts are kept per sensor for metrics; the first drop of each kind per sensor is returned
 as an event, so one misbehaving tag does not flood the event table.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge_agent.records import Event, Reading
@@ -32,8 +35,10 @@ _RECENT = 8                  # timestamps remembered per sensor for the repeat c
 
 
 class ReadingGate:
-    def __init__(self) -> None:
-        self._recent: dict[str, deque[float]] = {}
+    def __init__(self, last_us: Mapping[str, int] | None = None) -> None:
+        """``last_us``: the newest timestamp (µs) already stored per sensor (from the buffer)."""
+        self._recent: dict[str, deque[int]] = {
+            sensor: deque([us], maxlen=_RECENT) for sensor, us in (last_us or {}).items()}
         self.dropped: Counter[str] = Counter()       # "<reason>:<sensor_id>" -> count
         self.latest: dict[str, float] = {}           # last good value per sensor
 
@@ -45,10 +50,11 @@ class ReadingGate:
             sensor = raw.sensor_id if isinstance(getattr(raw, "sensor_id", None), str) else "?"
             if reason is None:
                 recent = self._recent.setdefault(sensor, deque(maxlen=_RECENT))
-                if raw.timestamp in recent:
+                us = round(raw.timestamp * 1_000_000)
+                if us in recent:
                     reason = "repeated_timestamp"
                 else:
-                    recent.append(raw.timestamp)
+                    recent.append(us)
             if reason is not None:
                 key = f"{reason}:{sensor}"
                 self.dropped[key] += 1

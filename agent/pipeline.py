@@ -48,7 +48,7 @@ class Pipeline:
         self.analyses = {p.source: Analysis(p, cfg.state_dir) for p in cfg.pipelines}
         self.shaft_tags = {p.source: getattr(p.features, "shaft_speed_tag", None)
                            for p in cfg.pipelines}
-        self.gate = ReadingGate()
+        self.gate = ReadingGate(buffer.last_timestamps)  # repeats across restarts too
         self.latest = self.gate.latest  # last good value per sensor (shaft speed tags)
         self.refused_records = 0
         self._fitting: dict[str, asyncio.Task[None]] = {}

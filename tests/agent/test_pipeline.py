@@ -26,6 +26,7 @@ class FakeBuffer:
         self.readings: list[Reading] = []
         self.features: list[FeatureVector] = []
         self.events: list[Event] = []
+        self.last_timestamps: dict[str, int] = {}  # newest stored timestamp per sensor (µs)
 
     async def put(self, records: list[Any]) -> None:
         await asyncio.sleep(0.001)
