@@ -16,9 +16,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from edge_agent.agent import metrics
 from edge_agent.agent.config import DRIVER_MODULES, AgentConfig
 from edge_agent.agent.pipeline import Pipeline
+from edge_agent.agent.status import StatusService
+from edge_agent.agent.web import WebServer
+from edge_agent.agent.webconfig import MIN_TOKEN_CHARS
 from edge_agent.drivers.base import Driver
 from edge_agent.sync.buffer import Buffer
 from edge_agent.sync.uploader import Uploader
@@ -51,6 +53,28 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
+async def start_web(cfg: AgentConfig, pipeline: Pipeline) -> WebServer | None:
+    """The status page, API, /healthz and /metrics; the URL is written to
+    ``<state_dir>/web-url`` for ``edge-agent status`` (the port may be 0 = any free one)."""
+    if not cfg.web.enabled:
+        return None
+    try:
+        token = cfg.web.auth_token.reveal() if cfg.web.auth_token is not None else None
+    except LookupError as exc:
+        raise OSError(f"[web].auth_token: {exc}") from None
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise OSError(f"[web].auth_token: must be at least {MIN_TOKEN_CHARS} characters")
+    server = WebServer(cfg.web, StatusService(pipeline, pipeline.recorder, cfg.web.stall_after),
+                       token, metrics_enabled=cfg.metrics.enabled)
+    url = await server.start()
+    url_file = cfg.state_dir / "web-url"
+    if url is not None:
+        url_file.write_text(url + "\n", encoding="utf-8")
+    else:
+        url_file.unlink(missing_ok=True)
+    return server
+
+
 async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,19 +102,16 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
         uploader = (Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
                     if cfg.uploader.url else None)
         pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader)
-        if cfg.metrics.enabled:
-            sources: dict[str, metrics.StatsSource] = {"pipeline": pipeline.stats,
-                                                       "buffer": buffer.stats}
-            if uploader is not None:
-                sources["uploader"] = uploader.stats
-            metrics.serve(cfg.metrics.listen, metrics.StatsCollector(
-                sources, {"driver": ("name", pipeline.drivers_health),
-                          "analysis": ("source", pipeline.analysis_stats)}))
+        web = await start_web(cfg, pipeline)
         log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,
                                           "state_dir": str(cfg.state_dir),
                                           "drivers": [d.name for d in pipeline.drivers],
                                           "uploader": cfg.uploader.url or "disabled"})
-        await pipeline.run(stop)
+        try:
+            await pipeline.run(stop)
+        finally:
+            if web is not None:
+                await web.stop()
     finally:
         await asyncio.shield(buffer.close())
         os.close(lock)
