@@ -88,9 +88,10 @@ class WebServer:
     async def start(self) -> str | None:
         """Bind and serve; a busy port is logged (the data path runs on), returns the URL."""
         host, port = split_listen(self.cfg.listen)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, host, port)
         try:
             await site.start()
         except OSError as exc:
@@ -118,8 +119,10 @@ class WebServer:
         self.requests += 1
         try:
             resp = await handler(request)
-        except web.HTTPException as exc:
-            resp = exc
+        except web.HTTPException as exc:  # redirects, 404, 405: headers too, then re-raise
+            for k, v in SECURITY_HEADERS.items():
+                exc.headers.setdefault(k, v)
+            raise
         for k, v in SECURITY_HEADERS.items():
             resp.headers.setdefault(k, v)
         return resp
@@ -164,7 +167,7 @@ class WebServer:
             raise web.HTTPSeeOther("/login?failed=1")
         resp = web.HTTPSeeOther("/")
         resp.set_cookie(COOKIE, self._session, httponly=True, samesite="Strict", path="/")
-        return resp
+        raise resp
 
     # -- API --------------------------------------------------------------------------------
     async def api_status(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,259 @@
+"""The web server in-process on a real pipeline and buffer: /healthz follows progress, /metrics
+follows Prometheus conventions, the API and headers, token auth and no secret in any byte."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge_agent.agent import config
+from edge_agent.agent.pipeline import Pipeline
+from edge_agent.agent.status import StatusService
+from edge_agent.agent.web import STATIC, WebServer, session_value
+from edge_agent.drivers.base import DriverHealth, DriverOutput
+from edge_agent.records import Reading
+from edge_agent.sync.buffer import Buffer, BufferConfig
+
+TOKEN = "web-token-0123456789abcdef"
+API_KEY = "uploader-api-key-5f3e2d1c"
+MQTT_PASSWORD = "mqtt-password-9a8b7c6d"
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    block: float = 0.1
+
+
+class StallableDriver:
+    """Streams one reading per 0.1 s; ``stall`` keeps it connected but silent."""
+
+    name = "plc"
+    streaming = True
+
+    def __init__(self) -> None:
+        self.cfg = _Cfg()
+        self._health = DriverHealth("plc", "fake")
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def open(self) -> None:
+        self._health.connected = True
+
+    async def read(self) -> DriverOutput:
+        await self.flowing.wait()
+        await asyncio.sleep(0.1)
+        self._health.ok(1)
+        return [Reading("plc.temp", "temperature", 21.5, "C", time.time())]
+
+    async def close(self) -> None:
+        self._health.connected = False
+
+    def health(self) -> DriverHealth:
+        return self._health
+
+
+class FakeMqttSink:
+    def stats(self) -> dict[str, object]:
+        return {"state": "connected", "broker": "127.0.0.1:1883", "published": 3,
+                "password": MQTT_PASSWORD}
+
+
+@dataclass
+class Agent:
+    url: str
+    driver: StallableDriver
+    server: WebServer
+
+
+def _cfg(tmp: Path, token: str | None) -> config.AgentConfig:
+    web: dict[str, Any] = {"listen": "127.0.0.1:0", "stall_after": "500ms"}
+    if token:
+        web["auth_token"] = token
+    return config.parse({
+        "agent": {"gateway_id": "gw-web-test", "state_dir": str(tmp / "state"),
+                  "shutdown_timeout": "1s"},
+        # An ingest URL nobody listens on: the uploader retries, its key must never show.
+        "uploader": {"url": "http://127.0.0.1:9/ingest", "api_key": API_KEY},
+        "web": web})
+
+
+async def _agent(tmp: Path, token: str | None) -> AsyncIterator[Agent]:
+    from edge_agent.sync.uploader import Uploader
+
+    cfg = _cfg(tmp, token)
+    cfg.state_dir.mkdir(parents=True)
+    buffer = Buffer(cfg.state_dir / "buffer.db", BufferConfig())
+    await buffer.start()
+    drv = StallableDriver()
+    pipeline = Pipeline(cfg, [drv], buffer, Uploader(buffer, cfg.uploader, "gw-web-test"))
+    pipeline.sinks = {"mqtt": FakeMqttSink()}  # type: ignore[attr-defined]
+    server = WebServer(cfg.web, StatusService(pipeline, pipeline.recorder, 0.5, ttl=0.0), token)
+    url = await server.start()
+    assert url is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        yield Agent(url, drv, server)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await server.stop()
+        await buffer.close()
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
+    async for a in _agent(tmp_path, None):
+        yield a
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Agent]:
+    async for a in _agent(tmp_path, TOKEN):
+        yield a
+
+
+async def _health(s: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with s.get(f"{url}/healthz") as r:
+        return r.status, await r.json()
+
+
+async def _connected(s: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(50):
+        async with s.get(f"{url}/api/status") as r:
+            if (await r.json())["drivers"][0]["connected"]:
+                return
+        await asyncio.sleep(0.1)
+    pytest.fail("the driver never connected")
+
+
+async def _until(s: aiohttp.ClientSession, url: str, status: int, within: float
+                 ) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        code, body = await _health(s, url)
+        if code == status:
+            return body
+        assert time.monotonic() < deadline, (code, body)
+        await asyncio.sleep(0.1)
+
+
+async def test_healthz_turns_503_when_a_driver_stalls_and_back(agent: Agent) -> None:
+    async with aiohttp.ClientSession() as s:
+        await _connected(s, agent.url)
+        await _until(s, agent.url, 200, 5.0)
+        agent.driver.flowing.clear()  # connected, but nothing delivered any more
+        body = await _until(s, agent.url, 503, 5.0)
+        assert body["status"] == "stalled"
+        assert any(r.startswith("driver plc: connected but nothing delivered")
+                   for r in body["reasons"]), body
+        agent.driver.flowing.set()
+        body = await _until(s, agent.url, 200, 5.0)
+        assert body == {"status": "ok", "reasons": [], "checked_at": body["checked_at"]}
+
+
+async def test_metrics_follow_prometheus_conventions(agent: Agent) -> None:
+    async with aiohttp.ClientSession() as s:
+        await _connected(s, agent.url)
+        async with s.get(f"{agent.url}/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            text = await r.text()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "edge_agent_build_info" in fams and "process_cpu_seconds" in fams
+    for f in fams.values():
+        names = {smp.name for smp in f.samples}
+        if any(n.endswith("_total") for n in names) and f.type != "counter":
+            pytest.fail(f"{f.name} has _total samples but type {f.type}")
+        if f.type == "counter":
+            assert all(n.endswith(("_total", "_created")) for n in names), f.name
+        if f.name.startswith("edge_agent_"):
+            assert f.documentation and f.documentation != f.name.replace("_", " "), f.name
+            assert not f.name.endswith(("_s", "_ms", "_bytes_total_bytes")), f.name
+        for smp in f.samples:
+            assert len(smp.labels) == len(set(smp.labels)), smp
+    labels = {k for f in fams.values() for smp in f.samples for k in smp.labels}
+    assert {"driver", "sink", "queue"} <= labels and "name" not in labels
+    by = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+          for f in fams.values() for smp in f.samples}
+    assert by[("edge_agent_driver_connected", (("driver", "plc"),))] == 1.0
+    assert by[("edge_agent_sink_state", (("sink", "mqtt"), ("state", "connected")))] == 1.0
+    assert by[("edge_agent_buffer_commits_total", ())] > 0
+    assert fams["edge_agent_buffer_commits"].type == "counter"
+    assert fams["edge_agent_buffer_oldest_unsent_age_seconds"].type == "gauge"
+
+
+async def test_api_paths_headers_and_404(agent: Agent) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{agent.url}/api/status") as r:
+            assert r.status == 200
+            snap = await r.json()
+            for h in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy"):
+                assert h in r.headers
+            csp = r.headers["Content-Security-Policy"]
+            assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert snap["gateway"]["id"] == "gw-web-test"
+        assert snap["mqtt"]["state"] == "connected" and "password" not in snap["mqtt"]
+        for path, code in (("/nope", 404), ("/api/sources/nope/scores", 404),
+                           ("/static/../web.py", 404), ("/api/sources/x/scores?since=abc", 400),
+                           ("/static/app.js", 200), ("/", 200)):
+            async with s.get(f"{agent.url}{path}") as r:
+                assert r.status == code, path
+                assert r.headers["X-Content-Type-Options"] == "nosniff", path
+        async with s.post(f"{agent.url}/api/status") as r:
+            assert r.status == 405  # read-only
+
+
+async def test_token_required_and_login_cookie_is_not_the_token(secured: Agent) -> None:
+    url = secured.url
+    # Browsers keep cookies of IP-address hosts; aiohttp's jar needs unsafe=True for that.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        for path in ("/api/status", "/metrics", "/api/sources/x/scores"):
+            async with s.get(f"{url}{path}") as r:
+                assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+        async with s.get(f"{url}/", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/login"
+        async with s.get(f"{url}/api/status",
+                         headers={"Authorization": "Bearer wrong-token-000000000"}) as r:
+            assert r.status == 401
+        async with s.get(f"{url}/api/status", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            assert r.status == 200
+        async with s.post(f"{url}/login", data={"token": "nope"}, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"].startswith("/login")
+        async with s.post(f"{url}/login", data={"token": TOKEN}, allow_redirects=False) as r:
+            assert r.status == 303
+            cookie = r.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+            assert session_value(TOKEN) in cookie
+        async with s.get(f"{url}/api/status") as r:  # the session cookie now authorizes
+            assert r.status == 200
+
+
+async def test_no_secret_in_any_served_byte(secured: Agent) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    paths = ["/", "/login", "/api/status", "/healthz", "/metrics",
+             "/api/sources/none/scores?since=0", "/nope"]
+    paths += [f"/static/{p.name}" for p in STATIC.iterdir()]
+    served = b""
+    async with aiohttp.ClientSession() as s:
+        await asyncio.sleep(1.5)  # the uploader has tried (and failed) to send with its key
+        for headers in (auth, {}):
+            for p in paths:
+                async with s.get(f"{secured.url}{p}", headers=headers,
+                                 allow_redirects=False) as r:
+                    served += repr(dict(r.headers)).encode() + await r.read()
+    assert b"gw-web-test" in served and b"mqtt" in served  # the status was served
+    for secret in (TOKEN, API_KEY, MQTT_PASSWORD):
+        assert secret.encode() not in served, secret
+
+
+def test_page_weight_is_under_300kb() -> None:
+    total = sum(p.stat().st_size for p in STATIC.iterdir())
+    assert 0 < total <= 300_000, total
