@@ -69,6 +69,8 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self.requests = 0
+        self._body_of: object = None
+        self._body = b""
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._headers, self._auth])
@@ -171,7 +173,12 @@ class WebServer:
 
     # -- API --------------------------------------------------------------------------------
     async def api_status(self, request: web.Request) -> web.StreamResponse:
-        return _json(self.status.snapshot())
+        snap = self.status.snapshot()
+        if snap is not self._body_of:  # one serialisation per snapshot, shared by all clients
+            self._body = json.dumps(snap, separators=(",", ":"), allow_nan=False).encode()
+            self._body_of = snap
+        return web.Response(body=self._body, content_type="application/json",
+                            headers={"Cache-Control": "no-store"})
 
     async def api_scores(self, request: web.Request) -> web.StreamResponse:
         raw = request.query.get("since", "0")
