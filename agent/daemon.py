@@ -14,16 +14,18 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.agent.config import DRIVER_MODULES, AgentConfig
 from edge_agent.agent.pipeline import Pipeline
 from edge_agent.agent.status import StatusService
-from edge_agent.agent.web import WebServer
 from edge_agent.agent.webconfig import MIN_TOKEN_CHARS
 from edge_agent.drivers.base import Driver
 from edge_agent.sync.buffer import Buffer
 from edge_agent.sync.uploader import Uploader
+
+if TYPE_CHECKING:
+    from edge_agent.agent.web import WebServer
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -53,19 +55,32 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
-async def start_web(cfg: AgentConfig, pipeline: Pipeline) -> WebServer | None:
-    """The status page, API, /healthz and /metrics; the URL is written to
-    ``<state_dir>/web-url`` for ``edge-agent status`` (the port may be 0 = any free one)."""
-    if not cfg.web.enabled:
+def web_token(cfg: AgentConfig) -> str | None:
+    """Resolve ``[web].auth_token`` at start-up; a missing one is a start-up failure."""
+    if not cfg.web.enabled or cfg.web.auth_token is None:
         return None
     try:
-        token = cfg.web.auth_token.reveal() if cfg.web.auth_token is not None else None
+        token = cfg.web.auth_token.reveal()
     except LookupError as exc:
         raise OSError(f"[web].auth_token: {exc}") from None
-    if token is not None and len(token) < MIN_TOKEN_CHARS:
+    if len(token) < MIN_TOKEN_CHARS:
         raise OSError(f"[web].auth_token: must be at least {MIN_TOKEN_CHARS} characters")
-    server = WebServer(cfg.web, StatusService(pipeline, pipeline.recorder, cfg.web.stall_after),
-                       token, metrics_enabled=cfg.metrics.enabled)
+    return token
+
+
+async def start_web(cfg: AgentConfig, pipeline: Pipeline, token: str | None
+                    ) -> WebServer | None:
+    """The status page, API, /healthz and /metrics; the URL is written to
+    ``<state_dir>/web-url`` for ``edge-agent status`` (the port may be 0 = any free one).
+
+    Runs as a task beside the pipeline, importing aiohttp in a worker thread: on a loaded
+    2-core gateway that import costs a noticeable part of a second the drivers need not wait."""
+    if not cfg.web.enabled:
+        return None
+    web = await asyncio.to_thread(importlib.import_module, "edge_agent.agent.web")
+    server: WebServer = web.WebServer(
+        cfg.web, StatusService(pipeline, pipeline.recorder, cfg.web.stall_after), token,
+        metrics_enabled=cfg.metrics.enabled)
     url = await server.start()
     url_file = cfg.state_dir / "web-url"
     if url is not None:
@@ -102,7 +117,7 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
         uploader = (Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
                     if cfg.uploader.url else None)
         pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader)
-        web = await start_web(cfg, pipeline)
+        web = asyncio.create_task(start_web(cfg, pipeline, web_token(cfg)), name="web")
         log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,
                                           "state_dir": str(cfg.state_dir),
                                           "drivers": [d.name for d in pipeline.drivers],
@@ -110,8 +125,9 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
         try:
             await pipeline.run(stop)
         finally:
-            if web is not None:
-                await web.stop()
+            server = await web
+            if server is not None:
+                await server.stop()
     finally:
         await asyncio.shield(buffer.close())
         os.close(lock)
