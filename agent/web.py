@@ -8,12 +8,16 @@ With ``[web].auth_token`` set, every route except ``/static/*``, ``/login`` and 
 needs either ``Authorization: Bearer <token>`` (scripts, Prometheus, ``edge-agent status``) or
 the session cookie the login form sets. The cookie holds an HMAC derived from the token, never
 the token; it is ``HttpOnly`` and ``SameSite=Strict``. The token never travels in a URL (so it
-does not end up in browser history or proxy logs).
+does not end up in browser history or proxy logs). With basic auth instead, the browser asks
+for the user and password itself; the scrypt check runs in a worker thread and an accepted
+``Authorization`` header is remembered (by its SHA-256) so polling does not pay it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -27,7 +31,7 @@ from aiohttp import web
 
 from edge_agent.agent import metrics
 from edge_agent.agent.status import StatusService
-from edge_agent.agent.webconfig import WebConfig, split_listen
+from edge_agent.agent.webconfig import WebConfig, check_password, split_listen
 
 log = logging.getLogger("edge_agent.web")
 
@@ -70,6 +74,7 @@ class WebServer:
         self.url: str | None = None
         self.requests = 0
         self._body_of: object = None
+        self._basic_ok: dict[bytes, None] = {}  # SHA-256 of accepted basic headers (bounded)
         self._body = b""
 
     def app(self) -> web.Application:
@@ -129,21 +134,47 @@ class WebServer:
             resp.headers.setdefault(k, v)
         return resp
 
-    def _authorized(self, request: web.Request) -> bool:
+    async def _authorized(self, request: web.Request) -> bool:
+        auth = request.headers.get("Authorization", "")
+        if self.cfg.basic_user is not None:
+            return await self._basic(auth)
         if self._token is None or self._session is None:
             return True
-        auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer ") and hmac.compare_digest(
                 auth[7:].strip().encode(), self._token.encode()):
             return True
         cookie = request.cookies.get(COOKIE, "")
         return hmac.compare_digest(cookie.encode(), self._session.encode())
 
+    async def _basic(self, auth: str) -> bool:
+        key = hashlib.sha256(auth.encode()).digest()
+        if key in self._basic_ok:
+            return True
+        if not auth.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(auth[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        stored = self.cfg.basic_password_hash or ""
+        ok = hmac.compare_digest(user.encode(), (self.cfg.basic_user or "").encode()) and \
+            await asyncio.to_thread(check_password, password, stored)
+        if not ok:
+            await asyncio.sleep(1.0)  # slow down guessing
+            return False
+        if len(self._basic_ok) >= 64:
+            self._basic_ok.clear()
+        self._basic_ok[key] = None
+        return True
+
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if self._authorized(request) or path.startswith(PUBLIC_PREFIXES):
+        if path.startswith(PUBLIC_PREFIXES) or await self._authorized(request):
             return await handler(request)
+        if self.cfg.basic_user is not None:
+            return web.json_response({"error": "unauthorized"}, status=401, headers={
+                "WWW-Authenticate": 'Basic realm="edge-agent", charset="UTF-8"'})
         if path == "/":
             raise web.HTTPSeeOther("/login")
         return web.json_response({"error": "unauthorized"}, status=401,

@@ -13,6 +13,7 @@ import pytest
 from edge_agent.agent import cli
 from edge_agent.agent.health import DriverView, Progress
 from edge_agent.agent.history import SourceTrack
+from edge_agent.agent.webconfig import check_password, hash_password
 from edge_agent.records import Event, FeatureVector
 
 CLI = [sys.executable, "-m", "edge_agent.agent.cli"]
@@ -58,6 +59,18 @@ def test_wide_listen_with_a_token_or_file_and_loopback_without(tmp_path: Path) -
     assert "web.auth_token: must be at least 16 characters" in r.stderr
     r = check(tmp_path, 'stall_after = "soon"')
     assert r.returncode == 78 and "web.stall_after: cannot read 'soon'" in r.stderr
+
+
+def test_basic_auth_config(tmp_path: Path) -> None:
+    h = hash_password("a long enough password", log_n=10)
+    assert check(tmp_path, f'listen = "0.0.0.0:8080"\nbasic_user = "tech"\n'
+                           f'basic_password_hash = "{h}"').returncode == 0
+    r = check(tmp_path, 'listen = "0.0.0.0:8080"\nbasic_user = "tech"\n'
+                        'basic_password_hash = "plain-password"')
+    assert r.returncode == 78 and "web.basic_password_hash: not a hash" in r.stderr
+    r = check(tmp_path, 'basic_user = "tech"')
+    assert r.returncode == 78 and "web.basic_user: basic_user and basic_password_hash" in r.stderr
+    assert check_password("a long enough password", h) and not check_password("nope", h)
 
 
 def test_old_metrics_listen_says_where_metrics_went(tmp_path: Path) -> None:

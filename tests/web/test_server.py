@@ -4,6 +4,7 @@ follows Prometheus conventions, the API and headers, token auth and no secret in
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from edge_agent.agent import config
 from edge_agent.agent.pipeline import Pipeline
 from edge_agent.agent.status import StatusService
 from edge_agent.agent.web import STATIC, WebServer, session_value
+from edge_agent.agent.webconfig import hash_password
 from edge_agent.drivers.base import DriverHealth, DriverOutput
 from edge_agent.records import Reading
 from edge_agent.sync.buffer import Buffer, BufferConfig
@@ -73,9 +75,15 @@ class Agent:
     server: WebServer
 
 
+PASSWORD = "basic-password-42x"
+PASSWORD_HASH = hash_password(PASSWORD, log_n=12)
+
+
 def _cfg(tmp: Path, token: str | None) -> config.AgentConfig:
     web: dict[str, Any] = {"listen": "127.0.0.1:0", "stall_after": "500ms"}
-    if token:
+    if token == "basic":
+        web.update(basic_user="tech", basic_password_hash=PASSWORD_HASH)
+    elif token:
         web["auth_token"] = token
     return config.parse({
         "agent": {"gateway_id": "gw-web-test", "state_dir": str(tmp / "state"),
@@ -95,7 +103,8 @@ async def _agent(tmp: Path, token: str | None) -> AsyncIterator[Agent]:
     drv = StallableDriver()
     pipeline = Pipeline(cfg, [drv], buffer, Uploader(buffer, cfg.uploader, "gw-web-test"))
     pipeline.sinks = {"mqtt": FakeMqttSink()}  # type: ignore[attr-defined]
-    server = WebServer(cfg.web, StatusService(pipeline, pipeline.recorder, 0.5, ttl=0.0), token)
+    server = WebServer(cfg.web, StatusService(pipeline, pipeline.recorder, 0.5, ttl=0.0),
+                       None if token == "basic" else token)
     url = await server.start()
     assert url is not None
     stop = asyncio.Event()
@@ -119,6 +128,33 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
 async def secured(tmp_path: Path) -> AsyncIterator[Agent]:
     async for a in _agent(tmp_path, TOKEN):
         yield a
+
+
+@pytest.fixture
+async def basic(tmp_path: Path) -> AsyncIterator[Agent]:
+    async for a in _agent(tmp_path, "basic"):
+        yield a
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_basic_auth_with_a_hashed_password(basic: Agent) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{basic.url}/") as r:  # the browser asks for user and password
+            assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Basic ")
+        good = _basic("tech", PASSWORD)
+        for auth, code in ((_basic("tech", "wrong-password"), 401),
+                           (_basic("other", PASSWORD), 401), ({"Authorization": "Basic %%%"}, 401),
+                           (good, 200), (good, 200)):
+            async with s.get(f"{basic.url}/api/status", headers=auth) as r:
+                assert r.status == code, auth
+        async with s.get(f"{basic.url}/metrics", headers=good) as r:
+            body = await r.read()
+            assert r.status == 200 and PASSWORD_HASH.encode() not in body
+        async with s.get(f"{basic.url}/api/status", headers=good) as r:
+            assert PASSWORD_HASH.split("$")[-1].encode() not in await r.read()
 
 
 async def _health(s: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
