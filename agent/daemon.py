@@ -128,6 +128,7 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
             server = await web
             if server is not None:
                 await server.stop()
+                (cfg.state_dir / "web-url").unlink(missing_ok=True)
     finally:
         await asyncio.shield(buffer.close())
         os.close(lock)

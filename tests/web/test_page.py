@@ -116,16 +116,20 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             proc.communicate()
 
 
-def chromium(tmp: Path, *args: str) -> str:
+def chromium_cmd(tmp: Path, *args: str) -> list[str]:
+    """Headless Chromium with a fresh profile; fails (not skips) when it is not installed."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install the Debian package chromium "
                     "(`make test` does it when run as root)")
     profile = tmp / f"profile-{time.monotonic_ns()}"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=6000",
-           *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=6000",
+            *args]
+
+
+def chromium(tmp: Path, *args: str) -> str:
+    r = subprocess.run(chromium_cmd(tmp, *args), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 

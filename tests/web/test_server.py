@@ -293,3 +293,19 @@ async def test_no_secret_in_any_served_byte(secured: Agent) -> None:
 def test_page_weight_is_under_300kb() -> None:
     total = sum(p.stat().st_size for p in STATIC.iterdir())
     assert 0 < total <= 300_000, total
+
+
+async def test_browser_without_token_gets_the_login_page(secured: Agent, tmp_path: Path) -> None:
+    """Chromium on the page of an agent with a token: the login form, no plant data."""
+    from tests.web.test_page import chromium_cmd
+
+    for path, shown in (("/", False), ("/login?failed=1", True)):
+        proc = await asyncio.create_subprocess_exec(
+            *chromium_cmd(tmp_path, "--dump-dom", f"{secured.url}{path}"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        dom = out.decode()
+        assert proc.returncode == 0, err[-2000:]
+        assert '<form method="post" action="/login"' in dom, dom[:1000]
+        assert "gw-web-test" not in dom and TOKEN not in dom
+        assert ('id="failed" class="banner" hidden' in dom) is not shown
