@@ -20,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SINK_STATES = ("idle", "sending", "backoff", "disabled", "connected", "disconnected")
+SINK_STATES = ("idle", "sending", "backoff", "auth_failed", "disabled", "connected",
+               "disconnected")
 
 Snapshot = Callable[[], Mapping[str, Any]]
 
@@ -119,8 +120,11 @@ def _pipeline(m: _Families, p: Mapping[str, Any]) -> None:
                 st.get("size"))
         m.counter("edge_agent_queue_dropped", "Items dropped by a queue's overflow policy.",
                   lab, st.get("dropped"))
-    for key, n in (p.get("readings_dropped") or {}).items():
+    refused: dict[str, float] = {}
+    for key, n in (p.get("readings_dropped") or {}).items():  # "<reason>:<sensor_id>" -> n
         reason = str(key).partition(":")[0]
+        refused[reason] = refused.get(reason, 0.0) + (_f(n) or 0.0)
+    for reason, n in sorted(refused.items()):
         m.counter("edge_agent_readings_refused", "Readings refused at admission, by reason.",
                   {"reason": reason}, n)
     m.counter("edge_agent_records_refused", "Records the buffer refused as malformed.", {},
@@ -187,8 +191,9 @@ def _source(m: _Families, s: Mapping[str, Any]) -> None:
             bool(s.get("alarm")))
     m.gauge("edge_agent_drift", "Feature drift against the model's training data.", lab,
             s.get("drift"))
-    m.gauge("edge_agent_model_info", "The model loaded for a source (always 1).",
-            {**lab, "model": str(s.get("model"))}, 1)
+    if s.get("model"):
+        m.gauge("edge_agent_model_info", "The model loaded for a source (always 1).",
+                {**lab, "model": str(s.get("model"))}, 1)
 
 
 def registry(snapshot: Snapshot) -> CollectorRegistry:

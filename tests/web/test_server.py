@@ -215,6 +215,8 @@ async def test_metrics_follow_prometheus_conventions(agent: Agent) -> None:
             assert not f.name.endswith(("_s", "_ms", "_bytes_total_bytes")), f.name
         for smp in f.samples:
             assert len(smp.labels) == len(set(smp.labels)), smp
+        series = [(smp.name, tuple(sorted(smp.labels.items()))) for smp in f.samples]
+        assert len(series) == len(set(series)), f"{f.name}: a series appears twice"
     labels = {k for f in fams.values() for smp in f.samples for k in smp.labels}
     assert {"driver", "sink", "queue"} <= labels and "name" not in labels
     by = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
@@ -309,3 +311,26 @@ async def test_browser_without_token_gets_the_login_page(secured: Agent, tmp_pat
         assert '<form method="post" action="/login"' in dom, dom[:1000]
         assert "gw-web-test" not in dom and TOKEN not in dom
         assert ('id="failed" class="banner" hidden' in dom) is not shown
+
+
+def test_collector_aggregates_per_label_and_skips_unknowns() -> None:
+    from prometheus_client import generate_latest
+
+    from edge_agent.agent.metrics import registry
+
+    snap = {"gateway": {"version": "1", "id": "g", "started": 5.0, "disk": {}},
+            "health": {"status": "stalled"},
+            "pipeline": {"readings_dropped": {"not_finite:a": 1, "not_finite:b": 2,
+                                              "repeat:a": 4}},
+            "sync": {"state": "auth_failed", "last_success": None},
+            "mqtt": {"state": "not configured"},
+            "sources": [{"id": "s", "model": None, "score": float("nan")}]}
+    text = generate_latest(registry(lambda: snap)).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    refused = {smp.labels["reason"]: smp.value
+               for smp in fams["edge_agent_readings_refused"].samples}
+    assert refused == {"not_finite": 3.0, "repeat": 4.0}
+    assert 'edge_agent_sink_state{sink="uploader",state="auth_failed"} 1.0' in text
+    assert 'sink="mqtt"' not in text  # not configured: no series
+    assert "edge_agent_healthy 0.0" in text
+    assert "edge_agent_model_info" not in text and "edge_agent_anomaly_score" not in text
