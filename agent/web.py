@@ -73,9 +73,9 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self.requests = 0
-        self._body_of: object = None
-        self._basic_ok: dict[bytes, None] = {}  # SHA-256 of accepted basic headers (bounded)
+        self._body_of: object = None  # the snapshot _body was serialised from
         self._body = b""
+        self._basic_ok: dict[bytes, None] = {}  # SHA-256 of accepted basic headers (bounded)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._headers, self._auth])
@@ -107,9 +107,8 @@ class WebServer:
             await self._runner.cleanup()
             self._runner = None
             return None
-        server = site._server  # the bound socket tells the real port when listen is :0
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        addresses = self._runner.addresses  # the real port when listen is ":0"
+        bound = int(addresses[0][1]) if addresses else port
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
         log.info("web server up", extra={"url": self.url})
