@@ -3,9 +3,9 @@
 :class:`Progress` is given observations (on the event loop, whenever someone asks) and says
 whether the agent is healthy, with the reasons when it is not:
 
-* the buffer writer commits: when drivers delivered values after the last commit and no commit
-  followed for ``stall_after`` seconds, the writer (or the disk) is stuck; a dead writer thread
-  fails at once;
+* the buffer writer commits: when records wait for it (in the pipeline's queues or the
+  writer's own queue) and nothing was committed for ``stall_after`` seconds, the writer (or the
+  disk) is stuck; a dead writer thread fails at once;
 * every enabled driver delivered within its expected interval (3 intervals, at least
   ``stall_after``) — or is known to be disconnected (then the supervisor is reconnecting with
   backoff, which is progress of a kind; the page shows it as disconnected). A driver with no
@@ -43,22 +43,21 @@ class Progress:
     started: float | None = None
     _commits: int = -1
     _commit_at: float = 0.0
-    _values_at_commit: int = 0
     _last: Verdict = field(default_factory=lambda: Verdict(True))
 
-    def observe(self, now: float, *, commits: int, writer_alive: bool,
+    def observe(self, now: float, *, commits: int, writer_alive: bool, waiting: int,
                 drivers: list[DriverView]) -> Verdict:
+        """``waiting``: records queued for the buffer now (pipeline queues + writer queue)."""
         if self.started is None:
             self.started = now
-        values = sum(d.values for d in drivers)
         if commits != self._commits:
-            self._commits, self._commit_at, self._values_at_commit = commits, now, values
+            self._commits, self._commit_at = commits, now
         reasons: list[str] = []
         if not writer_alive:
             reasons.append("buffer writer is not running")
-        elif values > self._values_at_commit and now - self._commit_at > self.stall_after:
-            reasons.append(f"buffer: no commit for {now - self._commit_at:.1f} s while "
-                           "drivers delivered data")
+        elif waiting > 0 and now - self._commit_at > self.stall_after:
+            reasons.append(f"buffer: no commit for {now - self._commit_at:.1f} s with "
+                           f"{waiting} records waiting")
         for d in drivers:
             why = self._driver(now, d)
             if why:

@@ -111,11 +111,9 @@ class StatusService:
             h = d.health()
             views.append(DriverView(d.name, bool(h.connected), h.last_read, int(h.values),
                                     expected_interval(d)))
-        thread = getattr(p.buffer, "_thread", None)
-        alive = bool(thread is not None and thread.is_alive()
-                     and getattr(p.buffer, "_dead", None) is None)
         return self.progress.observe(time.time(), commits=int(p.buffer.commits),
-                                     writer_alive=alive, drivers=views)
+                                     writer_alive=_writer_alive(p.buffer),
+                                     waiting=_waiting(p), drivers=views)
 
     # -- snapshot ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -195,6 +193,23 @@ class StatusService:
         return _jsonable({"source": src, "now": now, "resolution": tr.resolution,
                           "threshold": an.threshold, "points": tr.points_since(since, now),
                           "alarms": tr.alarms_since(max(since, now - tr.history))})
+
+
+def _writer_alive(buffer: Any) -> bool:
+    """Adapter: the buffer's writer thread runs and has not died (Buffer internals today)."""
+    thread = getattr(buffer, "_thread", None)
+    return bool(thread is not None and thread.is_alive()
+                and getattr(buffer, "_dead", None) is None)
+
+
+def _waiting(p: Any) -> int:
+    """Records queued for the buffer: the pipeline's queues and the writer's own queue."""
+    n = 0
+    for q in (getattr(p, "readings", None), getattr(p, "waveforms", None)):
+        n += len(q) if q is not None else 0
+    wq = getattr(p.buffer, "_q", None)
+    qsize = getattr(wq, "qsize", None)
+    return n + (int(qsize()) if callable(qsize) else 0)
 
 
 def _active(alerts: Any) -> dict[str, Any] | None:

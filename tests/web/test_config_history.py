@@ -104,12 +104,17 @@ def test_history_keeps_the_max_per_step_bounded_and_alarm_periods() -> None:
 def test_progress_buffer_stall_and_known_disconnected_driver() -> None:
     p = Progress(stall_after=5.0)
     d = DriverView("d", True, 100.0, 10, 1.0)
-    assert p.observe(100.0, commits=1, writer_alive=True, drivers=[d]).ok
-    # data keeps arriving but no commit for > 5 s: the writer is stuck
+    assert p.observe(100.0, commits=1, writer_alive=True, waiting=0, drivers=[d]).ok
     d2 = DriverView("d", True, 106.0, 20, 1.0)
-    v = p.observe(106.5, commits=1, writer_alive=True, drivers=[d2])
-    assert not v.ok and v.reasons[0].startswith("buffer: no commit")
-    assert p.observe(107.0, commits=2, writer_alive=True, drivers=[d2]).ok
+    # nothing waits for the writer (e.g. waveforms no pipeline takes): no commit is fine
+    assert p.observe(106.5, commits=1, writer_alive=True, waiting=0, drivers=[d2]).ok
+    # records wait, but no commit for > 5 s: the writer is stuck
+    v = p.observe(106.5, commits=1, writer_alive=True, waiting=7, drivers=[d2])
+    assert not v.ok and v.reasons == ("buffer: no commit for 6.5 s with 7 records waiting",)
+    assert p.observe(107.0, commits=2, writer_alive=True, waiting=7, drivers=[d2]).ok
     gone = DriverView("d", False, 50.0, 20, 1.0)  # silent, but known disconnected
-    assert p.observe(200.0, commits=2, writer_alive=True, drivers=[gone]).ok
-    assert not p.observe(200.0, commits=2, writer_alive=False, drivers=[gone]).ok
+    assert p.observe(108.0, commits=3, writer_alive=True, waiting=0, drivers=[gone]).ok
+    silent = DriverView("d", True, 50.0, 20, 1.0)  # connected and silent for 58 s
+    v = p.observe(108.0, commits=3, writer_alive=True, waiting=0, drivers=[silent])
+    assert not v.ok and v.reasons[0].startswith("driver d: connected but nothing delivered")
+    assert not p.observe(108.0, commits=3, writer_alive=False, waiting=0, drivers=[gone]).ok

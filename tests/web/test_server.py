@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Agent:
     url: str
     driver: StallableDriver
     server: WebServer
+    buffer: Buffer
 
 
 PASSWORD = "basic-password-42x"
@@ -110,7 +112,7 @@ async def _agent(tmp: Path, token: str | None) -> AsyncIterator[Agent]:
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
     try:
-        yield Agent(url, drv, server)
+        yield Agent(url, drv, server, buffer)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -194,6 +196,23 @@ async def test_healthz_turns_503_when_a_driver_stalls_and_back(agent: Agent) -> 
         agent.driver.flowing.set()
         body = await _until(s, agent.url, 200, 5.0)
         assert body == {"status": "ok", "reasons": [], "checked_at": body["checked_at"]}
+
+
+async def test_healthz_turns_503_when_the_buffer_writer_stops_committing(agent: Agent,
+                                                                        ) -> None:
+    release = threading.Event()
+    async with aiohttp.ClientSession() as s:
+        await _connected(s, agent.url)
+        await _until(s, agent.url, 200, 5.0)
+        # Occupy the writer thread (as a hung disk would): readings pile up uncommitted.
+        held = agent.buffer.submit(lambda _store: release.wait(30))
+        try:
+            body = await _until(s, agent.url, 503, 5.0)
+            assert any(r.startswith("buffer: no commit") for r in body["reasons"]), body
+        finally:
+            release.set()
+        await held
+        await _until(s, agent.url, 200, 5.0)
 
 
 async def test_metrics_follow_prometheus_conventions(agent: Agent) -> None:
