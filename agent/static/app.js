@@ -103,7 +103,9 @@
   }
 
   function plot(src, box) {
-    const W = 600, H = 170, L = 40, R = 8, T = 8, B = 20;
+    // Narrow screens get a narrower drawing so its labels stay readable when scaled down.
+    const W = window.innerWidth < 640 ? 360 : 600, H = W < 600 ? 190 : 170;
+    const L = 40, R = 8, T = 8, B = 20;
     const now = Date.now() / 1000;
     const all = (series[src.id] || []).filter((p) => p[0] >= now - HOUR);
     // The last hour, or since the first point when the agent has run for less (min 2 min).
