@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run, check-config, models, quarantine, opcua."""
+"""``edge-agent`` command line: run, check-config, status, models, quarantine, opcua."""
 
 from __future__ import annotations
 
@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("-c", "--config", help="TOML config (default: the embedded one)")
     chk.set_defaults(func=cmd_check_config)
 
-    from edge_agent.agent import tools
+    from edge_agent.agent import statuscmd, tools
 
+    statuscmd.add_command(sub)
     tools.add_commands(sub)
     return ap
 

@@ -21,6 +21,7 @@ from typing import Any
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import AgentConfig
+from edge_agent.agent.history import StatusRecorder
 from edge_agent.agent.queues import BoundedQueue
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverOutput
@@ -57,6 +58,7 @@ class Pipeline:
         self.driver_restarts: dict[str, int] = {d.name: 0 for d in self.drivers}
         self.uploader_restarts: dict[str, int] = {}
         self.started = time.time()
+        self.recorder = StatusRecorder(cfg.web.history, cfg.web.resolution)  # the status page
         r = cfg.reconnect
         self.backoff = Backoff(r.initial, r.maximum, r.multiplier, r.jitter)
 
@@ -143,6 +145,7 @@ class Pipeline:
                     # source must not stop acquisition or the other sources; it is logged with
                     # its traceback, counted and recorded as an event (rate-limited by kind).
                     vectors, events = [], self._analysis_failed(an, block, exc)
+                self.recorder.observe(block.source_id, vectors, events)
                 out.extend(vectors)
                 out.extend(events)
                 if an.baseline_ready and block.source_id not in self._fitting:
