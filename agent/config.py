@@ -30,6 +30,7 @@ from edge_agent.models.alerting import AlertConfig
 from edge_agent.models.drift import DriftConfig
 from edge_agent.models.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
+from edge_agent.models.registry.config import RegistryConfig
 from edge_agent.models.training import CommissioningConfig
 from edge_agent.sync.buffer import BufferConfig
 from edge_agent.sync.contract import UploaderConfig
@@ -96,6 +97,7 @@ class PipelineConfig:
     alerts: AlertConfig = AlertConfig()
     drift: DriftConfig = DriftConfig()
     commissioning: CommissioningConfig | None = None
+    registry: RegistryConfig | None = None  # model versions pushed down from MLflow
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -103,6 +105,8 @@ class PipelineConfig:
             out.append(("hop", "must be <= window (windows may overlap, not leave gaps)"))
         if self.model and self.commissioning and self.commissioning.enabled:
             out.append(("commissioning", "give either a model or commissioning, not both"))
+        if self.registry and self.commissioning and self.commissioning.enabled:
+            out.append(("commissioning", "give either a registry or commissioning, not both"))
         return out
 
 
