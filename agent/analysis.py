@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from edge_agent.agent.config import PipelineConfig
 from edge_agent.models.alerting import AnomalyAlerter
 from edge_agent.models.drift import DriftMonitor
 from edge_agent.models.extract import Extractor, make_extractor
-from edge_agent.models.onnx_score import ModelError, ModelSlot
+from edge_agent.models.onnx_score import ModelError, ModelSlot, Scorer
 from edge_agent.models.training import Commissioner, commissioning_event
 from edge_agent.models.windowing import Windower
 from edge_agent.records import Event, FeatureVector, WaveformBlock
@@ -58,6 +59,9 @@ class Analysis:
         self.anomalous_windows = 0
         self.model_status = "none"
         self.last_score: float | None = None
+        # Sees every scoring result (scores of rows with finite features) or scoring error;
+        # the model registry watches a newly deployed version through it.
+        self.score_watch: Callable[[np.ndarray | Exception], None] | None = None
 
     @property
     def threshold(self) -> float | None:
@@ -110,6 +114,21 @@ class Analysis:
                          {"path": str(path), "reason": str(exc),
                           "kept": None if kept is None else
                           {"name": kept.ref.name, "version": kept.ref.version}})
+        return self._model_in_service(scorer, ts, {"path": str(path)})
+
+    def swap_model(self, scorer: Scorer, ts: float, origin: Mapping[str, Any]) -> Event:
+        """Hot swap: put an already verified scorer in service between two windows.
+
+        Call it on the event loop (never inside :meth:`process`): the next window is scored by
+        the new model, the windower and its partial window are untouched, so no window is lost.
+        """
+        if self.slot is None:
+            raise RuntimeError("swap_model before the first block")
+        self.slot.current = scorer
+        self.slot.last_error = None
+        return self._model_in_service(scorer, ts, origin)
+
+    def _model_in_service(self, scorer: Scorer, ts: float, origin: Mapping[str, Any]) -> Event:
         self.alerter.reset()
         self.drift = (DriftMonitor(self.source, scorer.manifest, self.cfg.drift)
                       if self.cfg.drift.enabled else None)
@@ -119,7 +138,7 @@ class Analysis:
                                         "threshold": self.threshold})
         return Event("model_loaded", self.source, ts, "info",
                      {"model": {"name": scorer.ref.name, "version": scorer.ref.version},
-                      "threshold": self.threshold, "path": str(path)})
+                      "threshold": self.threshold, **origin})
 
     # -- the chain --------------------------------------------------------------------------
     def process(self, block: WaveformBlock, shaft_rpm: float | None = None
@@ -159,8 +178,12 @@ class Analysis:
             scores = scorer.score(X)
         except (ModelError, ValueError) as exc:
             log.error("scoring failed", extra={"source": self.source, "reason": str(exc)})
+            if self.score_watch is not None:
+                self.score_watch(exc)
             return [Event("scoring_failed", self.source, vectors[-1].window_end, "warning",
                           {"reason": str(exc)})]
+        if self.score_watch is not None:
+            self.score_watch(scores[np.isfinite(X).all(axis=1)])
         events: list[Event] = []
         for fv, row, s in zip(vectors, X, scores, strict=True):
             fv.model = scorer.ref
