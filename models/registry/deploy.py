@@ -186,7 +186,8 @@ class Store:
 
     def prune(self, state: DeployState, keep: int) -> list[str]:
         """Delete installed versions beyond the last ``keep`` deployed ones."""
-        wanted = {safe_name(v) for v in state.history[-keep:]}
+        state.history = state.history[-keep:]
+        wanted = {safe_name(v) for v in state.history}
         if state.current is not None:
             wanted.add(safe_name(state.current))
         gone = []

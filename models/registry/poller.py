@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 __all__ = ["Probation", "RegistryPoller"]
 
 Put = Callable[[list[Any]], Awaitable[None]]
+FAILURE_MESSAGES = {  # one clear line per failure kind (then quiet until the kind changes)
+    "unreachable": "registry unreachable; keeping the current model",
+    "server_error": "registry server error; keeping the current model",
+    "unauthorized": "registry refused the credentials; keeping the current model",
+    "not_found": "registry has no such model or alias; keeping the current model",
+    "garbage": "registry answered garbage; keeping the current model",
+    "refused": "registry refused the request; keeping the current model",
+}
 TICK = 0.25  # how often the task looks at state.json (a ``models rollback``) and the watch
 
 
@@ -238,8 +246,8 @@ class RegistryPoller:
     def _failed(self, exc: RegistryFailure) -> float:
         delay = self.retrier.next_delay()
         if exc.kind != self.failing:
-            log.warning(f"registry {exc.kind.replace('_', ' ')}; keeping the current model",
-                        extra={"source": self.source, "error": str(exc),
+            log.warning(FAILURE_MESSAGES.get(exc.kind, "registry failed; keeping the model"),
+                        extra={"source": self.source, "kind": exc.kind, "error": str(exc),
                                "retry_in_s": round(delay, 2)})
             self.failing = exc.kind
         else:
