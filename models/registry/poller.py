@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_agent.backoff import Backoff
-from edge_agent.models.bundle import MANIFEST_FILE, MODEL_FILE, Manifest, ModelError
+from edge_agent.models.bundle import MANIFEST_FILE, MODEL_FILE, ModelError
 from edge_agent.models.onnx_score import ModelSlot, Scorer
 from edge_agent.models.registry.client import (
     ModelVersion,
@@ -33,6 +33,7 @@ from edge_agent.models.registry.client import (
 )
 from edge_agent.models.registry.config import RegistryConfig
 from edge_agent.models.registry.deploy import BUNDLE_FILES, Refusal, Store, verify_staged
+from edge_agent.models.registry.probation import Probation
 from edge_agent.records import Event, format_ts
 
 log = logging.getLogger(__name__)
@@ -61,49 +62,6 @@ class Swappable(Protocol):
     def swap_model(self, scorer: Scorer, ts: float, origin: dict[str, Any]) -> Event: ...
 
     def load_model(self, path: Path, ts: float) -> Event: ...
-
-
-class Probation:
-    """Watches a newly deployed version in service (:attr:`Analysis.score_watch`).
-
-    Fails it on ``max_errors`` scoring errors (an exception, or a non-finite score for finite
-    features), or when at least half of the first ``windows`` scores lie far outside the
-    manifest's reference distribution: beyond ``factor`` reference spans past the range of the
-    reference scores and the anomaly threshold."""
-
-    def __init__(self, manifest: Manifest, windows: int, factor: float,
-                 max_errors: int = 3) -> None:
-        ref = [r.score for r in manifest.references] + [manifest.threshold]
-        lo, hi = min(ref), max(ref)
-        span = (hi - lo) or abs(hi) or 1.0
-        self.low, self.high = lo - factor * span, hi + factor * span
-        self.windows, self.max_errors = windows, max_errors
-        self.seen = self.outliers = self.errors = 0
-        self.last_error = ""
-        self.failed: str | None = None
-        self.passed = False
-
-    def __call__(self, result: np.ndarray | Exception) -> None:
-        if self.failed or self.passed:
-            return
-        if isinstance(result, Exception):
-            self.errors += 1
-            self.last_error = str(result)
-        else:
-            bad = ~np.isfinite(result)
-            if bad.any():
-                self.errors += int(bad.sum())
-                self.last_error = "non-finite score for finite features"
-            ok = result[~bad]
-            self.seen += ok.size
-            self.outliers += int(((ok < self.low) | (ok > self.high)).sum())
-        if self.errors >= self.max_errors:
-            self.failed = f"{self.errors} scoring errors in service (last: {self.last_error})"
-        elif self.outliers * 2 >= self.windows:
-            self.failed = (f"{self.outliers} of {self.seen} scores far outside the reference "
-                           f"distribution [{self.low:.4g}, {self.high:.4g}]")
-        elif self.seen >= self.windows:
-            self.passed = True
 
 
 class RegistryPoller:
@@ -174,6 +132,7 @@ class RegistryPoller:
                     continue
                 if not restored:
                     await self._restore()
+                    await self._apply_rollback_request(force=True)
                     restored = True
                 await self._apply_rollback_request()
                 await self._watch()
@@ -232,7 +191,10 @@ class RegistryPoller:
         try:
             mv = await self.client().alias_version(self.cfg.model_name, self.cfg.alias)
             state = self.store.read()
-            if not state.known(mv.version):
+            if mv.status not in ("READY", ""):
+                log.debug("version not ready yet", extra={"source": self.source,
+                                                          "version": mv.version})
+            elif not state.known(mv.version):
                 await self._deploy(mv)
         except RegistryFailure as exc:
             return self._failed(exc)
@@ -308,10 +270,10 @@ class RegistryPoller:
         self._stamp = self.store.stamp()
         log.warning("model version refused", extra={"source": self.source, "version": version,
                                                      "step": step, "reason": reason})
-        kept = self.running or (self.an.slot.current.ref.version
-                                if self.an.slot and self.an.slot.current else None)
-        await self.put([self._event("model_refused", "warning", version=version, step=step,
-                                    reason=reason, kept=kept)])
+        cur = self.an.slot.current if self.an.slot else None
+        await self.put([self._event(
+            "model_refused", "warning", version=version, step=step, reason=reason,
+            kept=self.running, kept_model=f"{cur.ref.name} v{cur.ref.version}" if cur else None)])
 
     async def _swap_in(self, mv: ModelVersion, scorer: Scorer, final: Path) -> None:
         previous = self.running
@@ -353,18 +315,25 @@ class RegistryPoller:
         self._stamp = self.store.stamp()
         await self._activate(old, new, reason, by)
 
-    async def _apply_rollback_request(self) -> None:
-        """``edge-agent models rollback`` changed state.json: put its choice in service."""
-        if self.store.stamp() == self._stamp:
+    async def _apply_rollback_request(self, *, force: bool = False) -> None:
+        """``edge-agent models rollback`` changed state.json: put its choice in service (at
+        start, ``force``: it may already be in service, only the event is still owed)."""
+        if not force and self.store.stamp() == self._stamp:
             return
         with self.store.update() as st:
             req, st.rollback_request = st.rollback_request, None
             target = st.current
         self._stamp = self.store.stamp()
-        if req is None or target == self.running:
+        if req is None:
             return
-        await self._activate(self.running, target, str(req.get("reason", "by command")),
-                             "command")
+        old, reason = req.get("from"), str(req.get("reason", "by command"))
+        if target == self.running:
+            log.warning("model rolled back", extra={"source": self.source, "from": old,
+                                                    "to": target, "by": "command"})
+            await self.put([self._event("model_rolled_back", "warning", version=old,
+                                        to=target, reason=reason, by="command")])
+            return
+        await self._activate(old, target, reason, "command")
 
     async def _activate(self, old: str | None, new: str | None, reason: str, by: str) -> None:
         self.probation = None
