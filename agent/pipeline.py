@@ -57,6 +57,7 @@ class Pipeline:
         self.unrouted_blocks = 0
         self.driver_restarts: dict[str, int] = {d.name: 0 for d in self.drivers}
         self.uploader_restarts: dict[str, int] = {}
+        self.registry_restarts: dict[str, int] = {}
         self.started = time.time()
         r = cfg.reconnect
         self.backoff = Backoff(r.initial, r.maximum, r.multiplier, r.jitter)
@@ -204,8 +205,9 @@ class Pipeline:
             writer = tg.create_task(self._reading_writer(), name="writer")
             analysis = tg.create_task(self._analysis_task(), name="analysis")
             background = [tg.create_task(self._health_task(), name="health")]
-            background += [tg.create_task(p.run(), name=f"registry:{p.source}")
-                           for p in self.registry_pollers()]
+            background += [tg.create_task(
+                self._supervise(p.run, "registry_crashed", p.source, self.registry_restarts),
+                name=f"registry:{p.source}") for p in self.registry_pollers()]
             if self.uploader is not None:
                 up = self.uploader
                 background.append(tg.create_task(

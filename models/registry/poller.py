@@ -48,6 +48,7 @@ FAILURE_MESSAGES = {  # one clear line per failure kind (then quiet until the ki
     "not_found": "registry has no such model or alias; keeping the current model",
     "garbage": "registry answered garbage; keeping the current model",
     "refused": "registry refused the request; keeping the current model",
+    "credentials": "registry password unavailable; keeping the current model",
 }
 TICK = 0.25  # how often the task looks at state.json (a ``models rollback``) and the watch
 
@@ -94,7 +95,10 @@ class RegistryPoller:
 
     def client(self) -> RegistryClient:
         if self._client is None:
-            pw = self.cfg.password.reveal() if self.cfg.password is not None else None
+            try:
+                pw = self.cfg.password.reveal() if self.cfg.password is not None else None
+            except (LookupError, OSError) as exc:
+                raise RegistryFailure("credentials", f"registry password: {exc}") from exc
             self._client = RegistryClient(self.cfg.tracking_uri, username=self.cfg.username,
                                           password=pw, timeout=self.cfg.timeout)
         return self._client
@@ -143,6 +147,7 @@ class RegistryPoller:
             self.an.score_watch = None
             if self._client is not None:
                 await self._client.aclose()
+                self._client = None
 
     async def _restore(self) -> None:
         """At start: put the version recorded in state.json back in service."""
