@@ -47,10 +47,18 @@ async def test_failure_kinds_one_line_each_and_basic_auth(
                            ("garbage", "registry answered garbage")]:
             proxy.set_mode(mode)
             caplog.clear()
+            before = p.retrier.failures
             delays = [await p.poll_once() for _ in range(3)]
             msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
             assert len(msgs) == 1 and msgs[0].startswith(line), msgs
-            assert delays[2] > delays[0] or delays[2] >= p.backoff.maximum * 0.5  # backing off
+            assert p.retrier.failures == before + 3  # backing off, not polling at the interval
+            assert all(d <= p.backoff.maximum for d in delays)
+        proxy.set_mode("forward")
+        with p.store.update() as st:  # the alias's version is settled: nothing to deploy
+            st.refused["1"] = "settled for this test"
+        caplog.clear()
+        assert await p.poll_once() == p.cfg.poll_interval and p.retrier.failures == 0
+        assert [r.getMessage() for r in caplog.records] == ["registry answers again"]
         await proxy.stop()
         caplog.clear()
         await p.poll_once()

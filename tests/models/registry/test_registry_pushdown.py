@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import config
-from edge_agent.agent.analysis import Analysis
+from edge_agent.agent.analysis import Analysis, resolve_model
 from edge_agent.agent.cli import main as edge_agent_main
 from edge_agent.drivers.simulator import Config as SimConfig
 from edge_agent.drivers.simulator import FaultScript, SimulatedPlant
@@ -92,8 +92,9 @@ class Agent:
         assert p.registry is not None
         self.an = Analysis(p, cfg.state_dir)
         self.plant = Plant(self.an)
+        assert p.model is not None
         self.poller = RegistryPoller(p.registry, self.an, cfg.state_dir, cfg.agent.gateway_id,
-                                     put, configured_model=None)
+                                     put, configured_model=resolve_model(p.model.path))
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -225,8 +226,13 @@ async def test_pushdown_campaign(mlflow_server: MlflowServer, proxy: Proxy, keys
     assert by_cmd.details == {**by_cmd.details, "to": "1", "by": "command"}
     await wait_for(lambda: plant.version() == "r1")
 
-    # killed mid-download → the next start cleans staging and deploys the version
+    # killed mid-download → the next start cleans staging and deploys the version; a rollback
+    # by command while the agent was down (past the oldest kept version: back to the configured
+    # model) is reported when it starts
     await agent.kill()
+    out = await run([sys.executable, "-m", "edge_agent.agent.cli", "models", "rollback",
+                     SOURCE, "--state-dir", str(state)])
+    assert out.returncode == 0 and "the configured model" in out.stdout, out.stderr
     assert await publish(url, name, make_bundle("r9")) == "9"
     killed = await run([sys.executable, "-c", KILL_MID_DOWNLOAD, str(state), url, name])
     assert killed.returncode == -9, killed.stderr
@@ -240,10 +246,10 @@ async def test_pushdown_campaign(mlflow_server: MlflowServer, proxy: Proxy, keys
     cleaned = await wait_for(lambda: [e for e in events[n_events:]
                                       if e.kind == "model_staging_cleaned"])
     assert cleaned[0].details["removed"]
-    restored = await wait_for(lambda: [e for e in events[n_events:] if e.kind == "model_loaded"
-                                       and e.details.get("restored")])
-    assert restored[0].details["registry_version"] == "1"
+    offline = await wait_for(lambda: ev("model_rolled_back", "1", by="command"))
+    assert offline.details["to"] is None
     await wait_for(lambda: ev("model_deployed", "9"), what="v9 deployed after restart")
+    assert ev("model_deployed", "9").details["previous"] is None  # type: ignore[union-attr]
     assert json.loads((state / "registry" / SOURCE / "versions" / "9" / "manifest.json")
                       .read_text())["version"] == "r9"
 
@@ -262,6 +268,17 @@ async def test_pushdown_campaign(mlflow_server: MlflowServer, proxy: Proxy, keys
     await wait_for(lambda: ev("model_deployed", "10"), what="v10 after the registry returned")
     assert any(r.getMessage() == "registry answers again" for r in caplog.records)
     assert plant.version() == "r10"
+
+    # a restart puts the deployed version back in service from disk, without the registry
+    await agent.kill()
+    await proxy.stop()
+    n_events = len(events)
+    agent = Agent(cfg, put)
+    agent.start()
+    restored = await wait_for(lambda: [e for e in events[n_events:] if e.kind == "model_loaded"
+                                       and e.details.get("restored")])
+    assert restored[0].details["registry_version"] == "10"
+    await wait_for(lambda: agent.plant.version() == "r10")
     await agent.kill()
 
 
