@@ -32,7 +32,7 @@ from edge_agent.models.bundle import (
     load_bundle,
     sign_manifest,
 )
-from edge_agent.models.registry.client import RegistryClient, RegistryFailure
+from edge_agent.models.registry.client import RegistryClient, RegistryFailure, artifact_path
 from edge_agent.models.registry.deploy import Store
 from edge_agent.records import format_ts, now
 
@@ -158,8 +158,6 @@ async def publish_bundle(bundle: Path | str, tracking_uri: str, name: str, *,
     m = b.manifest
     async with RegistryClient(tracking_uri, username=username, password=password) as c:
         run_id, art_uri = await c.create_run(experiment_id, f"bundle {m.name} v{m.version}")
-        from edge_agent.models.registry.client import artifact_path
-
         base = artifact_path(art_uri)
         for fname, data in files.items():
             await c.upload(f"{base}/bundle/{fname}", data)

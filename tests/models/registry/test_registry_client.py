@@ -24,7 +24,7 @@ from edge_agent.models.registry.publish import publish_bundle
 
 from .conftest import BASE_BUNDLE, BundleMaker, Keys, MlflowServer, Proxy
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)  # includes the server's start when run first
 
 
 def poller(url: str, tmp_path: Path, keys: Keys, name: str = "kinds") -> RegistryPoller:
