@@ -34,7 +34,7 @@ from edge_agent.models.registry.client import (
 from edge_agent.models.registry.config import RegistryConfig
 from edge_agent.models.registry.deploy import BUNDLE_FILES, Refusal, Store, verify_staged
 from edge_agent.models.registry.probation import Probation
-from edge_agent.records import Event, format_ts
+from edge_agent.records import Event, Severity, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ class RegistryPoller:
         self.keys: list[bytes] = []
 
     # -- helpers ------------------------------------------------------------------------------
-    def _event(self, kind: str, severity: str = "info", **details: Any) -> Event:
+    def _event(self, kind: str, severity: Severity = "info", **details: Any) -> Event:
         details.setdefault("registry", {"model_name": self.cfg.model_name,
                                         "alias": self.cfg.alias})
-        return Event(kind, self.source, time.time(), severity, details)  # type: ignore[arg-type]
+        return Event(kind, self.source, time.time(), severity, details)
 
     def client(self) -> RegistryClient:
         if self._client is None:
