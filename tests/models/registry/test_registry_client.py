@@ -200,3 +200,32 @@ async def test_daemon_pipeline_runs_the_poller_and_buffers_its_events(
     versions = {(f.get("model") or {}).get("version")
                 for f in rows("SELECT body FROM features")}
     assert "p1" in versions
+
+
+def test_keygen_sign_and_unsigned_publish_refused(tmp_path: Path, capsys: Any) -> None:
+    import shutil
+
+    from edge_agent.agent.cli import main
+    from edge_agent.models.bundle import load_bundle
+
+    assert main(["models", "keygen", "--out", str(tmp_path / "central")]) == 0
+    assert main(["models", "keygen", "--out", str(tmp_path / "central")]) == 1  # no overwrite
+    assert (tmp_path / "central.key").stat().st_mode & 0o077 == 0
+    bundle = tmp_path / "b"
+    shutil.copytree(BASE_BUNDLE, bundle)
+    # unsigned: publish refuses before talking to any server
+    assert main(["models", "publish", str(bundle), "--tracking-uri", "http://127.0.0.1:9",
+                 "--name", "x"]) == 1
+    assert "not signed" in capsys.readouterr().err
+    assert main(["models", "sign", str(bundle), "--key", str(tmp_path / "central.key")]) == 0
+    pub = load_public_key(str(tmp_path / "central.pub"))
+    assert load_bundle(bundle, public_key=pub).signature is not None
+    (bundle / "model.onnx").write_bytes(b"tampered")
+    assert main(["models", "sign", str(bundle), "--key", str(tmp_path / "central.key")]) == 1
+
+
+def test_rollback_command_without_deployments(tmp_path: Path, capsys: Any) -> None:
+    from edge_agent.agent.cli import main
+
+    assert main(["models", "rollback", "pump-01.de_accel", "--state-dir", str(tmp_path)]) == 1
+    assert "no registry deployments" in capsys.readouterr().err
