@@ -86,6 +86,7 @@ class RegistryPoller:
         self.running: str | None = None  # registry version the analysis runs now
         self._stamp = 0.0
         self.keys: list[bytes] = []
+        self._fetch: tuple[ModelVersion, asyncio.Task[Path]] | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _event(self, kind: str, severity: Severity = "info", **details: Any) -> Event:
@@ -114,7 +115,8 @@ class RegistryPoller:
 
     # -- the task -----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Runs until cancelled (at agent shutdown)."""
+        """Runs until cancelled (at agent shutdown). Every change of the model in service
+        (restore, swap, rollback) happens in this loop, one at a time."""
         try:
             self.keys = self.cfg.public_keys()
         except (OSError, ValueError) as exc:
@@ -140,10 +142,17 @@ class RegistryPoller:
                     restored = True
                 await self._apply_rollback_request()
                 await self._watch()
-                if time.monotonic() >= next_poll:
+                if self._fetch is not None:
+                    if self._fetch[1].done():
+                        next_poll = time.monotonic() + await self._fetched()
+                elif time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + await self.poll_once()
                 await asyncio.sleep(TICK)
         finally:
+            if self._fetch is not None:
+                self._fetch[1].cancel()
+                await asyncio.gather(self._fetch[1], return_exceptions=True)
+                self._fetch = None
             self.an.score_watch = None
             if self._client is not None:
                 await self._client.aclose()
@@ -191,24 +200,30 @@ class RegistryPoller:
 
     # -- polling ------------------------------------------------------------------------------
     async def poll_once(self) -> float:
-        """One look at the alias (and a deployment if it moved). Returns the delay to the next
-        look: ``poll_interval`` after a good answer, the backoff after a failure."""
+        """One look at the alias; when it names a new version, start fetching it (a task: the
+        loop keeps watching the running model meanwhile). Returns the delay to the next look:
+        ``poll_interval`` after a good answer, the backoff after a failure."""
         try:
             mv = await self.client().alias_version(self.cfg.model_name, self.cfg.alias)
-            state = self.store.read()
-            if mv.status not in ("READY", ""):
-                log.debug("version not ready yet", extra={"source": self.source,
-                                                          "version": mv.version})
-            elif not state.known(mv.version):
-                await self._deploy(mv)
         except RegistryFailure as exc:
             return self._failed(exc)
+        self._answered()
+        if mv.status not in ("READY", ""):
+            log.debug("version not ready yet", extra={"source": self.source,
+                                                      "version": mv.version})
+        elif not self.store.read().known(mv.version):
+            await self.put([self._event("model_version_found", version=mv.version,
+                                        run_id=mv.run_id, source=mv.source)])
+            self._fetch = (mv, asyncio.create_task(self._fetch_verified(mv),
+                                                   name=f"registry-fetch:{self.source}"))
+        return float(self.cfg.poll_interval)
+
+    def _answered(self) -> None:
         if self.failing is not None:
             log.info("registry answers again", extra={"source": self.source,
                                                       "after": self.failing})
             self.failing = None
         self.retrier.reset()
-        return float(self.cfg.poll_interval)
 
     def _failed(self, exc: RegistryFailure) -> float:
         delay = self.retrier.next_delay()
@@ -222,30 +237,40 @@ class RegistryPoller:
                                                        "kind": exc.kind})
         return delay
 
-    async def _deploy(self, mv: ModelVersion) -> None:
-        await self.put([self._event("model_version_found", version=mv.version,
-                                    run_id=mv.run_id, source=mv.source)])
+    async def _fetch_verified(self, mv: ModelVersion) -> Path:
+        """Download into a fresh staging folder and run every check there."""
         staged = self.store.new_staging(mv.version)
         try:
             await self._download(mv, staged)
             names, contract = self._expected()
             await asyncio.to_thread(verify_staged, staged, self.keys, names, contract,
                                     threads=self.threads)
-        except Refusal as exc:
-            shutil.rmtree(staged, ignore_errors=True)
-            await self._refuse(mv.version, exc.step, exc.reason)
-            return
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
+        return staged
+
+    async def _fetched(self) -> float:
+        """A fetch finished: refuse the version, retry later, or install and swap it in."""
+        assert self._fetch is not None
+        mv, task = self._fetch
+        self._fetch = None
+        try:
+            staged = task.result()
+        except Refusal as exc:
+            await self._refuse(mv.version, exc.step, exc.reason)
+            return float(self.cfg.poll_interval)
+        except RegistryFailure as exc:
+            return self._failed(exc)
         final = self.store.install(staged, mv.version)
         try:
             scorer = await self._load(mv.version)
         except (ModelError, OSError) as exc:
             shutil.rmtree(final, ignore_errors=True)
             await self._refuse(mv.version, "load", f"installed copy does not load: {exc}")
-            return
+            return float(self.cfg.poll_interval)
         await self._swap_in(mv, scorer, final)
+        return float(self.cfg.poll_interval)
 
     async def _download(self, mv: ModelVersion, staged: Path,
                         on_chunk: Callable[[int], None] | None = None) -> None:
