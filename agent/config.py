@@ -34,6 +34,7 @@ from edge_agent.models.commissioning import CommissioningConfig
 from edge_agent.models.drift import DriftConfig
 from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
+from edge_agent.models.registry.config import RegistryConfig
 from edge_agent.sync.buffer import BufferConfig
 from edge_agent.sync.contract import UploaderConfig
 
@@ -102,6 +103,7 @@ class PipelineConfig:
     alerts: AlertConfig = AlertConfig()
     drift: DriftConfig = DriftConfig()
     commissioning: CommissioningConfig | None = None
+    registry: RegistryConfig | None = None  # model versions pushed down from MLflow
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -109,6 +111,8 @@ class PipelineConfig:
             out.append(("hop", "must be <= window (windows may overlap, not leave gaps)"))
         if self.model and self.commissioning and self.commissioning.enabled:
             out.append(("commissioning", "give either a model or commissioning, not both"))
+        if self.registry and self.commissioning and self.commissioning.enabled:
+            out.append(("commissioning", "give either a registry or commissioning, not both"))
         return out
 
 

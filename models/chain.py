@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,6 +121,9 @@ class Chain:
         self.anomalous_windows = 0
         self.model_status = "none"
         self.last_score: float | None = None
+        # Sees every scoring result (scores of rows with finite features) or scoring error;
+        # the model registry watches a newly deployed version through it.
+        self.score_watch: Callable[[F64 | Exception], None] | None = None
 
     @property
     def threshold(self) -> float | None:
@@ -174,7 +178,8 @@ class Chain:
                           {"name": kept.ref.name, "version": kept.ref.version}})
         return self._activated(scorer, ts, {"path": str(path)})
 
-    def swap_model(self, scorer: Scorer, ts: float) -> Event:
+    def swap_model(self, scorer: Scorer, ts: float,
+                   origin: Mapping[str, Any] | None = None) -> Event:
         """Make an already loaded and checked ``scorer`` the current model. Call it between two
         :meth:`process` calls (the chain is not re-entrant): the next window is scored by the
         new model, alert hysteresis and drift restart. The caller checks the scorer against
@@ -184,7 +189,8 @@ class Chain:
             raise RuntimeError("swap_model before the first block")
         self.slot.current = scorer
         self.slot.last_error = None
-        return self._activated(scorer, ts, {"path": str(scorer.bundle.path)})
+        return self._activated(scorer, ts, dict(origin) if origin is not None
+                               else {"path": str(scorer.bundle.path)})
 
     def _activated(self, scorer: Scorer, ts: float, details: dict[str, Any]) -> Event:
         self.alerter.reset()
@@ -240,9 +246,13 @@ class Chain:
         try:
             scores = scorer.score(X)
         except ModelError as exc:
+            if self.score_watch is not None:
+                self.score_watch(exc)
             log.error("scoring failed", extra={"source": self.source, "reason": str(exc)})
             return [Event("scoring_failed", self.source, vectors[-1].window_end, "warning",
                           {"reason": str(exc)})]
+        if self.score_watch is not None:
+            self.score_watch(scores[np.isfinite(X).all(axis=1)])
         events: list[Event] = []
         for fv, row, s in zip(vectors, X, scores, strict=True):
             fv.model = scorer.ref

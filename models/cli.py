@@ -27,7 +27,8 @@ F64 = npt.NDArray[np.float64]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="model bundles: export, train, verify, pack")
+    p = subparsers.add_parser("models", help="model bundles: export, train, verify, pack, "
+                                             "sign, publish, rollback")
     sub = p.add_subparsers(dest="models_command", required=True)
 
     ex = sub.add_parser("export", help="sklearn pipeline (joblib/pickle/MLflow dir) -> bundle")
@@ -72,6 +73,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("bundle")
     pk.add_argument("archive")
     pk.set_defaults(func=cmd_pack)
+
+    from edge_agent.models.registry.publish import add_commands as add_registry_commands
+
+    add_registry_commands(sub)  # keygen, sign, publish, rollback
 
 
 def _contract_args(p: argparse.ArgumentParser) -> None:
