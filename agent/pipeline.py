@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from edge_agent.agent.admission import ReadingGate
-from edge_agent.agent.analysis import Analysis, resolve_model
+from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.history import StatusRecorder
 from edge_agent.agent.queues import BoundedQueue
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverOutput
+from edge_agent.models.builtin import resolve_model
 from edge_agent.models.registry.poller import RegistryPoller
 from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
 from edge_agent.sync.buffer import Buffer
