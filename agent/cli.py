@@ -39,6 +39,22 @@ def _config_problem(exc: ConfigError) -> int:
     return EX_CONFIG
 
 
+def _leave(code: int) -> int:
+    """Exit at once when a sound card's stream could not be stopped (its capture thread is
+    blocked inside the device): PortAudio's teardown at interpreter exit would wait for that
+    thread forever, and a stop must always stop. Everything was committed and closed before."""
+    sc = sys.modules.get("edge_agent.drivers.soundcard")
+    if sc is not None and int(getattr(sc, "abandoned_streams", 0)):
+        logging.getLogger(__name__).warning(
+            "a sound card stream could not be stopped; exiting without PortAudio teardown",
+            extra={"streams": sc.abandoned_streams})
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.agent import daemon, logs
 
@@ -55,14 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         print("edge-agent: stopped by a second signal before the final sync finished "
               "(everything read is committed in the buffer)", file=sys.stderr)
-        return 1
+        return _leave(1)
     except (OSError, SchemaTooNew, TrainExtraMissing) as exc:
         # Start-up failures a technician can fix (permissions, a full disk, a database written by
         # a newer agent, commissioning without the [train] extra): one clear line, no traceback.
         logging.getLogger("edge_agent").critical("cannot start", extra={"error": str(exc)})
         print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return _leave(1)
+    return _leave(0)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
