@@ -11,7 +11,6 @@ fits and loads this asset's own model.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -90,7 +89,7 @@ class Analysis:
         if cc is not None and cc.enabled:
             out = Path(cc.out_dir).expanduser()
             out = out if out.is_absolute() else self.state_dir / out
-            self.commissioner = Commissioner(dataclasses.replace(cc, out_dir=str(out)),
+            self.commissioner = Commissioner(cc.model_copy(update={"out_dir": str(out)}),
                                              self.source, ext.names(), ext.contract())
             self.model_status = "commissioning"
         if mc is not None:

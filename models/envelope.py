@@ -24,13 +24,13 @@ resolution is ``fs / n``: separating BPFO, BSF and BPFI needs windows of ~0.5 s 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
+from pydantic import Field
 
-from edge_agent.confkit import field
+from edge_agent.settings import Model
 
 F64 = npt.NDArray[np.float64]
 
@@ -38,14 +38,13 @@ DEFECTS: tuple[str, ...] = ("bpfo", "bpfi", "bsf", "ftf")
 ENVELOPE_NAMES: tuple[str, ...] = tuple(f"env_{d}" for d in DEFECTS)
 
 
-@dataclass(frozen=True)
-class BearingGeometry:
+class BearingGeometry(Model):
     """Rolling-element bearing geometry (diameters in any one unit, e.g. inches or mm)."""
 
-    n_balls: int = field(gt=0)
-    ball_diameter: float = field(gt=0)
-    pitch_diameter: float = field(gt=0)
-    contact_angle_deg: float = field(0.0, ge=0, lt=90)
+    n_balls: int = Field(gt=0)
+    ball_diameter: float = Field(gt=0)
+    pitch_diameter: float = Field(gt=0)
+    contact_angle_deg: float = Field(0.0, ge=0, lt=90)
 
     def problems(self) -> list[tuple[str, str]]:
         if self.ball_diameter >= self.pitch_diameter:
