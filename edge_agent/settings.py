@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.errors import ConfigError, ConfigProblem
+from edge_agent.errors import ConfigError, ConfigProblem, EdgeAgentError
 
 __all__ = [
     "ByteSize",
@@ -160,7 +160,7 @@ _PARSE_KEY = "edge_agent.settings.parse"
 _PARSING: dict[str, bool] = {_PARSE_KEY: True}  # validation context of parse()
 
 
-class Problems(ValueError):
+class Problems(EdgeAgentError, ValueError):
     """Raised by a validator to report several problems, keys relative to the table."""
 
     def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
@@ -367,7 +367,9 @@ def problems_from(exc: ValidationError, base: str = "",
             continue
         if key in failed or any(key.startswith(k + ".") or key.startswith(k + "[")
                                 for k in failed):
-            continue
+            continue  # under a key that already failed
+        if any(p.key.startswith(key + ".") or p.key.startswith(key + "[") for p in out):
+            continue  # e.g. "must not be empty" for a list whose only item failed
         failed.add(key)
         out.append(ConfigProblem(key, _message(err)))
     return out

@@ -27,6 +27,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent.errors import ContractMismatch as ContractMismatch
+from edge_agent.errors import ModelError as ModelError
+
 FORMAT = "edge-agent-model-bundle/1"
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -36,14 +39,6 @@ MAX_REFERENCE_TOLERANCE = 1e-2
 
 Kind = Literal["vibration", "sound", "process"]
 KINDS: tuple[str, ...] = ("vibration", "sound", "process")
-
-
-class ModelError(Exception):
-    """A model bundle cannot be used (missing, corrupt, inconsistent, unsupported)."""
-
-
-class ContractMismatch(ModelError):
-    """The bundle's feature contract differs from what the configured extractor produces."""
 
 
 @dataclass(frozen=True, slots=True)

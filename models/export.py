@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.errors import TrainingError
 from edge_agent.models.bundle import (
     KINDS,
     FeatureSummary,
@@ -40,11 +41,11 @@ QUANTILE_LEVELS: tuple[float, ...] = tuple(round(i / 20, 2) for i in range(21))
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 
-class UnsupportedModel(ModelError):
+class UnsupportedModel(TrainingError):
     """The estimator cannot be exported to a bundle."""
 
 
-class VerificationFailed(ModelError):
+class VerificationFailed(TrainingError):
     """ONNX and sklearn scores disagree beyond the tolerance."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from edge_agent import errors
 from edge_agent.models import features as ft
 from edge_agent.models.envelope import ENVELOPE_NAMES, BearingGeometry, envelope_energies
 from edge_agent.models.mfcc import MFCC
@@ -37,7 +38,7 @@ F64 = npt.NDArray[np.float64]
 FeatureGroup = Literal["basic", "iso", "envelope"]
 
 
-class FeatureError(ValueError):
+class FeatureError(errors.FeatureError):
     """A window the extractor cannot turn into finite features (the message says why)."""
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
+from edge_agent.errors import BufferClosed as BufferClosed
 from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 from edge_agent.settings import ByteSize, Duration, Model
 
@@ -58,10 +59,6 @@ class BufferConfig(Model):
         if self.reserved_for_events >= self.max_size:
             out.append(("reserved_for_events", "must be smaller than max_size"))
         return out
-
-
-class BufferClosed(RuntimeError):
-    """The buffer is not running (not started, closed, or its writer failed)."""
 
 
 @dataclass

@@ -34,6 +34,8 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 
+from edge_agent.errors import SchemaTooNew as SchemaTooNew
+
 LATEST = 2
 
 
@@ -91,10 +93,6 @@ def _v2(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1), (2, _v2)]
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer version of the agent."""
 
 
 def version(conn: sqlite3.Connection) -> int:
