@@ -135,8 +135,8 @@ class Secret:
         if self.file is not None:
             try:
                 Path(self.file).read_bytes()
-            except OSError as exc:
-                return f"cannot read {self.file}: {exc.strerror or exc}"
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+                return f"cannot read {self.file}: {getattr(exc, 'strerror', None) or exc}"
         return None
 
     def describe(self) -> str:
@@ -212,7 +212,10 @@ class Model(BaseModel):
         """Run ``problems()`` when validating through :func:`parse` (a model built in code is
         trusted, as a dataclass would be; tests build deliberately odd ones)."""
         if isinstance(info.context, Mapping) and info.context.get(_PARSE_KEY):
-            found = list(self.problems())
+            try:
+                found = list(self.problems())
+            except (ArithmeticError, ValueError) as exc:  # e.g. 10 ** (gain_db / 20) overflows
+                found = [("", f"values out of range ({exc})")]
             if found:
                 raise Problems(found)
         return self
@@ -262,7 +265,11 @@ def world_problems(root: Model, path: str = "") -> list[ConfigProblem]:
             if why:
                 out.append(ConfigProblem(key, why))
         elif isinstance(obj, Model):
-            out += [ConfigProblem(_join(key, k), m) for k, m in obj.world_problems()]
+            try:
+                found = list(obj.world_problems())
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in a path
+                found = [("", f"cannot be checked: {exc}")]
+            out += [ConfigProblem(_join(key, k), m) for k, m in found]
     return out
 
 
