@@ -75,7 +75,7 @@ class Node(Model):
             out.append(("node_id", "give exactly one of node_id or browse_path"))
         for key in ("node_id", "sample_rate_node"):
             text = getattr(self, key)
-            if text and not _is_node_id(text):
+            if text and not self.is_node_id(text):
                 out.append((key, f"{text!r} is not an OPC-UA node id (e.g. "
                                  "\"ns=2;s=Press7.OilTemp\", \"ns=2;i=5012\", \"i=84\")"))
         if self.deadband == "percent" and self.deadband_value > 100:
@@ -91,6 +91,15 @@ class Node(Model):
         elif self.sample_rate is not None or self.sample_rate_node:
             out.append(("sample_rate", "only for waveform = true"))
         return out
+
+    @staticmethod
+    def is_node_id(text: str) -> bool:
+        """``text`` parses as an OPC-UA node id (asyncua's parser)."""
+        try:
+            ua.NodeId.from_string(text)
+        except (ua.UaStringParsingError, ValueError):
+            return False
+        return True
 
 
 class Config(Model):
@@ -124,7 +133,7 @@ class Config(Model):
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        if _has_userinfo(self.endpoint):
+        if self.has_userinfo(self.endpoint):
             out.append(("endpoint", "must not carry user:password@ (it would be shown and "
                                     "logged): use username and password or password_file"))
         else:
@@ -149,20 +158,12 @@ class Config(Model):
                 ("certificate", "private_key", "server_certificate")
                 if (path := getattr(self, key)) and not os.access(path, os.R_OK)]
 
-
-def _is_node_id(text: str) -> bool:
-    try:
-        ua.NodeId.from_string(text)
-    except (ua.UaStringParsingError, ValueError):
-        return False
-    return True
-
-
-def _has_userinfo(url: str) -> bool:
-    try:
-        return urlsplit(url).username is not None
-    except ValueError:
-        return False
+    @staticmethod
+    def has_userinfo(url: str) -> bool:
+        try:
+            return urlsplit(url).username is not None
+        except ValueError:
+            return False
 
 
 def parse_endpoint(url: str) -> tuple[str, str, int]:

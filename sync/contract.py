@@ -42,7 +42,7 @@ class UploaderConfig(Model):
     def problems(self) -> list[tuple[str, str]]:
         out = []
         if self.url is not None:
-            out += [("url", why) for why in _url_problems(self.url)]
+            out += [("url", why) for why in self.url_problems(self.url)]
             if self.api_key is None:
                 out.append(("api_key", "is required when url is set (or give api_key_file)"))
         if self.backoff_initial > self.backoff_max:
@@ -58,25 +58,25 @@ class UploaderConfig(Model):
         path = path if path.endswith(INGEST_PATH) else path + INGEST_PATH
         return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
-
-def _url_problems(url: str) -> list[str]:
-    """Why ``url`` cannot be the ingest base URL; never repeats the URL (it may hold a secret)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        return [f"is not a valid URL ({exc})"]
-    if parts.scheme not in ("http", "https"):
-        return ["must start with http:// or https://"]
-    if parts.username is not None or parts.password is not None:
-        return ["must not carry credentials (user:password@); give the key in api_key or "
-                "api_key_file"]
-    if not parts.hostname:
-        return ["names no host"]
-    if parts.query or parts.fragment:
-        return ["must not have a ?query or #fragment (the ingest path is appended to the base "
-                "URL; a token goes in api_key)"]
-    return []
+    @staticmethod
+    def url_problems(url: str) -> list[str]:
+        """Why ``url`` cannot be the ingest base URL (never repeats it: it may hold a secret)."""
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            return [f"is not a valid URL ({exc})"]
+        if parts.scheme not in ("http", "https"):
+            return ["must start with http:// or https://"]
+        if parts.username is not None or parts.password is not None:
+            return ["must not carry credentials (user:password@); give the key in api_key or "
+                    "api_key_file"]
+        if not parts.hostname:
+            return ["names no host"]
+        if parts.query or parts.fragment:
+            return ["must not have a ?query or #fragment (the ingest path is appended to the "
+                    "base URL; a token goes in api_key)"]
+        return []
 
 
 class Retry(Exception):
