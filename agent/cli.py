@@ -11,31 +11,37 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from edge_agent import __version__  # noqa: E402
-from edge_agent.confkit import ConfigError  # noqa: E402
+from edge_agent.errors import ConfigError, ConfigProblem  # noqa: E402
 
 EX_CONFIG = 78
 
 
-def _load(path: str | None, state_dir: str | None) -> Any:
+def _load(path: str | None, state_dir: str | None, world: bool = True) -> Any:
+    """The validated config; with ``world``, also the files/env it names (raises ConfigError)."""
     from edge_agent.agent import config
 
     cfg = config.load(Path(path) if path else None)
     if state_dir:
-        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, state_dir=state_dir))
+        cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(
+            update={"state_dir": state_dir})})
+    if world:
+        found = config.world_problems(cfg)
+        if found:
+            raise ConfigError(found)
     return cfg
 
 
 def _config_problem(exc: ConfigError) -> int:
-    for p in exc.problems:
+    """One line per problem on stderr (``key.path: what is wrong``), exit 78 (EX_CONFIG)."""
+    problems = exc.problems or [ConfigProblem("<config>", str(exc))]
+    for p in problems:
         print(str(p), file=sys.stderr)
-    print(f"configuration invalid: {len(exc.problems)} problem(s)", file=sys.stderr)
     return EX_CONFIG
 
 
@@ -85,7 +91,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.agent import config
 
     try:
-        cfg = _load(args.config, None)
+        cfg = _load(args.config, None, world=not args.no_world_checks)
     except ConfigError as exc:
         return _config_problem(exc)
     print(f"{args.config or config.DEFAULT_CONFIG}: OK")
@@ -106,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check-config", help="validate a config and print a summary")
     chk.add_argument("-c", "--config", help="TOML config (default: the embedded one)")
+    chk.add_argument("--no-world-checks", action="store_true",
+                     help="validate the file only; do not check that the files and environment "
+                          "variables it names exist (e.g. a config for another machine)")
     chk.set_defaults(func=cmd_check_config)
 
     from edge_agent.agent import statuscmd, tools

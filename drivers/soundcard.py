@@ -48,15 +48,15 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from edge_agent.confkit import field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.records import WaveformBlock
+from edge_agent.settings import Model
 
 log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
@@ -77,14 +77,13 @@ _open_streams = 0                # streams open in this process
 abandoned_streams = 0            # streams whose stop hung: PortAudio's teardown would hang too
 
 
-@dataclass(frozen=True)
-class Channel:
+class Channel(Model):
     """One input channel and its calibration."""
 
-    name: str = field(min_len=1)
+    name: str = Field(min_length=1)
     calibration: Literal["raw", "dbfs", "mic_pa", "iepe"] = "raw"
-    sensitivity: float | None = field(None, gt=0)       # mV/Pa (mic) or mV/g (iepe)
-    full_scale_volts: float | None = field(None, gt=0)  # input volts at 0 dBFS
+    sensitivity: float | None = Field(None, gt=0)       # mV/Pa (mic) or mV/g (iepe)
+    full_scale_volts: float | None = Field(None, gt=0)  # input volts at 0 dBFS
     gain_db: float = 0.0
     unit: Literal["g", "m/s2"] = "g"                      # iepe output unit
 
@@ -106,18 +105,17 @@ class Channel:
         return (per * G, "m/s2") if self.unit == "m/s2" else (per, "g")
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Model):
     kind: Literal["soundcard"]
-    name: str = field(min_len=1)
-    channels: tuple[Channel, ...] = field(min_len=1)
+    name: str = Field(min_length=1)
+    channels: tuple[Channel, ...] = Field(min_length=1)
     device: str | None = None            # a name (substring) or an index; None: the default
-    sample_rate: float = field(48000.0, gt=0)
-    block_size: int = field(2048, ge=16, le=1 << 20)   # frames per PortAudio callback
-    buffer_seconds: float = field(4.0, gt=0, le=600)
+    sample_rate: float = Field(48000.0, gt=0)
+    block_size: int = Field(2048, ge=16, le=1 << 20)   # frames per PortAudio callback
+    buffer_seconds: float = Field(4.0, gt=0, le=600)
     latency: Literal["low", "high"] = "high"
     source_id: str | None = None         # default: the driver name
-    stall_timeout: float = field(5.0, gt=0)   # no audio for this long: disconnected
+    stall_timeout: float = Field(5.0, gt=0)   # no audio for this long: disconnected
 
     def waveform_sources(self) -> tuple[str, ...]:
         return (self.source_id or self.name,)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.confkit import ConfigError, build
 from edge_agent.drivers.base import Driver, DriverDisconnected, DriverError
 from edge_agent.drivers.soundcard import Channel, Config, SoundcardDriver, create, level_dbfs
+from edge_agent.settings import ConfigError, parse
 
 SR = 8000.0
 
@@ -78,7 +78,7 @@ class FakeStream:
 
 def make(channels: list[dict[str, Any]] | None = None, **raw: Any
          ) -> tuple[SoundcardDriver, list[FakeStream]]:
-    cfg = build(Config, {"kind": "soundcard", "name": "mic", "sample_rate": SR,
+    cfg = parse(Config, {"kind": "soundcard", "name": "mic", "sample_rate": SR,
                          "block_size": 100, "buffer_seconds": 0.1,
                          "channels": channels or [{"name": "a"}, {"name": "b"}], **raw})
     made: list[FakeStream] = []
@@ -175,10 +175,11 @@ async def test_calibration_per_channel() -> None:
     assert b.unit == "Pa"
     # 0.5 FS * 1 V / 50 mV/Pa = 10 Pa; 0.5 FS * 2 V / 10 (20 dB) / 10 mV/Pa = 10 Pa
     np.testing.assert_allclose(b.samples[0], [10.0, 10.0])
-    acc = Channel("x", "iepe", sensitivity=100.0, full_scale_volts=5.0, unit="m/s2")
+    acc = Channel(name="x", calibration="iepe", sensitivity=100.0, full_scale_volts=5.0,
+                  unit="m/s2")
     assert acc.scale_and_unit() == (pytest.approx(50.0 * 9.80665), "m/s2")
-    assert Channel("x", "iepe", sensitivity=100.0, full_scale_volts=5.0).scale_and_unit() == \
-        (pytest.approx(50.0), "g")
+    assert Channel(name="x", calibration="iepe", sensitivity=100.0,
+                   full_scale_volts=5.0).scale_and_unit() == (pytest.approx(50.0), "g")
     assert level_dbfs(np.sin(np.arange(8000) * 2 * math.pi / 80)) == pytest.approx(0.0,
                                                                                   abs=1e-9)
     assert level_dbfs(np.zeros(10)) == -math.inf
@@ -204,12 +205,12 @@ async def test_read_waits_for_the_callback() -> None:
 
 def test_config_problems() -> None:
     with pytest.raises(ConfigError) as err:
-        build(Config, {"kind": "soundcard", "name": "m", "channels": [
+        parse(Config, {"kind": "soundcard", "name": "m", "channels": [
             {"name": "a", "calibration": "iepe"}, {"name": "a"}]})
     text = str(err.value)
     assert "sensitivity: is required" in text and "full_scale_volts: is required" in text
     with pytest.raises(ConfigError) as err2:
-        build(Config, {"kind": "soundcard", "name": "m", "channels": [
+        parse(Config, {"kind": "soundcard", "name": "m", "channels": [
             {"name": "a", "calibration": "iepe", "sensitivity": 100.0, "full_scale_volts": 1.0},
             {"name": "a"}]})
     assert "names must be distinct" in str(err2.value) and "one unit" in str(err2.value)
@@ -217,7 +218,7 @@ def test_config_problems() -> None:
 
 async def test_missing_portaudio_or_package_is_a_clear_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = build(Config, {"kind": "soundcard", "name": "m", "channels": [{"name": "a"}]})
+    cfg = parse(Config, {"kind": "soundcard", "name": "m", "channels": [{"name": "a"}]})
     try:
         import sounddevice  # noqa: F401
         have_portaudio = True
@@ -244,7 +245,7 @@ async def test_missing_device_lists_the_inputs(monkeypatch: pytest.MonkeyPatch) 
                                {"name": "HDMI", "max_input_channels": 0}],
         InputStream=None)
     monkeypatch.setitem(sys.modules, "sounddevice", fake_sd)
-    cfg = build(Config, {"kind": "soundcard", "name": "m", "device": "Focusrite",
+    cfg = parse(Config, {"kind": "soundcard", "name": "m", "device": "Focusrite",
                          "channels": [{"name": "a"}]})
     with pytest.raises(DriverError, match=r"'Focusrite'.*input devices: \['USB Audio'\]"):
         await create(cfg).open()
