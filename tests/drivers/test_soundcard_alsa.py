@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverDisconnected, DriverError
 from edge_agent.drivers.soundcard import Config, SoundcardDriver, level_dbfs
+from edge_agent.settings import parse as build
 from tests.drivers.alsa_rig import Device, Feeder, looped, to_s16, tone, write_config
 
 PERIOD = 1024          # frames per PortAudio block = per FIFO write (stereo: 4096 bytes)
