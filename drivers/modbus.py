@@ -8,8 +8,12 @@ every ``poll_interval``; each call reads the devices that are due.
 Failures stay as small as they can be: an exception response or a timeout turns the points of
 that block into quality-0 readings with the reason, and the driver goes on. A block refused with
 ILLEGAL ADDRESS is split into single-point reads from then on (one bad address in a coalesced
-range must not blank its neighbours). Only a lost connection raises :class:`DriverDisconnected`;
-pymodbus' own reconnect is disabled — the agent reconnects with a fresh client.
+range must not blank its neighbours). A unit that stops answering while others on the same
+connection still do is probed with one request at growing gaps (``silent_unit_probe`` at most),
+so its timeouts do not starve the others (``health().detail["silent_units"]``). Only a lost
+connection — or one on which no unit answered :data:`SILENT_POLLS_DEAD` polls in a row — raises
+:class:`DriverDisconnected`; pymodbus' own reconnect is disabled — the agent reconnects with a
+fresh client. A poll counts as a good read (``health().reads``) only when the peer answered.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from edge_agent.backoff import Backoff
 from edge_agent.confkit import Duration, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.modbus_codec import (
@@ -47,6 +52,7 @@ from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, Reading, WaveformBlock
 log = logging.getLogger("edge_agent.drivers.modbus")
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
+SILENT_POLLS_DEAD = 2   # polls in a row in which no unit answered: the connection is dead
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,9 @@ class Config:
     max_gap: int = field(10, ge=0, le=MAX_REGISTERS)
     max_registers: int = field(MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
     max_bits: int = field(MAX_BITS, ge=1, le=MAX_BITS)
+    # A unit that stops answering while others on the connection do is probed (one request)
+    # with growing gaps, from 10 timeouts (at least its poll interval) up to this.
+    silent_unit_probe: Duration = field(Duration(60.0), gt=0, le=3600)
 
     def waveform_sources(self) -> tuple[str, ...]:
         return ()  # registers are scalar readings
@@ -174,6 +183,7 @@ class _DeviceState:
     blocks: list[Block]
     interval: float
     next_due: float = 0.0
+    silent: int = 0              # consecutive polls in which the unit answered nothing
 
 
 class ModbusDriver:
@@ -252,24 +262,71 @@ class ModbusDriver:
         # scheduler's jitter never makes it skip a whole tick.
         slack = float(self.cfg.poll_interval) / 2
         out: list[Reading | WaveformBlock] = []
-        polled = 0
+        answered = polled = 0
         for d in self._devices:
             if now + slack < d.next_due:
                 continue
-            d.next_due = max(d.next_due + d.interval, now + d.interval - slack)
-            out.extend(await self._poll_device(client, d))
+            readings, n = await self._poll_device(client, d)
+            out.extend(readings)
+            answered += n
             polled += 1
-        if polled:
+            self._schedule(d, n, now, slack)
+        if answered:
+            # A good read is one the peer answered (values or exception responses); a poll in
+            # which every request timed out is not, so the supervisor's backoff keeps growing.
             self._health.ok(sum(1 for r in out if isinstance(r, Reading) and r.value is not None))
+        elif polled and all(d.silent >= SILENT_POLLS_DEAD for d in self._devices):
+            self._health.error("no_answer")
+            raise DriverDisconnected(f"modbus {self.name}: no unit answered the last "
+                                     f"{SILENT_POLLS_DEAD} polls (connection accepted but silent)")
         return out
 
-    async def _poll_device(self, client: Any, d: _DeviceState) -> list[Reading]:
+    def _schedule(self, d: _DeviceState, answered: int, now: float, slack: float) -> None:
+        """Next due time. A unit that answered nothing while another unit on the connection
+        still answers is probed with growing gaps (one request each), so its timeouts cannot
+        starve the units that answer; when every unit is silent the connection is suspect and
+        the normal cadence goes on (until :data:`SILENT_POLLS_DEAD` raises a reconnect)."""
+        name = d.device.name
+        if answered:
+            if d.silent:
+                log.info("modbus unit answers again",
+                         extra={"driver": self.name, "device": name, "silent_polls": d.silent})
+            d.silent = 0
+            d.next_due = max(d.next_due + d.interval, now + d.interval - slack)
+        else:
+            d.silent += 1
+            others = any(x.silent == 0 for x in self._devices if x is not d)
+            if others:
+                c = self.cfg
+                base = max(d.interval, 10 * float(c.timeout) * (c.retries + 1))
+                probe = Backoff(base, max(base, float(c.silent_unit_probe)), jitter=0.0)
+                d.next_due = now + probe.ceiling(d.silent - 1)
+            else:
+                d.next_due = max(d.next_due + d.interval, now + d.interval - slack)
+            if d.silent == 1:
+                log.warning("modbus unit not answering; probing it less often",
+                            extra={"driver": self.name, "device": name,
+                                   "unit_id": d.device.unit_id})
+        self._health.detail["silent_units"] = sorted(x.device.name for x in self._devices
+                                                     if x.silent)
+
+    async def _poll_device(self, client: Any, d: _DeviceState) -> tuple[list[Reading], int]:
+        """The device's readings and how many of its requests were answered. A unit that did
+        not answer its last poll gets one request (a probe); its other points are reported
+        quality 0 without asking until it answers."""
         out: list[Reading] = []
+        answered = 0
         i = 0
         while i < len(d.blocks):
             block = d.blocks[i]
             ts = time.time()
+            if d.silent and i > 0 and not answered:
+                reason = f"timeout: unit {d.device.unit_id} not answering (probed less often)"
+                out.extend(self._decode_block(d, block, None, reason, ts))
+                i += 1
+                continue
             words, reason, code = await self._read_block(client, d.device.unit_id, block)
+            answered += not reason.startswith("timeout")
             if code == ExcCodes.ILLEGAL_ADDRESS and len(block.members) > 1:
                 # One invalid address inside a coalesced range: read its points one by one
                 # from now on, and right away.
@@ -282,7 +339,7 @@ class ModbusDriver:
                 continue
             out.extend(self._decode_block(d, block, words, reason, ts))
             i += 1
-        return out
+        return out, answered
 
     async def _read_block(self, client: Any, unit: int, block: Block
                           ) -> tuple[list[int] | list[bool] | None, str, int | None]:

@@ -48,10 +48,11 @@ def _port_free_on(host: str) -> int:
 
 
 class Retries(logging.Handler):
-    """The supervisor's "driver failed; reconnecting" records."""
+    """The supervisor's "driver failed; reconnecting" records (the first at warning level, the
+    repeats while still down at debug level)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
         self.grew = asyncio.Event()
 
@@ -72,7 +73,7 @@ def retries() -> Retries:
     logger = logging.getLogger("edge_agent.supervisor")
     handler, level = Retries(), logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.DEBUG)
     yield handler  # type: ignore[misc]
     logger.removeHandler(handler)
     logger.setLevel(level)
@@ -120,6 +121,7 @@ async def test_bad_endpoints_retry_forever_with_backoff(case: str, retries: Retr
         assert not task.done(), "run_driver gave up"
         recs = retries.records
         assert {r.error for r in recs} == {expected}  # type: ignore[attr-defined]
+        assert [r.levelno for r in recs[:3]] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
         assert [r.attempt for r in recs[:ATTEMPTS]] == list(range(1, ATTEMPTS + 1))  # type: ignore[attr-defined]
         delays = [float(r.retry_in_s) for r in recs]  # type: ignore[attr-defined]
         for i, d in enumerate(delays[:ATTEMPTS]):  # exponential up to the maximum, jittered
