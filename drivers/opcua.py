@@ -36,6 +36,7 @@ from edge_agent.confkit import Duration, Secret, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
 from edge_agent.drivers.opcua_items import UA_ERRORS
+from edge_agent.drivers.opcua_probe import describe_peer
 from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
 
@@ -270,6 +271,11 @@ class OpcUaDriver:
             await self.close()
             self._health.error("connect")
             why = _why(exc, host, port)
+            if (isinstance(exc, TimeoutError | ConnectionError | EOFError | ua.UaError)
+                    and not isinstance(exc, ConnectionRefusedError)):
+                # "connection lost" / "timed out" may hide a peer that is no OPC-UA server
+                said = await describe_peer(host, port, url, min(float(self.cfg.timeout), 3.0))
+                why = said or why
             raise DriverDisconnected(f"opcua {self.name}: cannot connect to {url}: {why}"
                                      ) from exc
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -14,7 +15,7 @@ import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.confkit import ConfigError, build
-from edge_agent.drivers.base import DriverOutput
+from edge_agent.drivers.base import DriverDisconnected, DriverOutput
 from edge_agent.drivers.opcua import Config, create, parse_endpoint
 from edge_agent.records import Reading
 from tests.drivers.leaks import ResourceCount
@@ -155,3 +156,57 @@ async def test_bad_endpoints_retry_forever_with_backoff(case: str, retries: Retr
             await task
     await asyncio.sleep(0.05)
     ResourceCount.now().assert_same_as(base)  # no socket or task left from ~40 failed opens
+
+
+@pytest.mark.parametrize("keep_open", [False, True])
+async def test_an_http_server_at_the_endpoint_is_named(keep_open: bool) -> None:
+    """An HTTP server answers the Hello with 400 (and closes, or keeps the socket open): the
+    error says what the peer answered, not "connection lost" or "timed out waiting"."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: 11\r\n\r\nBad Request")
+        await writer.drain()
+        if keep_open:
+            held.append(writer)
+        else:
+            writer.close()
+
+    srv = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = int(srv.sockets[0].getsockname()[1])
+    drv = create(_cfg(f"opc.tcp://127.0.0.1:{port}/plant/"))
+    try:
+        with pytest.raises(DriverDisconnected) as err:
+            await drv.open()
+    finally:
+        await drv.close()
+        for w in held:
+            w.close()
+        srv.close()
+        await srv.wait_closed()
+    text = str(err.value)
+    assert (f"the peer at 127.0.0.1:{port} is an HTTP server, not OPC-UA: it answered "
+            "'HTTP/1.1 400 Bad Request'") in text, text
+    assert "timed out" not in text and "connection lost" not in text
+
+
+async def test_a_silent_peer_at_the_endpoint_is_named() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while await reader.read(1024):
+                pass
+        writer.close()
+
+    srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = int(srv.sockets[0].getsockname()[1])
+    drv = create(_cfg(f"opc.tcp://127.0.0.1:{port}/plant/"))
+    try:
+        with pytest.raises(DriverDisconnected, match="accepted the connection but did not "
+                                                     "answer an OPC-UA Hello"):
+            await drv.open()
+    finally:
+        await drv.close()
+        srv.close()
+        await srv.wait_closed()
