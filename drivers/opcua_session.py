@@ -114,12 +114,28 @@ class Session:
                     it.nodeid = res.Targets[0].TargetId
                 else:
                     self._missing(it, f"browse path not found ({status_name(res.StatusCode)})")
+        namespaces: list[str] | None = None
         for it in self._items:
-            if it.node.node_id:
-                try:
-                    it.nodeid = ua.NodeId.from_string(it.node.node_id)
-                except ua.UaStringParsingError:
-                    self._missing(it, f"invalid NodeId {it.node.node_id!r}")
+            if not it.node.node_id:
+                continue
+            try:
+                nodeid = ua.NodeId.from_string(it.node.node_id)
+            except ua.UaStringParsingError:
+                self._missing(it, f"invalid NodeId {it.node.node_id!r}")
+                continue
+            uri = getattr(nodeid, "NamespaceUri", None)
+            if uri:
+                # "nsu=<uri>;..." : the index is the server's, and may change on every restart
+                if namespaces is None:
+                    namespaces = list(await self.client.get_namespace_array())
+                    self.health.detail["namespaces"] = len(namespaces)
+                if uri not in namespaces:
+                    self._missing(it, f"namespace {uri!r} is not in the server's namespace "
+                                      "array")
+                    continue
+                nodeid = ua.NodeId(nodeid.Identifier, ua.Int16(namespaces.index(uri)),
+                                   nodeid.NodeIdType)
+            it.nodeid = nodeid
 
     async def _read_rates(self) -> None:
         """Sample rates first, so the first waveform notifications already have one."""
@@ -146,16 +162,50 @@ class Session:
         for it in todo:
             mirs.append(monitor_request(it, self._next_handle))
             self._next_handle += 1
-        results = await g.sub.create_monitored_items(mirs)
+        try:
+            results = await self._create_items(g.sub, mirs)
+        except UA_ERRORS as exc:
+            if self._failure is not None:  # the connection is gone: no point asking again
+                raise
+            # The server refused the whole request (a fault, or no answer): find the node(s)
+            # it chokes on by asking for each one alone, so one bad node costs that node only.
+            log.warning("opcua monitored items refused as a batch; creating them one by one",
+                        extra={"driver": self.cfg.name, "items": len(mirs),
+                               "error": repr(exc)})
+            # One at a time: many servers serve a session's requests in order, so a request
+            # sent while the server still chokes on another would time out with it.
+            results = [await self._create_one(g.sub, m) for m in mirs]
         for it, mir, res in zip(todo, mirs, results, strict=True):
-            if isinstance(res, ua.StatusCode):
-                self._missing(it, f"cannot monitor: {status_name(res)}")
+            if isinstance(res, ua.StatusCode | str):
+                why = status_name(res) if isinstance(res, ua.StatusCode) else res
+                self._missing(it, f"cannot monitor: {why}")
+                log.warning("opcua node cannot be monitored",
+                            extra={"driver": self.cfg.name, "sensor_id": it.spec.sensor_id,
+                                   "node": it.spec.node, "reason": why})
                 g.missing.append(it)
             else:
                 g.handles[mir.RequestedParameters.ClientHandle] = it
                 if self.health.bad_points.get(it.spec.sensor_id, "").startswith(
                         ("cannot monitor", "browse path")):
                     del self.health.bad_points[it.spec.sensor_id]
+
+    async def _create_items(self, sub: Subscription, mirs: list[ua.MonitoredItemCreateRequest]
+                            ) -> list[Any]:
+        async with asyncio.timeout(float(self.cfg.timeout) + 1.0):
+            return list(await sub.create_monitored_items(mirs))
+
+    async def _create_one(self, sub: Subscription, mir: ua.MonitoredItemCreateRequest
+                          ) -> int | ua.StatusCode | str:
+        """One item's result: its handle, the server's status, or why the request failed."""
+        try:
+            res: int | ua.StatusCode = (await self._create_items(sub, [mir]))[0]
+            return res
+        except ua.UaStatusCodeError as exc:
+            return f"refused by the server ({status_name(ua.StatusCode(exc.code))})"
+        except TimeoutError:
+            return f"no answer from the server within {float(self.cfg.timeout) + 1.0:g}s"
+        except UA_ERRORS as exc:
+            return f"request failed: {exc!r}"
 
     async def _create_subscription(self, g: SubGroup) -> None:
         params = subscription_params(g.interval, self.cfg.keepalive_count)
