@@ -58,7 +58,10 @@ class Node:
     mode: Literal["subscription", "polling"] = "subscription"
     publishing_interval: Duration = field(Duration(1.0), gt=0)
     sampling_interval: Duration | None = field(None, ge=0)   # default: publishing_interval
-    queue_size: int = field(1, ge=1, le=10_000)
+    # server-side queue per node; default (None): from publishing / sampling interval with room
+    # for jitter (see opcua_items.queue_size_of); values the server still had to discard are
+    # counted per node in health (detail["overflows"], from the status's Overflow bit)
+    queue_size: int | None = field(None, ge=1, le=10_000)
     deadband: Literal["none", "absolute", "percent"] = "none"
     deadband_value: float = field(0.0, ge=0)
     poll_interval: Duration = field(Duration(1.0), gt=0)     # mode = "polling"

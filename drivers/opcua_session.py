@@ -33,6 +33,7 @@ from edge_agent.drivers.opcua_convert import (
     WaveformError,
     bad_reading,
     group_by,
+    overflowed,
     status_name,
     to_rate,
     to_reading,
@@ -46,6 +47,7 @@ from edge_agent.drivers.opcua_items import (
     group_key,
     items_of,
     monitor_request,
+    queue_size_of,
     read_request,
     subscription_params,
 )
@@ -78,7 +80,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: deque[Reading | WaveformBlock] = deque()
         self._pending_values = 0           # waveform values in _pending
-        self.pending_max = max(1000, 4 * sum(it.node.queue_size for it in self._items))
+        self.pending_max = max(1000, 4 * sum(queue_size_of(it.node) for it in self._items))
         self._wake = asyncio.Event()
         self._failure: str | None = None
         self._next_handle = 1
@@ -209,7 +211,7 @@ class Session:
 
     async def _create_subscription(self, g: SubGroup) -> None:
         params = subscription_params(g.interval, self.cfg.keepalive_count)
-        n_items = sum(it.node.queue_size for it in g.items)
+        n_items = sum(queue_size_of(it.node) for it in g.items)
         g.sub = await self.client.create_subscription(
             params, None, queue_maxsize=max(1000, 4 * n_items),
             overflow=OverflowPolicy.DROP_OLDEST)
@@ -265,6 +267,12 @@ class Session:
     def deliver(self, it: Item, dv: ua.DataValue) -> None:
         now = time.time()
         sid = it.spec.sensor_id
+        if overflowed(dv.StatusCode):
+            # the server's queue for this node was full: it discarded values before this one
+            self.health.error("overflow")
+            overflows = self.health.detail.setdefault("overflows", {})
+            assert isinstance(overflows, dict)
+            overflows[sid] = overflows.get(sid, 0) + 1
         if it.rate_for is not None:
             it.rate_for.rate = to_rate(dv)
             return

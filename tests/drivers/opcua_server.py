@@ -101,6 +101,7 @@ class PlantServer:
         # `refuse_delay` s, then a ServiceFault for the whole request (a server choking on one)
         self.refuse: set[str] = set()
         self.refuse_delay = 0.0
+        self.overflows = 0          # values a monitored item's queue discarded (Overflow bit set)
         self.port = port
         self.url = f"opc.tcp://127.0.0.1:{port}/plant/"
         self.security = security
@@ -133,7 +134,7 @@ class PlantServer:
         idx = await s.register_namespace(NS)
         assert idx == 2 + self.extra_namespaces
         self.ns_index = idx
-        self._guard_monitoring(s)
+        self._instrument(s)
         plant = await s.nodes.objects.add_object(idx, "Plant")
         for name, value in (("Temp", 20.0), ("Speed", 1500), ("Flaky", 1.0), ("Doomed", 5.0),
                             ("Unc", 3.0), ("Vib.Rate", RATE), ("Text", "hello")):
@@ -154,7 +155,7 @@ class PlantServer:
         if self.wave is not None:
             self._tasks.append(asyncio.create_task(self._wave_loop(self.wave)))
 
-    def _guard_monitoring(self, s: Server) -> None:
+    def _instrument(self, s: Server) -> None:
         service = s.iserver.subscription_service
         create = service.create_monitored_items
 
@@ -167,6 +168,31 @@ class PlantServer:
             return await create(params)
 
         service.create_monitored_items = guarded  # type: ignore[method-assign]
+        create_sub = service.create_subscription
+
+        async def marking(*args: Any, **kwargs: Any) -> ua.CreateSubscriptionResult:
+            result = await create_sub(*args, **kwargs)
+            self._mark_overflows(service.subscriptions[result.SubscriptionId])
+            return result
+
+        service.create_subscription = marking  # type: ignore[method-assign]
+
+    def _mark_overflows(self, sub: Any) -> None:
+        """asyncua's server discards the oldest queued value silently; a compliant server sets
+        the Overflow info bit on the value that is then the oldest (OPC 10000-4, 5.12.1.5)."""
+        enqueue = sub._enqueue_event
+
+        async def enqueue_marking(mid: int, data: Any, size: int, queue: dict[int, list[Any]]
+                                  ) -> None:
+            full = size != 0 and len(queue.get(mid, ())) >= size
+            await enqueue(mid, data, size, queue)
+            if full and isinstance(data, ua.MonitoredItemNotification):
+                self.overflows += 1
+                oldest = queue[mid][0].Value
+                code = oldest.StatusCode.value if oldest.StatusCode is not None else 0
+                oldest.StatusCode = ua.StatusCode(code | 0x0480)
+
+        sub._enqueue_event = enqueue_marking
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
