@@ -31,6 +31,7 @@ class Item:
     nodeid: ua.NodeId | None = None
     rate: float | None = None          # waveform items: current sample rate
     rate_for: Item | None = None       # hidden sample-rate items: the waveform they serve
+    notifications: int = 0             # values delivered in this session
 
 
 @dataclass(eq=False)

@@ -51,6 +51,7 @@ from edge_agent.drivers.opcua_items import (
     read_request,
     subscription_params,
 )
+from edge_agent.drivers.opcua_monitor import create_items, create_one, warn_quiet_waveforms
 from edge_agent.records import Reading, WaveformBlock
 
 if TYPE_CHECKING:
@@ -160,12 +161,13 @@ class Session:
         todo = [it for it in items if it.nodeid is not None]
         if not todo:
             return
+        limit = float(self.cfg.timeout) + 1.0
         mirs = []
         for it in todo:
             mirs.append(monitor_request(it, self._next_handle))
             self._next_handle += 1
         try:
-            results = await self._create_items(g.sub, mirs)
+            results = await create_items(g.sub, mirs, limit)
         except UA_ERRORS as exc:
             if self._failure is not None:  # the connection is gone: no point asking again
                 raise
@@ -176,7 +178,7 @@ class Session:
                                "error": repr(exc)})
             # One at a time: many servers serve a session's requests in order, so a request
             # sent while the server still chokes on another would time out with it.
-            results = [await self._create_one(g.sub, m) for m in mirs]
+            results = [await create_one(g.sub, m, limit) for m in mirs]
         for it, mir, res in zip(todo, mirs, results, strict=True):
             if isinstance(res, ua.StatusCode | str):
                 why = status_name(res) if isinstance(res, ua.StatusCode) else res
@@ -190,24 +192,6 @@ class Session:
                 if self.health.bad_points.get(it.spec.sensor_id, "").startswith(
                         ("cannot monitor", "browse path")):
                     del self.health.bad_points[it.spec.sensor_id]
-
-    async def _create_items(self, sub: Subscription, mirs: list[ua.MonitoredItemCreateRequest]
-                            ) -> list[Any]:
-        async with asyncio.timeout(float(self.cfg.timeout) + 1.0):
-            return list(await sub.create_monitored_items(mirs))
-
-    async def _create_one(self, sub: Subscription, mir: ua.MonitoredItemCreateRequest
-                          ) -> int | ua.StatusCode | str:
-        """One item's result: its handle, the server's status, or why the request failed."""
-        try:
-            res: int | ua.StatusCode = (await self._create_items(sub, [mir]))[0]
-            return res
-        except ua.UaStatusCodeError as exc:
-            return f"refused by the server ({status_name(ua.StatusCode(exc.code))})"
-        except TimeoutError:
-            return f"no answer from the server within {float(self.cfg.timeout) + 1.0:g}s"
-        except UA_ERRORS as exc:
-            return f"request failed: {exc!r}"
 
     async def _create_subscription(self, g: SubGroup) -> None:
         params = subscription_params(g.interval, self.cfg.keepalive_count)
@@ -277,6 +261,7 @@ class Session:
             it.rate_for.rate = to_rate(dv)
             return
         if it.spec.waveform:
+            it.notifications += 1
             try:
                 self._push(to_waveform(it.spec, dv, it.rate, now))
             except WaveformError as exc:
@@ -346,6 +331,7 @@ class Session:
                     await self._rebuild(g, now - last)
                 elif g.missing and now >= g.next_retry:
                     await self._retry_missing(g)
+                warn_quiet_waveforms(self.cfg.name, self.health, g, now)
 
     async def _rebuild(self, g: SubGroup, silent: float) -> None:
         assert g.sub is not None

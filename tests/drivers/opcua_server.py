@@ -141,6 +141,9 @@ class PlantServer:
             await plant.add_variable(ua.NodeId(name, idx), f"{idx}:{name}", value)
         await plant.add_variable(ua.NodeId("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
                                  varianttype=ua.VariantType.Double)
+        # an array nobody updates: one notification (its initial value) per subscription
+        await plant.add_variable(ua.NodeId("Still", idx), f"{idx}:Still", [0.0] * 256,
+                                 varianttype=ua.VariantType.Double)
         if self.wave is not None:
             await plant.add_variable(ua.NodeId("Wave.Rate", idx), f"{idx}:Wave.Rate",
                                      self.wave.rate)

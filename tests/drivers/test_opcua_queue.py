@@ -4,6 +4,8 @@ publishing interval (with room for jitter), and the server's Overflow bit is cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,3 +87,30 @@ async def test_default_queue_keeps_every_value_and_overflows_are_counted(
     overflows = h1["overflows"]
     assert isinstance(overflows, dict) and overflows["temp"] >= 5
     assert h1["errors"]["overflow"] == overflows["temp"]  # type: ignore[index]
+
+
+async def test_a_waveform_node_that_sends_almost_nothing_is_warned_once(
+        plant: PlantServer, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = build(Config, {"kind": "opcua", "name": "ua", "endpoint": plant.url, "timeout": "2s",
+                         "nodes": [{"sensor_id": "still", "node_id": nid("Still"),
+                                    "waveform": True, "sample_rate": 1000.0,
+                                    "sampling_interval": "0ms",
+                                    "publishing_interval": "100ms"},
+                                   {"sensor_id": "vib", "node_id": nid("Vib"), "waveform": True,
+                                    "sample_rate": 25600.0, "publishing_interval": "100ms"}]})
+    caplog.set_level(logging.WARNING, "edge_agent.drivers.opcua")
+    drv = create(cfg)
+    for _ in range(2):                     # and again after a reconnect: still one warning
+        await drv.open()
+        try:
+            t_end = time.monotonic() + 3.5
+            while time.monotonic() < t_end:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(drv.read(), 0.5)
+        finally:
+            await drv.close()
+    quiet = [r for r in caplog.records
+             if r.getMessage() == "opcua waveform node sends almost no notifications"]
+    assert [r.sensor_id for r in quiet] == ["still"]  # type: ignore[attr-defined]
+    assert "sampling_interval 0" in quiet[0].hint  # type: ignore[attr-defined]
+    assert drv.health().snapshot()["quiet_waveforms"] == ["still"]
