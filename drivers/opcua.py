@@ -36,11 +36,30 @@ from edge_agent.confkit import Duration, Secret, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
 from edge_agent.drivers.opcua_items import UA_ERRORS
-from edge_agent.drivers.opcua_probe import describe_peer
+from edge_agent.drivers.opcua_probe import describe_peer, pinned_mismatch
 from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
 
 log = logging.getLogger("edge_agent.drivers.opcua")
+
+
+class _QuietRetries(logging.Filter):
+    """asyncua logs a traceback at error level each time its publish loop (or connection
+    supervisor) fails after the server went away; the driver reports that loss and the agent
+    reconnects, so those records are demoted to debug level (kept for debugging asyncua)."""
+
+    MESSAGES = ("Publish iteration crashed", "Connection supervisor iteration crashed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and str(record.msg).startswith(self.MESSAGES):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_QUIET = _QuietRetries()
+for _name in ("asyncua.client.ua_session.UaSession", "asyncua.client.client"):
+    if _QUIET not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_QUIET)
 _SETUP_ERRORS: tuple[type[BaseException], ...] = (SessionFailed, *UA_ERRORS)
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
@@ -276,8 +295,12 @@ class OpcUaDriver:
             why = _why(exc, host, port)
             if (isinstance(exc, TimeoutError | ConnectionError | EOFError | ua.UaError)
                     and not isinstance(exc, ConnectionRefusedError)):
-                # "connection lost" / "timed out" may hide a peer that is no OPC-UA server
-                said = await describe_peer(host, port, url, min(float(self.cfg.timeout), 3.0))
+                # "connection lost" / "timed out" may hide a peer that is no OPC-UA server, or
+                # a server whose certificate is not the pinned one
+                probe_s = min(float(self.cfg.timeout), 3.0)
+                said = await describe_peer(host, port, url, probe_s)
+                if said is None and self.cfg.server_certificate:
+                    said = await pinned_mismatch(url, self.cfg.server_certificate, probe_s)
                 why = said or why
             raise DriverDisconnected(f"opcua {self.name}: cannot connect to {url}: {why}"
                                      ) from exc

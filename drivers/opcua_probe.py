@@ -9,9 +9,18 @@ server's status line, other bytes, a close without an answer, or silence.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import struct
 
-__all__ = ["describe_peer", "hello"]
+from asyncua import Client
+from asyncua.crypto import uacrypto
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from edge_agent.drivers.opcua_items import UA_ERRORS
+
+__all__ = ["describe_peer", "hello", "pinned_mismatch"]
+
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (*UA_ERRORS, ValueError, TypeError)
 
 _BUFFER = 65535
 
@@ -58,3 +67,26 @@ async def describe_peer(host: str, port: int, url: str, limit_s: float) -> str |
         status = data.split(b"\r\n", 1)[0].decode("ascii", "replace")
         return f"the peer at {host}:{port} is an HTTP server, not OPC-UA: it answered {status!r}"
     return f"the peer at {host}:{port} is not an OPC-UA server: it answered {_preview(data)}"
+
+
+async def pinned_mismatch(url: str, pinned: str, limit_s: float) -> str | None:
+    """When the server's certificate (from its endpoints, asked without security) is not the
+    pinned one, say so with both fingerprints; ``None`` when it matches or cannot be asked."""
+    try:
+        want = (await uacrypto.load_certificate(pinned)).public_bytes(Encoding.DER)
+        client = Client(url, timeout=limit_s)
+        async with asyncio.timeout(limit_s * 2):
+            endpoints = await client.connect_and_get_server_endpoints()
+    except _PROBE_ERRORS:
+        return None
+    offered = {bytes(e.ServerCertificate) for e in endpoints if e.ServerCertificate}
+    if not offered or want in offered:
+        return None
+    got = sorted(offered)[0]
+    return (f"the server's certificate (SHA-256 {_fingerprint(got)}) does not match the pinned "
+            f"server_certificate {pinned} (SHA-256 {_fingerprint(want)}); if the server's "
+            "certificate was renewed, pin the new one")
+
+
+def _fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()[:16]
