@@ -305,7 +305,10 @@ class OpcUaDriver:
             raise DriverDisconnected(f"opcua {self.name}: cannot connect to {url}: {why}"
                                      ) from exc
         try:
-            async with asyncio.timeout(limit + len(self.cfg.nodes) * 0.01):
+            # room for a refused batch of monitored items and a few single-node retries
+            # (opcua_monitor.create_each), each bounded by the request timeout
+            retries_s = (float(self.cfg.timeout) + 1.0) * (2 + min(len(self.cfg.nodes), 8))
+            async with asyncio.timeout(limit + len(self.cfg.nodes) * 0.01 + retries_s):
                 await session.start()
         except _SETUP_ERRORS as exc:
             await self.close()

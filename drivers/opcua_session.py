@@ -51,7 +51,13 @@ from edge_agent.drivers.opcua_items import (
     read_request,
     subscription_params,
 )
-from edge_agent.drivers.opcua_monitor import create_items, create_one, warn_quiet_waveforms
+from edge_agent.drivers.opcua_monitor import (
+    create_each,
+    create_items,
+    read_each,
+    resolve_nodes,
+    warn_quiet_waveforms,
+)
 from edge_agent.records import Reading, WaveformBlock
 
 if TYPE_CHECKING:
@@ -107,38 +113,8 @@ class Session:
         self.health.detail["poll_groups"] = len(self._polls)
 
     async def _resolve(self) -> None:
-        paths = [it for it in self._items if it.node.browse_path]
-        if paths:
-            root = ua.NodeId(ua.Int32(ua.ObjectIds.RootFolder))
-            results = await self.client.translate_browsepaths(
-                root, [it.node.browse_path for it in paths])
-            for it, res in zip(paths, results, strict=True):
-                if res.StatusCode.is_good() and res.Targets:
-                    it.nodeid = res.Targets[0].TargetId
-                else:
-                    self._missing(it, f"browse path not found ({status_name(res.StatusCode)})")
-        namespaces: list[str] | None = None
-        for it in self._items:
-            if not it.node.node_id:
-                continue
-            try:
-                nodeid = ua.NodeId.from_string(it.node.node_id)
-            except ua.UaStringParsingError:
-                self._missing(it, f"invalid NodeId {it.node.node_id!r}")
-                continue
-            uri = getattr(nodeid, "NamespaceUri", None)
-            if uri:
-                # "nsu=<uri>;..." : the index is the server's, and may change on every restart
-                if namespaces is None:
-                    namespaces = list(await self.client.get_namespace_array())
-                    self.health.detail["namespaces"] = len(namespaces)
-                if uri not in namespaces:
-                    self._missing(it, f"namespace {uri!r} is not in the server's namespace "
-                                      "array")
-                    continue
-                nodeid = ua.NodeId(nodeid.Identifier, ua.Int16(namespaces.index(uri)),
-                                   nodeid.NodeIdType)
-            it.nodeid = nodeid
+        for it, why in (await resolve_nodes(self.client, self._items, self.health)).items():
+            self._missing(it, why)
 
     async def _read_rates(self) -> None:
         """Sample rates first, so the first waveform notifications already have one."""
@@ -176,9 +152,7 @@ class Session:
             log.warning("opcua monitored items refused as a batch; creating them one by one",
                         extra={"driver": self.cfg.name, "items": len(mirs),
                                "error": repr(exc)})
-            # One at a time: many servers serve a session's requests in order, so a request
-            # sent while the server still chokes on another would time out with it.
-            results = [await create_one(g.sub, m, limit) for m in mirs]
+            results = await create_each(g.sub, mirs, limit)
         for it, mir, res in zip(todo, mirs, results, strict=True):
             if isinstance(res, ua.StatusCode | str):
                 why = status_name(res) if isinstance(res, ua.StatusCode) else res
@@ -300,6 +274,22 @@ class Session:
             try:
                 async with asyncio.timeout(float(self.cfg.timeout) + 1.0):
                     results = await self.client.uaclient.read(params)
+            except ua.UaStatusCodeError as exc:
+                # The server refused the whole Read (a service fault): drop the node(s) it
+                # refuses alone from this group, so one bad node costs that node only.
+                refused = await read_each(self.client, p.items, float(self.cfg.timeout) + 1.0)
+                if len(refused) == len(p.items) or not refused:
+                    self.health.error("poll")
+                    self._fail(f"poll of {len(p.items)} node(s) refused: {exc!r}")
+                    return
+                for it, why in refused.items():
+                    self._missing(it, f"cannot read: {why}")
+                    log.warning("opcua node cannot be read",
+                                extra={"driver": self.cfg.name, "sensor_id": it.spec.sensor_id,
+                                       "node": it.spec.node, "reason": why})
+                p.items = [it for it in p.items if it not in refused]
+                params = read_request(p.items)
+                continue
             except UA_ERRORS as exc:
                 self.health.error("poll")
                 self._fail(f"poll of {len(p.items)} node(s) failed: {exc!r}")

@@ -98,7 +98,8 @@ class PlantServer:
         self.extra_namespaces = 0   # namespaces registered before NS (its index is 2 + this)
         self.ns_index = 2
         # CreateMonitoredItems requests naming one of these nodes get no answer for
-        # `refuse_delay` s, then a ServiceFault for the whole request (a server choking on one)
+        # `refuse_delay` s, then a ServiceFault for the whole request (a server choking on
+        # one); Read requests naming one get a ServiceFault at once
         self.refuse: set[str] = set()
         self.refuse_delay = 0.0
         self.overflows = 0          # values a monitored item's queue discarded (Overflow bit set)
@@ -171,6 +172,15 @@ class PlantServer:
             return await create(params)
 
         service.create_monitored_items = guarded  # type: ignore[method-assign]
+        attributes = s.iserver.attribute_service
+        read = attributes.read
+
+        def guarded_read(params: ua.ReadParameters) -> list[ua.DataValue]:
+            if {str(r.NodeId.Identifier) for r in params.NodesToRead} & self.refuse:
+                raise ServiceError(ua.StatusCodes.BadDecodingError)
+            return read(params)
+
+        attributes.read = guarded_read  # type: ignore[method-assign]
         create_sub = service.create_subscription
 
         async def marking(*args: Any, **kwargs: Any) -> ua.CreateSubscriptionResult:

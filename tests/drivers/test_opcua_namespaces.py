@@ -116,3 +116,28 @@ async def test_a_node_the_server_chokes_on_costs_that_node_only(
         assert [r.sensor_id for r in named] == ["flaky"]  # type: ignore[attr-defined]
     finally:
         await drv.close()
+
+
+async def test_a_polled_node_the_server_refuses_costs_that_node_only(
+        plant: PlantServer) -> None:
+    """The server answers a Read naming "Flaky" with a ServiceFault for the whole request."""
+    plant.refuse = {"Flaky"}
+    polled = {"mode": "polling", "poll_interval": "100ms"}
+    nodes = [{"sensor_id": "temp", "node_id": f"nsu={NS};s=Temp", **polled},
+             {"sensor_id": "flaky", "node_id": f"nsu={NS};s=Flaky", **polled},
+             {"sensor_id": "speed", "node_id": f"nsu={NS};s=Speed", **polled}]
+    drv = create(config(plant.url, nodes))
+    await drv.open()
+    try:
+        got: list[Reading] = []
+        t_end = time.monotonic() + 1.0
+        while time.monotonic() < t_end:
+            got.extend(r for r in await asyncio.wait_for(drv.read(), 2)
+                       if isinstance(r, Reading))
+        assert {r.sensor_id for r in got if r.value is not None} == {"temp", "speed"}
+        assert sum(r.sensor_id == "temp" for r in got) >= 5
+        reason = drv.health().bad_points["flaky"]
+        assert reason == "cannot read: refused by the server (BadDecodingError)", reason
+        assert drv.health().connected
+    finally:
+        await drv.close()
