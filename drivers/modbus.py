@@ -28,7 +28,6 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from edge_agent.backoff import Backoff
 from edge_agent.confkit import Duration, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.modbus_codec import (
@@ -47,12 +46,12 @@ from edge_agent.drivers.modbus_codec import (
     decode_point,
     slice_for,
 )
+from edge_agent.drivers.modbus_units import SILENT_POLLS_DEAD, UnitState, schedule
 from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, Reading, WaveformBlock
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
-SILENT_POLLS_DEAD = 2   # polls in a row in which no unit answered: the connection is dead
 
 
 @dataclass(frozen=True)
@@ -176,16 +175,6 @@ def _exception_name(code: int) -> str:
         return f"CODE_{code}"
 
 
-@dataclass
-class _DeviceState:
-    device: Device
-    specs: list[PointSpec]
-    blocks: list[Block]
-    interval: float
-    next_due: float = 0.0
-    silent: int = 0              # consecutive polls in which the unit answered nothing
-
-
 class ModbusDriver:
     """Polled driver: one :meth:`read` reads every device that is due, block by block."""
 
@@ -196,13 +185,13 @@ class ModbusDriver:
         self.name = cfg.name
         self._health = DriverHealth(cfg.name, "modbus")
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-        self._devices: list[_DeviceState] = []
+        self._devices: list[UnitState] = []
         for dev in cfg.devices:
             specs = [p.spec() for p in dev.points]
             gap = cfg.max_gap if dev.max_gap is None else dev.max_gap
             blocks = coalesce(specs, max_gap=gap, max_registers=cfg.max_registers,
                               max_bits=cfg.max_bits)
-            self._devices.append(_DeviceState(dev, specs, blocks,
+            self._devices.append(UnitState(dev, specs, blocks,
                                               float(dev.poll_interval or cfg.poll_interval)))
         self._health.detail["blocks"] = sum(len(d.blocks) for d in self._devices)
         self._health.detail["points"] = sum(len(d.specs) for d in self._devices)
@@ -281,36 +270,15 @@ class ModbusDriver:
                                      f"{SILENT_POLLS_DEAD} polls (connection accepted but silent)")
         return out
 
-    def _schedule(self, d: _DeviceState, answered: int, now: float, slack: float) -> None:
-        """Next due time. A unit that answered nothing while another unit on the connection
-        still answers is probed with growing gaps (one request each), so its timeouts cannot
-        starve the units that answer; when every unit is silent the connection is suspect and
-        the normal cadence goes on (until :data:`SILENT_POLLS_DEAD` raises a reconnect)."""
-        name = d.device.name
-        if answered:
-            if d.silent:
-                log.info("modbus unit answers again",
-                         extra={"driver": self.name, "device": name, "silent_polls": d.silent})
-            d.silent = 0
-            d.next_due = max(d.next_due + d.interval, now + d.interval - slack)
-        else:
-            d.silent += 1
-            others = any(x.silent == 0 for x in self._devices if x is not d)
-            if others:
-                c = self.cfg
-                base = max(d.interval, 10 * float(c.timeout) * (c.retries + 1))
-                probe = Backoff(base, max(base, float(c.silent_unit_probe)), jitter=0.0)
-                d.next_due = now + probe.ceiling(d.silent - 1)
-            else:
-                d.next_due = max(d.next_due + d.interval, now + d.interval - slack)
-            if d.silent == 1:
-                log.warning("modbus unit not answering; probing it less often",
-                            extra={"driver": self.name, "device": name,
-                                   "unit_id": d.device.unit_id})
+    def _schedule(self, d: UnitState, answered: int, now: float, slack: float) -> None:
+        c = self.cfg
+        schedule(self._devices, d, answered, now, slack, driver=self.name,
+                 request_s=float(c.timeout) * (c.retries + 1),
+                 probe_max=float(c.silent_unit_probe))
         self._health.detail["silent_units"] = sorted(x.device.name for x in self._devices
                                                      if x.silent)
 
-    async def _poll_device(self, client: Any, d: _DeviceState) -> tuple[list[Reading], int]:
+    async def _poll_device(self, client: Any, d: UnitState) -> tuple[list[Reading], int]:
         """The device's readings and how many of its requests were answered. A unit that did
         not answer its last poll gets one request (a probe); its other points are reported
         quality 0 without asking until it answers."""
@@ -374,7 +342,7 @@ class ModbusDriver:
             return None, f"short response: {len(words)} of {block.count} words", None
         return words, "", None
 
-    def _decode_block(self, d: _DeviceState, block: Block,
+    def _decode_block(self, d: UnitState, block: Block,
                       words: list[int] | list[bool] | None, reason: str, ts: float
                       ) -> list[Reading]:
         out: list[Reading] = []

@@ -104,7 +104,9 @@ async def until(cond: Callable[[], bool], bound: float, what: str) -> None:
     raise AssertionError(f"not within {bound}s: {what}")
 
 
-async def test_silent_peer_backs_off_to_the_maximum(attempts: Attempts) -> None:
+async def test_silent_peer_backs_off_to_the_maximum(attempts: Attempts,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "pymodbus")
     async with BlackHole() as peer:
         drv = create(_cfg(peer.port))
         flips: list[bool] = []
@@ -135,6 +137,9 @@ async def test_silent_peer_backs_off_to_the_maximum(attempts: Attempts) -> None:
     assert not attempts.connects() and flips == []  # never "connected"
     # one warning when it went down, the repeats at debug level
     assert [r.levelno for r in fails[:8]] == [logging.WARNING] + [logging.DEBUG] * 7
+    # pymodbus' own line per unanswered request is demoted too (the driver reports them)
+    unanswered = [r for r in caplog.records if "No response received" in r.getMessage()]
+    assert unanswered and all(r.levelno == logging.DEBUG for r in unanswered)
 
 
 async def test_device_that_goes_silent_is_one_disconnect(attempts: Attempts) -> None:
