@@ -12,8 +12,8 @@ tick, a sound card) deliver blocks whose ``start`` differs from the expected con
 a mismatch is *not* a gap while it stays within the tolerance ``max(2 samples, jitter x block,
 5 ms, 3 x spread)``: ``jitter`` is a fraction of the block duration (the larger of the previous
 and the new block's; default 0.25), ``spread`` the source's measured jitter (a running mean of
-the absolute mismatch, learnt quickly over the first blocks and kept across resets of that
-source). A PLC stamping 80 ms blocks on a 100 ms tick thus keeps its stream once its spread is
+the absolute mismatch below 3/4 of a block, learnt quickly over the first blocks and kept across
+resets of that source; a mismatch the size of a block is never learnt as jitter). A PLC stamping 80 ms blocks on a 100 ms tick thus keeps its stream once its spread is
 learnt, while a clean source still resets on a lost block. Within tolerance the sample counter
 is kept and the anchor is re-anchored slowly toward the stamps (a fraction of the mismatch per
 block, at most 2 % of a block and half a hop), so jitter averages out, window times never step
@@ -86,6 +86,7 @@ class Windower:
     MAX_STEP_HOP = 0.5            # ... and at most this fraction of a hop (never backwards)
     SPREAD_FACTOR = 3.0
     LEARN_BLOCKS = 16
+    LEARN_MAX_BLOCK = 0.75        # mismatches this large (in blocks) are not learnt as jitter
 
     def __init__(self, length: int, hop: int, tolerance: float | None = None,
                  jitter: float = 0.25) -> None:
@@ -114,9 +115,11 @@ class Windower:
         return max(2.0 / sr, self.jitter * n_samples / sr, 5e-3, self.SPREAD_FACTOR * spread)
 
     def _learn(self, src: SourceStats, err: float, block_s: float) -> None:
+        if abs(err) >= self.LEARN_MAX_BLOCK * block_s:
+            return      # the size of a lost (or repeated) block: never learnt as jitter
         src.observed += 1
         gain = 1.0 / min(src.observed, self.LEARN_BLOCKS)
-        src.spread += gain * (min(abs(err), 2.0 * block_s) - src.spread)
+        src.spread += gain * (abs(err) - src.spread)
 
     def reset(self, source_id: str | None = None) -> None:
         """Forget one source (or all): the next block starts a fresh stream."""

@@ -192,3 +192,16 @@ def test_jitter_fraction_is_configurable_and_stats_are_per_source() -> None:
                                "jitter_ms": 0.0}
     with pytest.raises(ValueError, match="jitter"):
         Windower(10, 5, jitter=-1)
+
+
+def test_repeated_gaps_of_a_block_are_never_learnt_as_jitter() -> None:
+    # segments of 10 blocks, each followed by a one-block dropout: every dropout resets
+    w = Windower(2048, 1024)
+    k = 0
+    for seg in range(12):
+        for _ in range(10):
+            w.push(block(k * 1024, 1024, sr=10240.0, src="seg"))
+            k += 1
+        k += 1                                   # one block lost
+    assert w.resets == {"gap": 11}
+    assert w.stats()["seg"]["jitter_ms"] == 0.0
