@@ -13,11 +13,12 @@ a mismatch is *not* a gap while it stays within the tolerance ``max(2 samples, j
 5 ms, 3 x spread)``: ``jitter`` is a fraction of the block duration (the larger of the previous
 and the new block's; default 0.25), ``spread`` the source's measured jitter (a running mean of
 the absolute mismatch below 3/4 of a block, learnt quickly over the first blocks and kept across
-resets of that source; a mismatch the size of a block is never learnt as jitter). A PLC stamping 80 ms blocks on a 100 ms tick thus keeps its stream once its spread is
-learnt, while a clean source still resets on a lost block. Within tolerance the sample counter
-is kept and the anchor is re-anchored slowly toward the stamps (a fraction of the mismatch per
-block, at most 2 % of a block and half a hop), so jitter averages out, window times never step
-backwards and a slow clock drift is followed. Resets and dropped samples are counted per source
+resets of that source; a mismatch the size of a block is never learnt as jitter). A PLC stamping
+80 ms blocks on a 100 ms tick thus keeps its stream once its spread is learnt, while a clean
+source still resets on a lost block. Within tolerance the sample counter is kept and the anchor
+is re-anchored slowly toward the stamps (a fraction of the mismatch per block, at most 2 % of a
+block and half a hop), so jitter averages out, window times never step backwards and a slow
+clock drift is followed. Resets and dropped samples are counted per source
 (:meth:`Windower.stats`).
 """
 

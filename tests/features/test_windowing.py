@@ -198,7 +198,7 @@ def test_repeated_gaps_of_a_block_are_never_learnt_as_jitter() -> None:
     # segments of 10 blocks, each followed by a one-block dropout: every dropout resets
     w = Windower(2048, 1024)
     k = 0
-    for seg in range(12):
+    for _seg in range(12):
         for _ in range(10):
             w.push(block(k * 1024, 1024, sr=10240.0, src="seg"))
             k += 1
