@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverDisconnected
 from edge_agent.drivers.opcua import Config, create
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI, generate_client_certificate
+from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.opcua_server import PlantServer, Security, nid
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
 from edge_agent.records import Reading
+from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.opcua_server import NS, PlantServer
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from asyncua import ua
 
-from edge_agent.confkit import build
 from edge_agent.drivers.opcua import Config, Node, create
 from edge_agent.drivers.opcua_convert import overflowed, status_name
 from edge_agent.drivers.opcua_items import queue_size_of
 from edge_agent.records import Reading
+from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.opcua_server import PlantServer, nid
 

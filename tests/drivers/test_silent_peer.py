@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.modbus import Config, create
 from edge_agent.records import Reading
+from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.modbus_server import MbServer, plant_map
 from tests.drivers.proxy import FreezableProxy
