@@ -105,6 +105,11 @@ class ReconnectSection(Model):
     multiplier: float = Field(2.0, ge=1)
     jitter: float = Field(0.5, ge=0, le=1)
 
+    def problems(self) -> list[tuple[str, str]]:
+        if self.initial > self.maximum:
+            return [("initial", "must not exceed maximum")]
+        return []
+
 
 class MetricsSection(Model):
     """``[metrics]``: ``/metrics`` is served by the web server (``[web].listen``)."""
@@ -125,6 +130,9 @@ class PipelineConfig(Model):
     features: Features
     window: int = Field(2048, gt=16)
     hop: int = Field(1024, gt=0)
+    # Timestamp jitter accepted between blocks, as a fraction of a block (PLC-stamped arrays
+    # arrive on a coarser tick than their block period); larger mismatches restart the stream.
+    window_jitter: float = Field(0.25, gt=0, lt=0.75)
     model: ScorerConfig | None = None   # path = bundle dir / archive, or "builtin:<name>"
     threshold: float | None = None      # overrides the bundle's threshold
     alerts: AlertConfig = AlertConfig()

@@ -183,6 +183,16 @@ def _source(m: _Families, s: Mapping[str, Any]) -> None:
               s.get("invalid_windows"))
     m.counter("edge_agent_analysis_anomalous_windows", "Windows scored over the threshold.",
               lab, s.get("anomalous_windows"))
+    win = s.get("windowing") or {}
+    for reason, n in (win.get("resets_by_reason") or {}).items():
+        m.counter("edge_agent_window_resets", "Times the windower restarted the source's "
+                  "stream (a gap, a jump or a change of rate/channels), by reason.",
+                  {**lab, "reason": str(reason)}, n)
+    m.counter("edge_agent_window_dropped_samples", "Samples the windower could not use "
+              "(lost in a gap or overlapping a repeated block).", lab,
+              win.get("dropped_samples", 0))
+    m.gauge("edge_agent_window_jitter_seconds", "Measured timestamp jitter of the source's "
+            "blocks.", lab, float(win.get("jitter_ms", 0.0)) / 1e3)
     m.gauge("edge_agent_anomaly_score", "Latest anomaly score (higher is more anomalous).",
             lab, s.get("score"))
     m.gauge("edge_agent_anomaly_threshold", "Score above which a window counts as anomalous.",

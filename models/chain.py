@@ -108,7 +108,8 @@ class Chain:
         cc = cfg.commissioning
         if cc is not None and cc.enabled:
             require_train_extra()  # refused at start, not when the baseline is due
-        self.windower = Windower(cfg.window, cfg.hop)
+        self.windower = Windower(cfg.window, cfg.hop,
+                                 jitter=float(getattr(cfg, "window_jitter", 0.25)))
         self.extractor: Extractor | None = None
         self.slot: ModelSlot | None = None
         self.alerter = AnomalyAlerter(cfg.source, cfg.alerts)
@@ -310,7 +311,15 @@ class Chain:
                 "anomalous_windows": self.anomalous_windows, "model": self.model_status,
                 "threshold": self.threshold, "last_score": self.last_score,
                 "alarm": self.alerter.state.active, "drift": drift,
-                "broken": self.broken}
+                "broken": self.broken, "windowing": self._windowing()}
+
+    def _windowing(self) -> dict[str, Any]:
+        """Stream continuity of this source: restarts by reason, samples lost, jitter."""
+        per = self.windower.stats().get(self.source, {})
+        resets = per.get("resets") or {}
+        return {"resets": sum(resets.values()) if isinstance(resets, dict) else 0,
+                "resets_by_reason": resets, "dropped_samples": per.get("dropped_samples", 0),
+                "jitter_ms": per.get("jitter_ms", 0.0)}
 
 
 # -- offline: recordings → feature matrices through the same chain ---------------------------

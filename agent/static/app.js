@@ -221,7 +221,9 @@
     for (const [k, v] of [["driver", (src.driver || "–") + " (" + (h.kind || "?") + ")"],
       ["reads/s", num(h.reads_per_s, 2)], ["errors", errs],
       ["bad points", Object.keys(h.bad_points || {}).length],
-      ["windows", num(src.windows, 0) + " (" + num(src.anomalous_windows, 0) + " anomalous)"]]) {
+      ["windows", num(src.windows, 0) + " (" + num(src.anomalous_windows, 0) + " anomalous)"],
+      ["stream restarts", num((src.windowing || {}).resets, 0) + " (" +
+        num((src.windowing || {}).dropped_samples, 0) + " samples dropped)"]]) {
       info.append(el("dt", "", k), el("dd", "", v));
     }
     card.append(el("h3", "", "Source"), info);
