@@ -192,7 +192,7 @@ PIPE = """
 [[pipelines]]
 source = "pump-01.de_accel"
 features = {{ kind = "vibration" }}
-model = {{ path = "builtin:vibration_simulator" }}
+model = {{ path = "{model}" }}
 threshold = {threshold}
 """
 
@@ -218,10 +218,11 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, notify: NotifySocket) -> No
     port = free_port()
     cfg = tmp_path / "agent.toml"
 
-    def write(threshold: str, seed2: int, extra: str = "") -> None:
-        cfg.write_text(config(tmp_path, port, SIM.format(name="sim", asset="pump-01", seed=1)
+    def write(threshold: str, seed2: int, extra: str = "", web: int = port,
+              model: str = "builtin:vibration_simulator") -> None:
+        cfg.write_text(config(tmp_path, web, SIM.format(name="sim", asset="pump-01", seed=1)
                               + SIM.format(name="sim2", asset="fan-02", seed=seed2) + extra
-                              + PIPE.format(threshold=threshold)))
+                              + PIPE.format(threshold=threshold, model=model)))
 
     write("-1e9", 1)  # every window anomalous
     t0 = time.monotonic()
@@ -232,7 +233,9 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, notify: NotifySocket) -> No
         before = driver(get(port, "/api/status")[1], "sim")
         assert before["connected"] and before["reads"] > 0
 
-        write("1e9", 2)  # no window anomalous; sim2 changed, sim not
+        # No window anomalous; sim2 changed, sim not; a new web port needs a restart (the
+        # page stays on the old one meanwhile).
+        write("1e9", 2, web=free_port())
         t_hup = time.monotonic()
         agent.proc.send_signal(signal.SIGHUP)
         reloading = notify.wait(has("RELOADING=1"), t_hup, 10)
@@ -243,11 +246,14 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, notify: NotifySocket) -> No
         # The same driver object: its counters went on (a new one would restart from 0).
         assert after["reads"] >= before["reads"] + 6 and after["connected"]
 
-        write('"high"', 2, extra='[queues]\nreadings = { size = -1 }\n')  # two problems
-        t_bad = time.monotonic()
-        agent.proc.send_signal(signal.SIGHUP)
-        notify.wait(has("RELOADING=1"), t_bad, 10)
-        notify.wait(has("READY=1"), t_bad, 10)
+        # Refused: a file that does not parse (two problems), then one naming a missing model.
+        for bad in (lambda: write('"high"', 2, extra='[queues]\nreadings = { size = -1 }\n'),
+                    lambda: write("0.5", 2, model=str(tmp_path / "no-such-bundle"))):
+            bad()
+            t_bad = time.monotonic()
+            agent.proc.send_signal(signal.SIGHUP)
+            notify.wait(has("RELOADING=1"), t_bad, 10)
+            notify.wait(has("READY=1"), t_bad, 10)
         time.sleep(2)
         assert agent.proc.poll() is None
         assert notify.since(t_bad + 1, "WATCHDOG=1")  # still running, still progressing
@@ -266,12 +272,12 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, notify: NotifySocket) -> No
     t_reload, rel = reloaded[0]
     assert rel["details"]["drivers"] == {"restarted": ["sim2"], "stopped": [], "started": []}
     assert rel["details"]["pipelines"]["rebuilt"] == ["pump-01.de_accel"]
-    assert rel["details"]["needs_restart"] == []
-    refused = [e for e in kinds if e == "config_reload_refused"]
-    assert len(refused) == 1
-    problems = next(e for _, e in evs if e["kind"] == "config_reload_refused")["details"]
-    assert any("threshold" in p for p in problems["problems"]), problems
-    assert any("queues.readings.size" in p for p in problems["problems"]), problems
+    assert rel["details"]["needs_restart"] == ["web.listen"] and rel["severity"] == "warning"
+    refused = [e["details"]["problems"] for _, e in evs if e["kind"] == "config_reload_refused"]
+    assert len(refused) == 2, refused
+    assert any(p.startswith("pipelines[0].threshold:") for p in refused[0]), refused
+    assert any(p.startswith("queues.readings.size:") for p in refused[0]), refused
+    assert [p.split(":")[0] for p in refused[1]] == ["pipelines[0].model.path"], refused
     # The unchanged driver was never disconnected nor reconnected.
     assert not [e for _, e in evs if e["kind"].startswith("driver_")
                 and e["source_id"] == "sim"], evs
@@ -287,6 +293,9 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, notify: NotifySocket) -> No
     # Every reading of the unchanged driver is buffered (4 process values per block read).
     assert pump_readings(db) >= 4 * last["reads"]
     db.close()
-    problem_logs = [x for x in agent.logs() if x["msg"] == "configuration reload refused"]
-    assert len(problem_logs) >= 2
+    logs = agent.logs()
+    problem_logs = [x["problem"] for x in logs if x["msg"] == "configuration reload refused"]
+    assert len(problem_logs) == 3, problem_logs
+    assert [x["needs_restart"] for x in logs
+            if x["msg"] == "configuration changes that need a restart"] == [["web.listen"]]
     assert "agent_stopped" in kinds
