@@ -4,6 +4,9 @@
   data flows, none while the buffer writer is blocked for real (another process holds SQLite's
   write lock on the buffer: nothing commits while readings wait, the /healthz verdict turns
   "stalled"), and again once the lock is released; STOPPING=1 at SIGTERM and a clean exit.
+* The same with a frozen PLC: a real Modbus server behind a relay that stops passing bytes
+  without closing anything (a switched-off panel): the driver stays connected, its read waits
+  for its 20 s timeout and delivers nothing — no pings until the relay passes bytes again.
 * SIGHUP with a good file: RELOADING=1/READY=1, the new threshold scores the next windows, the
   changed driver restarts, the unchanged one keeps its connection and counters, every reading
   stays buffered; with a bad file: refused with each problem logged and an event, the agent
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,8 @@ import pytest
 
 from edge_agent.sync.pack import per_source
 from tests.conftest import free_port
+from tests.drivers.modbus_server import MbServer, plant_map
+from tests.drivers.proxy import FreezableProxy
 
 
 class NotifySocket:
@@ -186,6 +192,79 @@ def test_ready_watchdog_only_while_progressing_and_stopping(tmp_path: Path,
     msgs = [m["msg"] for m in agent.logs()]
     assert "pipeline stalled; withholding watchdog pings" in msgs
     assert "pipeline progressing again; watchdog pings resumed" in msgs
+
+
+class FrozenPlc:
+    """A pymodbus server and a :class:`FreezableProxy` in front of it, on their own loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = MbServer(plant_map(), port=free_port())
+        self.proxy: FreezableProxy | None = None
+        self._call(self.server.start())
+        self.proxy = FreezableProxy(self.server.port)
+        self._call(self.proxy.start())
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    @property
+    def port(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.port
+
+    def freeze(self, frozen: bool) -> None:
+        assert self.proxy is not None
+        self.loop.call_soon_threadsafe(self.proxy.freeze if frozen else self.proxy.thaw)
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self._call(self.proxy.stop())
+        self._call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_watchdog_withheld_while_a_plc_is_frozen(tmp_path: Path, notify: NotifySocket) -> None:
+    plc = FrozenPlc()
+    port = free_port()
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(config(tmp_path, port, f"""
+[[drivers]]
+kind = "modbus"
+name = "mb"
+host = "127.0.0.1"
+port = {plc.port}
+poll_interval = "0.5s"
+timeout = "20s"
+retries = 0
+devices = [{{ name = "plc", points = [
+    {{ sensor_id = "temp", table = "input", address = 0, data_type = "int16" }}] }}]
+"""))
+    t0 = time.monotonic()
+    agent = Agent(tmp_path, cfg, notify)
+    try:
+        notify.wait(has("READY=1"), t0, 30)
+        t_ready = time.monotonic()
+        time.sleep(3.5)
+        assert len(notify.since(t_ready, "WATCHDOG=1")) >= 2
+        plc.freeze(True)
+        t_freeze = time.monotonic()
+        time.sleep(7.0)
+        code, verdict = get(port, "/healthz")
+        assert code == 503 and "driver mb: connected but nothing delivered" in \
+            " ".join(verdict["reasons"]), verdict
+        # Up to a poll (0.5 s) + stall_after (2 s) + a ping interval (1 s): then no more.
+        assert notify.since(t_freeze + 4.0, "WATCHDOG=1") == []
+        plc.freeze(False)
+        notify.wait(has("WATCHDOG=1"), time.monotonic(), 10)
+        assert agent.stop() == 0
+    finally:
+        agent.stop()
+        plc.close()
 
 
 PIPE = """
