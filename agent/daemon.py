@@ -91,6 +91,23 @@ async def start_web(cfg: AgentConfig, status: StatusService, token: str | None
     return server
 
 
+def on_sighup(service: Service, reloader: Reloader,
+              tasks: set[asyncio.Task[bool]]) -> Callable[[], None]:
+    """The SIGHUP handler: one reload task per signal (they run one after the other)."""
+    def done(task: asyncio.Task[bool]) -> None:
+        tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("configuration reload failed", exc_info=exc)
+
+    def handler() -> None:
+        log.info("SIGHUP received; reloading the configuration")
+        task = asyncio.create_task(service.reloading(reloader.reload), name="reload")
+        tasks.add(task)
+        task.add_done_callback(done)
+    return handler
+
+
 async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
               load: Callable[[], AgentConfig] | None = None) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT; ``load`` re-reads the configuration file
@@ -130,15 +147,7 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
         status = StatusService(pipeline, pipeline.recorder, cfg.web.stall_after)
         service = Service(pipeline, status)
         reloader = Reloader(pipeline, load, on_applied=status.refresh)
-        svc: Service = service
-
-        def on_hup() -> None:
-            log.info("SIGHUP received; reloading the configuration")
-            task = asyncio.create_task(svc.reloading(reloader.reload), name="reload")
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup(service, reloader, reloads))
         web = asyncio.create_task(start_web(cfg, status, web_token(cfg)), name="web")
         notify = asyncio.create_task(service.run(), name="sd-notify")
         log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,

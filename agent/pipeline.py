@@ -219,7 +219,7 @@ class Pipeline:
             analysis = tg.create_task(self._analysis_task(), name="analysis")
             health = tg.create_task(self._health_task(), name="health")
             for p in self.registry_pollers():
-                self._start_registry(p)
+                self.start_registry(p)
             self.start_uploader(self.uploader)
             self.running.set()
             await stop.wait()
@@ -280,7 +280,7 @@ class Pipeline:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def _start_registry(self, p: RegistryPoller) -> None:
+    def start_registry(self, p: RegistryPoller) -> None:
         self._registry_tasks[p.source] = self._task_group().create_task(
             self._supervise(p.run, "registry_crashed", p.source, self.registry_restarts),
             name=f"registry:{p.source}")

@@ -206,7 +206,7 @@ class Reloader:
             p.set_analysis(source, by_source.get(source), analyses.get(source))
             poller = p.registry_poller(by_source[source]) if source in by_source else None
             if poller is not None:
-                p._start_registry(poller)
+                p.start_registry(poller)
         for name in (*change.drivers_restarted, *change.drivers_stopped):
             await p.stop_driver(name)
         for name in (*change.drivers_restarted, *change.drivers_started):
