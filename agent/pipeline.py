@@ -71,7 +71,8 @@ class Pipeline:
         self._tg: asyncio.TaskGroup | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._registry_tasks: dict[str, asyncio.Task[None]] = {}
-        self._uploader_task: asyncio.Task[None] | None = None
+        self._sink_tasks: dict[str, asyncio.Task[None]] = {}  # "uploader" (and other sinks)
+        self.sink_restarts: dict[str, dict[str, int]] = {"uploader": self.uploader_restarts}
 
     # -- stages -----------------------------------------------------------------------------
     async def emit(self, out: DriverOutput) -> None:
@@ -248,8 +249,8 @@ class Pipeline:
             health.cancel()
             for t in self._registry_tasks.values():
                 t.cancel()
-            if self._uploader_task is not None:
-                self._uploader_task.cancel()
+            for t in self._sink_tasks.values():
+                t.cancel()
         self.lock.release()
         await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
                                "info", {"uptime_s": round(time.time() - self.started)})])
@@ -291,19 +292,27 @@ class Pipeline:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def start_uploader(self, uploader: Uploader | None) -> None:
-        self.uploader = uploader
-        if uploader is not None:
-            self._uploader_task = self._task_group().create_task(
-                self._supervise(uploader.run, "uploader_crashed", self.cfg.agent.gateway_id,
-                                self.uploader_restarts), name="uploader")
+    def start_sink(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a sink's delivery loop (supervised) as a named task a reload can restart."""
+        self._sink_tasks[name] = self._task_group().create_task(
+            self._supervise(run, f"{name}_crashed", self.cfg.agent.gateway_id,
+                            self.sink_restarts.setdefault(name, {})),
+            name=name)
 
-    async def stop_uploader(self) -> None:
-        """Cancel the uploader: a batch in flight stays pending and is resent (same key)."""
-        task, self._uploader_task = self._uploader_task, None
+    async def stop_sink(self, name: str) -> None:
+        """Cancel a sink's loop: a batch in flight stays pending and is resent (same key)."""
+        task = self._sink_tasks.pop(name, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    def start_uploader(self, uploader: Uploader | None) -> None:
+        self.uploader = uploader
+        if uploader is not None:
+            self.start_sink("uploader", uploader.run)
+
+    async def stop_uploader(self) -> None:
+        await self.stop_sink("uploader")
         self.uploader = None
 
     def set_analysis(self, source: str, cfg: PipelineConfig | None,
