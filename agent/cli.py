@@ -73,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     logs.setup(cfg.agent.log_level)
     try:
-        asyncio.run(daemon.run(cfg))
+        asyncio.run(daemon.run(cfg, load=(lambda: _load(args.config, args.state_dir))
+                               if args.config else None))
     except asyncio.CancelledError:
         print("edge-agent: stopped by a second signal before the final sync finished "
               "(everything read is committed in the buffer)", file=sys.stderr)

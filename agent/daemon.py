@@ -1,8 +1,11 @@
 """Start-up and shutdown of the daemon around :class:`~edge_agent.agent.pipeline.Pipeline`.
 
-SIGTERM or SIGINT stops it gracefully: drivers closed, everything read so far committed, one
-last sync attempt bounded by ``agent.shutdown_timeout``. A second signal during that shutdown
-cancels what is left (the buffer is still closed cleanly: every put() already committed).
+SIGTERM or SIGINT stops it gracefully: ``STOPPING=1`` to systemd, drivers closed, everything
+read so far committed, one last sync attempt, all bounded by ``agent.shutdown_timeout``. A
+second signal during that shutdown cancels what is left (the buffer is still closed cleanly:
+every put() already committed). SIGHUP reloads the configuration file
+(:mod:`edge_agent.agent.reload`); systemd hears ``READY=1`` / ``STATUS=`` / ``WATCHDOG=1`` from
+:mod:`edge_agent.agent.service`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import importlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from edge_agent.agent.config import DRIVER_MODULES, AgentConfig
+from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.pipeline import Pipeline
+from edge_agent.agent.reload import Reloader, make_driver
+from edge_agent.agent.service import Service
 from edge_agent.agent.status import StatusService
 from edge_agent.agent.webconfig import MIN_TOKEN_CHARS
 from edge_agent.drivers.base import Driver
@@ -31,11 +37,7 @@ log = logging.getLogger("edge_agent.daemon")
 
 
 def make_drivers(cfg: AgentConfig) -> list[Driver]:
-    out: list[Driver] = []
-    for dcfg in cfg.drivers:
-        module: Any = importlib.import_module(DRIVER_MODULES[dcfg.kind])
-        out.append(module.create(dcfg))
-    return out
+    return [make_driver(dcfg) for dcfg in cfg.drivers]
 
 
 def buffer_path(cfg: AgentConfig) -> Path:
@@ -68,7 +70,7 @@ def web_token(cfg: AgentConfig) -> str | None:
     return token
 
 
-async def start_web(cfg: AgentConfig, pipeline: Pipeline, token: str | None
+async def start_web(cfg: AgentConfig, status: StatusService, token: str | None
                     ) -> WebServer | None:
     """The status page, API, /healthz and /metrics; the URL is written to
     ``<state_dir>/web-url`` for ``edge-agent status`` (the port may be 0 = any free one).
@@ -78,9 +80,8 @@ async def start_web(cfg: AgentConfig, pipeline: Pipeline, token: str | None
     if not cfg.web.enabled:
         return None
     web = await asyncio.to_thread(importlib.import_module, "edge_agent.agent.web")
-    server: WebServer = web.WebServer(
-        cfg.web, StatusService(pipeline, pipeline.recorder, cfg.web.stall_after), token,
-        metrics_enabled=cfg.metrics.enabled)
+    server: WebServer = web.WebServer(cfg.web, status, token,
+                                      metrics_enabled=cfg.metrics.enabled)
     url = await server.start()
     url_file = cfg.state_dir / "web-url"
     if url is not None:
@@ -90,19 +91,43 @@ async def start_web(cfg: AgentConfig, pipeline: Pipeline, token: str | None
     return server
 
 
-async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
+def on_sighup(service: Service, reloader: Reloader,
+              tasks: set[asyncio.Task[bool]]) -> Callable[[], None]:
+    """The SIGHUP handler: one reload task per signal (they run one after the other)."""
+    def done(task: asyncio.Task[bool]) -> None:
+        tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("configuration reload failed", exc_info=exc)
+
+    def handler() -> None:
+        log.info("SIGHUP received; reloading the configuration")
+        task = asyncio.create_task(service.reloading(reloader.reload), name="reload")
+        tasks.add(task)
+        task.add_done_callback(done)
+    return handler
+
+
+async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
+              load: Callable[[], AgentConfig] | None = None) -> None:
+    """Run until ``stop`` is set or SIGTERM/SIGINT; ``load`` re-reads the configuration file
+    (parse + world checks) at SIGHUP — without it a SIGHUP reload is refused."""
     stop = stop or asyncio.Event()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_state_dir(cfg.state_dir)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     signals = 0
+    service: Service | None = None
+    reloads: set[asyncio.Task[bool]] = set()
 
     def on_signal(sig: signal.Signals) -> None:
         nonlocal signals
         signals += 1
         if signals == 1:
             log.info("signal received; shutting down", extra={"signal": sig.name})
+            if service is not None:
+                service.stopping()
             stop.set()
         elif main is not None:
             log.warning("second signal; abandoning the final sync", extra={"signal": sig.name})
@@ -110,6 +135,8 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    # Until the reloader is wired, a SIGHUP must not kill the agent (its default action).
+    loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP during start-up; ignored")
 
     buffer = Buffer(buffer_path(cfg), cfg.buffer)
     await buffer.start()
@@ -117,7 +144,12 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
         uploader = (Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
                     if cfg.uploader.url else None)
         pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader)
-        web = asyncio.create_task(start_web(cfg, pipeline, web_token(cfg)), name="web")
+        status = StatusService(pipeline, pipeline.recorder, cfg.web.stall_after)
+        service = Service(pipeline, status)
+        reloader = Reloader(pipeline, load, on_applied=status.refresh)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup(service, reloader, reloads))
+        web = asyncio.create_task(start_web(cfg, status, web_token(cfg)), name="web")
+        notify = asyncio.create_task(service.run(), name="sd-notify")
         log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,
                                           "state_dir": str(cfg.state_dir),
                                           "drivers": [d.name for d in pipeline.drivers],
@@ -125,13 +157,18 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
         try:
             await pipeline.run(stop)
         finally:
+            for t in (notify, *reloads):
+                t.cancel()
+            await asyncio.gather(notify, *reloads, return_exceptions=True)
             server = await web
             if server is not None:
                 await server.stop()
                 (cfg.state_dir / "web-url").unlink(missing_ok=True)
     finally:
+        if service is not None:
+            service.close()
         await asyncio.shield(buffer.close())
         os.close(lock)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("agent stopped")

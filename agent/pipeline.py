@@ -20,7 +20,7 @@ from typing import Any
 
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.analysis import Analysis
-from edge_agent.agent.config import AgentConfig
+from edge_agent.agent.config import AgentConfig, PipelineConfig
 from edge_agent.agent.history import StatusRecorder
 from edge_agent.agent.queues import BoundedQueue
 from edge_agent.agent.supervisor import Backoff, run_driver
@@ -64,6 +64,15 @@ class Pipeline:
         self.recorder = StatusRecorder(cfg.web.history, cfg.web.resolution)  # the status page
         r = cfg.reconnect
         self.backoff = Backoff(r.initial, r.maximum, r.multiplier, r.jitter)
+        # Live tasks by name, so a reload (agent/reload.py) can stop and start single stages.
+        self.running = asyncio.Event()  # set once the drivers and stages are started
+        self.lock = asyncio.Lock()  # a reload and the shutdown never interleave
+        self.stopping = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._driver_tasks: dict[str, asyncio.Task[None]] = {}
+        self._registry_tasks: dict[str, asyncio.Task[None]] = {}
+        self._sink_tasks: dict[str, asyncio.Task[None]] = {}  # "uploader" (and other sinks)
+        self.sink_restarts: dict[str, dict[str, int]] = {"uploader": self.uploader_restarts}
 
     # -- stages -----------------------------------------------------------------------------
     async def emit(self, out: DriverOutput) -> None:
@@ -204,27 +213,28 @@ class Pipeline:
         await self.buffer.put([Event("agent_started", self.cfg.agent.gateway_id, time.time(),
                                      "info", {"drivers": [d.name for d in self.drivers]})])
         async with asyncio.TaskGroup() as tg:
-            driver_tasks = [tg.create_task(self._driver_task(d), name=f"driver:{d.name}")
-                            for d in self.drivers]
+            self._tg = tg
+            for d in self.drivers:
+                self.start_driver(d)
             writer = tg.create_task(self._reading_writer(), name="writer")
             analysis = tg.create_task(self._analysis_task(), name="analysis")
-            background = [tg.create_task(self._health_task(), name="health")]
-            background += [tg.create_task(
-                self._supervise(p.run, "registry_crashed", p.source, self.registry_restarts),
-                name=f"registry:{p.source}") for p in self.registry_pollers()]
-            if self.uploader is not None:
-                up = self.uploader
-                background.append(tg.create_task(
-                    self._supervise(up.run, "uploader_crashed", self.cfg.agent.gateway_id,
-                                    self.uploader_restarts), name="uploader"))
+            health = tg.create_task(self._health_task(), name="health")
+            for p in self.registry_pollers():
+                self.start_registry(p)
+            self.start_uploader(self.uploader)
+            self.running.set()
             await stop.wait()
+            self.stopping = True
+            await self.lock.acquire()  # a reload in progress finishes first; none starts after
             log.info("stopping: closing drivers and draining queues")
+            driver_tasks = list(self._driver_tasks.values())
             for t in driver_tasks:
                 t.cancel()
             await asyncio.gather(*driver_tasks, return_exceptions=True)
             self.readings.close()
             self.waveforms.close()
             limit = float(self.cfg.agent.shutdown_timeout)
+            drain_start = time.monotonic()
             try:
                 async with asyncio.timeout(limit):
                     await asyncio.gather(writer, analysis, *self._fitting.values(),
@@ -236,27 +246,97 @@ class Pipeline:
                           extra={"pending_readings": len(self.readings)})
                 for t in (writer, analysis, *self._fitting.values()):
                     t.cancel()
-            for t in background:
+            health.cancel()
+            for t in self._registry_tasks.values():
                 t.cancel()
+            for t in self._sink_tasks.values():
+                t.cancel()
+        self.lock.release()
         await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
                                "info", {"uptime_s": round(time.time() - self.started)})])
         if self.uploader is not None:
+            # Draining and the final sync share one shutdown_timeout, so a stop stays within
+            # systemd's TimeoutStopSec (the final sync gets at least a second).
+            left = max(1.0, limit - (time.monotonic() - drain_start))
             try:
-                await self.uploader.flush(float(self.cfg.agent.shutdown_timeout))
+                await self.uploader.flush(left)
             except TimeoutError:
                 log.warning("final sync attempt timed out; data stays buffered")
 
+    # -- live changes (a reload; see agent/reload.py) ---------------------------------------
+    def _task_group(self) -> asyncio.TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("the pipeline is not running")
+        return self._tg
+
+    def start_driver(self, driver: Driver) -> None:
+        self.driver_restarts.setdefault(driver.name, 0)
+        self._driver_tasks[driver.name] = self._task_group().create_task(
+            self._driver_task(driver), name=f"driver:{driver.name}")
+
+    async def stop_driver(self, name: str) -> None:
+        """Cancel a driver's task; it closes its connection (bounded) before this returns."""
+        task = self._driver_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def start_registry(self, p: RegistryPoller) -> None:
+        self._registry_tasks[p.source] = self._task_group().create_task(
+            self._supervise(p.run, "registry_crashed", p.source, self.registry_restarts),
+            name=f"registry:{p.source}")
+
+    async def stop_registry(self, source: str) -> None:
+        task = self._registry_tasks.pop(source, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def start_sink(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a sink's delivery loop (supervised) as a named task a reload can restart."""
+        self._sink_tasks[name] = self._task_group().create_task(
+            self._supervise(run, f"{name}_crashed", self.cfg.agent.gateway_id,
+                            self.sink_restarts.setdefault(name, {})),
+            name=name)
+
+    async def stop_sink(self, name: str) -> None:
+        """Cancel a sink's loop: a batch in flight stays pending and is resent (same key)."""
+        task = self._sink_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def start_uploader(self, uploader: Uploader | None) -> None:
+        self.uploader = uploader
+        if uploader is not None:
+            self.start_sink("uploader", uploader.run)
+
+    async def stop_uploader(self) -> None:
+        await self.stop_sink("uploader")
+        self.uploader = None
+
+    def set_analysis(self, source: str, cfg: PipelineConfig | None,
+                     analysis: Analysis | None) -> None:
+        """Replace (or remove) one source's analysis chain between two blocks."""
+        if cfg is None or analysis is None:
+            self.analyses.pop(source, None)
+            self.shaft_tags.pop(source, None)
+            return
+        self.analyses[source] = analysis
+        self.shaft_tags[source] = getattr(cfg.features, "shaft_speed_tag", None)
+
     def registry_pollers(self) -> list[RegistryPoller]:
         """One model-registry poller per pipeline with a ``[pipelines.registry]`` table."""
-        out = []
-        for p in self.cfg.pipelines:
-            if p.registry is not None:
-                out.append(RegistryPoller(
-                    p.registry, self.analyses[p.source], self.cfg.state_dir,
-                    self.cfg.agent.gateway_id, self._put,
-                    configured_model=resolve_model(p.model.path) if p.model else None,
-                    threads=p.model.threads if p.model else 1))
-        return out
+        return [r for r in map(self.registry_poller, self.cfg.pipelines) if r is not None]
+
+    def registry_poller(self, p: PipelineConfig) -> RegistryPoller | None:
+        if p.registry is None:
+            return None
+        return RegistryPoller(
+            p.registry, self.analyses[p.source], self.cfg.state_dir,
+            self.cfg.agent.gateway_id, self._put,
+            configured_model=resolve_model(p.model.path) if p.model else None,
+            threads=p.model.threads if p.model else 1)
 
     def stats(self) -> dict[str, Any]:
         return {

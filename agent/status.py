@@ -95,6 +95,11 @@ class StatusService:
         self.builds = 0
         self._sources = self._source_drivers()
 
+    def refresh(self) -> None:
+        """After a configuration reload: which driver produces which waveform source."""
+        self._sources = self._source_drivers()
+        self._snap = None
+
     def _source_drivers(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for d in self.pipeline.drivers:
