@@ -1,0 +1,361 @@
+"""One MQTT connection on paho-mqtt 2.x, driven from asyncio, reconnecting forever.
+
+Each session is a fresh paho client whose network loop (``connect`` + ``loop_forever`` with
+``reconnect_on_failure=False``) runs in a dedicated thread, so the event loop never blocks on
+the broker: TCP connect, TLS handshake and socket I/O all happen there. paho's callbacks hop
+back onto the event loop with ``call_soon_threadsafe``. When the session ends (refused, lost,
+closed) the :class:`Link` logs one line saying why, waits :class:`~edge_agent.backoff.Backoff`
+and starts a new session — forever, until :meth:`Link.close`.
+
+A session never outlives its connection: messages paho had not got a PUBACK for are dropped
+with it, and :meth:`Link.publish` reports them as not delivered, so the caller (a sink driven by
+the buffer) offers them again. In-flight messages are bounded by ``max_inflight``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from .config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Link", "Message", "Session"]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: int = 1
+
+
+@dataclass
+class _Counters:
+    connects: int = 0
+    connect_failures: int = 0
+    published: int = 0
+    publish_failures: int = 0
+
+
+def describe_error(exc: BaseException) -> str:
+    """One clear reason for a failed connection attempt (never the password)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no broker listening)"
+    if isinstance(exc, TimeoutError | OSError):
+        return f"cannot reach the broker ({exc.strerror or type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Session:
+    """One connected paho client: publishes with PUBACK futures, subscriptions."""
+
+    def __init__(self, client: paho.Client, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+        self.alive = True
+        self._acks: dict[int, asyncio.Future[bool]] = {}
+
+    def publish(self, msg: Message) -> asyncio.Future[bool]:
+        """Queue ``msg``; the future turns True on its PUBACK, False if the session ends."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        if not self.alive:
+            fut.set_result(False)
+            return fut
+        info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            fut.set_result(False)
+        elif msg.qos == 0:
+            fut.set_result(True)
+        else:
+            self._acks[info.mid] = fut  # the ack callback runs on this loop, after this line
+        return fut
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.client.subscribe(topic, qos=qos)
+
+    def acked(self, mid: int) -> None:
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
+
+    def end(self) -> None:
+        self.alive = False
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_result(False)
+        self._acks.clear()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._acks)
+
+
+OnUp = Callable[[Session], Awaitable[bool]]
+OnMessage = Callable[[str, bytes], None]
+
+
+@dataclass
+class _Attempt:
+    """What one session's thread reports back."""
+
+    connack: asyncio.Future[str | None]  # None: accepted; else why refused
+    done: asyncio.Future[str | None]  # why the session ended (None: closed by us)
+    session: Session | None = None
+    cancelled: bool = field(default=False)
+
+
+class Link:
+    """The connection manager: sessions, reconnect with backoff, readiness, stats.
+
+    ``will()`` gives the last will for the next session (Sparkplug: NDEATH with a new bdSeq);
+    ``on_up(session)`` runs once per session after CONNACK (subscriptions, births) before the
+    link is ready for data (False: births failed, start a new session); ``on_message`` gets
+    every message on subscribed topics."""
+
+    def __init__(self, cfg: MqttConfig, client_id: str, *, on_up: OnUp,
+                 will: Callable[[], Message | None] = lambda: None,
+                 on_message: OnMessage | None = None) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.broker = cfg.broker()
+        self._on_up = on_up
+        self._will = will
+        self._on_message = on_message
+        self.session: Session | None = None
+        self.ready = asyncio.Event()
+        self.state = "idle"
+        self.last_error: str | None = None
+        self.counters = _Counters()
+        self._closing = False
+        self._retrier = cfg.backoff().retrier()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- session ---------------------------------------------------------------------------
+    def _client(self, loop: asyncio.AbstractEventLoop, att: _Attempt) -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        clean_session=True, reconnect_on_failure=False)
+        c.max_inflight_messages_set(self.cfg.max_inflight)
+        c.max_queued_messages_set(0)
+        if self.cfg.username is not None:
+            pw = self.cfg.password.reveal() if self.cfg.password is not None else None
+            c.username_pw_set(self.cfg.username, pw)
+        if self.broker.tls:
+            c.tls_set(ca_certs=self.cfg.ca_file, certfile=self.cfg.cert_file,
+                      keyfile=self.cfg.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        will = self._will()
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+
+        def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            why = None if not reason.is_failure else _refusal(reason)
+            loop.call_soon_threadsafe(_set, att.connack, why)
+
+        def on_publish(_c: Any, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+            s = att.session
+            if s is not None:
+                loop.call_soon_threadsafe(s.acked, mid)
+
+        def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+            if self._on_message is not None:
+                loop.call_soon_threadsafe(self._on_message, msg.topic, bytes(msg.payload))
+
+        c.on_connect = on_connect
+        c.on_publish = on_publish
+        c.on_message = on_message
+        return c
+
+    def _thread(self, client: paho.Client, att: _Attempt,
+                loop: asyncio.AbstractEventLoop) -> None:
+        why: str | None = None
+        try:
+            client.connect(self.broker.host, self.broker.port, round(self.cfg.keepalive))
+            if att.cancelled:
+                client.disconnect()
+            rc = client.loop_forever()
+            if rc == MQTTErrorCode.MQTT_ERR_CONN_REFUSED:
+                why = "refused by the broker"
+            elif not (self._closing or att.cancelled):
+                why = "connection lost"
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            why = describe_error(exc)
+        loop.call_soon_threadsafe(_set, att.connack, why or "connection lost")
+        loop.call_soon_threadsafe(_set, att.done, why)
+
+    async def _session(self, loop: asyncio.AbstractEventLoop) -> str | None:
+        """One session from connect to its end; returns why it failed (None: it had run)."""
+        att = _Attempt(loop.create_future(), loop.create_future())
+        try:
+            client = self._client(loop, att)
+        except (LookupError, OSError, ValueError) as exc:  # password source, TLS files
+            return f"cannot set up the client: {exc}"
+        self.state = "connecting"
+        t = threading.Thread(target=self._thread, args=(client, att, loop),
+                             name=f"mqtt:{self.client_id}", daemon=True)
+        t.start()
+        try:
+            why = await att.connack
+        except asyncio.CancelledError:
+            att.cancelled = True
+            client.disconnect()
+            raise
+        if why is not None:
+            await att.done
+            return why
+        if self._closing:
+            client.disconnect()
+            await att.done
+            return None
+        s = att.session = Session(client, loop)
+        self.session = s
+        self.counters.connects += 1
+        self.state = "connected"
+        self._retrier.reset()
+        log.info("mqtt connected", extra={"broker": self.cfg.url, "client_id": self.client_id})
+        try:
+            if await self._on_up(s):
+                self.ready.set()
+            else:
+                client.disconnect()  # births must precede data: start over
+            end = await att.done
+            if end is None and not self._closing:
+                end = "births not acknowledged"
+        finally:
+            self.ready.clear()
+            s.end()
+            self.session = None
+            if not att.done.done():  # cancelled: stop the thread
+                client.disconnect()
+        if end is not None:
+            self.last_error = end
+            self.state = "disconnected"
+            log.warning("mqtt connection lost", extra={"broker": self.cfg.url, "reason": end})
+        return None
+
+    async def run(self) -> None:
+        """Keep a session up until :meth:`close` (or cancellation)."""
+        loop = self._loop = asyncio.get_running_loop()
+        while not self._closing:
+            why = await self._session(loop)
+            if self._closing:
+                break
+            if why is not None:
+                self.counters.connect_failures += 1
+                self.last_error = why
+                self.state = "disconnected"
+                delay = self._retrier.next_delay()
+                log.error("mqtt connect failed", extra={
+                    "broker": self.cfg.url, "client_id": self.client_id, "reason": why,
+                    "retry_in_s": round(delay, 3)})
+            else:
+                delay = self._retrier.next_delay()
+            await asyncio.sleep(delay)
+        self.state = "closed"
+
+    # -- publishing ------------------------------------------------------------------------
+    async def wait_ready(self, within: float) -> bool:
+        if self.ready.is_set():
+            return True
+        try:
+            async with asyncio.timeout(within):
+                await self.ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def publish(self, msgs: Sequence[Message],
+                      session: Session | None = None) -> list[bool]:
+        """Publish ``msgs`` in order, at most ``max_inflight`` unacknowledged at a time.
+
+        Returns one flag per message: True when its PUBACK arrived. Stops at the first sign of
+        trouble (session ended, no PUBACK within ``publish_timeout``); later ones are False."""
+        s = session or self.session
+        done = [False] * len(msgs)
+        if s is None:
+            return done
+        window: deque[tuple[int, asyncio.Future[bool]]] = deque()
+        ok = True
+
+        async def settle_one() -> bool:
+            i, fut = window.popleft()
+            try:
+                async with asyncio.timeout(self.cfg.publish_timeout):
+                    done[i] = await fut
+            except TimeoutError:
+                self.last_error = "no PUBACK within publish_timeout"
+                return False
+            return done[i]
+
+        for i, m in enumerate(msgs):
+            if len(window) >= self.cfg.max_inflight and not await settle_one():
+                ok = False
+                break
+            window.append((i, s.publish(m)))
+        while ok and window:
+            ok = await settle_one()
+        for _, fut in window:
+            fut.cancel()
+        n = sum(done)
+        self.counters.published += n
+        self.counters.publish_failures += len(msgs) - n
+        return done
+
+    def drop(self) -> None:
+        """End the current session now (a Sparkplug node dying on purpose); it reconnects."""
+        s = self.session
+        if s is not None:
+            s.client.disconnect()
+
+    async def close(self, last: Sequence[Message] = (), within: float = 5.0) -> None:
+        """Publish ``last`` (offline status, NDEATH) if connected, then disconnect cleanly."""
+        self._closing = True
+        s = self.session
+        if s is not None and last:
+            try:
+                async with asyncio.timeout(within):
+                    await self.publish(last, s)
+            except TimeoutError:
+                log.warning("mqtt: last messages not acknowledged before close")
+        if s is not None:
+            s.client.disconnect()
+        self.state = "closed"
+
+    def stats(self) -> dict[str, Any]:
+        s = self.session
+        return {"state": self.state, "connected": s is not None, "ready": self.ready.is_set(),
+                "broker": self.cfg.url, "last_error": self.last_error,
+                "in_flight": s.in_flight if s is not None else 0,
+                "connects": self.counters.connects,
+                "connect_failures": self.counters.connect_failures,
+                "published": self.counters.published,
+                "publish_failures": self.counters.publish_failures,
+                "at": time.time()}
+
+
+def _set(fut: asyncio.Future[str | None], value: str | None) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _refusal(reason: Any) -> str:
+    text = str(reason)
+    low = text.lower()
+    if "password" in low or "not authorized" in low or "bad user" in low:
+        return f"the broker refused the credentials ({text}): check username/password"
+    return f"the broker refused the connection ({text})"
