@@ -1,1 +1,27 @@
-"""MQTT output of the agent: JSON alerts or a Sparkplug B edge node, as a buffer sink."""
+"""MQTT output of the agent: JSON alerts or a Sparkplug B edge node, as a buffer sink.
+
+``create_sink`` builds the sink a ``[mqtt]`` table asks for; the buffer's delivery loop drives
+it (:class:`~edge_agent.sync.delivery.Sink`) and the status page reads its ``stats()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import MqttConfig, SparkplugConfig
+from .json_sink import JsonSink
+from .sink import MqttSink
+from .sparkplug_sink import SparkplugSink
+
+__all__ = ["JsonSink", "MqttConfig", "MqttSink", "SparkplugConfig", "SparkplugSink",
+           "create_sink"]
+
+
+def create_sink(cfg: MqttConfig, gateway_id: str, state_dir: Path,
+                devices: Sequence[str] = ()) -> MqttSink:
+    """The sink for ``cfg.mode``. ``devices``: Sparkplug devices born with the node (each
+    analysed source and each PLC driver); others are born when their first data comes."""
+    if cfg.mode == "sparkplug":
+        return SparkplugSink(cfg, gateway_id, state_dir, devices)
+    return JsonSink(cfg, gateway_id)

@@ -40,6 +40,7 @@ class Message:
     payload: bytes
     retain: bool = False
     qos: int = 1
+    seq: bool = False  # Sparkplug: a sequence number is stamped on it at publish time
 
 
 @dataclass

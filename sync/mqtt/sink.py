@@ -51,6 +51,8 @@ class MqttSink:
         self.batches_delivered = 0
         self.bad_rows = 0
         self.mode = cfg.mode
+        self.lock = asyncio.Lock()  # one batch or birth sequence on the wire at a time
+        self.not_ready_kind = "broker_down"
 
     # -- to be provided by a mode ----------------------------------------------------------
     def will(self) -> Message | None:
@@ -73,13 +75,21 @@ class MqttSink:
     def ready_for_data(self) -> bool:
         return True
 
+    def stamp(self, msgs: Sequence[Message]) -> list[Message]:
+        """Last touch right before publishing (Sparkplug: sequence numbers)."""
+        return list(msgs)
+
+    def publish_failed(self) -> None:
+        """Some message of a batch got no PUBACK (Sparkplug: the session is dropped)."""
+
     def mode_stats(self) -> dict[str, Any]:
         return {}
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _up(self, session: Session) -> bool:
-        births = await self.births(session)
-        return not births or all(await self.link.publish(births, session))
+        async with self.lock:
+            births = self.stamp(await self.births(session))
+            return not births or all(await self.link.publish(births, session))
 
     async def start(self) -> None:
         """Start connecting (idempotent); deliver() calls it too."""
@@ -102,18 +112,23 @@ class MqttSink:
     # -- delivery --------------------------------------------------------------------------
     async def deliver(self, batch: Batch) -> Outcome:
         await self.start()
-        if not await self.link.wait_ready(READY_WAIT) or not self.ready_for_data():
+        if not await self.link.wait_ready(READY_WAIT):
             return RetryAfter("broker_down", self.link.last_error or "not connected")
-        msgs = self.messages(batch)
-        acked = self._acked.setdefault(batch.key, set())
-        self._acked.move_to_end(batch.key)
-        while len(self._acked) > _KEEP_ACKED:
-            self._acked.popitem(last=False)
-        todo = [i for i in range(len(msgs)) if i not in acked]
-        flags = await self.link.publish([msgs[i] for i in todo])
-        acked.update(i for i, ok in zip(todo, flags, strict=True) if ok)
-        if len(acked) < len(msgs):
-            return RetryAfter("broker_down", self.link.last_error or "publish not acknowledged")
+        async with self.lock:
+            if not self.ready_for_data():
+                return RetryAfter(self.not_ready_kind, "not ready for data")
+            msgs = self.messages(batch)
+            acked = self._acked.setdefault(batch.key, set())
+            self._acked.move_to_end(batch.key)
+            while len(self._acked) > _KEEP_ACKED:
+                self._acked.popitem(last=False)
+            todo = [i for i in range(len(msgs)) if i not in acked]
+            flags = await self.link.publish(self.stamp([msgs[i] for i in todo]))
+            acked.update(i for i, ok in zip(todo, flags, strict=True) if ok)
+            if len(acked) < len(msgs):
+                self.publish_failed()
+                return RetryAfter("broker_down",
+                                  self.link.last_error or "publish not acknowledged")
         self._acked.pop(batch.key, None)
         self.batches_delivered += 1
         return Delivered(note=f"{len(msgs)} messages")
