@@ -64,8 +64,9 @@ class JsonSink(MqttSink):
         self.prefix = cfg.prefix(gateway_id)
         self.started = time.time()
         self.alarms: dict[str, bytes] = {}  # source -> last retained alarm body published
-        self.alerts = 0
+        self.alerts = 0  # alert messages acknowledged by the broker
         self.events = 0
+        self._alerts_at, self._events_at = f"{self.prefix}/alerts/", f"{self.prefix}/events/"
 
     def _status(self, state: str) -> Message:
         body: dict[str, Any] = {"state": state, "gateway_id": self.gateway_id}
@@ -98,17 +99,22 @@ class JsonSink(MqttSink):
                             extra={"batch": batch.id})
                 continue
             if kind in ALERT_KINDS:
-                self.alerts += 1
                 level = topic_level(source)
                 out.append(Message(f"{self.prefix}/alerts/{level}", _dumps(alert_body(ev))))
                 alarm = self._alarm(ev)
                 self.alarms[source] = alarm
                 out.append(Message(f"{self.prefix}/alarms/{level}", alarm, retain=True))
             else:
-                self.events += 1
                 out.append(Message(f"{self.prefix}/events/{topic_level(kind)}",
                                    row.encode()))
         return out
+
+    def delivered(self, msgs: Sequence[Message]) -> None:
+        for m in msgs:
+            if m.topic.startswith(self._alerts_at):
+                self.alerts += 1
+            elif m.topic.startswith(self._events_at):
+                self.events += 1
 
     @staticmethod
     def _alarm(ev: dict[str, Any]) -> bytes:

@@ -79,6 +79,9 @@ class MqttSink:
         """Last touch right before publishing (Sparkplug: sequence numbers)."""
         return list(msgs)
 
+    def delivered(self, msgs: Sequence[Message]) -> None:
+        """Every message of a batch was acknowledged (for counters)."""
+
     def publish_failed(self) -> None:
         """Some message of a batch got no PUBACK (Sparkplug: the session is dropped)."""
 
@@ -131,6 +134,7 @@ class MqttSink:
                                   self.link.last_error or "publish not acknowledged")
         self._acked.pop(batch.key, None)
         self.batches_delivered += 1
+        self.delivered(msgs)
         return Delivered(note=f"{len(msgs)} messages")
 
     def stats(self) -> dict[str, Any]:
