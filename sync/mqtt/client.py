@@ -1,11 +1,12 @@
 """One MQTT connection on paho-mqtt 2.x, driven from asyncio, reconnecting forever.
 
-Each session is a fresh paho client whose network loop (``connect`` + ``loop_forever`` with
-``reconnect_on_failure=False``) runs in a dedicated thread, so the event loop never blocks on
-the broker: TCP connect, TLS handshake and socket I/O all happen there. paho's callbacks hop
-back onto the event loop with ``call_soon_threadsafe``. When the session ends (refused, lost,
-closed) the :class:`Link` logs one line saying why, waits :class:`~edge_agent.backoff.Backoff`
-and starts a new session — forever, until :meth:`Link.close`.
+Each session is a fresh paho client driven by the event loop itself (paho's external-loop
+interface: ``loop_read`` when the socket is readable, ``loop_write`` when paho has bytes to send,
+``loop_misc`` every second for keepalive), so there is no network thread and no lock hand-off
+per message. Only the blocking part — TCP connect and TLS handshake — runs in a worker thread,
+so the daemon never blocks on the broker. When the session ends (refused, lost, closed) the
+:class:`Link` logs one line saying why, waits :class:`~edge_agent.backoff.Backoff` and starts a
+new session — forever, until :meth:`Link.close`.
 
 A session never outlives its connection: messages paho had not got a PUBACK for are dropped
 with it, and :meth:`Link.publish` reports them as not delivered, so the caller (a sink driven by
@@ -17,11 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -85,13 +85,13 @@ class Session:
         elif msg.qos == 0:
             fut.set_result(True)
         else:
-            self._acks[info.mid] = fut  # the ack callback runs on this loop, after this line
+            self._acks[info.mid] = fut  # PUBACKs are read by a later loop callback
         return fut
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         self.client.subscribe(topic, qos=qos)
 
-    def acked(self, mid: int) -> None:
+    def puback(self, mid: int) -> None:
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(True)
@@ -114,12 +114,11 @@ OnMessage = Callable[[str, bytes], None]
 
 @dataclass
 class _Attempt:
-    """What one session's thread reports back."""
+    """One session's futures, resolved by paho's callbacks on the event loop."""
 
     connack: asyncio.Future[str | None]  # None: accepted; else why refused
     done: asyncio.Future[str | None]  # why the session ended (None: closed by us)
     session: Session | None = None
-    cancelled: bool = field(default=False)
 
 
 class Link:
@@ -146,13 +145,14 @@ class Link:
         self.counters = _Counters()
         self._closing = False
         self._retrier = cfg.backoff().retrier()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- session ---------------------------------------------------------------------------
-    def _client(self, loop: asyncio.AbstractEventLoop, att: _Attempt) -> paho.Client:
+    def _client(self, att: _Attempt) -> paho.Client:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         clean_session=True, reconnect_on_failure=False)
-        c.max_inflight_messages_set(self.cfg.max_inflight)
+        # Link.publish bounds what is in flight; paho's own bound rescans its whole queue on
+        # every PUBACK (quadratic in the window), so it is switched off.
+        c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
         if self.cfg.username is not None:
             pw = self.cfg.password.reveal() if self.cfg.password is not None else None
@@ -165,65 +165,100 @@ class Link:
             c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
         def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            why = None if not reason.is_failure else _refusal(reason)
-            loop.call_soon_threadsafe(_set, att.connack, why)
+            _set(att.connack, None if not reason.is_failure else _refusal(reason))
 
         def on_publish(_c: Any, _u: Any, mid: int, _r: Any, _p: Any) -> None:
-            s = att.session
-            if s is not None:
-                loop.call_soon_threadsafe(s.acked, mid)
+            if att.session is not None:
+                att.session.puback(mid)
 
         def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
             if self._on_message is not None:
-                loop.call_soon_threadsafe(self._on_message, msg.topic, bytes(msg.payload))
+                self._on_message(msg.topic, bytes(msg.payload))
 
         c.on_connect = on_connect
         c.on_publish = on_publish
         c.on_message = on_message
         return c
 
-    def _thread(self, client: paho.Client, att: _Attempt,
+    def _attach(self, client: paho.Client, att: _Attempt,
                 loop: asyncio.AbstractEventLoop) -> None:
-        why: str | None = None
-        try:
-            client.connect(self.broker.host, self.broker.port, round(self.cfg.keepalive))
-            if att.cancelled:
-                client.disconnect()
-            rc = client.loop_forever()
-            if rc == MQTTErrorCode.MQTT_ERR_CONN_REFUSED:
-                why = "refused by the broker"
-            elif not (self._closing or att.cancelled):
-                why = "connection lost"
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            why = describe_error(exc)
-        loop.call_soon_threadsafe(_set, att.connack, why or "connection lost")
-        loop.call_soon_threadsafe(_set, att.done, why)
+        """Drive the connected client from the event loop: no network thread."""
+        sock = client.socket()
+        if sock is None:
+            _set(att.connack, "connection lost")
+            _set(att.done, "connection lost")
+            return
+        fd = sock.fileno()
+
+        def readable() -> None:
+            client.loop_read()
+            pending = getattr(client.socket(), "pending", None)
+            while pending is not None and pending() > 0:  # bytes TLS already decrypted
+                client.loop_read()
+
+        def closed(_c: Any, _u: Any, _s: Any) -> None:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+            why = None if self._closing else "connection lost"
+            _set(att.connack, why or "connection lost")
+            _set(att.done, why)
+
+        def want_write(_c: Any, _u: Any, _s: Any) -> None:
+            loop.add_writer(fd, client.loop_write)
+
+        def written(_c: Any, _u: Any, _s: Any) -> None:
+            loop.remove_writer(fd)
+
+        client.on_socket_close = closed
+        client.on_socket_register_write = want_write
+        client.on_socket_unregister_write = written
+        loop.add_reader(fd, readable)
+        if client.want_write():
+            loop.add_writer(fd, client.loop_write)
+
+    async def _tick(self, client: paho.Client) -> None:
+        """Keepalive pings and a dead broker's detection (paho's ``loop_misc``)."""
+        while True:
+            await asyncio.sleep(1.0)
+            client.loop_misc()
 
     async def _session(self, loop: asyncio.AbstractEventLoop) -> str | None:
         """One session from connect to its end; returns why it failed (None: it had run)."""
         att = _Attempt(loop.create_future(), loop.create_future())
         try:
-            client = self._client(loop, att)
+            client = self._client(att)
         except (LookupError, OSError, ValueError) as exc:  # password source, TLS files
             return f"cannot set up the client: {exc}"
         self.state = "connecting"
-        t = threading.Thread(target=self._thread, args=(client, att, loop),
-                             name=f"mqtt:{self.client_id}", daemon=True)
-        t.start()
+        try:  # TCP connect and TLS handshake block: a worker thread does them
+            await asyncio.to_thread(client.connect, self.broker.host, self.broker.port,
+                                    round(self.cfg.keepalive))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            return describe_error(exc)
+        self._attach(client, att, loop)
+        tick = asyncio.create_task(self._tick(client))
         try:
+            return await self._run_session(client, att)
+        finally:
+            tick.cancel()
+            if not att.done.done():  # cancelled: close the socket
+                client.disconnect()
+                client.loop_write()
+                sock = client.socket()
+                if sock is not None:
+                    loop.remove_reader(sock.fileno())
+                    loop.remove_writer(sock.fileno())
+                    sock.close()
+
+    async def _run_session(self, client: paho.Client, att: _Attempt) -> str | None:
+        async with asyncio.timeout(max(10.0, self.cfg.keepalive)):
             why = await att.connack
-        except asyncio.CancelledError:
-            att.cancelled = True
-            client.disconnect()
-            raise
         if why is not None:
-            await att.done
             return why
         if self._closing:
             client.disconnect()
-            await att.done
             return None
-        s = att.session = Session(client, loop)
+        s = att.session = Session(client, asyncio.get_running_loop())
         self.session = s
         self.counters.connects += 1
         self.state = "connected"
@@ -241,8 +276,6 @@ class Link:
             self.ready.clear()
             s.end()
             self.session = None
-            if not att.done.done():  # cancelled: stop the thread
-                client.disconnect()
         if end is not None:
             self.last_error = end
             self.state = "disconnected"
@@ -251,9 +284,12 @@ class Link:
 
     async def run(self) -> None:
         """Keep a session up until :meth:`close` (or cancellation)."""
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         while not self._closing:
-            why = await self._session(loop)
+            try:
+                why = await self._session(loop)
+            except TimeoutError:
+                why = "no CONNACK from the broker"
             if self._closing:
                 break
             if why is not None:

@@ -58,7 +58,7 @@ class MqttConfig(Model):
     mode: Literal["json", "sparkplug"] = "json"
     topic_prefix: str = "edge/{gateway_id}"
     sparkplug: SparkplugConfig | None = None
-    max_inflight: int = Field(100, ge=1, le=65535)
+    max_inflight: int = Field(500, ge=1, le=65535)
     publish_timeout: Duration = 10.0
     backoff_initial: Duration = 0.5
     backoff_max: Duration = 60.0

@@ -5,7 +5,8 @@ Topics under ``<prefix>`` (``topic_prefix``, default ``edge/{gateway_id}``):
 * ``status`` — retained ``{"state": "online", …}`` on every connection; the same topic is the
   last will ``{"state": "offline"}`` (QoS 1, retained); a clean stop publishes ``offline``.
 * ``alerts/<source_id>`` — each ``anomaly_raised`` / ``anomaly_cleared`` event, QoS 1.
-* ``alarms/<source_id>`` — retained current alarm state of the source (``active`` true/false).
+* ``alarms/<source_id>`` — retained current alarm state of the source (``active`` true/false),
+  published after the alerts of each batch (once per source: the state the batch ends with).
 * ``events/<kind>`` — every other event as its contract JSON object.
 """
 
@@ -89,6 +90,7 @@ class JsonSink(MqttSink):
 
     def messages(self, batch: Batch) -> list[Message]:
         out: list[Message] = []
+        alarms: dict[str, bytes] = {}  # the retained state after the batch, once per source
         for row in batch.events:
             try:
                 ev = json.loads(row)
@@ -101,12 +103,14 @@ class JsonSink(MqttSink):
             if kind in ALERT_KINDS:
                 level = topic_level(source)
                 out.append(Message(f"{self.prefix}/alerts/{level}", _dumps(alert_body(ev))))
-                alarm = self._alarm(ev)
-                self.alarms[source] = alarm
-                out.append(Message(f"{self.prefix}/alarms/{level}", alarm, retain=True))
+                alarms.pop(source, None)  # keeps the order of the last transitions
+                alarms[source] = self._alarm(ev)
             else:
                 out.append(Message(f"{self.prefix}/events/{topic_level(kind)}",
                                    row.encode()))
+        self.alarms.update(alarms)
+        out += [Message(f"{self.prefix}/alarms/{topic_level(src)}", body, retain=True)
+                for src, body in alarms.items()]
         return out
 
     def delivered(self, msgs: Sequence[Message]) -> None:

@@ -108,9 +108,12 @@ class MqttSink:
     async def close(self) -> None:
         await self.link.close(self.last_messages())
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:  # the session ends once the DISCONNECT is out
+                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
 
     # -- delivery --------------------------------------------------------------------------
     async def deliver(self, batch: Batch) -> Outcome:

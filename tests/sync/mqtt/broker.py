@@ -105,6 +105,8 @@ class Mosquitto:
             # As root, Mosquitto would switch to user "mosquitto", who cannot read tmp_path.
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             "per_listener_settings true\npersistence false\nlog_dest stderr\n"
+            # A slow test subscriber must not lose messages (the default drops beyond 1000).
+            "max_queued_messages 0\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"listener {self.auth_port} 127.0.0.1\nallow_anonymous false\n"

@@ -155,3 +155,13 @@ class Scada:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+
+
+async def eventually(pred: Callable[[], bool], within: float = 15.0) -> bool:
+    """Poll ``pred`` (state of this process, e.g. a handle's backlog) until true or timeout."""
+    deadline = time.monotonic() + within
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

@@ -19,7 +19,7 @@ from edge_agent.sync.delivery import Delivered, RetryAfter
 
 from .broker import PASSWORD, USER, Mosquitto, make_pki
 from .conftest import GW
-from .support import FakeHandle, alert, drive, event_row
+from .support import FakeHandle, alert, drive, event_row, eventually
 
 pytestmark = pytest.mark.timeout(60)
 P = f"edge/{GW}"
@@ -136,10 +136,7 @@ async def test_tls_and_password(mosq: Mosquitto, json_sink_factory: Any,
 async def _failing(sink: Any, caplog: pytest.LogCaptureFixture, n: int) -> list[str]:
     caplog.set_level(logging.ERROR, logger="edge_agent.sync.mqtt.client")
     await sink.start()
-    for _ in range(200):
-        if sink.stats()["connect_failures"] >= n:
-            break
-        await asyncio.sleep(0.05)
+    assert await eventually(lambda: sink.stats()["connect_failures"] >= n)
     out = await sink.deliver(FakeHandle().next_batch() or _one_batch())
     assert isinstance(out, RetryAfter) and out.kind == "broker_down"
     return [getattr(r, "reason", "") for r in caplog.records if r.message == "mqtt connect failed"]
@@ -213,12 +210,9 @@ async def test_connection_dropped_mid_burst_loses_nothing(mosq: Mosquitto,
         assert s is not None
         s.client.socket().shutdown(2)  # the connection drops in the middle of the burst
         assert await scada.until(lambda g: len({json.loads(p)["event_id"]
-                                                for _, _, p, _ in g}) >= 3000, 30)
-        for _ in range(100):
-            if h.backlog == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert h.backlog == 0
+                                                for _, _, p, _ in g}) >= 3000, 30), (
+            sink.stats(), h.backlog, h.outcomes[-3:], len(scada.got))
+        assert await eventually(lambda: h.backlog == 0)
     got = [b["event_id"] for _, b in scada.on(f"edge/{gw}/alerts/")]
     first_seen = list(dict.fromkeys(got))
     assert first_seen == expected  # nothing lost, order kept

@@ -22,7 +22,7 @@ from edge_agent.sync.mqtt.sparkplug_sink import SparkplugSink
 from .broker import Mosquitto
 from .conftest import mqtt_cfg
 from .sp_host import Host
-from .support import FakeHandle, alert, drive
+from .support import FakeHandle, alert, drive, eventually
 
 pytestmark = pytest.mark.timeout(60)
 SRC = "pump-01.de_accel"
@@ -182,7 +182,7 @@ async def test_primary_host_state_offline_then_historical(mosq: Mosquitto,
             assert host.count("DDATA") == 1 and h.backlog == 5  # kept in the buffer
             host.state(True)
             assert await host.until_kind("NBIRTH", 2)
-            assert await host.until(lambda g: h.backlog == 0, 15)
+            assert await eventually(lambda: h.backlog == 0)
             h.commit("features", feature_row(time.time() + 1, 0.1, 99.0))
             assert await host.until_kind("DDATA", 3)
             st = sink.stats()
