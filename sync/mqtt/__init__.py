@@ -6,7 +6,7 @@ it (:class:`~edge_agent.sync.delivery.Sink`) and the status page reads its ``sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .config import MqttConfig, SparkplugConfig
@@ -19,9 +19,11 @@ __all__ = ["JsonSink", "MqttConfig", "MqttSink", "SparkplugConfig", "SparkplugSi
 
 
 def create_sink(cfg: MqttConfig, gateway_id: str, state_dir: Path,
-                devices: Sequence[str] = ()) -> MqttSink:
-    """The sink for ``cfg.mode``. ``devices``: Sparkplug devices born with the node (each
-    analysed source and each PLC driver); others are born when their first data comes."""
+                devices: Sequence[str] = (),
+                sensor_devices: Mapping[str, str] | None = None) -> MqttSink:
+    """The sink for ``cfg.mode``. Sparkplug: ``devices`` are born with the node (each analysed
+    source), ``sensor_devices`` maps a PLC's sensor ids to its driver's name (that device, with
+    a DDEATH when the driver disconnects); other data makes devices of its asset prefix."""
     if cfg.mode == "sparkplug":
-        return SparkplugSink(cfg, gateway_id, state_dir, devices)
+        return SparkplugSink(cfg, gateway_id, state_dir, devices, sensor_devices)
     return JsonSink(cfg, gateway_id)

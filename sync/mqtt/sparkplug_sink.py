@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,14 @@ class SparkplugSink(MqttSink):
     tables: frozenset[Table] = frozenset({"events", "features", "readings"})
 
     def __init__(self, cfg: MqttConfig, gateway_id: str, state_dir: Path,
-                 devices: Sequence[str] = ()) -> None:
+                 devices: Sequence[str] = (),
+                 sensor_devices: Mapping[str, str] | None = None) -> None:
         super().__init__(cfg, gateway_id)
         sp = cfg.sparkplug
         assert sp is not None  # MqttConfig.problems() guarantees it in sparkplug mode
         self.node = Node(sp.group_id, sp.edge_node_id or gateway_id)
-        self.configured = tuple(devices)
+        self.sensor_devices = dict(sensor_devices or {})  # sensor_id -> device (a PLC driver)
+        self.configured = tuple(dict.fromkeys([*devices, *self.sensor_devices.values()]))
         for d in self.configured:
             self.node.device(d)
         self.bdseq_store = BdSeqStore(state_dir / "sparkplug-bdseq")
@@ -241,8 +243,12 @@ class SparkplugSink(MqttSink):
         return out
 
     def device_of(self, sensor_id: str) -> tuple[str, str]:
-        """(device, metric) of a reading: a configured device whose id prefixes the sensor id,
-        else the sensor id's first dotted part (its asset)."""
+        """(device, metric) of a reading: the PLC driver that reads it (``sensor_devices``,
+        metric = the sensor id), a configured device whose id prefixes the sensor id, else the
+        sensor id's first dotted part (its asset)."""
+        dev = self.sensor_devices.get(sensor_id)
+        if dev is not None:
+            return dev, sensor_id
         for d in self.configured:
             if sensor_id.startswith(d + "."):
                 return d, sensor_id[len(d) + 1:]

@@ -22,7 +22,7 @@ from edge_agent.sync.mqtt.sparkplug_sink import SparkplugSink
 from .broker import Mosquitto
 from .conftest import mqtt_cfg
 from .sp_host import Host
-from .support import FakeHandle, alert, drive, eventually
+from .support import FakeHandle, alert, drive, event_row, eventually
 
 pytestmark = pytest.mark.timeout(60)
 SRC = "pump-01.de_accel"
@@ -42,12 +42,13 @@ def reading_row(ts: float, *vals: tuple[str, float | None]) -> str:
 
 @contextlib.asynccontextmanager
 async def node(mosq: Mosquitto, state: Path, group: str, host_id: str | None = None,
-               handle: FakeHandle | None = None) -> AsyncIterator[SparkplugSink]:
+               handle: FakeHandle | None = None,
+               sensors: dict[str, str] | None = None) -> AsyncIterator[SparkplugSink]:
     sp: dict[str, Any] = {"group_id": group, "edge_node_id": "gw1"}
     if host_id:
         sp["primary_host_id"] = host_id
     sink = SparkplugSink(mqtt_cfg(mosq.url, mode="sparkplug", sparkplug=sp), "gw-test", state,
-                         devices=[SRC, "plc-1"])
+                         devices=[SRC, "plc-1"], sensor_devices=sensors)
     await sink.start()
     task = asyncio.create_task(drive(sink, handle or FakeHandle()))
     try:
@@ -193,4 +194,33 @@ async def test_primary_host_state_offline_then_historical(mosq: Mosquitto,
         assert st["historical_metrics"] >= 5
     finally:
         host.state(False)
+        host.close()
+
+
+async def test_plc_device_dies_and_is_reborn_with_its_driver(mosq: Mosquitto,
+                                                            tmp_path: Path) -> None:
+    host, h = Host(mosq.port, "g-plc"), FakeHandle()
+    sensors = {"press-07.oil_temp": "plc-1", "press-07.pressure": "plc-1"}
+    try:
+        async with node(mosq, tmp_path, "g-plc", handle=h, sensors=sensors):
+            assert await host.until_kind("DBIRTH", 2)
+            now = time.time()
+            h.commit("readings", reading_row(now, ("press-07.oil_temp", 60.0),
+                                             ("press-07.pressure", 3.5)))
+            assert await host.until_kind("DDATA")
+            h.commit("events", event_row("driver_disconnected", "plc-1"))
+            assert await host.until_kind("DDEATH")
+            h.commit("events", event_row("driver_connected", "plc-1", severity="info"))
+            h.commit("readings", reading_row(now + 1, ("press-07.oil_temp", 61.0)))
+            assert await host.until_kind("DDATA", 2)
+        kinds = host.kinds()
+        i = kinds.index("DDEATH:plc-1")
+        assert kinds[i + 1:i + 3] == ["DBIRTH:plc-1", "DDATA:plc-1"]
+        v = host.check()
+        assert v.errors == []
+        assert v.values[("plc-1", "press-07.oil_temp")] == [(60.0, False), (61.0, False)]
+        reborn = [x.payload for x in host.msgs() if x.kind == "DBIRTH" and x.device == "plc-1"]
+        assert {m.name for m in reborn[-1].metrics} == {"press-07.oil_temp",
+                                                          "press-07.pressure"}
+    finally:
         host.close()
