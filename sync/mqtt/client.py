@@ -16,6 +16,7 @@ the buffer) offers them again. In-flight messages are bounded by ``max_inflight`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -144,6 +145,7 @@ class Link:
         self.last_error: str | None = None
         self.counters = _Counters()
         self._closing = False
+        self._stopped = asyncio.Event()  # set by close(): ends a backoff wait at once
         self._retrier = cfg.backoff().retrier()
 
     # -- session ---------------------------------------------------------------------------
@@ -302,7 +304,8 @@ class Link:
                     "retry_in_s": round(delay, 3)})
             else:
                 delay = self._retrier.next_delay()
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
         self.state = "closed"
 
     # -- publishing ------------------------------------------------------------------------
@@ -362,6 +365,7 @@ class Link:
     async def close(self, last: Sequence[Message] = (), within: float = 5.0) -> None:
         """Publish ``last`` (offline status, NDEATH) if connected, then disconnect cleanly."""
         self._closing = True
+        self._stopped.set()
         s = self.session
         if s is not None and last:
             try:

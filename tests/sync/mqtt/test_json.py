@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,9 @@ async def test_wrong_password_one_clear_line_per_attempt_and_retries(
     delays = [r.retry_in_s for r in caplog.records if r.message == "mqtt connect failed"]
     assert all(d > 0 for d in delays)  # backoff between attempts
     assert sink.stats()["connected"] is False and "credentials" in sink.stats()["last_error"]
+    t0 = time.monotonic()
+    await sink.close()  # in the middle of a backoff wait: a stop does not wait it out
+    assert time.monotonic() - t0 < 1.0 and sink.stats()["state"] == "closed"
 
 
 async def test_untrusted_certificate_one_clear_line_per_attempt(
