@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -83,10 +84,9 @@ class Session:
         info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             fut.set_result(False)
-        elif msg.qos == 0:
-            fut.set_result(True)
-        else:
-            self._acks[info.mid] = fut  # PUBACKs are read by a later loop callback
+        else:  # QoS 1: on its PUBACK; QoS 0: once written to the connection (paho's on_publish,
+            # run by a later loop callback either way)
+            self._acks[info.mid] = fut
         return fut
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -191,6 +191,9 @@ class Link:
             _set(att.done, "connection lost")
             return
         fd = sock.fileno()
+        with contextlib.suppress(OSError, AttributeError):  # small packets out at once (Nagle
+            # + delayed ACK would hold a PUBLISH that follows another for ~40 ms)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
 
         def readable() -> None:
             client.loop_read()

@@ -53,6 +53,9 @@ class MqttSink:
         self.mode = cfg.mode
         self.lock = asyncio.Lock()  # one batch or birth sequence on the wire at a time
         self.not_ready_kind = "broker_down"
+        # A retried batch skips what the broker acknowledged (QoS 1). Sparkplug data is QoS 0
+        # (the specification's choice): a retry re-sends the whole batch after the rebirth.
+        self.skip_acked = True
 
     # -- to be provided by a mode ----------------------------------------------------------
     def will(self) -> Message | None:
@@ -128,6 +131,8 @@ class MqttSink:
             self._acked.move_to_end(batch.key)
             while len(self._acked) > _KEEP_ACKED:
                 self._acked.popitem(last=False)
+            if not self.skip_acked:
+                acked.clear()
             todo = [i for i in range(len(msgs)) if i not in acked]
             flags = await self.link.publish(self.stamp([msgs[i] for i in todo]))
             acked.update(i for i, ok in zip(todo, flags, strict=True) if ok)

@@ -12,6 +12,12 @@ answer ``RetryAfter("host_offline")`` and stay in the SQLite buffer. When the ho
 are published in order, metrics older than the node's current birth flagged ``is_historical``.
 ``Node Control/Rebirth`` on NCMD re-publishes the births (same bdSeq, seq from 0); anything else
 on a command topic is ignored and counted.
+
+As the specification requires, births, DDATA and DDEATH are QoS 0 (NDEATH, the will, is QoS 1).
+So that a batch still counts as delivered only once the broker has it, each batch ends with a
+QoS 1 *fence* message on ``<topic_prefix>/sparkplug-fence`` (outside the Sparkplug namespace):
+its PUBACK covers everything before it. No PUBACK: the session is dropped, the node is born
+again and the whole batch is sent again.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class SparkplugSink(MqttSink):
         self.counts = {"rebirths": 0, "bad_commands": 0, "ignored_commands": 0,
                        "historical_metrics": 0, "ddata": 0, "bad_rows": 0}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.fence_topic = f"{cfg.prefix(gateway_id)}/sparkplug-fence"
+        self.skip_acked = False
 
     # -- session -------------------------------------------------------------------------------
     def will(self) -> Message:
@@ -79,7 +87,12 @@ class SparkplugSink(MqttSink):
         out = [Message(self.node.topic("NBIRTH"), self.node.nbirth(self.bdseq), seq=True)]
         out += [Message(self.node.topic("DBIRTH", d.id), self.node.dbirth(d.id), seq=True)
                 for d in self.node.devices.values() if not d.dead]
-        return out
+        return [*out, self.fence()]
+
+    def fence(self) -> Message:
+        """A QoS 1 message after QoS 0 ones: its PUBACK says the broker has everything before
+        it (one connection is processed in order). Outside ``spBv1.0/``: hosts never see it."""
+        return Message(self.fence_topic, b"")
 
     async def births(self, session: Session) -> Sequence[Message]:
         session.subscribe(self.node.topic("NCMD"))
@@ -98,8 +111,8 @@ class SparkplugSink(MqttSink):
     def stamp(self, msgs: Sequence[Message]) -> list[Message]:
         out = []
         for m in msgs:
-            if m.seq:
-                m = Message(m.topic, with_seq(m.payload, self.seq), m.retain, m.qos)
+            if m.seq:  # NBIRTH, DBIRTH, DDATA, DDEATH: QoS 0, not retained (spec)
+                m = Message(m.topic, with_seq(m.payload, self.seq), retain=False, qos=0)
                 self.seq = (self.seq + 1) % 256
             out.append(m)
         return out
@@ -198,7 +211,7 @@ class SparkplugSink(MqttSink):
             out.append(Message(self.node.topic("DDATA", dev), self.node.ddata(pairs), seq=True))
             self.counts["ddata"] += 1
             self.counts["historical_metrics"] += sum(u.historical for u, _ in pairs)
-        return out
+        return [*out, self.fence()] if out else out
 
     def _hist(self, ts: float) -> bool:
         return ts < self.live_since

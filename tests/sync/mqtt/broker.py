@@ -90,6 +90,7 @@ class Mosquitto:
     auth_port: int = 0  # password
     tls_port: int = 0  # TLS + password
     proc: subprocess.Popen[bytes] | None = None
+    nodelay: bool = True  # Mosquitto's set_tcp_nodelay (its default is false)
 
     def __post_init__(self) -> None:
         require_mosquitto()
@@ -107,6 +108,7 @@ class Mosquitto:
             "per_listener_settings true\npersistence false\nlog_dest stderr\n"
             # A slow test subscriber must not lose messages (the default drops beyond 1000).
             "max_queued_messages 0\n"
+            f"set_tcp_nodelay {'true' if self.nodelay else 'false'}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"listener {self.auth_port} 127.0.0.1\nallow_anonymous false\n"

@@ -113,6 +113,7 @@ class Scada:
     def __init__(self, port: int, topics: tuple[str, ...] = ("#",), *, tls_ca: str | None = None,
                  auth: tuple[str, str] | None = None, client_id: str = "") -> None:
         self.got: list[tuple[float, str, bytes, bool]] = []
+        self.qos: list[int] = []  # QoS each message arrived with (min of publish, subscribe)
         self.cond = threading.Condition()
         self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or
                              f"scada-{uuid.uuid4().hex[:8]}")
@@ -132,6 +133,7 @@ class Scada:
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         with self.cond:
             self.got.append((time.perf_counter(), msg.topic, bytes(msg.payload), msg.retain))
+            self.qos.append(msg.qos)
             self.cond.notify_all()
 
     def wait_for(self, pred: Callable[[list[tuple[float, str, bytes, bool]]], bool],

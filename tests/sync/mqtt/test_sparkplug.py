@@ -99,6 +99,10 @@ async def test_births_aliases_ddata_and_seq(mosq: Mosquitto, tmp_path: Path) -> 
         # A clean stop: a DDEATH per device, then the NDEATH with the birth's bdSeq.
         assert sorted(kinds[-4:-1]) == sorted(f"DDEATH:{d}" for d in (SRC, "plc-1", "press-7"))
         assert kinds[-1] == "NDEATH" and v.deaths == [v.bdseq]
+        qos = {(t.split("/")[2], q) for (_, t, _, r), q in zip(host.got, host.qos, strict=True)}
+        assert qos == {("NBIRTH", 0), ("DBIRTH", 0), ("DDATA", 0), ("DDEATH", 0),
+                       ("NDEATH", 1)}  # the specification's QoS; nothing retained
+        assert not any(r for _, _, _, r in host.got)
         assert stats["ddata"] > 0 and stats["born"] and all(isinstance(o, Delivered)
                                                             for o in h.outcomes)
     finally:
