@@ -228,3 +228,27 @@ async def test_plc_device_dies_and_is_reborn_with_its_driver(mosq: Mosquitto,
                                                           "press-07.pressure"}
     finally:
         host.close()
+
+
+async def test_connection_dropped_mid_burst_loses_no_ddata(mosq: Mosquitto,
+                                                           tmp_path: Path) -> None:
+    host, h = Host(mosq.port, "g-drop"), FakeHandle(max_rows=10)
+    now = time.time()
+    try:
+        async with node(mosq, tmp_path, "g-drop", handle=h) as sink:
+            assert await host.until_kind("DBIRTH", 2)
+            h.commit("features", *(feature_row(now + i * 0.01, 0.1, float(i))
+                                   for i in range(600)))
+            assert await host.until_kind("DDATA", 5)
+            s = sink.link.session
+            assert s is not None
+            s.client.socket().shutdown(2)  # QoS 0 data in flight when the connection drops
+            assert await host.until_kind("NBIRTH", 2)
+            assert await eventually(lambda: h.backlog == 0, 30)
+        assert any(isinstance(o, RetryAfter) for o in h.outcomes)  # it did hit a batch
+        v = host.check()
+        assert v.errors == []  # seq continuous within each session, births first
+        rms = [x for x, _ in v.values[(SRC, "features/rms")]]
+        assert list(dict.fromkeys(rms)) == [float(i) for i in range(600)]  # none lost, in order
+    finally:
+        host.close()
