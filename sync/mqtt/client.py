@@ -20,7 +20,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -381,15 +380,16 @@ class Link:
         self.state = "closed"
 
     def stats(self) -> dict[str, Any]:
+        """State first, then what a status page shows (it lists the first few keys)."""
         s = self.session
-        return {"state": self.state, "connected": s is not None, "ready": self.ready.is_set(),
-                "broker": self.cfg.url, "last_error": self.last_error,
+        return {"state": self.state, "connected": s is not None, "broker": self.cfg.url,
+                "published": self.counters.published,
+                "last_error": self.last_error or "none",
                 "in_flight": s.in_flight if s is not None else 0,
+                "publish_failures": self.counters.publish_failures,
                 "connects": self.counters.connects,
                 "connect_failures": self.counters.connect_failures,
-                "published": self.counters.published,
-                "publish_failures": self.counters.publish_failures,
-                "at": time.time()}
+                "ready": self.ready.is_set()}
 
 
 def _set(fut: asyncio.Future[str | None], value: str | None) -> None:
