@@ -99,7 +99,10 @@ class MqttSink:
 
     async def start(self) -> None:
         """Start connecting (idempotent); deliver() calls it too."""
-        if self._task is None or self._task.done():
+        t = self._task
+        if t is not None and t.done() and not t.cancelled() and t.exception() is not None:
+            log.error("mqtt connection manager crashed; restarting", exc_info=t.exception())
+        if t is None or t.done():
             self._task = asyncio.create_task(self.link.run(), name=f"mqtt:{self.name}")
 
     async def run(self) -> None:
