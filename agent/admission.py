@@ -5,12 +5,16 @@ refuses a whole put that holds a malformed record). :class:`ReadingGate`:
 
 * sanitises values (NaN/Inf → ``value = None``, quality 0, reason in metadata);
 * drops readings that cannot be stored or sent — empty or non-string ids, timestamps that are
-  not finite or not between 1970 and 2200 — counting them per sensor;
+  not finite or not between 1970 and the year 10000 (``edge_agent.timestamps``) — counting
+  them per sensor;
 * drops a reading whose ``(sensor_id, timestamp)`` was already admitted recently: a polled
   OPC-UA node returns the same SourceTimestamp until its value changes, and a reconnect
   re-delivers the last value. The backend's primary key is ``(timestamp, sensor_id)``, so such a
   repeat is the same sample, and sending it would make the backend answer 409 for the whole
-  batch (which the contract counts as delivered).
+  batch (split until the conflicting row stands alone, but still a wasted round trip). The
+  newest timestamp per sensor committed to the buffer is kept there and given to the gate at
+  start (``Buffer.last_timestamps``), so a repeat of a sample stored before a restart is
+  dropped too. Timestamps are compared in whole microseconds, as the backend stores them.
 
 Drop counts are kept per sensor for metrics; the first drop of each kind per sensor is returned
 as an event, so one misbehaving tag does not flood the event table.
@@ -21,18 +25,20 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge_agent.records import Event, Reading
+from edge_agent.timestamps import MAX_TS, MIN_TS
 
-_MAX_TS = 7_258_118_400.0  # 2200-01-01T00:00:00Z
 _RECENT = 8                  # timestamps remembered per sensor for the repeat check
 
 
 class ReadingGate:
-    def __init__(self) -> None:
-        self._recent: dict[str, deque[float]] = {}
+    def __init__(self, last_us: Mapping[str, int] | None = None) -> None:
+        """``last_us``: the newest timestamp (µs) already stored per sensor (from the buffer)."""
+        self._recent: dict[str, deque[int]] = {
+            sensor: deque([us], maxlen=_RECENT) for sensor, us in (last_us or {}).items()}
         self.dropped: Counter[str] = Counter()       # "<reason>:<sensor_id>" -> count
         self.latest: dict[str, float] = {}           # last good value per sensor
 
@@ -44,10 +50,11 @@ class ReadingGate:
             sensor = raw.sensor_id if isinstance(getattr(raw, "sensor_id", None), str) else "?"
             if reason is None:
                 recent = self._recent.setdefault(sensor, deque(maxlen=_RECENT))
-                if raw.timestamp in recent:
+                us = round(raw.timestamp * 1_000_000)
+                if us in recent:
                     reason = "repeated_timestamp"
                 else:
-                    recent.append(raw.timestamp)
+                    recent.append(us)
             if reason is not None:
                 key = f"{reason}:{sensor}"
                 self.dropped[key] += 1
@@ -75,7 +82,7 @@ def _malformed(r: Any) -> str | None:
         return "bad_type_or_unit"
     ts = r.timestamp
     if not isinstance(ts, numbers.Real) or isinstance(ts, bool) or not math.isfinite(ts) \
-            or not 0.0 <= ts < _MAX_TS:
+            or not MIN_TS <= ts < MAX_TS:
         return "bad_timestamp"
     if not isinstance(r.metadata, dict):
         return "bad_metadata"

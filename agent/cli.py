@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run, check-config, models, quarantine, opcua."""
+"""``edge-agent`` command line: run, check-config, status, models, quarantine, opcua."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = _load(args.config, args.state_dir)
     except ConfigError as exc:
         return _config_problem(exc)
+    from edge_agent.errors import TrainExtraMissing
     from edge_agent.sync.schema import SchemaTooNew
 
     logs.setup(cfg.agent.log_level)
@@ -55,9 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("edge-agent: stopped by a second signal before the final sync finished "
               "(everything read is committed in the buffer)", file=sys.stderr)
         return 1
-    except (OSError, SchemaTooNew) as exc:
+    except (OSError, SchemaTooNew, TrainExtraMissing) as exc:
         # Start-up failures a technician can fix (permissions, a full disk, a database written by
-        # a newer agent): one clear line, not a traceback.
+        # a newer agent, commissioning without the [train] extra): one clear line, no traceback.
         logging.getLogger("edge_agent").critical("cannot start", extra={"error": str(exc)})
         print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -91,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("-c", "--config", help="TOML config (default: the embedded one)")
     chk.set_defaults(func=cmd_check_config)
 
-    from edge_agent.agent import tools
+    from edge_agent.agent import statuscmd, tools
 
+    statuscmd.add_command(sub)
     tools.add_commands(sub)
     return ap
 

@@ -2,9 +2,10 @@
 
 Sections: ``[agent]``, ``[buffer]`` (:class:`edge_agent.sync.buffer.BufferConfig`),
 ``[uploader]`` (:class:`edge_agent.sync.uploader.UploaderConfig`), ``[queues]``, ``[metrics]``,
-``[[drivers]]`` (one table per source; ``kind`` picks the driver module, whose ``Config`` class
-parses the rest) and ``[[pipelines]]`` (windowing, features, model and alerting per waveform
-source). Validation does no I/O: files named in the config are opened when used.
+``[web]`` (:class:`edge_agent.agent.webconfig.WebConfig`), ``[[drivers]]`` (one table per
+source; ``kind`` picks the driver module, whose ``Config`` class parses the rest) and
+``[[pipelines]]`` (windowing, features, model and alerting per waveform source). Validation
+does no I/O: files named in the config are opened when used.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent import settings
 from edge_agent.agent.queues import QueueConfig
+from edge_agent.agent.webconfig import WebConfig
 from edge_agent.confkit import (
     ConfigError,
     ConfigProblem,
@@ -27,10 +30,11 @@ from edge_agent.confkit import (
     field,
 )
 from edge_agent.models.alerting import AlertConfig
+from edge_agent.models.commissioning import CommissioningConfig
 from edge_agent.models.drift import DriftConfig
-from edge_agent.models.extract import SoundConfig, VibrationConfig
+from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
-from edge_agent.models.training import CommissioningConfig
+from edge_agent.models.registry.config import RegistryConfig
 from edge_agent.sync.buffer import BufferConfig
 from edge_agent.sync.contract import UploaderConfig
 
@@ -75,12 +79,15 @@ class ReconnectSection:
 
 @dataclass(frozen=True)
 class MetricsSection:
+    """``[metrics]``: ``/metrics`` is served by the web server (``[web].listen``)."""
+
     enabled: bool = True
-    listen: str = field("127.0.0.1:9108", pattern=r"[^:]+:[0-9]{1,5}")
+    listen: str | None = None  # no longer used: kept only to explain where /metrics went
 
     def problems(self) -> list[tuple[str, str]]:
-        port = int(self.listen.rpartition(":")[2])
-        return [] if 0 < port < 65536 else [("listen", f"port {port} is not in 1..65535")]
+        if self.listen is not None:
+            return [("listen", "/metrics is served on [web].listen now; remove this key")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class PipelineConfig:
     alerts: AlertConfig = AlertConfig()
     drift: DriftConfig = DriftConfig()
     commissioning: CommissioningConfig | None = None
+    registry: RegistryConfig | None = None  # model versions pushed down from MLflow
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -103,6 +111,8 @@ class PipelineConfig:
             out.append(("hop", "must be <= window (windows may overlap, not leave gaps)"))
         if self.model and self.commissioning and self.commissioning.enabled:
             out.append(("commissioning", "give either a model or commissioning, not both"))
+        if self.registry and self.commissioning and self.commissioning.enabled:
+            out.append(("commissioning", "give either a registry or commissioning, not both"))
         return out
 
 
@@ -114,6 +124,7 @@ class AgentConfig:
     queues: QueuesSection = QueuesSection()
     reconnect: ReconnectSection = ReconnectSection()
     metrics: MetricsSection = MetricsSection()
+    web: WebConfig = WebConfig()
     drivers: tuple[Any, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
 
@@ -139,11 +150,25 @@ def _driver(raw: Any, path: str, problems: list[ConfigProblem]) -> Any:
     return build(module.Config, raw, path)
 
 
+def _web(raw: Any, problems: list[ConfigProblem]) -> WebConfig:
+    """``[web]`` is a pydantic :class:`edge_agent.settings.Model`; its problems join the rest."""
+    if not isinstance(raw, Mapping):
+        problems.append(ConfigProblem("web", "must be a table"))
+        return WebConfig()
+    try:
+        return settings.parse(WebConfig, raw, "web")
+    except settings.ConfigError as exc:
+        problems.extend(ConfigProblem(p.key, p.message) for p in exc.problems)
+        return WebConfig()
+
+
 def parse(raw: Mapping[str, Any]) -> AgentConfig:
     """Validate a parsed TOML document; raise :class:`ConfigError` listing every problem."""
     raw = dict(raw)
     drivers_raw = raw.pop("drivers", [])
+    web_raw = raw.pop("web", {})
     problems = check(AgentConfig, raw)
+    web = _web(web_raw, problems)
     drivers: list[Any] = []
     if not isinstance(drivers_raw, list):
         problems.append(ConfigProblem("drivers", "must be an array of tables ([[drivers]])"))
@@ -152,7 +177,7 @@ def parse(raw: Mapping[str, Any]) -> AgentConfig:
         drivers.append(_driver(d, f"drivers[{i}]", problems))
     if problems:
         raise ConfigError(problems)
-    cfg = dataclasses.replace(build(AgentConfig, raw), drivers=tuple(drivers))
+    cfg = dataclasses.replace(build(AgentConfig, raw), drivers=tuple(drivers), web=web)
     cross = _cross_checks(cfg)
     if cross:
         raise ConfigError(cross)
@@ -210,7 +235,8 @@ def summary(cfg: AgentConfig) -> list[str]:
         f"state_dir: {cfg.state_dir}",
         f"buffer: {cfg.buffer.path} (max {cfg.buffer.max_size} bytes)",
         f"uploader: {up.url or 'disabled (data stays buffered)'}",
-        f"metrics: {cfg.metrics.listen if cfg.metrics.enabled else 'disabled'}",
+        f"web: {_web_line(cfg.web)}",
+        f"metrics: {'/metrics on the web server' if cfg.metrics.enabled else 'disabled'}",
         f"drivers: {len(cfg.drivers)}",
     ]
     lines += [f"  - {d.name} ({d.kind})" for d in cfg.drivers]
@@ -221,3 +247,10 @@ def summary(cfg: AgentConfig) -> list[str]:
             else "none (features only)")
         lines.append(f"  - {p.source}: {p.features.kind} {p.window}/{p.hop}, model {model}")
     return lines
+
+
+def _web_line(web: WebConfig) -> str:
+    if not web.enabled:
+        return "disabled"
+    auth = f"token {web.auth_token.describe()}" if web.auth_token else "no auth (loopback)"
+    return f"http://{web.listen}/ ({auth})"

@@ -14,14 +14,18 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.agent import metrics
 from edge_agent.agent.config import DRIVER_MODULES, AgentConfig
 from edge_agent.agent.pipeline import Pipeline
+from edge_agent.agent.status import StatusService
+from edge_agent.agent.webconfig import MIN_TOKEN_CHARS
 from edge_agent.drivers.base import Driver
 from edge_agent.sync.buffer import Buffer
 from edge_agent.sync.uploader import Uploader
+
+if TYPE_CHECKING:
+    from edge_agent.agent.web import WebServer
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -51,6 +55,41 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
+def web_token(cfg: AgentConfig) -> str | None:
+    """Resolve ``[web].auth_token`` at start-up; a missing one is a start-up failure."""
+    if not cfg.web.enabled or cfg.web.auth_token is None:
+        return None
+    try:
+        token = cfg.web.auth_token.reveal()
+    except LookupError as exc:
+        raise OSError(f"[web].auth_token: {exc}") from None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise OSError(f"[web].auth_token: must be at least {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+async def start_web(cfg: AgentConfig, pipeline: Pipeline, token: str | None
+                    ) -> WebServer | None:
+    """The status page, API, /healthz and /metrics; the URL is written to
+    ``<state_dir>/web-url`` for ``edge-agent status`` (the port may be 0 = any free one).
+
+    Runs as a task beside the pipeline, importing aiohttp in a worker thread: on a loaded
+    2-core gateway that import costs a noticeable part of a second the drivers need not wait."""
+    if not cfg.web.enabled:
+        return None
+    web = await asyncio.to_thread(importlib.import_module, "edge_agent.agent.web")
+    server: WebServer = web.WebServer(
+        cfg.web, StatusService(pipeline, pipeline.recorder, cfg.web.stall_after), token,
+        metrics_enabled=cfg.metrics.enabled)
+    url = await server.start()
+    url_file = cfg.state_dir / "web-url"
+    if url is not None:
+        url_file.write_text(url + "\n", encoding="utf-8")
+    else:
+        url_file.unlink(missing_ok=True)
+    return server
+
+
 async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,19 +117,18 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None) -> None:
         uploader = (Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
                     if cfg.uploader.url else None)
         pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader)
-        if cfg.metrics.enabled:
-            sources: dict[str, metrics.StatsSource] = {"pipeline": pipeline.stats,
-                                                       "buffer": buffer.stats}
-            if uploader is not None:
-                sources["uploader"] = uploader.stats
-            metrics.serve(cfg.metrics.listen, metrics.StatsCollector(
-                sources, {"driver": ("name", pipeline.drivers_health),
-                          "analysis": ("source", pipeline.analysis_stats)}))
+        web = asyncio.create_task(start_web(cfg, pipeline, web_token(cfg)), name="web")
         log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,
                                           "state_dir": str(cfg.state_dir),
                                           "drivers": [d.name for d in pipeline.drivers],
                                           "uploader": cfg.uploader.url or "disabled"})
-        await pipeline.run(stop)
+        try:
+            await pipeline.run(stop)
+        finally:
+            server = await web
+            if server is not None:
+                await server.stop()
+                (cfg.state_dir / "web-url").unlink(missing_ok=True)
     finally:
         await asyncio.shield(buffer.close())
         os.close(lock)

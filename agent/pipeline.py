@@ -21,9 +21,12 @@ from typing import Any
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import AgentConfig
+from edge_agent.agent.history import StatusRecorder
 from edge_agent.agent.queues import BoundedQueue
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverOutput
+from edge_agent.models.builtin import resolve_model
+from edge_agent.models.registry.poller import RegistryPoller
 from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
 from edge_agent.sync.buffer import Buffer
 from edge_agent.sync.uploader import Uploader
@@ -48,7 +51,7 @@ class Pipeline:
         self.analyses = {p.source: Analysis(p, cfg.state_dir) for p in cfg.pipelines}
         self.shaft_tags = {p.source: getattr(p.features, "shaft_speed_tag", None)
                            for p in cfg.pipelines}
-        self.gate = ReadingGate()
+        self.gate = ReadingGate(buffer.last_timestamps)  # repeats across restarts too
         self.latest = self.gate.latest  # last good value per sensor (shaft speed tags)
         self.refused_records = 0
         self._fitting: dict[str, asyncio.Task[None]] = {}
@@ -56,7 +59,9 @@ class Pipeline:
         self.unrouted_blocks = 0
         self.driver_restarts: dict[str, int] = {d.name: 0 for d in self.drivers}
         self.uploader_restarts: dict[str, int] = {}
+        self.registry_restarts: dict[str, int] = {}
         self.started = time.time()
+        self.recorder = StatusRecorder(cfg.web.history, cfg.web.resolution)  # the status page
         r = cfg.reconnect
         self.backoff = Backoff(r.initial, r.maximum, r.multiplier, r.jitter)
 
@@ -143,6 +148,7 @@ class Pipeline:
                     # source must not stop acquisition or the other sources; it is logged with
                     # its traceback, counted and recorded as an event (rate-limited by kind).
                     vectors, events = [], self._analysis_failed(an, block, exc)
+                self.recorder.observe(block.source_id, vectors, events)
                 out.extend(vectors)
                 out.extend(events)
                 if an.baseline_ready and block.source_id not in self._fitting:
@@ -203,6 +209,9 @@ class Pipeline:
             writer = tg.create_task(self._reading_writer(), name="writer")
             analysis = tg.create_task(self._analysis_task(), name="analysis")
             background = [tg.create_task(self._health_task(), name="health")]
+            background += [tg.create_task(
+                self._supervise(p.run, "registry_crashed", p.source, self.registry_restarts),
+                name=f"registry:{p.source}") for p in self.registry_pollers()]
             if self.uploader is not None:
                 up = self.uploader
                 background.append(tg.create_task(
@@ -236,6 +245,18 @@ class Pipeline:
                 await self.uploader.flush(float(self.cfg.agent.shutdown_timeout))
             except TimeoutError:
                 log.warning("final sync attempt timed out; data stays buffered")
+
+    def registry_pollers(self) -> list[RegistryPoller]:
+        """One model-registry poller per pipeline with a ``[pipelines.registry]`` table."""
+        out = []
+        for p in self.cfg.pipelines:
+            if p.registry is not None:
+                out.append(RegistryPoller(
+                    p.registry, self.analyses[p.source], self.cfg.state_dir,
+                    self.cfg.agent.gateway_id, self._put,
+                    configured_model=resolve_model(p.model.path) if p.model else None,
+                    threads=p.model.threads if p.model else 1))
+        return out
 
     def stats(self) -> dict[str, Any]:
         return {

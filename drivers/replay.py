@@ -1,18 +1,10 @@
 """File replay: recorded waveforms as a live source, for commissioning and tests.
 
-Formats (``format = "auto"`` picks by extension: ``.wav``, ``.mat``, anything else is tried as
-NASA IMS text):
-
-* ``wav`` — PCM 8/16/24/32-bit or float, any channel count, including WAVE_FORMAT_EXTENSIBLE
-  (read by ``scipy.io.wavfile``; Python's ``wave`` refuses those). Integers are scaled to
-  [-1, 1) full scale. Default channel names ``ch0, ch1, ...``.
-* ``ims`` — NASA IMS bearing snapshots: tab-separated ASCII, one column per accelerometer, no
-  header, 20 kHz unless ``sample_rate`` says otherwise. Default names ``b1x, b1y, b2x, ...`` for
-  8 columns (test 1) and ``b1 .. b4`` otherwise.
-* ``cwru`` — Case Western MATLAB 5 files: signals ``*_DE_time``, ``*_FE_time``, ``*_BA_time``
-  (default names ``de, fe, ba``), rate from the file name (``12k`` -> 12 kHz, else 48 kHz) unless
-  given; the ``*RPM`` value is also emitted once per file as a Reading ``<source_id>.rpm``
-  (so an envelope extractor can take its shaft speed from that tag).
+Formats (``wav``, ``ims``, ``cwru``; ``format = "auto"`` picks by extension) are read by
+:mod:`edge_agent.recordings`, which the training tools use too. ``sample_rate`` overrides the
+file's rate (needed where the file does not give one); for CWRU files the ``*RPM`` value is also
+emitted once per file as a Reading ``<source_id>.rpm`` (so an envelope extractor can take its
+shaft speed from that tag).
 
 ``path`` is a file, a directory (its files of the format, sorted) or a glob pattern. Each file
 is a *segment*: samples within a file are contiguous; the next file starts ``segment_gap``
@@ -29,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import math
-import re
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,11 +31,11 @@ import numpy.typing as npt
 
 from edge_agent.confkit import field
 from edge_agent.drivers.base import DriverError, DriverHealth, DriverOutput
+from edge_agent.recordings import READ_ERRORS, Recording, detect_format, read
 from edge_agent.records import Reading, WaveformBlock, parse_ts
 
 F64 = npt.NDArray[np.float64]
 Format = Literal["auto", "wav", "ims", "cwru"]
-_CWRU_SIGNALS = ("DE", "FE", "BA")
 
 
 @dataclass(frozen=True)
@@ -85,22 +75,6 @@ class Config:
         return out
 
 
-@dataclass
-class Recording:
-    """One file, loaded: samples ``(n, ch)`` float64 in the file's unit, names, rate, rpm."""
-
-    path: Path
-    samples: F64
-    channels: tuple[str, ...]
-    sample_rate: float
-    rpm: float | None = None
-
-
-def detect_format(path: Path) -> Literal["wav", "ims", "cwru"]:
-    ext = path.suffix.lower()
-    return "wav" if ext == ".wav" else "cwru" if ext == ".mat" else "ims"
-
-
 def _select(data: F64, names: tuple[str, ...], cfg: Config, path: Path,
             keys: tuple[str, ...] | None = None) -> tuple[F64, tuple[str, ...]]:
     if cfg.channels and not cfg.columns and len(cfg.channels) != data.shape[1]:
@@ -122,78 +96,19 @@ def _select(data: F64, names: tuple[str, ...], cfg: Config, path: Path,
 
 
 def load(path: Path, fmt: Format, cfg: Config) -> Recording:
-    """Read one file; every failure is a :class:`DriverError` naming the file and the cause.
-
-    A recording without samples counts as unreadable (replaying it would spin on empty blocks).
+    """Read one file and select its columns; every failure is a :class:`DriverError` naming the
+    file and the cause. A recording without samples counts as unreadable (replaying it would
+    spin on empty blocks).
     """
     kind = detect_format(path) if fmt == "auto" else fmt
     try:
-        if kind == "wav":
-            rec = _load_wav(path, cfg)
-        elif kind == "cwru":
-            rec = _load_cwru(path, cfg)
-        else:
-            rec = _load_ims(path, cfg)
-    except (OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError,
-            zlib.error) as exc:
+        raw = read(path, kind)
+        sel, chans = _select(raw.samples, raw.names, cfg, path, raw.keys)
+    except READ_ERRORS as exc:
         raise DriverError(f"{path}: cannot read as {kind}: {exc}") from exc
-    if rec.samples.shape[0] == 0:
+    if sel.shape[0] == 0:
         raise DriverError(f"{path}: cannot read as {kind}: no samples")
-    return rec
-
-
-def _load_wav(path: Path, cfg: Config) -> Recording:
-    from scipy.io import wavfile
-    rate, raw = wavfile.read(path)
-    data = raw[:, None] if raw.ndim == 1 else raw
-    if data.dtype == np.uint8:
-        x = (data.astype(np.float64) - 128.0) / 128.0
-    elif np.issubdtype(data.dtype, np.integer):
-        x = data.astype(np.float64) / float(2 ** (8 * data.dtype.itemsize - 1))
-    else:
-        x = data.astype(np.float64)
-    names = tuple(f"ch{i}" for i in range(x.shape[1]))
-    sel, chans = _select(x, names, cfg, path)
-    return Recording(path, sel, chans, float(cfg.sample_rate or rate))
-
-
-def _load_ims(path: Path, cfg: Config) -> Recording:
-    x = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    if x.shape[0] < 2:
-        raise ValueError("no samples")
-    n = x.shape[1]
-    names = tuple(f"b{i // 2 + 1}{'xy'[i % 2]}" for i in range(n)) if n == 8 else \
-        tuple(f"b{i + 1}" for i in range(n))
-    sel, chans = _select(x, names, cfg, path)
-    return Recording(path, sel, chans, float(cfg.sample_rate or 20000.0))
-
-
-def _load_cwru(path: Path, cfg: Config) -> Recording:
-    import struct
-
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
-    try:
-        m = loadmat(path)
-    except (MatReadError, IndexError, EOFError, struct.error, zlib.error) as exc:
-        raise ValueError(f"not a readable MATLAB file ({type(exc).__name__}: {exc})") from exc
-    found: dict[str, F64] = {}
-    for key, val in m.items():
-        for sig in _CWRU_SIGNALS:
-            if key.endswith(f"_{sig}_time") and sig not in found:
-                found[sig] = np.ravel(np.asarray(val, dtype=np.float64))
-    if not found:
-        raise ValueError(f"no *_DE_time / *_FE_time / *_BA_time signal among "
-                         f"{sorted(k for k in m if not k.startswith('__'))}")
-    keys = tuple(s for s in _CWRU_SIGNALS if s in found)
-    n = min(len(found[k]) for k in keys)
-    x = np.stack([found[k][:n] for k in keys], axis=1)
-    rpm_keys = [k for k in m if k.endswith("RPM")]
-    rpm_val = np.ravel(np.asarray(m[rpm_keys[0]])) if rpm_keys else np.empty(0)
-    rpm = float(rpm_val[0]) if rpm_val.size else None
-    rate = cfg.sample_rate or (12000.0 if re.search(r"12k", path.name, re.I) else 48000.0)
-    sel, chans = _select(x, tuple(k.lower() for k in keys), cfg, path, keys)
-    return Recording(path, sel, chans, float(rate), rpm)
+    return Recording(path, sel, chans, float(cfg.sample_rate or raw.sample_rate), raw.rpm)
 
 
 def resolve(path: str, fmt: Format) -> list[Path]:
@@ -300,7 +215,7 @@ class ReplayDriver:
                                    self._seg_start, metadata={"file": rec.path.name}))
         end = min(self._pos + self.cfg.block_size, rec.samples.shape[0])
         start_ts = self._seg_start + self._pos / rec.sample_rate
-        block = WaveformBlock(self.source_id, rec.sample_rate, rec.channels, start_ts,
+        block = WaveformBlock(self.source_id, rec.sample_rate, rec.names, start_ts,
                               rec.samples[self._pos:end], self.cfg.unit,
                               {"file": rec.path.name, "offset": self._pos})
         self._played += (end - self._pos) / rec.sample_rate
@@ -314,7 +229,7 @@ class ReplayDriver:
         else:
             await asyncio.sleep(0)           # stay cooperative when running flat out
         out.append(block)
-        self._health.ok(block.n_samples * len(rec.channels))
+        self._health.ok(block.n_samples * len(rec.names))
         self._health.detail["position"] = self._pos
         return out
 

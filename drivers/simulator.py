@@ -26,9 +26,9 @@ from typing import Literal
 
 import numpy as np
 
+from edge_agent.bearing import BearingGeometry, defect_frequencies
 from edge_agent.confkit import Duration, field
 from edge_agent.drivers.base import DriverError, DriverHealth, DriverOutput
-from edge_agent.models.envelope import BearingGeometry, defect_frequencies
 from edge_agent.records import Reading, WaveformBlock, parse_ts
 
 

@@ -165,6 +165,8 @@ class _Builder:
                 return {}
             return types.MappingProxyType(
                 {k: self.value(vt, v, _join(path, k)) for k, v in raw.items()})
+        if isinstance(tp, type) and hasattr(tp, "model_validate"):
+            return self._settings_model(tp, raw, path)
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
             if tp is Secret:
                 return self._secret(raw, path)
@@ -197,6 +199,21 @@ class _Builder:
             self.fail(path, f"must be a string, got {raw!r}")
             return ""
         raise TypeError(f"confkit: unsupported field type {tp!r} at {path}")
+
+    def _settings_model(self, tp: Any, raw: Any, path: str) -> Any:
+        """A section already written as an ``edge_agent.settings.Model`` (pydantic) nested in a
+        confkit dataclass: parsed by :func:`edge_agent.settings.parse`, problems carried over."""
+        from edge_agent import settings
+
+        if not isinstance(raw, Mapping):
+            self.fail(path, f"must be a table, got {type(raw).__name__}")
+            return None
+        try:
+            return settings.parse(tp, raw, path)
+        except settings.ConfigError as exc:
+            for p in exc.problems:
+                self.fail(p.key, p.message)
+            return None
 
     def _secret(self, raw: Any, path: str) -> Secret:
         if not isinstance(raw, str):

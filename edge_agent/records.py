@@ -1,66 +1,34 @@
 """Shared record types: the only data shapes that cross layer boundaries.
 
 Every layer (drivers, models, sync, agent) may import this module; it imports nothing of the
-project. Shapes follow ``../shared/contracts/ingest-api.md``.
+project but :mod:`edge_agent.timestamps`. Shapes follow ``../shared/contracts/ingest-api.md``.
 
-Timestamps are POSIX seconds (float, UTC) in memory; :func:`format_ts` renders the contract's
-RFC 3339 form (UTC, microseconds, ``Z``) and :func:`to_us` the integer microseconds the buffer
-stores, so a timestamp survives the round trip exactly.
+Timestamps are POSIX seconds (float, UTC) in memory; their formatting and parsing live in
+:mod:`edge_agent.timestamps` (re-exported here: :func:`format_ts`, :func:`format_us`,
+:func:`parse_ts`, :func:`to_us`, :func:`from_us`, :func:`now`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.timestamps import format_ts, format_us, from_us, now, parse_ts, to_us
+
+__all__ = ["QUALITY_BAD", "QUALITY_GOOD", "QUALITY_UNCERTAIN", "Event", "FeatureVector",
+           "ModelRef", "Reading", "Record", "Severity", "WaveformBlock", "format_ts", "format_us",
+           "from_us", "now", "parse_ts", "to_us"]
 
 Severity = Literal["info", "warning", "critical"]
 
 QUALITY_GOOD = 1.0
 QUALITY_UNCERTAIN = 0.5
 QUALITY_BAD = 0.0
-
-
-def now() -> float:
-    """Wall-clock time as POSIX seconds (UTC)."""
-    return time.time()
-
-
-def to_us(ts: float) -> int:
-    """POSIX seconds to integer microseconds (rounded, exact for any µs-aligned input)."""
-    return round(ts * 1_000_000)
-
-
-def from_us(us: int) -> float:
-    return us / 1_000_000
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def format_us(us: int) -> str:
-    """Integer microseconds to RFC 3339 UTC with microseconds and ``Z``."""
-    secs, micros = divmod(us, 1_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    return f"{base}.{micros:06d}Z"
-
-
-def format_ts(ts: float) -> str:
-    return format_us(to_us(ts))
-
-
-def parse_ts(text: str) -> float:
-    """RFC 3339 (``Z`` or offset) to POSIX seconds."""
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH).total_seconds()
 
 
 @dataclass(slots=True)

@@ -13,37 +13,31 @@ This module does no ONNX work and imports neither onnxruntime nor sklearn.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
 import shutil
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent.errors import ContractMismatch, ModelError
+from edge_agent.models.archive import is_archive_name, read_archive, write_archive
+
+__all__ = ["Bundle", "ContractMismatch", "Manifest", "ModelError", "load_bundle", "pack",
+           "save_bundle"]
+
 FORMAT = "edge-agent-model-bundle/1"
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
-MAX_MEMBER_BYTES = 256 * 1024 * 1024
 MAX_REFERENCE_TOLERANCE = 1e-2
 
 Kind = Literal["vibration", "sound", "process"]
 KINDS: tuple[str, ...] = ("vibration", "sound", "process")
-
-
-class ModelError(Exception):
-    """A model bundle cannot be used (missing, corrupt, inconsistent, unsupported)."""
-
-
-class ContractMismatch(ModelError):
-    """The bundle's feature contract differs from what the configured extractor produces."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,34 +220,6 @@ def _json_default(o: Any) -> Any:
 
 # -- reading ----------------------------------------------------------------------------------
 
-def _read_archive(path: Path) -> dict[str, bytes]:
-    """Read just the bundle's members from a .tar.gz/.tgz/.tar or .zip (no extraction to disk)."""
-    wanted = {MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE}
-    out: dict[str, bytes] = {}
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    base = info.filename.rsplit("/", 1)[-1]
-                    if base in wanted and not info.is_dir():
-                        if info.file_size > MAX_MEMBER_BYTES:
-                            raise ModelError(f"{path}: {base} is too large")
-                        out[base] = zf.read(info)
-            return out
-        with tarfile.open(path, "r:*") as tf:
-            for member in tf.getmembers():
-                base = member.name.rsplit("/", 1)[-1]
-                if base in wanted and member.isfile():
-                    if member.size > MAX_MEMBER_BYTES:
-                        raise ModelError(f"{path}: {base} is too large")
-                    fh = tf.extractfile(member)
-                    if fh is not None:
-                        out[base] = fh.read()
-        return out
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable bundle archive ({exc})") from exc
-
-
 def load_bundle(path: Path | str, *, public_key: bytes | None = None) -> Bundle:
     """Read and check a bundle directory or archive.
 
@@ -269,7 +235,7 @@ def load_bundle(path: Path | str, *, public_key: bytes | None = None) -> Bundle:
             if f.is_file():
                 files[n] = f.read_bytes()
     elif p.is_file():
-        files = _read_archive(p)
+        files = read_archive(p, (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE))
     else:
         raise ModelError(f"model bundle {p} does not exist")
     for need in (MANIFEST_FILE, MODEL_FILE):
@@ -328,7 +294,7 @@ def save_bundle(out: Path | str, manifest: Manifest, onnx_bytes: bytes, *,
         files[SIGNATURE_FILE] = sign_manifest(mbytes, private_key)
     out.parent.mkdir(parents=True, exist_ok=True)
     if is_archive_name(out):
-        _write_archive(out, files)
+        write_archive(out, files)
         return out
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -347,28 +313,6 @@ def save_bundle(out: Path | str, manifest: Manifest, onnx_bytes: bytes, *,
     return out
 
 
-def is_archive_name(p: Path) -> bool:
-    n = p.name.lower()
-    return n.endswith((".tar.gz", ".tgz", ".tar", ".zip"))
-
-
-def _write_archive(out: Path, files: Mapping[str, bytes]) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for n, data in files.items():
-                zf.writestr(n, data)
-    else:
-        mode = "w" if out.name.lower().endswith(".tar") else "w:gz"
-        with tarfile.open(tmp, mode) as tf:  # type: ignore[call-overload]
-            for n, data in files.items():
-                info = tarfile.TarInfo(n)
-                info.size = len(data)
-                info.mode = 0o644
-                tf.addfile(info, io.BytesIO(data))
-    os.replace(tmp, out)
-
-
 def pack(bundle_dir: Path | str, archive: Path | str) -> Path:
     """Turn a bundle directory into a single-file archive (format from the suffix)."""
     b = load_bundle(bundle_dir)
@@ -378,7 +322,7 @@ def pack(bundle_dir: Path | str, archive: Path | str) -> Path:
     archive = Path(archive)
     if not is_archive_name(archive):
         raise ModelError(f"{archive}: archive name must end in .tar.gz, .tgz, .tar or .zip")
-    _write_archive(archive, files)
+    write_archive(archive, files)
     return archive
 
 

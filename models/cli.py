@@ -1,14 +1,15 @@
 """``edge-agent models export | train | verify | pack``.
 
 The agent's CLI calls :func:`add_commands` with its subparsers; every command sets
-``func(args) -> int`` (0 ok, 1 refused/failed, 2 usage). sklearn is imported only by export/train.
+``func(args) -> int`` (0 ok, 1 refused/failed, 2 usage). export and train import
+:mod:`edge_agent.models.training` (the ``[train]`` extra: sklearn, skl2onnx, onnx) inside the
+command; without the extra they exit 1 with a line saying what to install.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,14 +18,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.models.bundle import ModelError, load_bundle, pack
-from edge_agent.records import parse_ts, to_us
+from edge_agent.errors import ModelError, StorageError
+from edge_agent.models.bundle import load_bundle, pack
+from edge_agent.models.spec import Spec
+from edge_agent.records import parse_ts
 
 F64 = npt.NDArray[np.float64]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="model bundles: export, train, verify, pack")
+    p = subparsers.add_parser("models", help="model bundles: export, train, verify, pack, "
+                                             "sign, publish, rollback")
     sub = p.add_subparsers(dest="models_command", required=True)
 
     ex = sub.add_parser("export", help="sklearn pipeline (joblib/pickle/MLflow dir) -> bundle")
@@ -48,8 +52,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--db", help="buffer database (with --source)")
     tr.add_argument("--since", help="RFC 3339 start (with --source)")
     tr.add_argument("--until", help="RFC 3339 end (with --source)")
-    tr.add_argument("--spec", help="extractor settings of a shipped pipeline spec "
-                                   "(train_defaults.SPECS), for recordings")
+    tr.add_argument("--spec", help="extractor settings of a shipped bundle "
+                                   "(edge_agent.models.builtin.SPECS), for recordings")
     tr.add_argument("--extractor", help="JSON file: {features: {...}, sample_rate, window, hop, "
                                         "channels}, for recordings")
     tr.add_argument("--channel", help="recording column / CWRU key suffix to use")
@@ -69,6 +73,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("bundle")
     pk.add_argument("archive")
     pk.set_defaults(func=cmd_pack)
+
+    from edge_agent.models.registry.publish import add_commands as add_registry_commands
+
+    add_registry_commands(sub)  # keygen, sign, publish, rollback
 
 
 def _contract_args(p: argparse.ArgumentParser) -> None:
@@ -114,39 +122,24 @@ def _contract(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict[st
 
 def read_buffer_features(db: Path | str, source: str, since: float, until: float
                          ) -> tuple[F64, tuple[str, ...]]:
-    """Feature vectors of ``source`` with ``since <= ts <= until`` from the buffer (read-only).
+    """Feature vectors of ``source`` with ``since <= ts <= until`` from the buffer (read-only,
+    through :func:`edge_agent.sync.readback.feature_rows`); vectors whose feature names differ
+    from the first one's are skipped."""
+    from edge_agent.sync.readback import feature_rows
 
-    Uses the buffer schema v1: ``features(id, ts µs, body JSON, batch)``. Rows already delivered
-    and pruned are gone; vectors whose feature names differ from the first row's are skipped.
-    """
-    uri = f"file:{Path(db)}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-        try:
-            rows = conn.execute(
-                "SELECT body FROM features WHERE ts BETWEEN ? AND ? "
-                "AND json_extract(body, '$.source_id') = ? ORDER BY ts",
-                (to_us(since), to_us(until), source)).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise ModelError(f"cannot read features from {db}: {exc}") from exc
+    rows = feature_rows(db, source, since, until)
     if not rows:
         raise ModelError(f"no feature vectors of {source!r} between the given times in {db}")
-    names: tuple[str, ...] = ()
-    data: list[list[float]] = []
-    for (body,) in rows:
-        vals = json.loads(body).get("values", {})
-        if not names:
-            names = tuple(vals)
-        if tuple(vals) == names:
-            data.append([float(v) if v is not None else np.nan for v in vals.values()])
+    names = tuple(rows[0])
+    data = [[float(v) if v is not None else np.nan for v in vals.values()]
+            for vals in rows if tuple(vals) == names]
     return np.array(data, dtype=np.float64).reshape(-1, len(names)), names
 
 
 def _replay(files: Sequence[str], args: argparse.Namespace
             ) -> tuple[F64, tuple[str, ...], dict[str, Any]]:
-    from edge_agent.models import train_defaults as td
+    from edge_agent.models.chain import features_of, names_contract
+    from edge_agent.recordings import read_recording
 
     if all(Path(f).suffix in (".csv", ".npz") for f in files):
         parts = [read_feature_file(f) for f in files]
@@ -160,24 +153,24 @@ def _replay(files: Sequence[str], args: argparse.Namespace
     spec = _spec(args)
     mats = []
     for f in files:
-        x, rate = td.read_recording(f, args.channel)
+        x, rate = read_recording(f, args.channel)
         if rate != spec.sample_rate or x.shape[1] != len(spec.channels):
             raise ModelError(f"{f}: {x.shape[1]} channel(s) at {rate} Hz, the extractor expects "
                              f"{len(spec.channels)} at {spec.sample_rate} Hz (use --channel)")
-        mats.append(td.features_of(spec, x, source=Path(f).name))
-    names, contract = td.names_contract(spec)
+        mats.append(features_of(spec, x, source=Path(f).name))
+    names, contract = names_contract(spec)
     return np.vstack(mats), names, contract
 
 
-def _spec(args: argparse.Namespace) -> Any:
+def _spec(args: argparse.Namespace) -> Spec:
     from edge_agent.confkit import build
-    from edge_agent.models import train_defaults as td
-    from edge_agent.models.extract import SoundConfig, VibrationConfig
+    from edge_agent.models.builtin import SPECS
+    from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 
     if args.spec:
-        if args.spec not in td.SPECS:
-            raise ModelError(f"unknown spec {args.spec!r}; known: {', '.join(td.SPECS)}")
-        return td.SPECS[args.spec]
+        if args.spec not in SPECS:
+            raise ModelError(f"unknown spec {args.spec!r}; known: {', '.join(SPECS)}")
+        return SPECS[args.spec]
     if not args.extractor:
         raise ModelError("recordings need --spec or --extractor to know the feature settings")
     raw = json.loads(Path(args.extractor).read_text(encoding="utf-8"))
@@ -185,8 +178,8 @@ def _spec(args: argparse.Namespace) -> Any:
     cfg: VibrationConfig | SoundConfig = (build(SoundConfig, feats, "features")
                                           if feats.get("kind") == "sound"
                                           else build(VibrationConfig, feats, "features"))
-    return td.Spec("replay", cfg, int(raw["window"]), int(raw["hop"]),
-                   float(raw["sample_rate"]), tuple(raw["channels"]))
+    return Spec("replay", cfg, int(raw["window"]), int(raw["hop"]),
+                float(raw["sample_rate"]), tuple(raw["channels"]))
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -197,9 +190,9 @@ def _fail(msg: str, code: int = 1) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edge_agent.models.export import export_bundle, load_sklearn
-
     try:
+        from edge_agent.models.training.export import export_bundle, load_sklearn
+
         est, source = load_sklearn(args.model)
         X, file_names = read_feature_file(args.features)
         names, contract = _contract(args)
@@ -213,15 +206,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = export_bundle(est, X, names, contract, args.out, name=args.name,
                              version=args.version, kind=args.kind, threshold=args.threshold,
                              quantile=args.quantile, X_holdout=hold, source=source, tol=args.tol)
-    except (ModelError, OSError, ValueError, KeyError) as exc:
+    except (ModelError, OSError, ValueError, KeyError) as exc:  # TrainExtraMissing is a ModelError
         return _fail(str(exc))
     return _summary(path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from edge_agent.models.training import fit_baseline
-
     try:
+        from edge_agent.models.training.baseline import fit_baseline
+
         if args.source:
             if not (args.db and args.since and args.until):
                 return _fail("--source needs --db, --since and --until", 2)
@@ -243,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             quantile=args.quantile, seed=args.seed,
                             n_estimators=args.n_estimators, version=args.version,
                             kind=args.kind, source=src)
-    except (ModelError, OSError, ValueError, KeyError) as exc:
+    except (ModelError, StorageError, OSError, ValueError, KeyError) as exc:
         return _fail(str(exc))
     return _summary(path)
 

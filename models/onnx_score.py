@@ -24,14 +24,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from edge_agent.confkit import field
-from edge_agent.models.bundle import (
-    Bundle,
-    ContractMismatch,
-    Manifest,
-    ModelError,
-    load_bundle,
-    normalise,
-)
+from edge_agent.errors import ContractMismatch, FeatureError, ModelError
+from edge_agent.models.bundle import Bundle, Manifest, load_bundle, normalise
 from edge_agent.records import FeatureVector, ModelRef
 
 log = logging.getLogger(__name__)
@@ -186,14 +180,15 @@ class Scorer:
     def score(self, X: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Scores (higher = more anomalous); NaN for rows with any non-finite value.
 
-        Raises ``ValueError`` if ``X`` is not ``(n, len(names))``; ``ModelError`` if the runtime
-        fails on finite input.
+        Raises :class:`~edge_agent.errors.FeatureError` (a ``ModelError`` and a ``ValueError``)
+        if ``X`` is not ``(n, len(names))``; ``ModelError`` if the runtime fails on finite
+        input.
         """
         A = np.asarray(X, dtype=np.float64)
         if A.ndim == 1:
             A = A.reshape(1, -1)
         if A.ndim != 2 or A.shape[1] != len(self.names):
-            raise ValueError(f"model {self.ref.name} takes (n, {len(self.names)}) features, "
+            raise FeatureError(f"model {self.ref.name} takes (n, {len(self.names)}) features, "
                              f"got shape {A.shape}")
         n = A.shape[0]
         if n == 0:

@@ -5,8 +5,9 @@ acknowledgement). All SQLite work happens in one dedicated writer thread that ow
 connection and serializes the records (:mod:`.convert`, :mod:`.pack`); puts queued while a
 commit is in flight are committed together (group commit: up to ``commit_rows`` rows; a group
 of fewer than 1000 rows lingers up to ``commit_interval`` for more), so the event loop never
-waits on fsync and many small puts share one transaction. The uploader's batch bookkeeping
-runs on the same thread (see :meth:`Buffer.call`), so there is exactly one writer.
+waits on fsync and many small puts share one transaction. The sinks' delivery transactions
+(:meth:`Buffer.sink`, :class:`.sinks.SinkHandle`) run on the same thread, so there is exactly
+one writer.
 """
 
 from __future__ import annotations
@@ -17,25 +18,30 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from edge_agent.backoff import Backoff
 from edge_agent.confkit import ByteSize, Duration, field
 from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 
 from . import schema
 from .convert import Converted, convert, event_body
+from .delivery import Table
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
+from .sinks import SinkHandle, check_sink
+from .space import SpaceMixin
 from .store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 __all__ = ["Buffer", "BufferClosed", "BufferConfig", "BufferUnavailable"]
 
-SQLITE_FULL = 13
+# Retrying a failing disk (full, I/O errors): the agent's one backoff policy.
+DISK_RETRY = Backoff(initial=0.2, maximum=30.0)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ _BAD_RECORD = (TypeError, ValueError, AttributeError, ArithmeticError, Recursion
 _LINGER_BELOW = 1000
 
 
-class Buffer:
+class Buffer(SpaceMixin):
     def __init__(self, path: Path, cfg: BufferConfig,
                  on_event: Callable[[Event], None] | None = None) -> None:
         self.path = Path(path)
@@ -99,7 +105,8 @@ class Buffer:
         self._closed = False
         self._own_events: list[Event] = []
         self._next_house = 0.0
-        self.data_event = asyncio.Event()
+        self._handles: dict[str, SinkHandle] = {}
+        self._last_ts: dict[str, int] = {}
         self.moved_aside: list[str] = []
         self.disk_errors = 0
         self._disk_episode = False
@@ -113,12 +120,60 @@ class Buffer:
     # -- async API ------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.data_event = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._thread.start()
         await self._opened
-        self.data_event.set()
+        for h in self._handles.values():
+            h.registered = self._register(h)
+        self.wake()
+
+    def sink(self, name: str, tables: Iterable[Table], key_prefix: str | None = None
+             ) -> SinkHandle:
+        """Register the named sink consuming ``tables`` and return its handle (the same handle
+        for the same name). Register every sink before running any: a row is deleted once
+        every *registered* consumer of its table has delivered it. A sink new to this database
+        sees the rows still buffered; a known one resumes where it stopped. ``key_prefix``
+        (default: the name) starts its batch keys: ``<key_prefix>:<db epoch>:<batch id>``."""
+        wanted = frozenset(tables)
+        h = self._handles.get(name)
+        if h is not None:
+            if h.tables != wanted or h.key_prefix != (key_prefix or name):
+                raise ValueError(f"sink {name!r} is already registered with other tables or "
+                                 "key prefix")
+            return h
+        check_sink(name, wanted, key_prefix or name)
+        h = self._handles[name] = SinkHandle(self, name, wanted, key_prefix or name)
+        if self._loop is not None and not self._closed:
+            h.registered = self._register(h)
+        return h
+
+    @property
+    def known_sinks(self) -> list[str]:
+        """Every sink that has a cursor in this database (registered now or in earlier runs)."""
+        return sorted(self._store.cursors) if self._store is not None else []
+
+    async def retire_sink(self, name: str) -> None:
+        """Forget a sink removed from the configuration (cursors and pending batches), so the
+        rows its pending batches held are freed once the registered sinks have them."""
+        if name in self._handles:
+            raise ValueError(f"sink {name!r} is registered in this run")
+        await self.call(lambda s: s.retire(name))
+
+    def _register(self, h: SinkHandle) -> asyncio.Future[None]:
+        return self.submit(lambda s: s.register(h.name, h.tables))
+
+    def wake(self, tables: Iterable[str] = ("events", "features", "readings")) -> None:
+        """Tell the sinks consuming ``tables`` that there is new data (event loop thread)."""
+        hit = set(tables)
+        for h in self._handles.values():
+            if h.tables & hit:
+                h.data.set()
+
+    @property
+    def last_timestamps(self) -> dict[str, int]:
+        """The newest reading timestamp (µs) committed per sensor_id, as read at start."""
+        return dict(self._last_ts)
 
     async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
         """Commit ``records``; returns once they are durable in the buffer (the ack)."""
@@ -149,7 +204,7 @@ class Buffer:
             s.recount()
             return n
         n = await self.call(go)
-        self.data_event.set()
+        self.wake()
         return n
 
     async def close(self) -> None:
@@ -226,6 +281,7 @@ class Buffer:
             self._resolve(self._opened, exc=exc)
             return
         self._store = store
+        self._last_ts = store.last_timestamps()
         self._dropped_snap = store.dropped_by_sensor()
         self._used = store.used_bytes()
         self._resolve(self._opened)
@@ -271,7 +327,7 @@ class Buffer:
             self._own_flush(store)
             store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
         except sqlite3.Error as exc:  # left unclean: quick_check at the next start
-            log.warning("buffer closed without marking a clean shutdown: %s", exc)
+            log.warning("buffer closed without marking a clean shutdown", extra={"error": str(exc)})
         finally:
             store.conn.close()
 
@@ -297,8 +353,11 @@ class Buffer:
         for put in ok:
             self._resolve(put.fut)
         if rows.n_rows and self._loop is not None:
+            tables = [t for t, n in (("events", len(rows.events)),
+                                     ("features", len(rows.features)),
+                                     ("readings", rows.n_readings)) if n]
             try:
-                self._loop.call_soon_threadsafe(self.data_event.set)
+                self._loop.call_soon_threadsafe(self.wake, tables)
             except RuntimeError:
                 pass
 
@@ -308,7 +367,7 @@ class Buffer:
         Returns the disk error only when closing while the disk still fails: once close() has
         been called, each group gets one more try and is then given up (its puts fail, nothing
         is acknowledged), so close() returns in bounded time."""
-        delay = 0.2
+        retrier = DISK_RETRY.retrier()
         while True:
             own = [event_body(e) for e in self._own_events]
             try:
@@ -316,7 +375,7 @@ class Buffer:
             except sqlite3.Error as exc:
                 self._disk_error(store, exc)
                 # Back-pressure: puts wait while we retry; close() interrupts the wait.
-                if self._stopping.wait(delay):
+                if self._stopping.wait(retrier.next_delay()):
                     try:
                         store.insert(Converted(rows.readings, rows.features, rows.events + own))
                     except sqlite3.Error as again:
@@ -324,7 +383,6 @@ class Buffer:
                         return again
                     self._own_events.clear()
                     return None
-                delay = min(delay * 2, 30.0)
                 continue
             self._own_events.clear()
             if self._disk_episode:
@@ -332,26 +390,12 @@ class Buffer:
                 self._emit("buffer_disk_recovered", "info", {"disk_errors": self.disk_errors})
             return None
 
-    def _disk_error(self, store: Store, exc: sqlite3.Error) -> None:
-        self.disk_errors += 1
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        log.warning("buffer write failed (%s); retrying", exc)
-        if not self._disk_episode:
-            self._disk_episode = True
-            self._emit("buffer_disk_error", "critical",
-                       {"error": str(exc), "code": getattr(exc, "sqlite_errorname", "")})
-        if code == SQLITE_FULL:
-            # Free pages inside the file for new rows: drop the oldest raw readings (counted).
-            try:
-                self._drop_bulk(store, max(1000, store.rows["readings"] // 10), "disk_full")
-            except sqlite3.Error as again:
-                log.warning("could not free space in the buffer: %s", again)
-
     def _emit(self, kind: str, severity: Severity, details: dict[str, Any]) -> None:
         ev = Event(kind=kind, source_id="buffer", timestamp=now(), severity=severity,
                    details=details)
         self._own_events.append(ev)
-        log.log(logging.WARNING if severity != "info" else logging.INFO, "%s %s", kind, details)
+        log.log(logging.WARNING if severity != "info" else logging.INFO, "buffer event",
+                extra={"kind": kind, "details": details})
         if self.on_event is not None and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self.on_event, ev)
@@ -362,54 +406,6 @@ class Buffer:
         if self._own_events:
             self._write(store, Converted())
 
-    # -- space ----------------------------------------------------------------------------
-    def _drop_bulk(self, store: Store, n: int, reason: str,
-                   older_than_us: int | None = None) -> int:
-        before = store.dropped_by_sensor()
-        got = store.drop_oldest("readings", n, older_than_us)
-        feats = 0
-        if got < n:
-            feats = store.drop_oldest("features", n - got, older_than_us)
-        if got or feats:
-            after = store.dropped_by_sensor()
-            per = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-            self.dropped_total += got + feats
-            self._dropped_snap = after
-            self._emit("buffer_quota_drop", "warning",
-                       {"reason": reason, "readings": got, "features": feats, "by_sensor": per})
-        return got + feats
-
-    def _housekeep(self, store: Store, force: bool = False) -> None:
-        try:
-            self._space(store, force)
-        except sqlite3.Error as exc:
-            self.disk_errors += 1
-            log.warning("buffer housekeeping failed: %s", exc)
-
-    def _space(self, store: Store, force: bool) -> None:
-        cfg = self.cfg
-        self._used = used = store.used_bytes()
-        ev = store.events_bytes
-        bulk_limit = cfg.max_size - max(cfg.reserved_for_events, ev)
-        if used - ev > bulk_limit and store.rows["readings"] + store.rows["features"]:
-            per_row = (used - ev) / (store.rows["readings"] + store.rows["features"])
-            n = int((used - ev - 0.9 * bulk_limit) / max(per_row, 1.0)) + 1
-            self._drop_bulk(store, n, "max_size")
-            store.vacuum(max_pages=1 << 30)
-            self._used = store.used_bytes()
-        t = time.monotonic()
-        if force or t >= self._next_house:
-            self._next_house = t + cfg.housekeeping_interval
-            cutoff = int((now() - cfg.max_age) * 1e6)
-            for _ in range(100):
-                if self._drop_bulk(store, 50_000, "max_age", older_than_us=cutoff) < 50_000:
-                    break
-            total, free = store.pages()
-            if free * store.page_size > max(1024**2, total * store.page_size // 4):
-                store.vacuum(max_pages=(256 * 1024**2) // store.page_size)
-            self._used = store.used_bytes()
-        self._own_flush(store)
-
     # -- open / corruption ----------------------------------------------------------------
     def _open(self) -> Store:
         try:
@@ -418,7 +414,8 @@ class Buffer:
             reason = str(exc)
         moved = move_aside(self.path)
         self.moved_aside.append(moved)
-        log.error("buffer %s unusable (%s); moved aside to %s", self.path, reason, moved)
+        log.error("buffer unusable; moved aside", extra={"path": str(self.path), "reason": reason,
+                                                         "moved_to": moved})
         store = open_store(self.path, self.cfg.synchronous, self.cfg.integrity_check)
         self._emit("buffer_corrupt_moved_aside", "critical",
                    {"path": str(self.path), "moved_to": moved, "reason": reason})

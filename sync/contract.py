@@ -1,9 +1,11 @@
 """The ingest contract's answer table, and the uploader's settings.
 
-:func:`classify` maps one HTTP response to what the agent does with the batch, row by row of
-``../shared/contracts/ingest-api.md``: delivered (accepted, duplicate_ignored, 409), split (413),
-quarantine (400/422), or a transient :class:`Retry` (401/403 slowly; 408/429/5xx and anything
-else, including a 2xx whose body is not the contract's JSON — never counted as delivered).
+:func:`classify` maps one HTTP response to the batch's outcome (a value, never an exception),
+row by row of ``../shared/contracts/ingest-api.md``: ``Delivered`` (accepted, duplicate_ignored,
+409 on a single row: that row is already stored), ``Split`` (413; 409 on several rows: split
+until the rows already stored stand alone), ``Rejected`` (400/422, 413 on a single row: quarantine),
+or ``RetryAfter`` (401/403 slowly; 408/429/5xx and anything else, including a 2xx whose body is
+not the contract's JSON — never counted as delivered).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import email.utils
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from edge_agent.confkit import ByteSize, Duration, Secret, field
+
+from .delivery import Delivered, Outcome, Rejected, RetryAfter, Split
 
 INGEST_PATH = "/api/v1/data/ingest"
 
@@ -55,18 +59,6 @@ class UploaderConfig:
         return base if base.endswith(INGEST_PATH) else base + INGEST_PATH
 
 
-class Retry(Exception):
-    """A transient outcome: retry the same batch (same key, same body)."""
-
-    def __init__(self, kind: str, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-Outcome = Literal["accepted", "duplicate", "conflict", "split", "quarantine"]
-
-
 def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -84,30 +76,44 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, dt.timestamp() - time.time())
 
 
-def classify(resp: httpx.Response) -> Outcome:
-    """Map a response to an outcome per the contract's table; raises :class:`Retry`."""
+def _text(resp: httpx.Response, limit: int = 4000) -> str:
+    """The answer's text for reasons and logs; never raises (bogus charsets, bad bytes)."""
+    try:
+        return resp.text[:limit]
+    except (LookupError, UnicodeDecodeError, ValueError):
+        return resp.content[:limit].decode("utf-8", "replace")
+
+
+def classify(resp: httpx.Response, n_rows: int) -> Outcome:
+    """Map the answer to a batch of ``n_rows`` rows to an outcome, per the contract's table."""
     st = resp.status_code
+    status = str(st)
     if st in (200, 201, 202):
         try:
             data: Any = resp.json()
-        except (ValueError, RecursionError):  # not JSON, bad charset, or nested too deep
-            raise Retry("bad_body", f"{st} with a non-JSON body") from None
+        except (ValueError, RecursionError, LookupError):  # not JSON, bad charset, too deep
+            return RetryAfter("bad_body", f"{st} with a non-JSON body", status=status)
         if isinstance(data, dict) and isinstance(data.get("event_id"), str):
             if data.get("status") == "accepted" and isinstance(data.get("accepted"), int):
-                return "accepted"
+                return Delivered("accepted", status)
             if data.get("status") == "duplicate_ignored":
-                return "duplicate"
-        raise Retry("bad_body", f"{st} with an unexpected body {resp.text[:200]!r}")
-    if st == 409:
-        return "conflict"
+                return Delivered("duplicate", status)
+        return RetryAfter("bad_body", f"{st} with an unexpected body {_text(resp, 200)!r}",
+                          status=status)
+    if st == 409:  # some rows already stored, nothing of this request was
+        if n_rows == 1:
+            return Delivered("conflict", status)  # that row is stored: set aside
+        return Split("409: rows already stored among new ones", status)
     if st == 413:
-        return "split"
+        if n_rows == 1:
+            return Rejected(f"413 for a single-row batch: {_text(resp)}", status)
+        return Split("413: too large", status)
     if st in (400, 422):
-        return "quarantine"
+        return Rejected(_text(resp), status)
     if st in (401, 403):
-        raise Retry("auth", f"{st} {resp.text[:200]}")
+        return RetryAfter("auth", f"{st} {_text(resp, 200)}", slow=True, status=status)
     if st in (408, 429) or 500 <= st <= 599:
-        ra = parse_retry_after(resp.headers.get("Retry-After"))
-        raise Retry("http_429" if st == 429 else f"http_{st // 100}xx" if st >= 500 else
-                     "http_408", f"{st}", ra)
-    raise Retry("unexpected", f"unexpected status {st}")
+        kind = "http_429" if st == 429 else f"http_{st // 100}xx" if st >= 500 else "http_408"
+        return RetryAfter(kind, status, after=parse_retry_after(resp.headers.get("Retry-After")),
+                          status=status)
+    return RetryAfter("unexpected", f"unexpected status {st}", status=status)

@@ -27,6 +27,7 @@ __all__ = [
     "Batch",
     "Delivered",
     "Outcome",
+    "PreparingSink",
     "Rejected",
     "RetryAfter",
     "Sink",
@@ -118,5 +119,15 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release connections (called once, at shutdown)."""
+        """Release connections (at shutdown; the sink may be delivered to again after)."""
+        ...
+
+
+@runtime_checkable
+class PreparingSink(Sink, Protocol):
+    """A sink that does costly per-batch work (encoding, compression) ahead of sending: the
+    delivery loop calls :meth:`prepare` for the next batch while the current one is in
+    flight, so that work overlaps with the peer's."""
+
+    async def prepare(self, batch: Batch) -> None:
         ...

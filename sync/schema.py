@@ -3,7 +3,8 @@
 ``PRAGMA user_version`` holds the schema version. :func:`migrate` applies every step above it in
 one transaction each; a database newer than this code is refused (never rewritten).
 
-Layout (v2; v1 differed only in ``readings``, one row per reading, see :func:`_v2`):
+Layout (v3; v1 differed in ``readings``, one row per reading, see :func:`_v2`; v2 had one
+implicit consumer and a ``batch`` column in ``events``/``features``, see :func:`_v3`):
 
 * ``meta(key, value)`` — ``epoch``: a random id minted when the file is created, part of every
   idempotency key so that a replaced (corrupt, deleted) database can never reuse a key.
@@ -15,15 +16,23 @@ Layout (v2; v1 differed only in ``readings``, one row per reading, see :func:`_v
   range (µs), ``size`` their wire bytes. ``id``
   is AUTOINCREMENT: chunks are never renumbered nor reused, and the sequence of all readings is
   the chunks in id order. A batch's readings are one contiguous slice of that sequence
-  (``batches.lo_readings``/``lo_off`` .. ``hi_readings``/``hi_end``); ``meta.rcursor`` is the
-  position up to which readings are assigned to batches.
-* ``features(id, ts, body, batch)`` / ``events(id, ts, body, batch)`` — the contract's JSON object.
-* ``batches(id, key, state, lo_*/hi_*, ...)`` — for events and features the id range of the
-  member rows (the members are the rows in that range whose ``batch`` is this id: found by a
-  rowid range scan, so no index on ``batch`` slows down ingest); for readings the slice above
-  (``lo_off``, ``hi_end``: offsets in the first and last chunk, v2). ``id`` is AUTOINCREMENT
-  (never reused, even after the rows are pruned) and is the ``batch_seq`` on the wire;
-  ``state`` is pending/delivered/split/quarantined.
+  (``batches.lo_readings``/``lo_off`` .. ``hi_readings``/``hi_end``); each sink's cursor
+  (v2: ``meta.rcursor``) is the position up to which readings are assigned to its batches.
+* ``features(id, ts, body)`` / ``events(id, ts, body)`` — the contract's JSON object; ``id`` is
+  AUTOINCREMENT (v3), so a sink's cursor (the last id it took) never meets a reused id.
+* ``sinks(name, tables, ev, ft, rc, ro)`` (v3) — one row per named sink: the tables it consumes
+  and its cursors (last event id, last feature id, reading position ``rc:ro``) up to which rows
+  are assigned to its batches. ``meta.rhead`` is the reading position before which every
+  registered consumer has delivered (the chunk holding it is kept until its end is delivered).
+* ``batches(id, sink, key, state, lo_*/hi_*, ...)`` — one delivery transaction of one sink
+  (``sink``, v3). For events and features the id range of the members (all rows in that range:
+  ids are never reused and no member is deleted while the batch is pending); for readings the
+  slice above (``lo_off``, ``hi_end``: offsets in the first and last chunk, v2). ``id`` is
+  AUTOINCREMENT (never reused, even after the rows are pruned) and is the ``batch_seq`` on the
+  wire; ``state`` is pending/delivered/split/quarantined.
+* ``gate(src, us)`` (v3) — the last reading timestamp (µs) committed per source, loaded at start
+  by the reading gate so a repeat of a ``(sensor_id, timestamp)`` stored before a restart is
+  dropped before it is stored again.
 * ``quarantine(id, batch_key, status, reason, body, ...)`` — batches the receiver refused (400/422).
 * ``dropped(src, n)`` — readings dropped by the quota, per source (persistent counter).
 """
@@ -34,7 +43,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 
-LATEST = 2
+LATEST = 3
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -90,7 +99,15 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE readings_v1")
 
 
-MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1), (2, _v2)]
+def _v3(conn: sqlite3.Connection) -> None:
+    """Delivery transactions per named sink (see :mod:`.migrate_v3`)."""
+    from .migrate_v3 import per_sink_cursors
+
+    per_sink_cursors(conn)
+
+
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
+    (1, _v1), (2, _v2), (3, _v3)]
 
 
 class SchemaTooNew(RuntimeError):

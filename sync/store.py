@@ -4,54 +4,47 @@ Nothing here is thread-safe on purpose: one :class:`Store` owns one connection a
 one thread. Every multi-statement change is one ``BEGIN IMMEDIATE … COMMIT`` transaction;
 changes that must survive a power cut (events, batch bookkeeping) commit at ``synchronous=FULL``.
 
+Each registered sink has its own cursors (:class:`.storebase.Cursors`) and its own batches.
 Readings are packed (schema v2, :mod:`.pack`): chunks in id order form one sequence; a batch's
-readings are a contiguous slice ``(lo chunk, offset) .. (hi chunk, end)`` of it, and the
-``rcursor`` (kept in ``meta``) is where the next batch starts. Since batches are sent and settled
-strictly oldest first, every chunk before the oldest pending slice is delivered and gone.
+readings are a contiguous slice ``(lo chunk, offset) .. (hi chunk, end)`` of it. Events and
+features of a batch are an id range (ids are never reused). A sink settles its batches strictly
+oldest first, so everything before its oldest pending batch (or its cursor) is delivered by it;
+a row is deleted once every registered sink that consumes its table is past it
+(:meth:`.storebase.StoreBase._free`), unless another sink's pending batch holds it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.sync.delivery import Batch
+
 from .convert import Converted
-from .pack import chunk_rows, unpack, unpack_idx, wire
-from .storebase import TABLES, Pos, StoreBase
+from .pack import Run, chunk_rows, unpack, unpack_idx, wire
+from .storebase import TABLES, Cursors, Pos, StoreBase
 
-__all__ = ["TABLES", "BatchRows", "Pos", "Store"]
+__all__ = ["TABLES", "Pos", "Store"]
 log = logging.getLogger(__name__)
-_MEMBER = "id BETWEEN ? AND ? AND batch = ?"
-
-
-@dataclass
-class BatchRows:
-    """One batch as stored: its key and exact membership, in send order."""
-
-    id: int
-    key: str
-    attempts: int
-    events: list[str] = field(default_factory=list)
-    features: list[str] = field(default_factory=list)
-    readings: list[str] = field(default_factory=list)  # wire form of each chunk's part
-    n_readings: int = 0
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.events) + len(self.features) + self.n_readings
+_RANGE = "id BETWEEN ? AND ?"
+_EMPTY = (-1, -2)
+RSlice = tuple[Pos, Pos, int]  # first position, end position, number of readings
 
 
 class Store(StoreBase):
     """The buffer's tables behind one connection (owned by the writer thread)."""
 
     def insert(self, rows: Converted) -> None:
-        chunks = chunk_rows(rows.readings, self.source_id) if len(rows.readings) else []
+        run = rows.readings
+        chunks = chunk_rows(run, self.source_id) if len(run) else []
+        gate = self._last_per_source(run) if chunks else []
         with self.tx(full=bool(rows.events)) as c:
             if chunks:
                 c.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
                               "VALUES (?, ?, ?, ?, ?, ?, ?)", chunks)
+                c.executemany("INSERT INTO gate(src, us) VALUES (?, ?) ON CONFLICT(src) DO "
+                              "UPDATE SET us = max(us, excluded.us)", gate)
             if rows.features:
                 c.executemany("INSERT INTO features(ts, body) VALUES (?, ?)", rows.features)
             if rows.events:
@@ -67,7 +60,53 @@ class Store(StoreBase):
             if self.rows[table] == 0:
                 self.head_ts[table] = first_ts
             self.rows[table] += n
+        self.rtotal += firsts.get("readings", (0, 0))[0]
         self.events_bytes += sum(len(b) + 40 for _, b in rows.events)
+
+    def _last_per_source(self, run: Run) -> list[tuple[int, int]]:
+        """(source id, timestamp µs) of each source's last reading in ``run`` (for the gate).
+        Readings of a commit group interleave their sources, so searching from the end is
+        short for each."""
+        rev, n = run.idx[::-1], len(run.idx)
+        return [(self.source_id(key), run.us[n - 1 - rev.index(i)])
+                for i, key in enumerate(run.table)]
+
+    def last_timestamps(self) -> dict[str, int]:
+        """The newest reading timestamp (µs) ever committed per sensor_id."""
+        out: dict[str, int] = {}
+        for sensor, us in self.conn.execute(
+                "SELECT s.sensor_id, g.us FROM gate g JOIN sources s ON s.id = g.src"):
+            out[sensor] = max(int(us), out.get(sensor, 0))
+        return out
+
+    # -- sinks ----------------------------------------------------------------------------
+    def register(self, sink: str, tables: frozenset[str]) -> None:
+        """Make ``sink`` a consumer of ``tables`` for this run. A new sink starts with the
+        rows still buffered; a known one resumes at its cursors (or the buffered head)."""
+        head = self.rhead()
+        cur = self.cursors.get(sink)
+        spec = ",".join(sorted(tables))
+        with self.tx(full=True) as c:
+            if cur is None:
+                cur = Cursors(0, 0, head)
+                c.execute("INSERT INTO sinks(name, tables, ev, ft, rc, ro, created_us) VALUES "
+                          "(?, ?, 0, 0, ?, ?, ?)", (sink, spec, *head, time.time_ns() // 1000))
+            else:
+                cur = Cursors(cur.ev, cur.ft, max(cur.r, head))
+                c.execute("UPDATE sinks SET tables = ?, rc = ?, ro = ? WHERE name = ?",
+                          (spec, *cur.r, sink))
+        self.cursors[sink] = cur
+        self.consumers[sink] = frozenset(tables)
+
+    def retire(self, sink: str) -> None:
+        """Forget a sink that is gone for good: its cursors and its pending batches (whose rows
+        it would otherwise hold for ever); frees what the registered sinks have delivered."""
+        with self._guard(sink), self.tx(full=True) as c:
+            c.execute("DELETE FROM batches WHERE sink = ? AND state = 'pending'", (sink,))
+            c.execute("DELETE FROM sinks WHERE name = ?", (sink,))
+            self.cursors.pop(sink, None)
+            self._free()
+        self._refresh_heads()
 
     # -- batches --------------------------------------------------------------------------
     def _batch_row(self, bid: int) -> tuple[Any, ...]:
@@ -76,15 +115,10 @@ class Store(StoreBase):
             "hi_readings, hi_end FROM batches WHERE id = ?", (bid,)).fetchone()
         return tuple(row) if row is not None else (None,) * 8
 
-    def _ranges(self, bid: int) -> dict[str, tuple[int, int, int]]:
+    def _ranges(self, bid: int) -> dict[str, tuple[int, int]]:
         row = self._batch_row(bid)
-        out = {}
-        for i, t in enumerate(("events", "features")):
-            if row[2 * i] is None:
-                out[t] = (-1, -2, bid)  # empty range: no member in this table
-            else:
-                out[t] = (int(row[2 * i]), int(row[2 * i + 1]), bid)
-        return out
+        return {t: _EMPTY if row[2 * i] is None else (int(row[2 * i]), int(row[2 * i + 1]))
+                for i, t in enumerate(("events", "features"))}
 
     def _slice(self, bid: int) -> tuple[Pos, Pos] | None:
         row = self._batch_row(bid)
@@ -108,76 +142,65 @@ class Store(StoreBase):
             out.append(wire(self.prefixes(srcs), ix, tails))
         return out
 
-    def _load(self, bid: int, key: str, attempts: int, n_readings: int) -> BatchRows:
+    def _load(self, sink: str, bid: int, key: str, attempts: int, n_readings: int) -> Batch:
         c = self.conn
-        b = BatchRows(bid, key, attempts, n_readings=n_readings)
         rng = self._ranges(bid)
-        b.events = [r[0] for r in c.execute(
-            f"SELECT body FROM events WHERE {_MEMBER} ORDER BY id", rng["events"])]
-        b.features = [r[0] for r in c.execute(
-            f"SELECT body FROM features WHERE {_MEMBER} ORDER BY id", rng["features"])]
         sl = self._slice(bid)
-        if sl is not None:
-            b.readings = self._read_slice(*sl)
-        return b
+        return Batch(
+            sink, bid, key, attempts,
+            events=[r[0] for r in c.execute(
+                f"SELECT body FROM events WHERE {_RANGE} ORDER BY id", rng["events"])],
+            features=[r[0] for r in c.execute(
+                f"SELECT body FROM features WHERE {_RANGE} ORDER BY id", rng["features"])],
+            readings=self._read_slice(*sl) if sl is not None else [], n_readings=n_readings)
 
-    def _new_batch(self, gateway_id: str, members: dict[str, list[int]],
-                   rslice: tuple[Pos, Pos, int] | None) -> tuple[int, str]:
-        """A pending batch of event/feature ids ``members`` (ascending) and a reading slice."""
-        vals: list[int | None] = []
-        for t in ("events", "features"):
-            ids = members.get(t) or []
-            vals += [len(ids)]
+    def _new_batch(self, sink: str, prefix: str, members: dict[str, list[int]],
+                   rslice: RSlice | None) -> tuple[int, str]:
+        """A pending batch of ``sink``: event/feature ids ``members`` (ascending, each list
+        one id range of the table) and a reading slice."""
+        vals: list[int | None] = [len(members.get(t) or []) for t in ("events", "features")]
         vals.append(rslice[2] if rslice else 0)
         for t in ("events", "features"):
             ids = members.get(t) or []
             vals += [ids[0], ids[-1]] if ids else [None, None]
-        if rslice:
-            vals += [rslice[0][0], rslice[0][1], rslice[1][0], rslice[1][1]]
-        else:
-            vals += [None, None, None, None]
+        vals += [rslice[0][0], rslice[0][1], rslice[1][0], rslice[1][1]] if rslice else [None] * 4
         cur = self.conn.execute(
-            "INSERT INTO batches(key, state, created_us, n_events, n_features, n_readings, "
-            "lo_events, hi_events, lo_features, hi_features, lo_readings, lo_off, hi_readings, "
-            "hi_end) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (f"new:{time.time_ns()}", time.time_ns() // 1000, *vals))
+            "INSERT INTO batches(sink, key, state, created_us, n_events, n_features, n_readings,"
+            " lo_events, hi_events, lo_features, hi_features, lo_readings, lo_off, hi_readings,"
+            " hi_end) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sink, f"new:{time.time_ns()}", time.time_ns() // 1000, *vals))
         bid = int(cur.lastrowid or 0)
-        key = f"{gateway_id}:{self.epoch}:{bid}"
+        key = f"{prefix}:{self.epoch}:{bid}"
         self.conn.execute("UPDATE batches SET key = ? WHERE id = ?", (key, bid))
-        for t in ("events", "features"):
-            ids = members.get(t) or []
-            if ids:
-                self.conn.executemany(f"UPDATE {t} SET batch = ? WHERE id = ?",
-                                      [(bid, i) for i in ids])
         return bid, key
 
-    def pending(self, after: int | None = None) -> BatchRows | None:
-        """The oldest pending batch (with ``after``: the oldest one after batch ``after``)."""
+    def pending(self, sink: str, after: int | None = None) -> Batch | None:
+        """The sink's oldest pending batch (with ``after``: the oldest one after ``after``)."""
         row = self.conn.execute("SELECT id, key, attempts, n_readings FROM batches WHERE "
-                                "state = 'pending' AND id > ? ORDER BY id LIMIT 1",
-                                (-1 if after is None else after,)).fetchone()
-        return None if row is None else self._load(int(row[0]), str(row[1]), int(row[2]),
+                                "state = 'pending' AND sink = ? AND id > ? ORDER BY id LIMIT 1",
+                                (sink, -1 if after is None else after)).fetchone()
+        return None if row is None else self._load(sink, int(row[0]), str(row[1]), int(row[2]),
                                                    int(row[3]))
 
-    def next_batch(self, gateway_id: str, max_rows: int, max_bytes: int,
-                   after: int | None = None) -> BatchRows | None:
-        """The oldest pending batch (resent as is), else a new one assigned durably.
+    def next_batch(self, sink: str, prefix: str, max_rows: int, max_bytes: int,
+                   after: int | None = None) -> Batch | None:
+        """The sink's oldest pending batch (resent as is), else a new one assigned durably.
 
         ``after``: the batch currently in flight; a batch prepared while it is in flight comes
         after it (and is never sent before it is settled)."""
-        pend = self.pending(after)
+        pend = self.pending(sink, after)
         if pend is not None:
             return pend
-        c = self.conn
-        with self.tx(full=True):
+        c, tables, cur = self.conn, self.consumers[sink], self.cursors[sink]
+        with self._guard(sink), self.tx(full=True):
             budget_rows, budget_bytes = max_rows, max_bytes
             picked: dict[str, list[str]] = {}
             ids: dict[str, list[int]] = {}
-            for table in ("events", "features"):
-                if budget_rows <= 0 or budget_bytes <= 0:
-                    break
-                for rid, body in c.execute(f"SELECT id, body FROM {table} WHERE batch IS NULL "
-                                           "ORDER BY id LIMIT ?", (budget_rows,)):
+            for table, after_id in (("events", cur.ev), ("features", cur.ft)):
+                if budget_rows <= 0 or budget_bytes <= 0 or table not in tables:
+                    continue
+                for rid, body in c.execute(f"SELECT id, body FROM {table} WHERE id > ? "
+                                           "ORDER BY id LIMIT ?", (after_id, budget_rows)):
                     if ids and len(body) + 2 > budget_bytes:
                         budget_bytes = 0
                         break
@@ -185,22 +208,25 @@ class Store(StoreBase):
                     ids.setdefault(table, []).append(rid)
                     budget_rows -= 1
                     budget_bytes -= len(body) + 2
-            rslice, readings, n_read = None, [], 0
-            if budget_rows > 0 and budget_bytes > 0:
-                rslice = self._take(budget_rows, budget_bytes, not picked)
-                if rslice is not None:
+            rslice, rnext, readings = None, cur.r, []
+            if budget_rows > 0 and budget_bytes > 0 and "readings" in tables:
+                took = self._take(cur.r, budget_rows, budget_bytes, not picked)
+                if took is not None:
+                    rslice, rnext = took
                     readings = self._read_slice(rslice[0], rslice[1])
-                    n_read = rslice[2]
             if not picked and rslice is None:
                 return None
-            bid, key = self._new_batch(gateway_id, ids, rslice)
-        b = BatchRows(bid, key, 0, picked.get("events", []), picked.get("features", []),
-                      readings, n_read)
-        return b
+            bid, key = self._new_batch(sink, prefix, ids, rslice)
+            self._move(sink, Cursors((ids.get("events") or [cur.ev])[-1],
+                                     (ids.get("features") or [cur.ft])[-1], rnext))
+        return Batch(sink, bid, key, 0, picked.get("events", []), picked.get("features", []),
+                     readings, rslice[2] if rslice else 0)
 
-    def _take(self, max_rows: int, max_bytes: int, need_one: bool) -> tuple[Pos, Pos, int] | None:
-        """Assign the next slice of readings (≤ max_rows, ≈ ≤ max_bytes); moves the cursor."""
-        cid, off = self.cursor()
+    def _take(self, at: Pos, max_rows: int, max_bytes: int,
+              need_one: bool) -> tuple[RSlice, Pos] | None:
+        """The next slice of readings from ``at`` (≤ max_rows, ≈ ≤ max_bytes) and the cursor
+        after it."""
+        cid, off = at
         lo: Pos | None = None
         end: Pos = (cid, off)
         n_total = end_n = 0
@@ -225,75 +251,81 @@ class Store(StoreBase):
                 break
         if lo is None:
             return None
-        self._set_cursor(end if end[1] < end_n else (end[0] + 1, 0))
-        return lo, end, n_total
+        return (lo, end, n_total), (end if end[1] < end_n else (end[0] + 1, 0))
 
     def record_attempt(self, bid: int, status: str) -> None:
         self.conn.execute("UPDATE batches SET attempts = attempts + 1, last_status = ? "
                           "WHERE id = ?", (status, bid))
 
-    def _release(self, bid: int) -> None:
-        """Delete a batch's rows (inside a transaction) and keep the counters right."""
+    def _settled(self, bid: int, state: str, status: str) -> None:
         c = self.conn
-        rng = self._ranges(bid)
-        ev_bytes = c.execute("SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events "
-                             f"WHERE {_MEMBER}", rng["events"]).fetchone()[0]
-        for table in ("events", "features"):
-            n = c.execute(f"DELETE FROM {table} WHERE {_MEMBER}", rng[table]).rowcount
-            self.rows[table] -= n
-        self.events_bytes -= int(ev_bytes)
-        sl = self._slice(bid)
-        if sl is not None:
-            (lo, _), (hi, end) = sl
-            # batches settle oldest first: every chunk ending inside this slice is all delivered
-            c.execute("DELETE FROM readings WHERE id >= ? AND id < ?", (lo, hi))
-            c.execute("DELETE FROM readings WHERE id = ? AND n <= ?", (hi, end))
-            self.rows["readings"] -= int(c.execute(
-                "SELECT n_readings FROM batches WHERE id = ?", (bid,)).fetchone()[0])
+        c.execute("UPDATE batches SET state = ?, done_us = ?, last_status = ? WHERE id = ? AND "
+                  "state = 'pending'", (state, time.time_ns() // 1000, status, bid))
+        self._free()
+        c.execute("DELETE FROM batches WHERE state != 'pending' AND id < ?", (bid - 1000,))
 
-    def mark_delivered(self, bid: int, status: str) -> None:
-        with self.tx(full=True) as c:
-            self._release(bid)
-            c.execute("UPDATE batches SET state = 'delivered', done_us = ?, last_status = ? "
-                      "WHERE id = ? AND state = 'pending'", (time.time_ns() // 1000, status, bid))
-            c.execute("DELETE FROM batches WHERE state != 'pending' AND id < ?", (bid - 1000,))
+    def delivered(self, bid: int, status: str) -> None:
+        """Record the answer and mark the batch delivered; free what nobody needs any more."""
+        with self.tx(full=True):
+            self.record_attempt(bid, status)
+            self._settled(bid, "delivered", status)
         self._refresh_heads()
 
-    def _dissolve_after(self, bid: int) -> None:
-        """Give the rows of never-sent pending batches after ``bid`` back to the queue.
+    def quarantine(self, bid: int, key: str, status: str, reason: str, body: str,
+                   n_rows: int) -> None:
+        code = int(status) if status.isdigit() else None
+        with self.tx(full=True) as c:
+            self.record_attempt(bid, status)
+            c.execute("INSERT INTO quarantine(batch_key, created_us, status, reason, body, n_rows)"
+                      " VALUES (?, ?, ?, ?, ?, ?)",
+                      (key, time.time_ns() // 1000, code, reason, body, n_rows))
+            self._settled(bid, "quarantined", status)
+        self.quarantined += 1
+        self._refresh_heads()
 
-        Only the oldest pending batch is ever sent, so the ones after the batch being settled
-        were prepared in advance and never sent: their keys were never used."""
+    def retry(self, sink: str, bid: int, status: str) -> None:
+        """Record a failed attempt; batches prepared after it (never sent) are dissolved, so
+        what was committed meanwhile (e.g. events raised during an outage) is not stuck behind
+        a stale batch."""
+        with self._guard(sink), self.tx(full=True):
+            self.record_attempt(bid, status)
+            self._dissolve_after(sink, bid)
+
+    def _dissolve_after(self, sink: str, bid: int) -> None:
+        """Give the rows of the sink's never-sent pending batches after ``bid`` back (inside
+        a transaction): only the oldest pending batch is ever sent, so their keys were never
+        used."""
         c = self.conn
-        later = c.execute("SELECT id, attempts FROM batches WHERE state = 'pending' AND id > ? "
-                          "ORDER BY id", (bid,)).fetchall()
-        if any(int(a) for _, a in later):  # cannot happen (see above); never risk a resend
-            log.error("pending batches after %s were already attempted: not dissolved", bid)
+        later = c.execute("SELECT id, attempts FROM batches WHERE state = 'pending' AND sink = ? "
+                          "AND id > ? ORDER BY id", (sink, bid)).fetchall()
+        if not later:
             return
-        cursor: Pos | None = None
-        for other, _ in later:
-            rng = self._ranges(other)
-            for table in ("events", "features"):
-                c.execute(f"UPDATE {table} SET batch = NULL WHERE {_MEMBER}", rng[table])
-            sl = self._slice(other)
-            if sl is not None and cursor is None:
-                cursor = sl[0]
+        if any(int(a) for _, a in later):  # cannot happen (see above); never risk a resend
+            log.error("pending batches after an unsettled one were already attempted: "
+                      "not dissolved", extra={"sink": sink, "batch_id": bid})
+            return
+        cur = self.cursors[sink]
+        ev, ft, r = cur.ev, cur.ft, cur.r
+        for other, _ in reversed(later):
+            rng, sl = self._ranges(other), self._slice(other)
+            if rng["events"] != _EMPTY:
+                ev = rng["events"][0] - 1
+            if rng["features"] != _EMPTY:
+                ft = rng["features"][0] - 1
+            if sl is not None:
+                r = sl[0]
             c.execute("DELETE FROM batches WHERE id = ?", (other,))
-        if cursor is not None:
-            self._set_cursor(cursor)
+        self._move(sink, Cursors(ev, ft, r))
 
-    def dissolve_after(self, bid: int) -> None:
-        with self.tx(full=True):
-            self._dissolve_after(bid)
-
-    def split(self, bid: int, gateway_id: str) -> bool:
-        """Replace a pending batch by two new batches (new keys) holding its halves."""
+    def split(self, sink: str, bid: int, prefix: str, status: str) -> bool:
+        """Replace a pending batch by two new batches (new keys) holding its halves; False
+        (nothing changed) for a batch of one row."""
         c = self.conn
         rng = self._ranges(bid)
         items: list[tuple[str, int]] = []
         for table in ("events", "features"):
             items += [(table, r[0]) for r in c.execute(
-                f"SELECT id FROM {table} WHERE {_MEMBER} ORDER BY id", rng[table])]
+                f"SELECT id FROM {table} WHERE {_RANGE} ORDER BY id", rng[table])]
         sl = self._slice(bid)
         n_read = 0
         chunks: list[tuple[int, int]] = []
@@ -310,10 +342,11 @@ class Store(StoreBase):
         if total <= 1:
             return False
         half = total // 2
-        with self.tx(full=True):
-            self._dissolve_after(bid)  # the halves go before anything prepared after bid
+        with self._guard(sink), self.tx(full=True):
+            self.record_attempt(bid, status)
+            self._dissolve_after(sink, bid)  # the halves go before anything prepared after bid
             parts = [items[:half], items[half:]]
-            slices: list[tuple[Pos, Pos, int] | None] = [None, None]
+            slices: list[RSlice | None] = [None, None]
             if sl is not None:
                 k = half - len(items)  # readings in the first half (may be <= 0)
                 if k <= 0:
@@ -324,9 +357,9 @@ class Store(StoreBase):
             for part, rs in zip(parts, slices, strict=True):
                 members = {t: [i for tt, i in part if tt == t] for t in ("events", "features")}
                 if part or rs:
-                    self._new_batch(gateway_id, members, rs)
-            c.execute("UPDATE batches SET state = 'split', done_us = ? WHERE id = ?",
-                      (time.time_ns() // 1000, bid))
+                    self._new_batch(sink, prefix, members, rs)
+            c.execute("UPDATE batches SET state = 'split', done_us = ?, last_status = ? "
+                      "WHERE id = ?", (time.time_ns() // 1000, status, bid))
         return True
 
     @staticmethod
@@ -340,15 +373,3 @@ class Store(StoreBase):
             if k == 0:
                 return (cid, start + m)
         raise ValueError("position beyond the slice")
-
-    def quarantine(self, bid: int, key: str, status: int | None, reason: str, body: str,
-                   n_rows: int) -> None:
-        with self.tx(full=True) as c:
-            c.execute("INSERT INTO quarantine(batch_key, created_us, status, reason, body, n_rows)"
-                      " VALUES (?, ?, ?, ?, ?, ?)",
-                      (key, time.time_ns() // 1000, status, reason, body, n_rows))
-            self._release(bid)
-            c.execute("UPDATE batches SET state = 'quarantined', done_us = ?, last_status = ? "
-                      "WHERE id = ?", (time.time_ns() // 1000, str(status), bid))
-        self.quarantined += 1
-        self._refresh_heads()

@@ -6,14 +6,25 @@ Used only by the buffer's single writer thread, like :class:`.store.Store` (its 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from . import schema
 from .pack import Key, Packer, per_source, prefix
 
 TABLES = ("events", "features", "readings")
 Pos = tuple[int, int]  # (chunk id, offset in the chunk)
+
+
+@dataclass
+class Cursors:
+    """One sink's cursors: the last event id and feature id assigned to its batches, and the
+    reading position up to which readings are."""
+
+    ev: int = 0
+    ft: int = 0
+    r: Pos = (0, 0)
 
 
 class StoreBase:
@@ -36,6 +47,10 @@ class StoreBase:
         self.dropped: dict[int, int] = dict(conn.execute("SELECT src, n FROM dropped").fetchall())
         self.quarantined = 0
         self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self.cursors: dict[str, Cursors] = {}
+        self.consumers: dict[str, frozenset[str]] = {}  # sinks registered in this run
+        self.rtotal = 0
+        self._load_sinks()
         self.recount()
 
     # -- transactions ---------------------------------------------------------------------
@@ -61,40 +76,128 @@ class StoreBase:
         row = self.conn.execute(f"SELECT ts FROM {table} ORDER BY id LIMIT 1").fetchone()
         return None if row is None else int(row[0])
 
-    def cursor(self) -> Pos:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'rcursor'").fetchone()
+    # -- sinks and cursors ----------------------------------------------------------------
+    def _load_sinks(self) -> None:
+        self.cursors = {str(r[0]): Cursors(int(r[1]), int(r[2]), (int(r[3]), int(r[4])))
+                        for r in self.conn.execute("SELECT name, ev, ft, rc, ro FROM sinks")}
+
+    @contextmanager
+    def _guard(self, sink: str) -> Iterator[None]:
+        """Restore the sink's cursors in memory if the transaction inside fails."""
+        before = self.cursors.get(sink)
+        try:
+            yield
+        except BaseException:
+            if before is not None:
+                self.cursors[sink] = before
+            raise
+
+    def _move(self, sink: str, cur: Cursors) -> None:
+        """Set the sink's cursors (inside a transaction guarded by :meth:`_guard`)."""
+        self.cursors[sink] = cur
+        self._save_cursors(sink)
+
+    def _save_cursors(self, sink: str) -> None:
+        cur = self.cursors[sink]
+        self.conn.execute("UPDATE sinks SET ev = ?, ft = ?, rc = ?, ro = ? WHERE name = ?",
+                          (cur.ev, cur.ft, cur.r[0], cur.r[1], sink))
+
+    def rhead(self) -> Pos:
+        """The reading position before which every registered consumer has delivered."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'rhead'").fetchone()
         if row is None:
             return (0, 0)
         a, b = str(row[0]).split(":")
         return int(a), int(b)
 
-    def _set_cursor(self, pos: Pos) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rcursor', ?)",
+    def _set_rhead(self, pos: Pos) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rhead', ?)",
                           (f"{pos[0]}:{pos[1]}",))
+
+    def _pending_ranges(self, col: str, exclude: Iterable[str] = ()) -> list[tuple[int, int]]:
+        """``(lo, hi)`` of ``col`` (``events``, ``features``, ``readings``) of every pending
+        batch of every sink not in ``exclude``: rows nobody may delete or drop."""
+        skip = list(exclude)
+        # (never "NOT IN (NULL)": that is NULL, i.e. false, for every row)
+        but = f" AND sink NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        return [(int(a), int(b)) for a, b in self.conn.execute(
+            f"SELECT lo_{col}, hi_{col} FROM batches WHERE state = 'pending' AND lo_{col} IS "
+            f"NOT NULL{but}", skip)]
+
+    @staticmethod
+    def _outside(ranges: list[tuple[int, int]]) -> tuple[str, list[int]]:
+        """SQL (`` AND NOT (id BETWEEN ? AND ?)`` …) keeping rows outside ``ranges``."""
+        return ("".join(" AND NOT (id BETWEEN ? AND ?)" for _ in ranges),
+                [x for r in ranges for x in r])
+
+    def _upto(self, sink: str, table: str) -> int:
+        """The last id of ``table`` that ``sink`` has settled (events, features)."""
+        row = self.conn.execute(f"SELECT min(lo_{table}) FROM batches WHERE state = 'pending' "
+                                "AND sink = ?", (sink,)).fetchone()
+        cur = self.cursors[sink]
+        return int(row[0]) - 1 if row[0] is not None else (cur.ev if table == "events"
+                                                            else cur.ft)
+
+    def _rupto(self, sink: str) -> Pos:
+        """The reading position before which ``sink`` has settled everything."""
+        row = self.conn.execute("SELECT lo_readings, lo_off FROM batches WHERE state = "
+                                "'pending' AND sink = ? AND lo_readings IS NOT NULL ORDER BY "
+                                "lo_readings, lo_off LIMIT 1", (sink,)).fetchone()
+        return (int(row[0]), int(row[1] or 0)) if row is not None else self.cursors[sink].r
+
+    def _free(self) -> None:
+        """Delete the rows every registered consumer of their table has settled (inside a
+        transaction), except those another sink's pending batch holds; keep the counters."""
+        c = self.conn
+        for table in ("events", "features"):
+            cons = [s for s, ts in self.consumers.items() if table in ts]
+            if not cons:
+                continue
+            lw = min(self._upto(s, table) for s in cons)
+            out, args = self._outside(self._pending_ranges(table, exclude=cons))
+            if table == "events":
+                self.events_bytes -= int(c.execute(
+                    "SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events "
+                    f"WHERE id <= ?{out}", (lw, *args)).fetchone()[0])
+            self.rows[table] -= c.execute(f"DELETE FROM {table} WHERE id <= ?{out}",
+                                          (lw, *args)).rowcount
+        cons = [s for s, ts in self.consumers.items() if "readings" in ts]
+        if not cons:
+            return
+        lw_c, lw_off = min(self._rupto(s) for s in cons)
+        ranges = self._pending_ranges("readings", exclude=cons)
+        out, args = self._outside(ranges)
+        gone = int(c.execute(f"SELECT coalesce(sum(n), 0) FROM readings WHERE id < ?{out}",
+                             (lw_c, *args)).fetchone()[0])
+        c.execute(f"DELETE FROM readings WHERE id < ?{out}", (lw_c, *args))
+        if lw_off and not any(a <= lw_c <= b for a, b in ranges):
+            row = c.execute("SELECT n FROM readings WHERE id = ?", (lw_c,)).fetchone()
+            if row is not None and int(row[0]) <= lw_off:
+                c.execute("DELETE FROM readings WHERE id = ?", (lw_c,))
+                gone += int(row[0])
+        self.rtotal -= gone
+        self._set_rhead(max(self.rhead(), (lw_c, lw_off)))
+        self._count_readings()
 
     def recount(self) -> None:
         """Re-read the counters (at start, or after another connection changed the tables)."""
         c = self.conn
         self.rows = {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
                      for t in ("events", "features")}
-        total = int(c.execute("SELECT coalesce(sum(n), 0) FROM readings").fetchone()[0])
-        self.rows["readings"] = total - self._delivered_prefix()
+        self.rtotal = int(c.execute("SELECT coalesce(sum(n), 0) FROM readings").fetchone()[0])
+        self._count_readings()
         self.events_bytes = int(c.execute(
             "SELECT coalesce(sum(length(body)), 0) + 40 * count(*) FROM events").fetchone()[0])
         self.quarantined = int(c.execute(
             "SELECT count(*) FROM quarantine WHERE requeued_us IS NULL").fetchone()[0])
         self._refresh_heads()
 
-    def _delivered_prefix(self) -> int:
-        """Readings of the first chunk already delivered (it is kept until its end is)."""
-        head = self.conn.execute("SELECT min(id) FROM readings").fetchone()[0]
-        if head is None:
-            return 0
-        row = self.conn.execute("SELECT lo_readings, lo_off FROM batches WHERE state = "
-                                "'pending' AND lo_readings IS NOT NULL ORDER BY id LIMIT 1"
-                                ).fetchone()
-        pos = (int(row[0]), int(row[1] or 0)) if row is not None else self.cursor()
-        return pos[1] if pos[0] == head else 0
+    def _count_readings(self) -> None:
+        """Buffered readings: all readings of the stored chunks but the delivered part of the
+        chunk holding ``rhead`` (it is kept until its end is delivered)."""
+        cid, off = self.rhead()
+        row = self.conn.execute("SELECT n FROM readings WHERE id = ?", (cid,)).fetchone()
+        self.rows["readings"] = self.rtotal - (min(off, int(row[0])) if row and off else 0)
 
     def _refresh_heads(self) -> None:
         self.head_ts = {t: self._head(t) for t in TABLES}
@@ -150,30 +253,33 @@ class StoreBase:
         return (total - free) * self.page_size
 
     def drop_oldest(self, table: str, n: int, older_than_us: int | None = None) -> int:
-        """Delete about ``n`` oldest unassigned readings (whole chunks) or features; count
-        dropped readings per source."""
+        """Delete about ``n`` oldest readings (whole chunks) or features that no sink holds in
+        a pending batch; count dropped readings per source."""
         c = self.conn
+        cond, extra = ("", []) if older_than_us is None else (
+            " AND ts < ?" if table == "features" else " AND ts_max < ?", [older_than_us])
+        out, args = self._outside(self._pending_ranges(table))
         if table == "features":
-            cond, extra = ("", ()) if older_than_us is None else (" AND ts < ?", (older_than_us,))
-            row = c.execute(f"SELECT max(id) FROM (SELECT id FROM features WHERE batch IS NULL"
-                            f"{cond} ORDER BY id LIMIT ?)", (*extra, n)).fetchone()
+            row = c.execute(f"SELECT max(id) FROM (SELECT id FROM features WHERE 1{out}{cond} "
+                            "ORDER BY id LIMIT ?)", (*args, *extra, n)).fetchone()
             if row is None or row[0] is None:
                 return 0
             with self.tx(full=True):
-                gone = c.execute(f"DELETE FROM features WHERE id <= ? AND batch IS NULL{cond}",
-                                 (int(row[0]), *extra)).rowcount
+                gone = c.execute(f"DELETE FROM features WHERE id <= ?{out}{cond}",
+                                 (int(row[0]), *args, *extra)).rowcount
             self.rows[table] -= gone
             self.head_ts[table] = self._head(table)
             return int(gone)
-        cid, off = self.cursor()
-        first = cid + 1 if off > 0 else cid  # a partly assigned chunk stays
-        cond, extra = ("", ()) if older_than_us is None else (" AND ts_max < ?", (older_than_us,))
+        # a chunk that a sink's cursor or the delivered head cuts in two stays
+        cut = {p for p in [self.rhead(), *(cu.r for cu in self.cursors.values())] if p[1] > 0}
         victims: list[tuple[int, int, str]] = []
         got = 0
-        for rid, k, srcs in c.execute(f"SELECT id, n, srcs FROM readings WHERE id >= ?{cond} "
-                                      "ORDER BY id", (first, *extra)):
+        for rid, k, srcs in c.execute(f"SELECT id, n, srcs FROM readings WHERE 1{out}{cond} "
+                                      "ORDER BY id", (*args, *extra)):
             if got >= n:
                 break
+            if any(p[0] == rid for p in cut):
+                continue
             victims.append((rid, k, srcs))
             got += k
         if not victims:
@@ -189,7 +295,8 @@ class StoreBase:
                           "DO UPDATE SET n = n + excluded.n", list(per_src.items()))
         for src, k in per_src.items():
             self.dropped[src] = self.dropped.get(src, 0) + k
-        self.rows["readings"] -= got
+        self.rtotal -= got
+        self._count_readings()
         self.head_ts["readings"] = self._head("readings")
         return got
 

@@ -6,7 +6,7 @@ import gzip
 import json
 import time
 
-from .store import BatchRows
+from .delivery import Batch
 
 
 def fmt_us(us: int) -> str:
@@ -15,7 +15,7 @@ def fmt_us(us: int) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(secs))}.{micros:06d}Z"
 
 
-def build_body(batch: BatchRows, gateway_id: str, sent_at_us: int) -> bytes:
+def build_body(batch: Batch, gateway_id: str, sent_at_us: int) -> bytes:
     """The JSON body for ``batch``: events, then features, then readings, in buffer order.
 
     Readings are stored pre-serialized (see :mod:`.pack`); the store hands them over in wire

@@ -90,3 +90,53 @@ async def test_real_buffer_keeps_good_readings_around_bad_ones(tmp_path: Path) -
     assert p.gate.stats()["bad_timestamp:plc.bad"] == 30
     assert p.gate.stats()["repeated_timestamp:plc.counter"] == 19
     assert any("reading_dropped" in k for k in kinds) and any("agent_stopped" in k for k in kinds)
+
+
+class StuckTag:
+    """A polled tag whose value never changes: every poll repeats the same SourceTimestamp."""
+
+    streaming = True
+
+    def __init__(self, polls: int) -> None:
+        self.name = "plc"
+        self.polls = polls
+        self.n = 0
+        self._h = DriverHealth("plc", "fake")
+
+    async def open(self) -> None:
+        return None
+
+    async def read(self) -> DriverOutput:
+        await asyncio.sleep(0.005)
+        self.n += 1
+        if self.n > self.polls:
+            await asyncio.Event().wait()
+        return [Reading("plc.level", "level", 4.5, "m", T0 + 10.000001)]
+
+    async def close(self) -> None:
+        return None
+
+    def health(self) -> DriverHealth:
+        return self._h
+
+
+async def test_repeat_of_a_sample_stored_before_a_restart_is_dropped(tmp_path: Path) -> None:
+    cfg = build(config.AgentConfig, {"agent": {"state_dir": str(tmp_path)}})
+    gates = []
+    for _ in range(2):  # the agent restarts: a new pipeline over the reopened buffer
+        buf = Buffer(tmp_path / "buffer.db", BufferConfig())
+        await buf.start()
+        p = Pipeline(cfg, [StuckTag(polls=10)], buf, None)  # type: ignore[list-item]
+        stop = asyncio.Event()
+        task = asyncio.create_task(p.run(stop))
+        await asyncio.sleep(0.4)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await buf.close()
+        gates.append(p.gate.stats())
+    db = sqlite3.connect(tmp_path / "buffer.db")
+    stored = db.execute("SELECT coalesce(sum(n), 0) FROM readings").fetchone()[0]
+    db.close()
+    assert stored == 1  # the first run stored the sample once; the second run stored nothing
+    assert gates[0] == {"repeated_timestamp:plc.level": 9}
+    assert gates[1] == {"repeated_timestamp:plc.level": 10}  # counted before being stored

@@ -115,7 +115,7 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 def test_unusable_state_dir_is_one_clear_line(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    cfg = write(tmp_path, f'[agent]\nstate_dir = "{blocker}/state"\n[metrics]\nenabled = false\n')
+    cfg = write(tmp_path, f'[agent]\nstate_dir = "{blocker}/state"\n[web]\nenabled = false\n')
     r = cli("run", "-c", str(cfg))
     assert r.returncode == 1
     assert r.stderr.strip().startswith("edge-agent: cannot start:") and "Traceback" not in r.stderr
@@ -125,7 +125,7 @@ def test_non_finite_numbers_and_bad_ports_are_config_errors(tmp_path: Path) -> N
     text = """
 [agent]
 health_interval = inf
-[metrics]
+[web]
 listen = "127.0.0.1:99999"
 [[drivers]]
 kind = "simulator"
@@ -137,14 +137,14 @@ features = { kind = "vibration" }
 """
     r = cli("check-config", "-c", str(write(tmp_path, text)))
     assert r.returncode == 78
-    for key in ("agent.health_interval", "metrics.listen: port 99999",
+    for key in ("agent.health_interval", "web.listen: port 99999",
                 "drivers[0].noise_g: must be a finite number", "pipelines[0].threshold"):
         assert key in r.stderr, (key, r.stderr)
 
 
 def test_one_agent_per_state_dir(tmp_path: Path) -> None:
     cfg = write(tmp_path, f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
-                          '[metrics]\nenabled = false\n'
+                          '[web]\nenabled = false\n'
                           '[[drivers]]\nkind = "simulator"\nmicrophone = false\n')
     first = subprocess.Popen([*CLI, "run", "-c", str(cfg)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import config
-from edge_agent.agent.analysis import Analysis
+from edge_agent.agent.analysis import Analysis, BaselineLearned
 from edge_agent.agent.pipeline import Pipeline
 from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverHealth, DriverOutput
@@ -26,6 +26,7 @@ class FakeBuffer:
         self.readings: list[Reading] = []
         self.features: list[FeatureVector] = []
         self.events: list[Event] = []
+        self.last_timestamps: dict[str, int] = {}  # newest stored timestamp per sensor (µs)
 
     async def put(self, records: list[Any]) -> None:
         await asyncio.sleep(0.001)
@@ -196,7 +197,8 @@ def test_commissioning_learns_a_baseline_then_scores(tmp_path: Path) -> None:
         i += 1
         assert i < 200
     result = an.fit_baseline()
-    assert isinstance(result, Path) and result.is_relative_to(tmp_path / "models")
+    assert isinstance(result, BaselineLearned)  # a typed result, never Path | ModelError
+    assert result.path.is_relative_to(tmp_path / "models")
     events += an.baseline_done(result, t0)
     kinds = [e.kind for e in events]
     assert "baseline_learned" in kinds and "model_loaded" in kinds

@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
 from edge_agent.confkit import build  # noqa: E402
-from edge_agent.models import features as ft  # noqa: E402
-from edge_agent.models.extract import VibrationConfig, make_extractor  # noqa: E402
-from edge_agent.models.windowing import Windower  # noqa: E402
+from edge_agent.models.dsp import features as ft  # noqa: E402
+from edge_agent.models.dsp.extract import VibrationConfig, make_extractor  # noqa: E402
+from edge_agent.models.dsp.windowing import Windower  # noqa: E402
 from edge_agent.records import WaveformBlock  # noqa: E402
 
 FS, N, HOP, SECONDS = 25600.0, 2048, 1024, 10.0

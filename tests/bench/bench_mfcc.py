@@ -58,7 +58,7 @@ t1 = time.perf_counter()
 y = (np.random.default_rng(0).standard_normal(160000) * 0.1).astype(np.float32)
 t2 = time.perf_counter()
 if sys.argv[1] == "ours":
-    from edge_agent.models.mfcc import mfcc
+    from edge_agent.models.dsp.mfcc import mfcc
     m = mfcc(y, 16000)
 else:
     import librosa
@@ -79,7 +79,7 @@ def main() -> None:
     import librosa
     from threadpoolctl import threadpool_limits
 
-    from edge_agent.models.mfcc import MFCC
+    from edge_agent.models.dsp.mfcc import MFCC
     threadpool_limits(1)
     y, what = load()
     plan = MFCC(16000)

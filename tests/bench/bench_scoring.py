@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,10 +26,13 @@ from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from edge_agent.models.export import stock_onnx
-from edge_agent.models.fastforest import fold_isolation_forest, split_pipeline
 from edge_agent.models.onnx_score import Scorer, session_options
-from edge_agent.models.train_defaults import simulator_features
+from edge_agent.models.training.export import stock_onnx
+from edge_agent.models.training.fastforest import fold_isolation_forest, split_pipeline
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))  # the repo root, for tests.tools
+from tests.tools.train_defaults import simulator_features
 
 
 def per_call(fn: Callable[[], object], n: int, repeats: int = 5) -> float:
@@ -77,7 +81,7 @@ def main() -> None:
         ("folded single-op graph", lambda x: s_fast.run(["score"], {"X": x}), 5000, 500),
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        from edge_agent.models.export import export_bundle
+        from edge_agent.models.training.export import export_bundle
 
         names = tuple(f"f{i}" for i in range(22))
         path = export_bundle(pipe, Xv, names, {"kind": "vibration"}, Path(tmp) / "b", name="b")

@@ -39,7 +39,7 @@ api_key_file = "{key_file}"
 interval = "200ms"
 batch_max_rows = 400
 
-[metrics]
+[web]
 listen = "127.0.0.1:{metrics_port}"
 
 [[drivers]]
@@ -102,11 +102,11 @@ def test_agent_end_to_end(tmp_path: Path) -> None:
     assert "e2e-secret-key" not in out + err
 
     # Metrics endpoint served live numbers from the pipeline, buffer, uploader and driver.
-    assert 'edge_agent_driver_connected{name="sim"} 1.0' in metrics
-    assert "edge_agent_pipeline_uptime_s" in metrics
-    assert 'edge_agent_analysis_windows{source="pump-01.de_accel"}' in metrics
-    assert "edge_agent_buffer_rows_committed" in metrics
-    assert "edge_agent_uploader_" in metrics
+    assert 'edge_agent_driver_connected{driver="sim"} 1.0' in metrics
+    assert "edge_agent_start_time_timestamp_seconds" in metrics
+    assert 'edge_agent_analysis_windows_total{source="pump-01.de_accel"}' in metrics
+    assert "edge_agent_buffer_committed_rows_total" in metrics
+    assert 'edge_agent_sink_sent_rows_total{sink="uploader"}' in metrics
 
     # Every reading exactly once: no duplicate answers, no primary-key conflicts, and per
     # sensor an unbroken series, one value per simulator block from the first to the last.

@@ -41,7 +41,7 @@ def pipeline(X_train: np.ndarray) -> Any:
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory, pipeline: Any,
                X_train: np.ndarray) -> Path:
-    from edge_agent.models.export import export_bundle
+    from edge_agent.models.training.export import export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "vib"
     return export_bundle(pipeline, X_train, NAMES, CONTRACT, out, name="vib_test",

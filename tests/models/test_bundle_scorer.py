@@ -135,7 +135,7 @@ def test_reference_vectors_must_reproduce(bundle_dir: Path, tmp_path: Path) -> N
 def test_wrong_input_shape_refused(bundle_dir: Path, tmp_path: Path, X_train: np.ndarray) -> None:
     from sklearn.ensemble import IsolationForest
 
-    from edge_agent.models.fastforest import fold_isolation_forest
+    from edge_agent.models.training.fastforest import fold_isolation_forest
 
     other = fold_isolation_forest(IsolationForest(n_estimators=5, random_state=0)
                                   .fit(X_train[:, :21])).SerializeToString()
@@ -202,7 +202,9 @@ def test_scoring_path_does_not_import_sklearn(bundle_dir: Path) -> None:
 
     code = (
         "import sys\n"
-        "from edge_agent.models import alerting, bundle, cli, drift, onnx_score, training\n"
+        "from edge_agent.models import alerting, builtin, bundle, chain, cli, commissioning\n"
+        "from edge_agent.models import drift, onnx_score, spec\n"
+        "from edge_agent.agent import analysis, pipeline\n"
         f"sc = onnx_score.Scorer.load({str(bundle_dir)!r}, expected_names={list(NAMES)!r}, "
         f"expected_contract={CONTRACT!r})\n"
         "sc.score([[0.0] * 22])\n"

@@ -12,10 +12,11 @@ import joblib
 import numpy as np
 import pytest
 
+from edge_agent.models.builtin import BUNDLES, SPECS
 from edge_agent.models.bundle import load_bundle
+from edge_agent.models.chain import features_of, names_contract
 from edge_agent.models.cli import add_commands
 from edge_agent.models.onnx_score import Scorer
-from edge_agent.models.train_defaults import BUNDLES, SPECS, features_of, names_contract
 from edge_agent.records import FeatureVector, format_ts
 
 from .conftest import CONTRACT, NAMES
@@ -81,8 +82,8 @@ def test_train_from_recordings(data_dir: Path, tmp_path: Path) -> None:
 
 
 async def test_train_from_buffer(tmp_path: Path) -> None:
-    from edge_agent.models.train_defaults import simulator_features
     from edge_agent.sync.buffer import Buffer, BufferConfig
+    from tests.tools.train_defaults import simulator_features
 
     spec = SPECS["vibration_simulator"]
     names, contract = names_contract(spec)
@@ -114,7 +115,7 @@ def test_cwru_sample_rate_from_file_name(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     import scipy.io
 
-    from edge_agent.models.train_defaults import read_recording
+    from edge_agent.recordings import read_recording
 
     x = np.random.default_rng(0).normal(size=(12000 * 4, 1))
     for name, rate in (("12k_Drive_End_B007_0_118.mat", 12000.0),

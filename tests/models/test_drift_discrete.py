@@ -7,7 +7,7 @@ import pytest
 
 from edge_agent.models.bundle import Manifest, feature_specs
 from edge_agent.models.drift import DriftConfig, DriftMonitor, decile_bins, ks_distance
-from edge_agent.models.export import QUANTILE_LEVELS, training_summary
+from edge_agent.models.training.export import QUANTILE_LEVELS, training_summary
 
 NAMES = ("iso_zone", "dominant_frequency", "rms")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from edge_agent.models.builtin import BUNDLES
 from edge_agent.models.bundle import ModelError, load_bundle
-from edge_agent.models.train_defaults import BUNDLES
 
 SHIPPED = BUNDLES / "vibration_cwru_de"
 NAN, INF = float("nan"), float("inf")

@@ -12,17 +12,12 @@ import numpy as np
 import pytest
 
 from edge_agent.models.alerting import AlertConfig, AnomalyAlerter
+from edge_agent.models.builtin import BUNDLES, SPECS
+from edge_agent.models.chain import features_of, names_contract
 from edge_agent.models.onnx_score import Scorer
-from edge_agent.models.train_defaults import (
-    BUNDLES,
-    SPECS,
-    features_of,
-    names_contract,
-    read_recording,
-    roc_auc,
-    simulator_features,
-)
-from edge_agent.models.training import fit_baseline
+from edge_agent.models.training.baseline import fit_baseline
+from edge_agent.recordings import read_recording
+from tests.tools.train_defaults import roc_auc, simulator_features
 
 FAULTS = ("48k_Drive_End_IR007_0_109.mat", "48k_Drive_End_OR007@6_0_135.mat",
           "48k_Drive_End_B007_0_122.mat")

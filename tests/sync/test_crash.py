@@ -126,3 +126,50 @@ def test_sigkill_campaign_exactly_once(tmp_path: Path, child_cmd: ChildCmd = pyt
           f" {rx.duplicates} duplicate_ignored, {left_before_drain} left before drain "
           f"({got_before_drain} delivered before), {elapsed:.1f}s")
     assert len(rx.readings) >= len(acked) > 2_000  # the campaign really ingested (slow CI too)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigkill_campaign_two_sinks_exactly_once_each(tmp_path: Path, kills: int = 12) -> None:
+    """Two sinks over one buffer (the uploader, and ``mirror`` for events and readings to a
+    second receiver), each with its own cursor and keys: after random SIGKILLs and a drain,
+    each receiver has every acknowledged reading exactly once, and the buffer is empty."""
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "4321")))
+    db = tmp_path / "buffer.db"
+    acked: set[tuple[str, str]] = set()
+    with IngestReceiver(api_key=API_KEY) as rx, IngestReceiver(api_key=API_KEY) as mx:
+        def cmd(drain: bool) -> list[str]:
+            return [*python_child(db, rx.url, drain), "--mirror-url", mx.url]
+
+        for i in range(kills):
+            target = rx if i % 2 else mx
+            roll = rng.random()
+            if roll < 0.35:
+                target.inject(store_then_drop=True, times=rng.randint(1, 3))
+            elif roll < 0.55:
+                target.inject(status=503, retry_after=0.1)
+            elif roll < 0.7:
+                target.inject(reset=True)
+            child = Child(cmd(False))
+            assert child.ready.wait(20), child.proc.stderr.read() if child.proc.stderr else ""
+            time.sleep(rng.uniform(0.1, 1.2))
+            child.kill()
+            assert child.proc.returncode == -signal.SIGKILL, child.proc.stderr.read()  # type: ignore[union-attr]
+            acked |= acked_keys(child.lines)
+        rx.faults.clear()
+        mx.faults.clear()
+        drain = Child(cmd(True))
+        assert drain.proc.wait(90) == 0, drain.proc.stderr.read()  # type: ignore[union-attr]
+        drain.reader.join(10)
+        assert drain.lines[-1] == "drained 0", drain.lines
+        for r in (rx, mx):
+            missing = acked - set(r.readings)
+            assert not missing, f"{len(missing)} acknowledged readings lost at {r.url}"
+            assert r.conflicts == 0  # no row was ever sent again under another key
+            assert r.rows_stored == len(r.readings) + len(r.features) + len(r.events)
+            assert not r.errors
+        assert set(mx.readings) == set(rx.readings)  # the same rows, delivered independently
+        assert {q.idempotency_key.split(":")[0] for q in mx.requests
+                if q.idempotency_key} == {"crash-gw-m"}
+        assert table_rows(db) == {"readings": 0, "features": 0, "events": 0}
+    assert len(acked) > 1_000

@@ -59,7 +59,7 @@ async def test_v1_database_migrates_and_delivers_exactly_once(tmp_path: Path,
     await b.start()
     assert b.stats()["rows_queued"] == {"events": 1, "features": 1, "readings": 1000}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST == 3
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'readings_v1'"
                         ).fetchone()[0] == 0
     conn.close()
@@ -95,4 +95,72 @@ async def test_pending_batch_already_stored_counts_delivered(tmp_path: Path,
         assert await up.wait_until(lambda u: u.rows_sent == 1002, 20)
         assert up.sent["duplicate"] == 1
     assert len(rx.readings) == 700 and rx.conflicts == 0
+    await b.close()
+
+
+def make_v2(path: Path) -> str:
+    """A v2 database as the previous agent leaves it: a pending batch (sent once) of 2 events,
+    1 feature vector and the first 300 readings of a chunk; unassigned: 1 event, 1 feature
+    vector, the chunk's other 700 readings and a second chunk of 500. Returns the key."""
+    from edge_agent.sync.pack import Packer, Run, chunk_rows
+
+    conn = schema.connect(str(path))
+    for ver, step in schema.MIGRATIONS[:2]:
+        conn.execute("BEGIN")
+        step(conn)
+        conn.execute(f"PRAGMA user_version = {ver}")
+        conn.execute("COMMIT")
+    conn.executemany("INSERT INTO sources(id, sensor_id, sensor_type, unit) VALUES (?, ?, ?, ?)",
+                     [(i + 1, f"s{i}", "temperature", "degC") for i in range(3)])
+    packer = Packer()
+    for first, n in ((0, 1000), (1000, 500)):
+        run = Run()
+        for j in range(first, first + n):
+            us = US0 + j * 1000
+            run.add(packer.fragment(20.0 + j * 0.25, us, 1.0, None), us,
+                    (f"s{j % 3}", "temperature", "degC"))
+        conn.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         chunk_rows(run, lambda k: int(k[0][1]) + 1))
+    for i in range(3):
+        conn.execute("INSERT INTO events(ts, body, batch) VALUES (?, ?, ?)", (US0, (
+            f'{{"event_id":"e{i}","kind":"k","source_id":"x","timestamp":"{format_us(US0)}",'
+            '"severity":"info","details":{}}'), 1 if i < 2 else None))
+    for i in range(2):
+        ws = format_us(US0 + i)
+        conn.execute("INSERT INTO features(ts, body, batch) VALUES (?, ?, ?)", (
+            US0 + i, f'{{"source_id":"p","window_start":"{ws}","window_end":"{ws}",'
+            '"values":{"rms":0.5}}', 1 if i == 0 else None))
+    key = "gw-test:" + schema.epoch(conn) + ":1"
+    conn.execute("INSERT INTO batches(id, key, state, created_us, attempts, n_readings, "
+                 "n_features, n_events, lo_events, hi_events, lo_features, hi_features, "
+                 "lo_readings, lo_off, hi_readings, hi_end) VALUES "
+                 "(1, ?, 'pending', 0, 1, 300, 1, 2, 1, 2, 1, 1, 1, 0, 1, 300)", (key,))
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rcursor', '1:300')")
+    conn.close()
+    return key
+
+
+async def test_v2_database_migrates_to_sinks_and_delivers_exactly_once(
+        tmp_path: Path, rx: IngestReceiver) -> None:
+    path = tmp_path / "buffer.db"
+    key = make_v2(path)
+    b = Buffer(path, BufferConfig())
+    await b.start()
+    assert b.stats()["rows_queued"] == {"events": 3, "features": 2, "readings": 1500}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert [r[1] for r in conn.execute("PRAGMA table_info(events)")] == ["id", "ts", "body"]
+    assert conn.execute("SELECT name, ev, ft, rc, ro FROM sinks").fetchall() == [
+        ("uploader", 2, 1, 1, 300)]
+    conn.close()
+    async with Running(b, fast_uploader_cfg(rx.url, batch_max_rows=400)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 1505, 20)
+    first = rx.requests[0]
+    assert first.idempotency_key == key and first.batch_seq == 1  # the same batch, resent
+    assert (first.n_events, first.n_features, first.n_readings) == (2, 1, 300)
+    assert first.first_reading == (format_us(US0), "s0")
+    assert rx.requests[1].n_events == 1 and rx.requests[1].n_features == 1
+    assert rx.duplicates == 0 and rx.conflicts == 0 and rx.rows_stored == 1505
+    assert len(rx.readings) == 1500 and b.stats()["rows_queued_total"] == 0
     await b.close()

@@ -96,3 +96,25 @@ def test_nan_body_gets_422_from_the_endpoint() -> None:
                        "readings": [dict(GOOD, value=float("nan"))]}).encode()
     status, answer, _ = rx.handle({"X-API-Key": "k", "Idempotency-Key": "a"}, body)
     assert status == 422 and "non-finite" in str(answer)
+
+
+def test_409_when_a_row_is_already_stored_and_nothing_of_that_request_is() -> None:
+    """The contract's 409 row, as the backend does it: one row already present (primary key
+    (timestamp, sensor_id)) refuses the whole request; the new rows are stored once they come
+    without it."""
+    rx = IngestReceiver("k")
+
+    def body(seq: int, stamps: list[str]) -> bytes:
+        return json.dumps({"gateway_id": "g", "batch_seq": seq, "sent_at": GOOD["timestamp"],
+                           "readings": [dict(GOOD, timestamp=t) for t in stamps]}).encode()
+
+    old, new = "2026-11-27T10:15:01.000000Z", [f"2026-11-27T10:15:0{i}.000000Z"
+                                               for i in range(2, 6)]
+    status, _, _ = rx.handle({"X-API-Key": "k", "Idempotency-Key": "a"}, body(1, [old]))
+    assert status == 200 and rx.rows_stored == 1
+    status, _, log = rx.handle({"X-API-Key": "k", "Idempotency-Key": "b"},
+                               body(2, [*new[:2], old, *new[2:]]))
+    assert (status, log.outcome, rx.conflicts, rx.rows_stored) == (409, "conflict", 1, 1)
+    assert set(rx.readings) == {(old, GOOD["sensor_id"])}  # nothing of the refused request
+    status, _, _ = rx.handle({"X-API-Key": "k", "Idempotency-Key": "c"}, body(3, new))
+    assert status == 200 and rx.rows_stored == 5

@@ -117,13 +117,16 @@ async def test_stored_but_answer_lost(buffer: Buffer, rx: IngestReceiver) -> Non
 
 async def test_answer_lost_and_key_expired_gets_409_counted_delivered(
         tmp_path: Path) -> None:
+    """Contract (409 row, changed): a multi-row batch answered 409 is split until the rows
+    already stored stand alone; each of those, answered 409 alone, is delivered and counted."""
     with IngestReceiver(api_key=API_KEY, idempotency_ttl=0.0) as rx:
         b = Buffer(tmp_path / "b.db", BufferConfig())
         await b.start()
         await b.put(readings(40))
         rx.inject(store_then_drop=True)
         async with Running(b, fast_uploader_cfg(rx.url)) as up:
-            assert await up.wait_until(lambda u: u.sent["conflict"] == 1, 20)
+            assert await up.wait_until(lambda u: u.sent["conflict"] == 40, 20)
+            assert up.stats()["rows_already_present"] == 40
         assert b.stats()["rows_queued_total"] == 0 and rx.rows_stored == 40
         await b.close()
 
@@ -195,7 +198,7 @@ async def test_refused_batch_is_quarantined_and_can_be_requeued(
     # re-queue from the CLI function while the agent runs, then it is sent again
     assert requeue(path, q[0].id) == 30
     await b.call(lambda s: s.recount())
-    b.data_event.set()
+    b.wake()
     async with Running(b, fast_uploader_cfg(rx.url)):
         assert await wait_rx(rx, lambda r: all_in(r, 60) and any(
             e["kind"] == "batch_quarantined" for e in r.events.values()))
@@ -347,7 +350,7 @@ async def test_logs_follow_one_batch_by_its_correlation_id(
         buffer: Buffer, rx: IngestReceiver, caplog: pytest.LogCaptureFixture) -> None:
     await buffer.put(readings(50))
     rx.inject(status=503, times=2)
-    caplog.set_level("INFO", logger="edge_agent.sync.uploader")
+    caplog.set_level("INFO", logger="edge_agent.sync")
     async with Running(buffer, fast_uploader_cfg(rx.url)) as up:
         assert await up.wait_until(lambda u: u.rows_sent == 50, 20)
     key = rx.requests[-1].idempotency_key
@@ -466,3 +469,25 @@ async def test_zero_or_past_retry_after_still_backs_off(buffer: Buffer, rx: Inge
         assert await up.wait_until(lambda u: u.rows_sent == 10, 20)
     gaps = [b.time - a.time for a, b in zip(rx.requests, rx.requests[1:], strict=False)]
     assert len(gaps) == 3 and min(gaps) >= 0.09  # >= backoff_initial / 2, never 0
+
+
+async def test_one_old_row_among_new_ones_costs_none_of_them(tmp_path: Path,
+                                                              rx: IngestReceiver) -> None:
+    """Contract (409 row): a sample already stored (e.g. repeated after a restart) in a batch
+    of new ones draws 409 for the whole batch, which stores nothing of it; the batch is split
+    until the old row stands alone: every new row is stored, the old one is set aside and
+    counted."""
+    b = Buffer(tmp_path / "b.db", BufferConfig())
+    await b.start()
+    old = readings(1, t0=T0 + 5)
+    await b.put(old)
+    async with Running(b, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 1, 20)
+    new = readings(30, t0=T0)
+    await b.put([*new[:17], *old, *new[17:]])  # the gate bypassed: straight into the buffer
+    async with Running(b, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: u.rows_sent == 31, 20)
+        assert up.stats()["rows_already_present"] == 1 and up.sent["conflict"] == 1
+    assert rx.conflicts >= 2 and rx.rows_stored == 31 and len(rx.readings) == 31
+    assert b.stats()["rows_queued_total"] == 0
+    await b.close()

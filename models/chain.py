@@ -1,0 +1,328 @@
+"""The analysis chain of one waveform source: window → features → score → alert → drift.
+
+This is the one implementation of the chain. The daemon runs it per pipeline
+(:class:`edge_agent.agent.analysis.Analysis` builds it from a ``[[pipelines]]`` entry); the
+training command (``edge-agent models train --from-files``) and the default-models script take
+their feature matrices from :func:`features_of`, which pushes the recording through the same
+windowing and extraction.
+
+:class:`Chain` is a plain object: give it :class:`~edge_agent.records.WaveformBlock`s, get back
+feature vectors and events to buffer. The extractor is built on the first block (it needs the
+source's sample rate and channels); the model is loaded then and checked against the
+extractor's contract — a refused model leaves the previous one (or none) in place, the pipeline
+keeps buffering features, and an event says why. :meth:`Chain.swap_model` replaces the scorer
+of a running chain between two blocks (the model registry's hot swap). In commissioning mode the
+vectors are collected and, when enough are in, :meth:`Chain.fit_baseline` (run in a worker
+thread by the pipeline) fits this asset's own model; :meth:`Chain.baseline_done` loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import ModelError
+from edge_agent.models.alerting import AlertConfig, AnomalyAlerter
+from edge_agent.models.builtin import resolve_model
+from edge_agent.models.commissioning import (
+    Commissioner,
+    CommissioningConfig,
+    commissioning_event,
+    require_train_extra,
+)
+from edge_agent.models.drift import DriftConfig, DriftMonitor
+from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig, make_extractor
+from edge_agent.models.dsp.windowing import Window, Windower
+from edge_agent.models.onnx_score import ModelSlot, Scorer, ScorerConfig
+from edge_agent.models.spec import Spec, names_contract
+from edge_agent.records import Event, FeatureVector, WaveformBlock
+
+__all__ = ["BaselineFailed", "BaselineLearned", "Chain", "ChainConfig", "Spec", "feature_matrix",
+           "features_of", "names_contract"]
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+
+
+class ChainConfig(Protocol):
+    """What a chain is configured with (a ``[[pipelines]]`` entry, or a :class:`Spec`)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def features(self) -> VibrationConfig | SoundConfig: ...
+    @property
+    def window(self) -> int: ...
+    @property
+    def hop(self) -> int: ...
+    @property
+    def model(self) -> ScorerConfig | None: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def alerts(self) -> AlertConfig: ...
+    @property
+    def drift(self) -> DriftConfig: ...
+    @property
+    def commissioning(self) -> CommissioningConfig | None: ...
+
+
+@dataclass(frozen=True)
+class BaselineLearned:
+    """Commissioning fitted and exported this bundle."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class BaselineFailed:
+    """Commissioning could not fit a baseline (the reason says why)."""
+
+    reason: str
+
+
+BaselineResult = BaselineLearned | BaselineFailed
+
+
+def feature_matrix(extractor: Extractor, windows: list[Window],
+                   shaft_rpm: float | None = None) -> F64:
+    """The ``(n_windows, n_features)`` matrix; windows with non-finite input come back as NaN
+    rows (never an exception)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return extractor.batch(windows, shaft_rpm)
+
+
+class Chain:
+    def __init__(self, cfg: ChainConfig, state_dir: Path) -> None:
+        self.cfg = cfg
+        self.source = cfg.source
+        self.state_dir = state_dir
+        cc = cfg.commissioning
+        if cc is not None and cc.enabled:
+            require_train_extra()  # refused at start, not when the baseline is due
+        self.windower = Windower(cfg.window, cfg.hop)
+        self.extractor: Extractor | None = None
+        self.slot: ModelSlot | None = None
+        self.alerter = AnomalyAlerter(cfg.source, cfg.alerts)
+        self.drift: DriftMonitor | None = None
+        self.commissioner: Commissioner | None = None
+        self._layout: tuple[float, tuple[str, ...]] | None = None
+        self.broken: str | None = None   # set when the source cannot be analysed as configured
+        self.windows = 0
+        self.invalid_windows = 0
+        self.anomalous_windows = 0
+        self.model_status = "none"
+        self.last_score: float | None = None
+        # Sees every scoring result (scores of rows with finite features) or scoring error;
+        # the model registry watches a newly deployed version through it.
+        self.score_watch: Callable[[F64 | Exception], None] | None = None
+
+    @property
+    def threshold(self) -> float | None:
+        if self.slot is None or self.slot.current is None:
+            return None
+        return self.cfg.threshold if self.cfg.threshold is not None else \
+            self.slot.current.threshold
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _setup(self, rate: float, channels: tuple[str, ...], ts: float) -> list[Event]:
+        if self._layout == (rate, channels):
+            return []
+        self._layout = (rate, channels)
+        try:
+            ext = make_extractor(self.cfg.features, rate, channels, self.cfg.window, self.cfg.hop)
+        except ValueError as exc:
+            self.broken = str(exc)
+            self.extractor = None
+            log.error("pipeline cannot analyse source", extra={"source": self.source,
+                                                                "reason": str(exc)})
+            return [Event("pipeline_misconfigured", self.source, ts, "warning",
+                          {"reason": str(exc)})]
+        self.broken = None
+        self.extractor = ext
+        mc = self.cfg.model
+        public_key = bytes.fromhex(mc.public_key_hex) if mc and mc.public_key_hex else None
+        self.slot = ModelSlot(ext.names(), ext.contract(), threads=mc.threads if mc else 1,
+                              public_key=public_key)
+        cc = self.cfg.commissioning
+        if cc is not None and cc.enabled:
+            out = Path(cc.out_dir).expanduser()
+            self.commissioner = Commissioner(cc, self.source, ext.names(), ext.contract(),
+                                             out_dir=out if out.is_absolute()
+                                             else self.state_dir / out)
+            self.model_status = "commissioning"
+        if mc is not None:
+            return [self.load_model(resolve_model(mc.path), ts)]
+        return []
+
+    def load_model(self, path: Path, ts: float) -> Event:
+        """Load and check a bundle; on refusal the previous model (or none) stays."""
+        if self.slot is None:
+            raise RuntimeError("load_model before the first block")
+        kept = self.slot.current
+        try:
+            scorer = self.slot.load(path)
+        except ModelError as exc:
+            self.model_status = f"refused: {exc}" if kept is None else self.model_status
+            return Event("model_refused", self.source, ts, "warning",
+                         {"path": str(path), "reason": str(exc),
+                          "kept": None if kept is None else
+                          {"name": kept.ref.name, "version": kept.ref.version}})
+        return self._activated(scorer, ts, {"path": str(path)})
+
+    def swap_model(self, scorer: Scorer, ts: float,
+                   origin: Mapping[str, Any] | None = None) -> Event:
+        """Make an already loaded and checked ``scorer`` the current model. Call it between two
+        :meth:`process` calls (the chain is not re-entrant): the next window is scored by the
+        new model, alert hysteresis and drift restart. The caller checks the scorer against
+        :attr:`slot`'s contract (``Scorer.load(..., expected_names=slot.expected_names,
+        expected_contract=slot.expected_contract)``)."""
+        if self.slot is None:
+            raise RuntimeError("swap_model before the first block")
+        self.slot.current = scorer
+        self.slot.last_error = None
+        return self._activated(scorer, ts, dict(origin) if origin is not None
+                               else {"path": str(scorer.bundle.path)})
+
+    def _activated(self, scorer: Scorer, ts: float, details: dict[str, Any]) -> Event:
+        self.alerter.reset()
+        self.drift = (DriftMonitor(self.source, scorer.manifest, self.cfg.drift)
+                      if self.cfg.drift.enabled else None)
+        self.model_status = f"{scorer.ref.name} v{scorer.ref.version}"
+        log.info("model loaded", extra={"source": self.source, "model": scorer.ref.name,
+                                        "version": scorer.ref.version,
+                                        "threshold": self.threshold})
+        return Event("model_loaded", self.source, ts, "info",
+                     {"model": {"name": scorer.ref.name, "version": scorer.ref.version},
+                      "threshold": self.threshold, **details})
+
+    # -- the chain --------------------------------------------------------------------------
+    def extract(self, block: WaveformBlock, shaft_rpm: float | None = None
+                ) -> tuple[list[Window], F64, list[Event]]:
+        """Window → features: the complete windows ``block`` finishes, their feature matrix
+        and any set-up events (empty matrix while no window is complete or the source cannot
+        be analysed)."""
+        windows = self.windower.push(block)
+        if not windows:
+            return [], np.empty((0, 0)), []
+        events = self._setup(windows[0].sample_rate, windows[0].channels, windows[0].end)
+        if self.extractor is None:
+            return [], np.empty((0, 0)), events
+        return windows, feature_matrix(self.extractor, windows, shaft_rpm), events
+
+    def process(self, block: WaveformBlock, shaft_rpm: float | None = None
+                ) -> tuple[list[FeatureVector], list[Event]]:
+        windows, X, events = self.extract(block, shaft_rpm)
+        if not windows or self.extractor is None:
+            return [], events
+        names = self.extractor.names()
+        finite = np.isfinite(X).all(axis=1)
+        self.windows += len(windows)
+        self.invalid_windows += int((~finite).sum())
+        vectors = [FeatureVector(self.source, w.start, w.end,
+                                 {n: float(v) for n, v in zip(names, row, strict=True)
+                                  if math.isfinite(v)})
+                   for w, row in zip(windows, X, strict=True)]
+        scorer = self.slot.current if self.slot else None
+        if scorer is not None:
+            events += self._score(scorer, X, vectors)
+        elif self.commissioner is not None and not self.commissioner.done:
+            for fv in vectors:
+                self.commissioner.add(fv)
+            self.model_status = f"commissioning: {self.commissioner.collected} windows"
+        return vectors, events
+
+    def _score(self, scorer: Scorer, X: F64, vectors: list[FeatureVector]) -> list[Event]:
+        thr = self.threshold
+        assert thr is not None
+        try:
+            scores = scorer.score(X)
+        except ModelError as exc:
+            if self.score_watch is not None:
+                self.score_watch(exc)
+            log.error("scoring failed", extra={"source": self.source, "reason": str(exc)})
+            return [Event("scoring_failed", self.source, vectors[-1].window_end, "warning",
+                          {"reason": str(exc)})]
+        if self.score_watch is not None:
+            self.score_watch(scores[np.isfinite(X).all(axis=1)])
+        events: list[Event] = []
+        for fv, row, s in zip(vectors, X, scores, strict=True):
+            fv.model = scorer.ref
+            if not math.isfinite(s):
+                continue  # invalid window: features kept, no score, no vote either way
+            fv.score = float(s)
+            fv.is_anomaly = bool(s > thr)
+            self.last_score = fv.score
+            self.anomalous_windows += fv.is_anomaly
+            ev = self.alerter.observe(fv.score, thr, scorer.ref, fv.window_end)
+            if ev is not None:
+                log.warning(ev.kind, extra={"source": self.source, "score": fv.score,
+                                            "threshold": thr, "model": scorer.ref.name})
+                events.append(ev)
+            if self.drift is not None:
+                dev = self.drift.update(row, fv.window_end)
+                if dev is not None:
+                    events.append(dev)
+        return events
+
+    # -- commissioning ----------------------------------------------------------------------
+    @property
+    def baseline_ready(self) -> bool:
+        c = self.commissioner
+        return c is not None and c.done and (self.slot is None or self.slot.current is None)
+
+    def fit_baseline(self) -> BaselineResult:
+        """CPU-heavy (sklearn): the pipeline runs this in a worker thread."""
+        assert self.commissioner is not None
+        try:
+            return BaselineLearned(self.commissioner.fit())
+        except (ModelError, OSError) as exc:
+            return BaselineFailed(str(exc))
+
+    def baseline_done(self, result: BaselineResult, ts: float) -> list[Event]:
+        c = self.commissioner
+        assert c is not None
+        self.commissioner = None
+        if isinstance(result, BaselineFailed):
+            self.model_status = f"commissioning failed: {result.reason}"
+            return [commissioning_event(self.source, ts, path=None, name="", version="",
+                                        threshold=None, rows=c.collected, error=result.reason)]
+        loaded = self.load_model(result.path, ts)
+        cur = self.slot.current if self.slot else None
+        done = commissioning_event(self.source, ts, path=result.path,
+                                   name=cur.ref.name if cur else "",
+                                   version=cur.ref.version if cur else "",
+                                   threshold=self.threshold, rows=c.collected,
+                                   error=None if cur else str(loaded.details.get("reason")))
+        return [done, loaded]
+
+    def stats(self) -> dict[str, Any]:
+        drift = self.drift.value() if self.drift else None
+        return {"windows": self.windows, "invalid_windows": self.invalid_windows,
+                "anomalous_windows": self.anomalous_windows, "model": self.model_status,
+                "threshold": self.threshold, "last_score": self.last_score,
+                "alarm": self.alerter.state.active, "drift": drift,
+                "broken": self.broken}
+
+
+# -- offline: recordings → feature matrices through the same chain ---------------------------
+
+def features_of(spec: Spec, samples: npt.ArrayLike, source: str = "replay",
+                start: float = 0.0) -> F64:
+    """Cut ``samples`` (n, channels) into the spec's windows and extract the feature matrix,
+    through the same :meth:`Chain.extract` the daemon runs."""
+    chain = Chain(spec, Path("."))
+    block = WaveformBlock(source, spec.sample_rate, spec.channels, start,
+                          np.ascontiguousarray(samples, dtype=np.float64))
+    windows, X, _ = chain.extract(block)
+    if chain.broken is not None:
+        raise ModelError(f"spec {spec.name}: {chain.broken}")
+    return X if windows else np.empty((0, len(names_contract(spec)[0])))

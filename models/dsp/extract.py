@@ -1,0 +1,342 @@
+"""The Extractor interface the agent pipeline uses: window -> ordered, named float features.
+
+``make_extractor(cfg, sample_rate, channels, window, hop)`` builds one for a source. Feature
+names are ``f"{channel}_{feature}"``; per channel, in order:
+
+* vibration: the 11 basic features (:data:`features.BASIC_NAMES`) when ``"basic"`` is in
+  ``include``; then ``iso_velocity_rms`` (mm/s, 10-1000 Hz) and, when a class or limits are
+  set, ``iso_zone`` (0..3 = A..D) for ``"iso"``; then ``env_bpfo, env_bpfi, env_bsf, env_ftf``
+  for ``"envelope"``.
+* sound: ``mfcc_mean_0..N-1`` then ``mfcc_std_0..N-1``.
+
+``extractor(window)`` returns a dict; ``extractor.batch(windows)`` returns an
+``(n_windows, n_features)`` array in :meth:`names` order (fast path; rows of windows holding
+NaN/Inf are NaN). ``__call__`` raises :class:`FeatureError` for such windows, and when the
+envelope needs a shaft speed that is neither configured nor passed (``shaft_rpm=``, e.g. the
+latest value of ``shaft_speed_tag``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.bearing import BearingGeometry
+from edge_agent.confkit import field
+from edge_agent.errors import FeatureError
+from edge_agent.models.dsp import features as ft
+from edge_agent.models.dsp.envelope import ENVELOPE_NAMES, envelope_energies
+from edge_agent.models.dsp.mfcc import MFCC
+from edge_agent.models.dsp.spectrum import scratch
+from edge_agent.models.dsp.windowing import Window
+
+__all__ = ["Extractor", "FeatureError", "SoundConfig", "VibrationConfig", "make_extractor"]
+
+F64 = npt.NDArray[np.float64]
+FeatureGroup = Literal["basic", "iso", "envelope"]
+
+
+@dataclass(frozen=True)
+class VibrationConfig:
+    kind: Literal["vibration"] = "vibration"
+    include: tuple[FeatureGroup, ...] = field(("basic",), min_len=1)
+    high_freq_cut: float = field(1000.0, gt=0)
+    accel_unit: Literal["g", "m/s2"] = "g"            # unit of the samples (for ISO velocity)
+    iso_band_lo: float = field(10.0, gt=0)
+    iso_band_hi: float = field(1000.0, gt=0)
+    iso_class: Literal["I", "II", "III", "IV"] | None = None   # ISO 10816-1 machine class
+    iso_zones: tuple[float, ...] | None = None        # custom A/B, B/C, C/D limits (10816-3)
+    envelope_band_lo: float = field(2000.0, ge=0)
+    envelope_band_hi: float = field(6000.0, gt=0)
+    envelope_harmonics: int = field(3, ge=1, le=10)
+    envelope_tolerance: float = field(0.02, gt=0, lt=0.5)   # relative, per harmonic
+    bearing: BearingGeometry | None = None
+    shaft_speed_rpm: float | None = field(None, gt=0)
+    shaft_speed_tag: str | None = None               # sensor_id of a reading giving rpm
+    # float32: ~1.2x faster basic features, <= 1.5e-6 relative on real data (features.py doc)
+    spectrum_dtype: Literal["float64", "float32"] = "float64"
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if len(set(self.include)) != len(self.include):
+            out.append(("include", "lists a group twice"))
+        if self.iso_band_lo >= self.iso_band_hi:
+            out.append(("iso_band_hi", "must be above iso_band_lo"))
+        if self.iso_zones is not None:
+            z = self.iso_zones
+            if len(z) != 3 or not all(0 < a < b for a, b in itertools.pairwise(z)) \
+                    or z[0] <= 0:
+                out.append(("iso_zones", "must be 3 increasing positive limits (A/B, B/C, C/D)"))
+            if self.iso_class is not None:
+                out.append(("iso_zones", "give either iso_class or iso_zones, not both"))
+        if self.envelope_band_lo >= self.envelope_band_hi:
+            out.append(("envelope_band_hi", "must be above envelope_band_lo"))
+        if "envelope" in self.include:
+            if self.bearing is None:
+                out.append(("bearing", "is required for the envelope features"))
+            if self.shaft_speed_rpm is None and self.shaft_speed_tag is None:
+                out.append(("shaft_speed_rpm", "give shaft_speed_rpm or shaft_speed_tag for "
+                                               "the envelope features"))
+        return out
+
+    def zone_limits(self) -> tuple[float, float, float] | None:
+        if self.iso_class is not None:
+            return ft.ISO_10816_1[self.iso_class]
+        if self.iso_zones is not None and len(self.iso_zones) == 3:
+            return (self.iso_zones[0], self.iso_zones[1], self.iso_zones[2])
+        return None
+
+
+@dataclass(frozen=True)
+class SoundConfig:
+    kind: Literal["sound"] = "sound"
+    n_mfcc: int = field(20, ge=1)
+    n_mels: int = field(128, ge=1)
+    n_fft: int = field(2048, ge=16)
+    hop: int = field(512, ge=1)
+    fmin: float = field(0.0, ge=0)
+    fmax: float | None = field(None, gt=0)
+    top_db: float | None = field(80.0, ge=0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self.n_mfcc > self.n_mels:
+            out.append(("n_mfcc", "must not exceed n_mels"))
+        if self.fmax is not None and self.fmax <= self.fmin:
+            out.append(("fmax", "must be above fmin"))
+        return out
+
+
+class Extractor(Protocol):
+    def names(self) -> tuple[str, ...]: ...
+
+    def contract(self) -> dict[str, object]: ...
+
+    def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]: ...
+
+    def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64: ...
+
+
+class _Base:
+    kind = ""
+
+    def __init__(self, sample_rate: float, channels: tuple[str, ...], window: int,
+                 hop: int) -> None:
+        if not (sample_rate > 0 and math.isfinite(sample_rate)):
+            raise ValueError(f"sample rate must be > 0, got {sample_rate}")
+        if not channels or len(set(channels)) != len(channels):
+            raise ValueError(f"channels must be distinct and non-empty, got {channels}")
+        if window < 2 or hop < 1:
+            raise ValueError(f"window must be >= 2 and hop >= 1, got {window}, {hop}")
+        self.sample_rate, self.channels = float(sample_rate), tuple(channels)
+        self.window, self.hop = int(window), int(hop)
+        self._names: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
+    def _check(self, windows: Sequence[Window]) -> None:
+        for w in windows:
+            if (w.samples.shape != (self.window, len(self.channels)) or
+                    w.sample_rate != self.sample_rate or w.channels != self.channels):
+                raise FeatureError(
+                    f"{w.source_id}: window {w.samples.shape} @ {w.sample_rate} Hz {w.channels} "
+                    f"does not match the extractor ({self.window}, {len(self.channels)}) @ "
+                    f"{self.sample_rate} Hz {self.channels}")
+
+    def _channel(self, windows: Sequence[Window], ci: int) -> F64:
+        """One channel of the windows as a contiguous ``(n_windows, window)`` scratch array."""
+        out: F64 = scratch("gather", len(windows), self.window)
+        for i, w in enumerate(windows):
+            out[i] = w.samples[:, ci]
+        return out
+
+    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
+        raise NotImplementedError
+
+    def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64:
+        """One row per window; a row with any non-finite feature is all NaN (a bad window)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # such rows are marked bad below
+            return _mark_bad(self._rows(windows, shaft_rpm))
+
+    def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]:
+        if not np.isfinite(window.samples).all():
+            raise FeatureError(f"{window.source_id}: window at {window.start} holds NaN/Inf "
+                               "samples")
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            row = self._rows([window], shaft_rpm)[0]
+        if not np.isfinite(row).all():
+            which = [n for n, v in zip(self._names, row, strict=True) if not math.isfinite(v)]
+            raise FeatureError(f"{window.source_id}: window at {window.start} gives non-finite "
+                               f"features ({', '.join(which[:4])}); samples out of range?")
+        return dict(zip(self._names, (float(v) for v in row), strict=True))
+
+
+def _mark_bad(rows: F64) -> F64:
+    rows[~np.isfinite(rows).all(axis=1)] = np.nan
+    return rows
+
+
+class VibrationExtractor(_Base):
+    kind = "vibration"
+
+    def __init__(self, cfg: VibrationConfig, sample_rate: float, channels: tuple[str, ...],
+                 window: int, hop: int) -> None:
+        super().__init__(sample_rate, channels, window, hop)
+        probs = cfg.problems()
+        if probs:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in probs))
+        nyq = self.sample_rate / 2
+        if "envelope" in cfg.include and cfg.envelope_band_hi > nyq:
+            raise ValueError(f"envelope band up to {cfg.envelope_band_hi} Hz exceeds Nyquist "
+                             f"{nyq} Hz")
+        self.cfg = cfg
+        self.zone_limits = cfg.zone_limits()
+        self.accel_scale = ft.G if cfg.accel_unit == "g" else 1.0
+        per: list[str] = []
+        if "basic" in cfg.include:
+            per += ft.BASIC_NAMES
+        if "iso" in cfg.include:
+            per += ["iso_velocity_rms"] + (["iso_zone"] if self.zone_limits else [])
+        if "envelope" in cfg.include:
+            per += ENVELOPE_NAMES
+        self.per_channel = tuple(per)
+        self._names = tuple(f"{c}_{n}" for c in self.channels for n in per)
+
+    def contract(self) -> dict[str, object]:
+        c = self.cfg
+        out: dict[str, object] = {
+            "kind": "vibration", "sample_rate": self.sample_rate, "window": self.window,
+            "hop": self.hop, "channels": list(self.channels), "include": list(c.include),
+            "high_freq_cut": c.high_freq_cut, "spectrum_dtype": c.spectrum_dtype,
+            "features": list(self._names),
+        }
+        if "iso" in c.include:
+            out.update(accel_unit=c.accel_unit, iso_band=[c.iso_band_lo, c.iso_band_hi],
+                       iso_zone_limits=list(self.zone_limits) if self.zone_limits else None)
+        if "envelope" in c.include:
+            # Envelope energies are taken at the bearing's defect frequencies, which scale with
+            # shaft speed: a model trained at one speed (or from a tag) is not valid at another.
+            out.update(shaft_speed_rpm=c.shaft_speed_rpm, shaft_speed_tag=c.shaft_speed_tag)
+        if "envelope" in c.include and c.bearing is not None:
+            b = c.bearing
+            out.update(envelope_band=[c.envelope_band_lo, c.envelope_band_hi],
+                       envelope_harmonics=c.envelope_harmonics,
+                       envelope_tolerance=c.envelope_tolerance,
+                       bearing=[b.n_balls, b.ball_diameter, b.pitch_diameter,
+                                b.contact_angle_deg])
+        return out
+
+    def _shaft(self, shaft_rpm: float | None) -> float:
+        rpm = shaft_rpm if shaft_rpm is not None else self.cfg.shaft_speed_rpm
+        if rpm is None or not (math.isfinite(rpm) and rpm > 0):
+            src = f"tag {self.cfg.shaft_speed_tag!r}" if self.cfg.shaft_speed_tag else "config"
+            raise FeatureError(f"envelope features need a shaft speed: none usable from {src} "
+                               f"(got {rpm!r})")
+        return float(rpm)
+
+    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
+        c = self.cfg
+        rpm = self._shaft(shaft_rpm) if "envelope" in c.include else 0.0
+        self._check(windows)
+        n_w, n_ch = len(windows), len(self.channels)
+        basic = "basic" in c.include
+        iso_band = (c.iso_band_lo, c.iso_band_hi) if "iso" in c.include else None
+        spectral = basic or iso_band is not None
+        envelope = "envelope" in c.include and c.bearing is not None
+        raws = np.empty((n_ch, ft.RAW_ROWS, n_w)) if spectral else None
+        env = np.empty((n_ch, n_w, len(ENVELOPE_NAMES))) if envelope else None
+        bad = np.zeros(n_w, dtype=bool)
+        ones = np.ones(self.window)
+        for s in range(0, n_w, ft.CHUNK):      # chunks: the scratch arrays stay in cache
+            chunk = windows[s:s + ft.CHUNK]
+            e = s + len(chunk)
+            for ci in range(n_ch):
+                x = self._channel(chunk, ci)
+                if not basic:                  # else: a non-finite mean flags the row below
+                    bad[s:e] |= ~np.isfinite(x @ ones)
+                if raws is not None:
+                    ft.vibration_raw(x, raws[ci, :, s:e], self.sample_rate, c.high_freq_cut,
+                                     basic, iso_band, c.spectrum_dtype)
+                if env is not None and c.bearing is not None:
+                    env[ci, s:e] = envelope_energies(
+                        x, self.sample_rate, c.bearing, rpm, c.envelope_band_lo,
+                        c.envelope_band_hi, c.envelope_harmonics, c.envelope_tolerance)
+        per = len(self.per_channel)
+        out = np.empty((n_w, per * n_ch))
+        for ci in range(n_ch):
+            o = out[:, ci * per:(ci + 1) * per]
+            j = 0
+            if raws is not None:
+                if basic:
+                    bad |= ~np.isfinite(raws[ci, ft.R_MEAN])      # NaN/Inf anywhere in a row
+                b, v = ft.vibration_finish(raws[ci], self.window, self.sample_rate, basic,
+                                           None if iso_band is None else self.accel_scale)
+                if b is not None:
+                    o[:, :b.shape[1]] = b
+                    j = b.shape[1]
+                if v is not None:
+                    o[:, j] = v
+                    j += 1
+                    if self.zone_limits:
+                        o[:, j] = ft.iso_zone(v, self.zone_limits)
+                        j += 1
+            if env is not None:
+                o[:, j:] = env[ci]
+        out[bad] = np.nan
+        return out
+
+
+class SoundExtractor(_Base):
+    kind = "sound"
+
+    def __init__(self, cfg: SoundConfig, sample_rate: float, channels: tuple[str, ...],
+                 window: int, hop: int) -> None:
+        super().__init__(sample_rate, channels, window, hop)
+        probs = cfg.problems()
+        if probs:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in probs))
+        if cfg.fmax is not None and cfg.fmax > self.sample_rate / 2:
+            raise ValueError(f"fmax {cfg.fmax} Hz exceeds Nyquist {self.sample_rate / 2} Hz")
+        self.cfg = cfg
+        self.mfcc = MFCC(self.sample_rate, cfg.n_mfcc, cfg.n_mels, cfg.n_fft, cfg.hop, cfg.fmin,
+                         cfg.fmax, cfg.top_db)
+        per = [f"mfcc_mean_{i}" for i in range(cfg.n_mfcc)] + \
+              [f"mfcc_std_{i}" for i in range(cfg.n_mfcc)]
+        self.per_channel = tuple(per)
+        self._names = tuple(f"{c}_{n}" for c in self.channels for n in per)
+
+    def contract(self) -> dict[str, object]:
+        c = self.cfg
+        return {"kind": "sound", "sample_rate": self.sample_rate, "window": self.window,
+                "hop": self.hop, "channels": list(self.channels), "n_mfcc": c.n_mfcc,
+                "n_mels": c.n_mels, "n_fft": c.n_fft, "mfcc_hop": c.hop, "fmin": c.fmin,
+                "fmax": c.fmax, "top_db": c.top_db, "features": list(self._names)}
+
+    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
+        self._check(windows)
+        per = len(self.per_channel)
+        out = np.empty((len(windows), per * len(self.channels)))
+        for wi, w in enumerate(windows):
+            if not np.isfinite(w.samples).all():
+                out[wi] = np.nan
+                continue
+            for ci in range(len(self.channels)):
+                out[wi, ci * per:(ci + 1) * per] = self.mfcc.summary(w.samples[:, ci])
+        return out
+
+
+def make_extractor(cfg: VibrationConfig | SoundConfig, sample_rate: float,
+                   channels: tuple[str, ...], window: int, hop: int) -> Extractor:
+    """Build the extractor for one source; raises ``ValueError`` when the settings cannot work."""
+    if isinstance(cfg, VibrationConfig):
+        return VibrationExtractor(cfg, sample_rate, channels, window, hop)
+    if isinstance(cfg, SoundConfig):
+        return SoundExtractor(cfg, sample_rate, channels, window, hop)
+    raise TypeError(f"unknown feature config {type(cfg).__name__}")
