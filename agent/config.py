@@ -37,6 +37,7 @@ from edge_agent.models.onnx_score import ScorerConfig
 from edge_agent.models.registry.config import RegistryConfig
 from edge_agent.sync.buffer import BufferConfig
 from edge_agent.sync.contract import UploaderConfig
+from edge_agent.sync.mqtt.config import MqttConfig
 
 EX_CONFIG = 78
 
@@ -125,6 +126,7 @@ class AgentConfig:
     reconnect: ReconnectSection = ReconnectSection()
     metrics: MetricsSection = MetricsSection()
     web: WebConfig = WebConfig()
+    mqtt: MqttConfig | None = None  # no [mqtt] table: no MQTT
     drivers: tuple[Any, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
 
@@ -162,13 +164,29 @@ def _web(raw: Any, problems: list[ConfigProblem]) -> WebConfig:
         return WebConfig()
 
 
+def _mqtt(raw: Any, problems: list[ConfigProblem]) -> MqttConfig | None:
+    """``[mqtt]`` is a pydantic :class:`edge_agent.settings.Model`; its problems join the rest."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append(ConfigProblem("mqtt", "must be a table"))
+        return None
+    try:
+        return settings.parse(MqttConfig, raw, "mqtt")
+    except settings.ConfigError as exc:
+        problems.extend(ConfigProblem(p.key, p.message) for p in exc.problems)
+        return None
+
+
 def parse(raw: Mapping[str, Any]) -> AgentConfig:
     """Validate a parsed TOML document; raise :class:`ConfigError` listing every problem."""
     raw = dict(raw)
     drivers_raw = raw.pop("drivers", [])
     web_raw = raw.pop("web", {})
+    mqtt_raw = raw.pop("mqtt", None)
     problems = check(AgentConfig, raw)
     web = _web(web_raw, problems)
+    mqtt = _mqtt(mqtt_raw, problems)
     drivers: list[Any] = []
     if not isinstance(drivers_raw, list):
         problems.append(ConfigProblem("drivers", "must be an array of tables ([[drivers]])"))
@@ -177,7 +195,8 @@ def parse(raw: Mapping[str, Any]) -> AgentConfig:
         drivers.append(_driver(d, f"drivers[{i}]", problems))
     if problems:
         raise ConfigError(problems)
-    cfg = dataclasses.replace(build(AgentConfig, raw), drivers=tuple(drivers), web=web)
+    cfg = dataclasses.replace(build(AgentConfig, raw), drivers=tuple(drivers), web=web,
+                              mqtt=mqtt)
     cross = _cross_checks(cfg)
     if cross:
         raise ConfigError(cross)
@@ -236,6 +255,7 @@ def summary(cfg: AgentConfig) -> list[str]:
         f"buffer: {cfg.buffer.path} (max {cfg.buffer.max_size} bytes)",
         f"uploader: {up.url or 'disabled (data stays buffered)'}",
         f"web: {_web_line(cfg.web)}",
+        f"mqtt: {_mqtt_line(cfg.mqtt)}",
         f"metrics: {'/metrics on the web server' if cfg.metrics.enabled else 'disabled'}",
         f"drivers: {len(cfg.drivers)}",
     ]
@@ -247,6 +267,14 @@ def summary(cfg: AgentConfig) -> list[str]:
             else "none (features only)")
         lines.append(f"  - {p.source}: {p.features.kind} {p.window}/{p.hop}, model {model}")
     return lines
+
+
+def _mqtt_line(m: MqttConfig | None) -> str:
+    if m is None:
+        return "disabled (no [mqtt] table)"
+    auth = f", user {m.username} password {m.password!r}" if m.username else ""
+    sp = f", group {m.sparkplug.group_id}" if m.sparkplug else ""
+    return f"{m.url} ({m.mode}{sp}{auth})"
 
 
 def _web_line(web: WebConfig) -> str:

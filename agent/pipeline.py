@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.analysis import Analysis
@@ -31,6 +31,9 @@ from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
 from edge_agent.sync.buffer import Buffer
 from edge_agent.sync.uploader import Uploader
 
+if TYPE_CHECKING:
+    from edge_agent.sync.mqtt.publisher import MqttPublisher
+
 log = logging.getLogger("edge_agent.pipeline")
 
 READ_BATCH = 5000
@@ -38,11 +41,13 @@ READ_BATCH = 5000
 
 class Pipeline:
     def __init__(self, cfg: AgentConfig, drivers: Sequence[Driver], buffer: Buffer,
-                 uploader: Uploader | None) -> None:
+                 uploader: Uploader | None, mqtt: MqttPublisher | None = None) -> None:
         self.cfg = cfg
         self.drivers = list(drivers)
         self.buffer = buffer
         self.uploader = uploader
+        self.mqtt = mqtt  # [mqtt]: a second sink of the buffer (the status page reads stats())
+        self.mqtt_restarts: dict[str, int] = {}
         q = cfg.queues
         self.readings: BoundedQueue[Reading] = BoundedQueue(
             "readings", q.readings.size, q.readings.overflow)
@@ -217,6 +222,10 @@ class Pipeline:
                 background.append(tg.create_task(
                     self._supervise(up.run, "uploader_crashed", self.cfg.agent.gateway_id,
                                     self.uploader_restarts), name="uploader"))
+            if self.mqtt is not None:
+                background.append(tg.create_task(
+                    self._supervise(self.mqtt.run, "mqtt_crashed", self.cfg.agent.gateway_id,
+                                    self.mqtt_restarts), name="mqtt"))
             await stop.wait()
             log.info("stopping: closing drivers and draining queues")
             for t in driver_tasks:
@@ -240,11 +249,19 @@ class Pipeline:
                 t.cancel()
         await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
                                "info", {"uptime_s": round(time.time() - self.started)})])
+        await asyncio.gather(self._flush_uploader(), self._flush_mqtt())
+
+    async def _flush_uploader(self) -> None:
         if self.uploader is not None:
             try:
                 await self.uploader.flush(float(self.cfg.agent.shutdown_timeout))
             except TimeoutError:
                 log.warning("final sync attempt timed out; data stays buffered")
+
+    async def _flush_mqtt(self) -> None:
+        """Publish what is left (bounded), then ``offline`` / NDEATH and disconnect."""
+        if self.mqtt is not None:
+            await self.mqtt.flush(float(self.cfg.agent.shutdown_timeout))
 
     def registry_pollers(self) -> list[RegistryPoller]:
         """One model-registry poller per pipeline with a ``[pipelines.registry]`` table."""
