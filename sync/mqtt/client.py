@@ -321,41 +321,46 @@ class Link:
             return False
         return True
 
-    async def publish(self, msgs: Sequence[Message],
-                      session: Session | None = None) -> list[bool]:
+    async def publish(self, msgs: Sequence[Message], session: Session | None = None,
+                      done: list[bool] | None = None) -> list[bool]:
         """Publish ``msgs`` in order, at most ``max_inflight`` unacknowledged at a time.
 
-        Returns one flag per message: True when its PUBACK arrived. Stops at the first sign of
+        Returns one flag per message: True when its PUBACK arrived (``done``, if given, is
+        filled in place, also when the call is cancelled half way). Stops at the first sign of
         trouble (session ended, no PUBACK within ``publish_timeout``); later ones are False."""
         s = session or self.session
-        done = [False] * len(msgs)
+        done = done if done is not None else [False] * len(msgs)
         if s is None:
             return done
         window: deque[tuple[int, asyncio.Future[bool]]] = deque()
         ok = True
 
         async def settle_one() -> bool:
-            i, fut = window.popleft()
+            i, fut = window[0]
             try:
                 async with asyncio.timeout(self.cfg.publish_timeout):
-                    done[i] = await fut
+                    done[i] = await asyncio.shield(fut)
             except TimeoutError:
                 self.last_error = "no PUBACK within publish_timeout"
                 return False
+            window.popleft()
             return done[i]
 
-        for i, m in enumerate(msgs):
-            if len(window) >= self.cfg.max_inflight and not await settle_one():
-                ok = False
-                break
-            window.append((i, s.publish(m)))
-        while ok and window:
-            ok = await settle_one()
-        for _, fut in window:
-            fut.cancel()
-        n = sum(done)
-        self.counters.published += n
-        self.counters.publish_failures += len(msgs) - n
+        try:
+            for i, m in enumerate(msgs):
+                if len(window) >= self.cfg.max_inflight and not await settle_one():
+                    ok = False
+                    break
+                window.append((i, s.publish(m)))
+            while ok and window:
+                ok = await settle_one()
+        finally:
+            for i, fut in window:  # acknowledged but not looked at yet (or cancelled)
+                done[i] = fut.done() and not fut.cancelled() and fut.result()
+                fut.cancel()
+            n = sum(done)
+            self.counters.published += n
+            self.counters.publish_failures += len(msgs) - n
         return done
 
     def drop(self) -> None:

@@ -137,8 +137,11 @@ class MqttSink:
             if not self.skip_acked:
                 acked.clear()
             todo = [i for i in range(len(msgs)) if i not in acked]
-            flags = await self.link.publish(self.stamp([msgs[i] for i in todo]))
-            acked.update(i for i, ok in zip(todo, flags, strict=True) if ok)
+            flags = [False] * len(todo)
+            try:
+                await self.link.publish(self.stamp([msgs[i] for i in todo]), done=flags)
+            finally:  # also when cancelled (shutdown): what the broker has is not sent again
+                acked.update(i for i, ok in zip(todo, flags, strict=True) if ok)
             if len(acked) < len(msgs):
                 self.publish_failed()
                 return RetryAfter("broker_down",
