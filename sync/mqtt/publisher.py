@@ -59,5 +59,10 @@ class MqttPublisher:
             await self.sink.close()
 
     def stats(self) -> dict[str, Any]:
-        """The sink's state (connected, last_error, published …) and the delivery loop's."""
-        return {**self.sink.stats(), "delivery": self.runner.stats()}
+        """The sink's state (connected, last_error, published …) and, under the uploader's
+        key names (the status page and metrics read both alike), the delivery loop's."""
+        r = self.runner
+        return {**self.sink.stats(), "batches_sent": dict(r.delivered),
+                "batches_failed": dict(r.retries), "rows_sent": r.rows_delivered,
+                "bytes_sent": self.sink.bytes_sent, "last_success": r.last_success,
+                "delivery_state": r.state}

@@ -49,6 +49,7 @@ class MqttSink:
         self._task: asyncio.Task[None] | None = None
         self._acked: OrderedDict[str, set[int]] = OrderedDict()
         self.batches_delivered = 0
+        self.bytes_sent = 0  # payload bytes of delivered batches
         self.bad_rows = 0
         self.mode = cfg.mode
         self.lock = asyncio.Lock()  # one batch or birth sequence on the wire at a time
@@ -148,8 +149,9 @@ class MqttSink:
                                   self.link.last_error or "publish not acknowledged")
         self._acked.pop(batch.key, None)
         self.batches_delivered += 1
+        self.bytes_sent += sum(len(m.payload) for m in msgs)
         self.delivered(msgs)
-        return Delivered(note=f"{len(msgs)} messages")
+        return Delivered()
 
     def stats(self) -> dict[str, Any]:
         """For the status page and metrics: state, connected, last_error, counts."""

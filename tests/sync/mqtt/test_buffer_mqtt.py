@@ -12,9 +12,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from edge_agent.agent.status import mqtt_view
 from edge_agent.models.alerting import AlertConfig, AnomalyAlerter
 from edge_agent.records import Event, FeatureVector, ModelRef
 from edge_agent.sync.buffer import Buffer, BufferConfig
@@ -70,7 +72,7 @@ async def test_hysteresis_alerts_through_the_buffer(mosq: Mosquitto, tmp_path: P
             assert [e.kind for e in events] == ["anomaly_cleared"]
             await buffer.put(events)
             assert await scada.until(lambda g: sum("/alerts/" in t for _, t, _, _ in g) == 2)
-            assert await eventually(lambda: pub.stats()["delivery"]["rows_delivered"] == 2)
+            assert await eventually(lambda: pub.stats()["rows_sent"] == 2)
             st = pub.stats()
         assert await scada.until(lambda g: any(b'"offline"' in b for _, _, b, _ in g))
         alerts = [b for _, b in scada.on(f"{p}/alerts/")]
@@ -80,6 +82,11 @@ async def test_hysteresis_alerts_through_the_buffer(mosq: Mosquitto, tmp_path: P
         alarms = [b["active"] for _, b in scada.on(f"{p}/alarms/pump-1.de_accel")]
         assert alarms == [True, False]
         assert st["connected"] and st["published"] >= 5  # status, 2 alerts, 2 alarm states
+        # What the status page and /metrics read (the uploader's key names).
+        assert st["batches_sent"] == {"accepted": 2} and st["rows_sent"] == 2
+        assert st["bytes_sent"] > 0 and st["last_success"] and st["state"] == "connected"
+        view = mqtt_view(SimpleNamespace(mqtt=pub))
+        assert view["state"] == "closed" and view["broker"] == mosq.url
         assert [b["state"] for _, b in scada.on(f"{p}/status")] == ["online", "offline"]
     finally:
         scada.close()
@@ -99,8 +106,8 @@ async def test_broker_outage_alerts_stay_buffered_then_follow_in_order(
             await buffer.put([ev, FeatureVector(f"src-{i % 4}", ev.timestamp - 1,
                                                 ev.timestamp, {"rms": 1.0})])
         await asyncio.sleep(1.0)
-        assert pub.stats()["delivery"]["rows_delivered"] == 0
-        assert pub.stats()["delivery"]["retries"].get("broker_down", 0) >= 1
+        assert pub.stats()["rows_sent"] == 0
+        assert pub.stats()["batches_failed"].get("broker_down", 0) >= 1
         own_broker.start()
         scada = Scada(own_broker.port, (f"{p}/alerts/#",))
         try:
@@ -109,7 +116,7 @@ async def test_broker_outage_alerts_stay_buffered_then_follow_in_order(
             got = [b["event_id"] for _, b in scada.on(f"{p}/alerts/")]
         finally:
             scada.close()
-        assert await eventually(lambda: pub.stats()["delivery"]["rows_delivered"] == 60)
+        assert await eventually(lambda: pub.stats()["rows_sent"] == 60)
         # Delivered events are freed (the MQTT sink was their only consumer); the features,
         # which it does not consume, are not its business.
         assert await eventually(lambda: rows(buffer).get("events", 0) == 0)
