@@ -11,32 +11,54 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from edge_agent import __version__  # noqa: E402
-from edge_agent.confkit import ConfigError  # noqa: E402
+from edge_agent.errors import ConfigError, ConfigProblem  # noqa: E402
 
 EX_CONFIG = 78
 
 
-def _load(path: str | None, state_dir: str | None) -> Any:
+def _load(path: str | None, state_dir: str | None, world: bool = True) -> Any:
+    """The validated config; with ``world``, also the files/env it names (raises ConfigError)."""
     from edge_agent.agent import config
 
     cfg = config.load(Path(path) if path else None)
     if state_dir:
-        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, state_dir=state_dir))
+        cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(
+            update={"state_dir": state_dir})})
+    if world:
+        found = config.world_problems(cfg)
+        if found:
+            raise ConfigError(found)
     return cfg
 
 
 def _config_problem(exc: ConfigError) -> int:
-    for p in exc.problems:
+    """One line per problem on stderr (``key.path: what is wrong``), exit 78 (EX_CONFIG)."""
+    problems = exc.problems or [ConfigProblem("<config>", str(exc))]
+    for p in problems:
         print(str(p), file=sys.stderr)
-    print(f"configuration invalid: {len(exc.problems)} problem(s)", file=sys.stderr)
     return EX_CONFIG
+
+
+def _leave(code: int) -> int:
+    """Exit at once when a sound card's stream could not be stopped (its capture thread is
+    blocked inside the device): PortAudio's teardown at interpreter exit would wait for that
+    thread forever, and a stop must always stop. Everything was committed and closed before."""
+    sc = sys.modules.get("edge_agent.drivers.soundcard")
+    if sc is not None and int(getattr(sc, "abandoned_streams", 0)):
+        logging.getLogger(__name__).warning(
+            "a sound card stream could not be stopped; exiting without PortAudio teardown",
+            extra={"streams": sc.abandoned_streams})
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -55,21 +77,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         print("edge-agent: stopped by a second signal before the final sync finished "
               "(everything read is committed in the buffer)", file=sys.stderr)
-        return 1
+        return _leave(1)
     except (OSError, SchemaTooNew, TrainExtraMissing) as exc:
         # Start-up failures a technician can fix (permissions, a full disk, a database written by
         # a newer agent, commissioning without the [train] extra): one clear line, no traceback.
         logging.getLogger("edge_agent").critical("cannot start", extra={"error": str(exc)})
         print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return _leave(1)
+    return _leave(0)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.agent import config
 
     try:
-        cfg = _load(args.config, None)
+        cfg = _load(args.config, None, world=not args.no_world_checks)
     except ConfigError as exc:
         return _config_problem(exc)
     print(f"{args.config or config.DEFAULT_CONFIG}: OK")
@@ -90,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check-config", help="validate a config and print a summary")
     chk.add_argument("-c", "--config", help="TOML config (default: the embedded one)")
+    chk.add_argument("--no-world-checks", action="store_true",
+                     help="validate the file only; do not check that the files and environment "
+                          "variables it names exist (e.g. a config for another machine)")
     chk.set_defaults(func=cmd_check_config)
 
     from edge_agent.agent import statuscmd, tools

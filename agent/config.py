@@ -4,40 +4,46 @@ Sections: ``[agent]``, ``[buffer]`` (:class:`edge_agent.sync.buffer.BufferConfig
 ``[uploader]`` (:class:`edge_agent.sync.uploader.UploaderConfig`), ``[queues]``, ``[metrics]``,
 ``[web]`` (:class:`edge_agent.agent.webconfig.WebConfig`), ``[[drivers]]`` (one table per
 source; ``kind`` picks the driver module, whose ``Config`` class parses the rest) and
-``[[pipelines]]`` (windowing, features, model and alerting per waveform source). Validation
-does no I/O: files named in the config are opened when used.
+``[[pipelines]]`` (windowing, features, model, alerting and registry per waveform source).
+Parsing does no I/O; :func:`world_problems` checks the files and environment variables the
+config names (``check-config`` and start-up run it). To add a section ``[name]``: write a
+``settings.Model`` subclass (defaults for every field) and add ``name: ThatModel = ThatModel()``
+to :class:`AgentConfig`; ``check-config`` and ``run`` then report its problems by key path.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from edge_agent import settings
+from pydantic import Field, PlainValidator, ValidationInfo
+
 from edge_agent.agent.queues import QueueConfig
 from edge_agent.agent.webconfig import WebConfig
-from edge_agent.confkit import (
-    ConfigError,
-    ConfigProblem,
-    Duration,
-    build,
-    check,
-    field,
-)
 from edge_agent.models.alerting import AlertConfig
 from edge_agent.models.commissioning import CommissioningConfig
 from edge_agent.models.drift import DriftConfig
 from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
 from edge_agent.models.registry.config import RegistryConfig
+from edge_agent.settings import (
+    ConfigError,
+    ConfigProblem,
+    Duration,
+    Model,
+    Problems,
+)
+from edge_agent.settings import parse as parse_model
+from edge_agent.settings import world_problems as settings_world_problems
 from edge_agent.sync.buffer import BufferConfig
 from edge_agent.sync.contract import UploaderConfig
 from edge_agent.sync.mqtt.config import MqttConfig
+
+if TYPE_CHECKING:
+    from edge_agent.drivers import modbus, opcua, replay, simulator, soundcard
 
 EX_CONFIG = 78
 
@@ -53,33 +59,55 @@ DRIVER_MODULES: dict[str, str] = {
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
 
-@dataclass(frozen=True)
-class AgentSection:
-    gateway_id: str = field("edge-gateway", pattern=r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
+def _driver(raw: Any, info: ValidationInfo) -> Any:
+    """The ``[[drivers]]`` union, discriminated on ``kind``: the kind's module is imported only
+    when a table names it (asyncua and pymodbus stay out of a simulator-only agent)."""
+    if isinstance(raw, Model):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise Problems([("", f"must be a table, got {type(raw).__name__}")])
+    kind = raw.get("kind")
+    if not isinstance(kind, str) or kind not in DRIVER_MODULES:
+        opts = ", ".join(repr(k) for k in DRIVER_MODULES)
+        got = "" if kind is None else f", got {list(kind) if isinstance(kind, tuple) else kind!r}"
+        raise Problems([("kind", f"{'is required: ' if kind is None else 'must be '}"
+                                 f"one of {opts}{got}")])
+    module = importlib.import_module(DRIVER_MODULES[kind])
+    return module.Config.model_validate(raw, context=info.context)
+
+
+if TYPE_CHECKING:
+    DriverConfig = (simulator.Config | replay.Config | soundcard.Config | modbus.Config
+                    | opcua.Config)
+else:
+    DriverConfig = Annotated[Any, PlainValidator(_driver)]
+
+Features = Annotated[VibrationConfig | SoundConfig, Field(discriminator="kind")]
+
+
+class AgentSection(Model):
+    gateway_id: str = Field("edge-gateway", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
     state_dir: str = "./state"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Bound on the final sync (and on draining to the buffer) at SIGTERM; the systemd unit
     # allows 90 s in all, so keep it below that.
-    shutdown_timeout: Duration = field(Duration(10.0), gt=0, le=60)
-    health_interval: Duration = field(Duration(1.0), gt=0)
+    shutdown_timeout: Duration = Field(10.0, gt=0, le=60)
+    health_interval: Duration = Field(1.0, gt=0)
 
 
-@dataclass(frozen=True)
-class QueuesSection:
-    readings: QueueConfig = QueueConfig(50_000, "block")
-    waveforms: QueueConfig = QueueConfig(256, "drop_oldest")
+class QueuesSection(Model):
+    readings: QueueConfig = QueueConfig(size=50_000, overflow="block")
+    waveforms: QueueConfig = QueueConfig(size=256, overflow="drop_oldest")
 
 
-@dataclass(frozen=True)
-class ReconnectSection:
-    initial: Duration = field(Duration(0.5), gt=0)
-    maximum: Duration = field(Duration(60.0), gt=0)
-    multiplier: float = field(2.0, ge=1)
-    jitter: float = field(0.5, ge=0, le=1)
+class ReconnectSection(Model):
+    initial: Duration = Field(0.5, gt=0)
+    maximum: Duration = Field(60.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.5, ge=0, le=1)
 
 
-@dataclass(frozen=True)
-class MetricsSection:
+class MetricsSection(Model):
     """``[metrics]``: ``/metrics`` is served by the web server (``[web].listen``)."""
 
     enabled: bool = True
@@ -91,14 +119,13 @@ class MetricsSection:
         return []
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Model):
     """Analysis of one waveform source: windows, features, model, alerts, drift, commissioning."""
 
     source: str
-    features: VibrationConfig | SoundConfig
-    window: int = field(2048, gt=16)
-    hop: int = field(1024, gt=0)
+    features: Features
+    window: int = Field(2048, gt=16)
+    hop: int = Field(1024, gt=0)
     model: ScorerConfig | None = None   # path = bundle dir / archive, or "builtin:<name>"
     threshold: float | None = None      # overrides the bundle's threshold
     alerts: AlertConfig = AlertConfig()
@@ -117,8 +144,9 @@ class PipelineConfig:
         return out
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(Model):
+    """The whole file. A new section is one field here with a ``Model`` default (see README)."""
+
     agent: AgentSection = AgentSection()
     buffer: BufferConfig = BufferConfig()
     uploader: UploaderConfig = UploaderConfig()
@@ -127,7 +155,7 @@ class AgentConfig:
     metrics: MetricsSection = MetricsSection()
     web: WebConfig = WebConfig()
     mqtt: MqttConfig | None = None  # no [mqtt] table: no MQTT
-    drivers: tuple[Any, ...] = ()
+    drivers: tuple[DriverConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
 
     @property
@@ -135,68 +163,12 @@ class AgentConfig:
         return Path(self.agent.state_dir).expanduser()
 
 
-def _driver(raw: Any, path: str, problems: list[ConfigProblem]) -> Any:
-    if not isinstance(raw, Mapping):
-        problems.append(ConfigProblem(path, "must be a table"))
-        return None
-    kind = raw.get("kind")
-    if kind not in DRIVER_MODULES:
-        opts = ", ".join(repr(k) for k in DRIVER_MODULES)
-        problems.append(ConfigProblem(f"{path}.kind", f"must be one of {opts}, got {kind!r}"))
-        return None
-    module = importlib.import_module(DRIVER_MODULES[kind])
-    found = check(module.Config, raw, path)
-    if found:
-        problems.extend(found)
-        return None
-    return build(module.Config, raw, path)
-
-
-def _web(raw: Any, problems: list[ConfigProblem]) -> WebConfig:
-    """``[web]`` is a pydantic :class:`edge_agent.settings.Model`; its problems join the rest."""
-    if not isinstance(raw, Mapping):
-        problems.append(ConfigProblem("web", "must be a table"))
-        return WebConfig()
-    try:
-        return settings.parse(WebConfig, raw, "web")
-    except settings.ConfigError as exc:
-        problems.extend(ConfigProblem(p.key, p.message) for p in exc.problems)
-        return WebConfig()
-
-
-def _mqtt(raw: Any, problems: list[ConfigProblem]) -> MqttConfig | None:
-    """``[mqtt]`` is a pydantic :class:`edge_agent.settings.Model`; its problems join the rest."""
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        problems.append(ConfigProblem("mqtt", "must be a table"))
-        return None
-    try:
-        return settings.parse(MqttConfig, raw, "mqtt")
-    except settings.ConfigError as exc:
-        problems.extend(ConfigProblem(p.key, p.message) for p in exc.problems)
-        return None
-
-
 def parse(raw: Mapping[str, Any]) -> AgentConfig:
-    """Validate a parsed TOML document; raise :class:`ConfigError` listing every problem."""
-    raw = dict(raw)
-    drivers_raw = raw.pop("drivers", [])
-    web_raw = raw.pop("web", {})
-    mqtt_raw = raw.pop("mqtt", None)
-    problems = check(AgentConfig, raw)
-    web = _web(web_raw, problems)
-    mqtt = _mqtt(mqtt_raw, problems)
-    drivers: list[Any] = []
-    if not isinstance(drivers_raw, list):
-        problems.append(ConfigProblem("drivers", "must be an array of tables ([[drivers]])"))
-        drivers_raw = []
-    for i, d in enumerate(drivers_raw):
-        drivers.append(_driver(d, f"drivers[{i}]", problems))
-    if problems:
-        raise ConfigError(problems)
-    cfg = dataclasses.replace(build(AgentConfig, raw), drivers=tuple(drivers), web=web,
-                              mqtt=mqtt)
+    """Validate a parsed TOML document; raise :class:`ConfigError` listing every problem.
+
+    No I/O: files and environment variables the config names are checked by
+    :func:`world_problems` (``check-config`` and start-up)."""
+    cfg = parse_model(AgentConfig, raw)
     cross = _cross_checks(cfg)
     if cross:
         raise ConfigError(cross)
@@ -205,6 +177,9 @@ def parse(raw: Mapping[str, Any]) -> AgentConfig:
 
 def _cross_checks(cfg: AgentConfig) -> list[ConfigProblem]:
     out: list[ConfigProblem] = []
+    if not cfg.drivers:
+        out.append(ConfigProblem("drivers", "no driver configured: add a [[drivers]] table "
+                                            "(kind = \"simulator\" for a demo)"))
     seen: dict[str, int] = {}
     for i, d in enumerate(cfg.drivers):
         if d.name in seen:
@@ -212,16 +187,11 @@ def _cross_checks(cfg: AgentConfig) -> list[ConfigProblem]:
                                      f"duplicate name {d.name!r} (also drivers[{seen[d.name]}])"))
         seen.setdefault(d.name, i)
     sources: set[str] = set()
-    known = True
     for d in cfg.drivers:
-        fn = getattr(d, "waveform_sources", None)
-        if callable(fn):
-            sources.update(fn())
-        else:
-            known = False
+        sources.update(d.waveform_sources())
     used: dict[str, int] = {}
     for i, p in enumerate(cfg.pipelines):
-        if known and p.source not in sources:
+        if p.source not in sources:
             have = ", ".join(sorted(sources)) or "none"
             out.append(ConfigProblem(f"pipelines[{i}].source",
                                      f"no driver produces waveform {p.source!r} (have: {have})"))
@@ -233,17 +203,31 @@ def _cross_checks(cfg: AgentConfig) -> list[ConfigProblem]:
 
 
 def load(path: Path | None) -> AgentConfig:
-    """Read and validate a config file (``None``: the embedded default)."""
+    """Read and validate a config file (``None``: the embedded default). Raises
+    :class:`ConfigError` for an unreadable, non-UTF-8, non-TOML or invalid file."""
     p = path or DEFAULT_CONFIG
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(p), f"cannot read: {exc.strerror or exc}")]) from exc
+        raise ConfigError([ConfigProblem(str(p), f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigProblem(str(p), f"is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                                                 f"on line {line})")]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([ConfigProblem(str(p), f"not valid TOML: {exc}")]) from exc
+        raise ConfigError([ConfigProblem(str(p), f"not valid TOML: {exc}")]) from None
     return parse(raw)
+
+
+def world_problems(cfg: AgentConfig) -> list[ConfigProblem]:
+    """Files and environment variables the config names that are missing now (unset
+    ``${ENV}``, unreadable ``*_file`` secrets, model bundles, recordings, certificates), with
+    their key paths. Run by ``check-config`` and at start, never while parsing."""
+    return settings_world_problems(cfg)
 
 
 def summary(cfg: AgentConfig) -> list[str]:

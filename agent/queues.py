@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from edge_agent.confkit import field
+from pydantic import Field
+
+from edge_agent.settings import Model
 
 T = TypeVar("T")
 
 Overflow = Literal["block", "drop_oldest", "drop_newest"]
 
 
-@dataclass(frozen=True)
-class QueueConfig:
-    size: int = field(10_000, gt=0)
+class QueueConfig(Model):
+    size: int = Field(10_000, gt=0)
     overflow: Overflow = "block"
 
 

@@ -92,7 +92,7 @@ def render(s: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edge_agent.confkit import ConfigError
+    from edge_agent.errors import ConfigError
 
     try:
         url, auth = _url_and_auth(args)

@@ -21,7 +21,7 @@ def _db_from(args: argparse.Namespace) -> str:
         return str(args.db)
     from edge_agent.agent import config
     from edge_agent.agent.daemon import buffer_path
-    from edge_agent.confkit import ConfigError
+    from edge_agent.errors import ConfigError
 
     try:
         cfg = config.load(Path(args.config) if args.config else None)

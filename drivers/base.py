@@ -19,17 +19,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from edge_agent.errors import DriverDisconnected as DriverDisconnected
+from edge_agent.errors import DriverError as DriverError
 from edge_agent.records import Reading, WaveformBlock
 
 DriverOutput = list[Reading | WaveformBlock]
-
-
-class DriverError(Exception):
-    """A driver failure the agent handles by reconnecting."""
-
-
-class DriverDisconnected(DriverError):
-    """The connection is gone; close, back off, open again."""
 
 
 @dataclass

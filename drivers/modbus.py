@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from edge_agent.confkit import Duration, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.modbus_codec import (
     BIT_TABLES,
@@ -43,18 +43,18 @@ from edge_agent.drivers.modbus_codec import (
     slice_for,
 )
 from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, Reading, WaveformBlock
+from edge_agent.settings import Duration, Model
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(Model):
     """One value in a device's register map."""
 
-    sensor_id: str = field(pattern=_ID)
-    address: int = field(ge=0, le=65535)
+    sensor_id: str = Field(pattern=f"^(?:{_ID})$")
+    address: int = Field(ge=0, le=65535)
     table: Table = "holding"
     data_type: DataType = "uint16"
     sensor_type: str = "modbus"
@@ -63,9 +63,9 @@ class Point:
     word_order: Order = "big"
     scale: float = 1.0
     offset: float = 0.0
-    bit: int | None = field(None, ge=0, le=63)     # bitfield: first bit (0 = LSB)...
-    bit_count: int = field(1, ge=1, le=64)          # ...and how many bits
-    length: int = field(1, ge=1, le=MAX_REGISTERS)  # registers, for strings
+    bit: int | None = Field(None, ge=0, le=63)     # bitfield: first bit (0 = LSB)...
+    bit_count: int = Field(1, ge=1, le=64)          # ...and how many bits
+    length: int = Field(1, ge=1, le=MAX_REGISTERS)  # registers, for strings
 
     def spec(self) -> PointSpec:
         return PointSpec(self.table, self.address, self.data_type, self.byte_order,
@@ -93,38 +93,36 @@ class Point:
         return out
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(Model):
     """A unit id on the connection with its register map and (optionally) its own schedule."""
 
-    name: str = field(pattern=_ID)
-    points: tuple[Point, ...] = field(min_len=1)
-    unit_id: int = field(1, ge=0, le=255)
-    poll_interval: Duration | None = field(None, gt=0)
-    max_gap: int | None = field(None, ge=0, le=MAX_REGISTERS)
+    name: str = Field(pattern=f"^(?:{_ID})$")
+    points: tuple[Point, ...] = Field(min_length=1)
+    unit_id: int = Field(1, ge=0, le=255)
+    poll_interval: Duration | None = Field(None, gt=0)
+    max_gap: int | None = Field(None, ge=0, le=MAX_REGISTERS)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Model):
     """``[[drivers]] kind = "modbus"``."""
 
     kind: Literal["modbus"]
-    name: str = field(pattern=_ID)
-    devices: tuple[Device, ...] = field(min_len=1)
-    poll_interval: Duration = field(Duration(1.0), gt=0)
+    name: str = Field(pattern=f"^(?:{_ID})$")
+    devices: tuple[Device, ...] = Field(min_length=1)
+    poll_interval: Duration = Field(1.0, gt=0)
     transport: Literal["tcp", "rtu"] = "tcp"
     host: str = ""
-    port: int = field(502, ge=1, le=65535)
+    port: int = Field(502, ge=1, le=65535)
     serial_port: str = ""
-    baudrate: int = field(19200, ge=300, le=4_000_000)
+    baudrate: int = Field(19200, ge=300, le=4_000_000)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    timeout: Duration = field(Duration(1.0), gt=0, le=60)
-    retries: int = field(1, ge=0, le=10)
-    max_gap: int = field(10, ge=0, le=MAX_REGISTERS)
-    max_registers: int = field(MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
-    max_bits: int = field(MAX_BITS, ge=1, le=MAX_BITS)
+    timeout: Duration = Field(1.0, gt=0, le=60)
+    retries: int = Field(1, ge=0, le=10)
+    max_gap: int = Field(10, ge=0, le=MAX_REGISTERS)
+    max_registers: int = Field(MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
+    max_bits: int = Field(MAX_BITS, ge=1, le=MAX_BITS)
 
     def waveform_sources(self) -> tuple[str, ...]:
         return ()  # registers are scalar readings

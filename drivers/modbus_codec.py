@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from edge_agent import errors
+
 Table = Literal["coil", "discrete_input", "holding", "input"]
 DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32",
                    "float64", "string"]
@@ -36,7 +38,7 @@ _NUMERIC: dict[str, tuple[str, int]] = {
 INTEGER_TYPES: frozenset[str] = frozenset(t for t in _NUMERIC if not t.startswith("float"))
 
 
-class DecodeError(ValueError):
+class DecodeError(errors.DecodeError):
     """Registers that cannot be decoded as the point says (wrong count, bad bit range)."""
 
 

@@ -23,21 +23,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from asyncua import Client, ua
 from asyncua.crypto import security_policies, uacrypto
+from pydantic import Field
 
-from edge_agent.confkit import Duration, Secret, field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
 from edge_agent.drivers.opcua_items import UA_ERRORS
 from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
+from edge_agent.settings import Duration, Model, SecretField
 
 log = logging.getLogger("edge_agent.drivers.opcua")
 _SETUP_ERRORS: tuple[type[BaseException], ...] = (SessionFailed, *UA_ERRORS)
@@ -45,25 +46,24 @@ _SETUP_ERRORS: tuple[type[BaseException], ...] = (SessionFailed, *UA_ERRORS)
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(Model):
     """One configured node: a scalar tag or (``waveform = true``) an array waveform source."""
 
-    sensor_id: str = field(pattern=_ID)
+    sensor_id: str = Field(pattern=f"^(?:{_ID})$")
     node_id: str = ""               # "ns=2;s=Press7.OilTemp" ...
     browse_path: str = ""           # ... or "/Objects/2:Press7/2:OilTemp" from the Root folder
     sensor_type: str = "opcua"
     unit: str = ""
     mode: Literal["subscription", "polling"] = "subscription"
-    publishing_interval: Duration = field(Duration(1.0), gt=0)
-    sampling_interval: Duration | None = field(None, ge=0)   # default: publishing_interval
-    queue_size: int = field(1, ge=1, le=10_000)
+    publishing_interval: Duration = Field(1.0, gt=0)
+    sampling_interval: Duration | None = Field(None, ge=0)   # default: publishing_interval
+    queue_size: int = Field(1, ge=1, le=10_000)
     deadband: Literal["none", "absolute", "percent"] = "none"
-    deadband_value: float = field(0.0, ge=0)
-    poll_interval: Duration = field(Duration(1.0), gt=0)     # mode = "polling"
+    deadband_value: float = Field(0.0, ge=0)
+    poll_interval: Duration = Field(1.0, gt=0)     # mode = "polling"
     waveform: bool = False
     channels: tuple[str, ...] = ("x",)
-    sample_rate: float | None = field(None, gt=0)
+    sample_rate: float | None = Field(None, gt=0)
     sample_rate_node: str = ""
     # waveform stamp: "start" = first sample's time; "end" = end of the block (when the buffer
     # filled): start + n / rate, one sample period after the last sample
@@ -73,6 +73,11 @@ class Node:
         out: list[tuple[str, str]] = []
         if bool(self.node_id) == bool(self.browse_path):
             out.append(("node_id", "give exactly one of node_id or browse_path"))
+        for key in ("node_id", "sample_rate_node"):
+            text = getattr(self, key)
+            if text and not self.is_node_id(text):
+                out.append((key, f"{text!r} is not an OPC-UA node id (e.g. "
+                                 "\"ns=2;s=Press7.OilTemp\", \"ns=2;i=5012\", \"i=84\")"))
         if self.deadband == "percent" and self.deadband_value > 100:
             out.append(("deadband_value", "a percent deadband must be <= 100"))
         if self.deadband != "none" and self.mode == "polling":
@@ -87,15 +92,23 @@ class Node:
             out.append(("sample_rate", "only for waveform = true"))
         return out
 
+    @staticmethod
+    def is_node_id(text: str) -> bool:
+        """``text`` parses as an OPC-UA node id (asyncua's parser)."""
+        try:
+            ua.NodeId.from_string(text)
+        except (ua.UaStringParsingError, ValueError):
+            return False
+        return True
 
-@dataclass(frozen=True)
-class Config:
+
+class Config(Model):
     """``[[drivers]] kind = "opcua"``."""
 
     kind: Literal["opcua"]
-    name: str = field(pattern=_ID)
-    endpoint: str = field()         # opc.tcp://host[:port][/path]; the port defaults to 4840
-    nodes: tuple[Node, ...] = field(min_len=1)
+    name: str = Field(pattern=f"^(?:{_ID})$")
+    endpoint: str                   # opc.tcp://host[:port][/path]; the port defaults to 4840
+    nodes: tuple[Node, ...] = Field(min_length=1)
     security_policy: Literal["None", "Basic256Sha256"] = "None"
     security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
     certificate: str = ""           # client certificate (DER or PEM) ...
@@ -103,16 +116,16 @@ class Config:
     server_certificate: str = ""    # optional: pin the server's certificate
     application_uri: str = DEFAULT_APPLICATION_URI
     username: str = ""
-    password: Secret | None = None  # or password_file = "/etc/edge-agent/opcua.pw", "${ENV}"
-    timeout: Duration = field(Duration(5.0), gt=0, le=120)        # per request
-    connection_check: Duration = field(Duration(5.0), gt=0, le=60)  # liveness probe period+timeout
+    password: SecretField | None = None  # or password_file = "/etc/edge-agent/opcua.pw", "${ENV}"
+    timeout: Duration = Field(5.0, gt=0, le=120)        # per request
+    connection_check: Duration = Field(5.0, gt=0, le=60)  # liveness probe period+timeout
     # How long the server keeps a session whose connection dropped. Each reconnect opens a new
     # session, so keep this short: a flapping link must not exhaust a PLC's few session slots.
-    session_timeout: Duration = field(Duration(120.0), ge=10, le=3600)
-    keepalive_count: int = field(10, ge=1, le=1000)
-    freshness_factor: float = field(3.0, ge=1.5, le=100)
-    max_rebuilds: int = field(3, ge=1, le=100)
-    missing_retry: Duration = field(Duration(30.0), gt=0)
+    session_timeout: Duration = Field(120.0, ge=10, le=3600)
+    keepalive_count: int = Field(10, ge=1, le=1000)
+    freshness_factor: float = Field(3.0, ge=1.5, le=100)
+    max_rebuilds: int = Field(3, ge=1, le=100)
+    missing_retry: Duration = Field(30.0, gt=0)
 
     def waveform_sources(self) -> tuple[str, ...]:
         """Array nodes are waveform sources named by their sensor_id."""
@@ -120,10 +133,14 @@ class Config:
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        try:
-            parse_endpoint(self.endpoint)
-        except ValueError as exc:
-            out.append(("endpoint", str(exc)))
+        if self.has_userinfo(self.endpoint):
+            out.append(("endpoint", "must not carry user:password@ (it would be shown and "
+                                    "logged): use username and password or password_file"))
+        else:
+            try:
+                parse_endpoint(self.endpoint)
+            except ValueError as exc:
+                out.append(("endpoint", str(exc)))
         if self.security_policy != "None" and not (self.certificate and self.private_key):
             out.append(("certificate", f"security_policy {self.security_policy} needs "
                                        "certificate and private_key"))
@@ -135,6 +152,18 @@ class Config:
                 out.append((f"nodes[{i}].sensor_id", f"duplicate sensor_id {n.sensor_id!r}"))
             seen.add(n.sensor_id)
         return out
+
+    def world_problems(self) -> list[tuple[str, str]]:
+        return [(key, f"cannot read {path}") for key in
+                ("certificate", "private_key", "server_certificate")
+                if (path := getattr(self, key)) and not os.access(path, os.R_OK)]
+
+    @staticmethod
+    def has_userinfo(url: str) -> bool:
+        try:
+            return urlsplit(url).username is not None
+        except ValueError:
+            return False
 
 
 def parse_endpoint(url: str) -> tuple[str, str, int]:
@@ -250,7 +279,7 @@ class OpcUaDriver:
         await self.close()
         try:
             url, host, port = parse_endpoint(self.cfg.endpoint)
-        except ValueError as exc:  # only a Config built without confkit gets here
+        except ValueError as exc:  # only a Config built in code (not parsed) gets here
             self._health.error("endpoint")
             raise DriverError(f"opcua {self.name}: endpoint {exc}") from exc
         client = self._new_client(url)

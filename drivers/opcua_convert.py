@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from asyncua import ua
 
+from edge_agent.errors import DecodeError
 from edge_agent.records import (
     QUALITY_BAD,
     QUALITY_GOOD,
@@ -118,7 +119,7 @@ def to_reading(spec: NodeSpec, dv: ua.DataValue, local: float) -> Reading:
     return Reading(spec.sensor_id, spec.sensor_type, value, spec.unit, ts, q, meta).sanitised()
 
 
-class WaveformError(ValueError):
+class WaveformError(DecodeError):
     """An array that cannot become a waveform block (Bad status, shape, no sample rate)."""
 
 

@@ -49,6 +49,7 @@ from edge_agent.drivers.opcua_items import (
     read_request,
     subscription_params,
 )
+from edge_agent.errors import DriverError
 from edge_agent.records import Reading, WaveformBlock
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ _CONNECTION_GONE = {"BadShutdown", "BadSessionClosed", "BadConnectionClosed",
 PENDING_MAX_SAMPLES = 4_000_000        # waveform values held for the consumer (~32 MB float64)
 
 
-class SessionFailed(Exception):
+class SessionFailed(DriverError):
     """The session cannot go on; the driver reconnects with a fresh client."""
 
 

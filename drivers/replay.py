@@ -22,39 +22,38 @@ import asyncio
 import glob
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from edge_agent.confkit import field
 from edge_agent.drivers.base import DriverError, DriverHealth, DriverOutput
 from edge_agent.recordings import READ_ERRORS, Recording, detect_format, read
 from edge_agent.records import Reading, WaveformBlock, parse_ts
+from edge_agent.settings import Model
 
 F64 = npt.NDArray[np.float64]
 Format = Literal["auto", "wav", "ims", "cwru"]
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Model):
     kind: Literal["replay"]
-    name: str = field(min_len=1)
-    path: str = field(min_len=1)
+    name: str = Field(min_length=1)
+    path: str = Field(min_length=1)
     format: Format = "auto"
     source_id: str | None = None                  # default: the driver name
     columns: tuple[str, ...] = ()                 # e.g. ("0", "1") or ("DE",); () = all
     channels: tuple[str, ...] = ()                # names for the selected columns
-    sample_rate: float | None = field(None, gt=0)  # override / required where unknown
+    sample_rate: float | None = Field(None, gt=0)  # override / required where unknown
     unit: str = "g"
     scale: float = 1.0                            # multiply the samples (calibration)
     pace: Literal["realtime", "fast"] = "realtime"
     loop: bool = False
-    block_size: int = field(2048, ge=1, le=10_000_000)
+    block_size: int = Field(2048, ge=1, le=10_000_000)
     start_time: str | None = None                 # RFC 3339; default: wall clock at first open
-    segment_gap: float = field(1.0, gt=0)         # seconds between files
+    segment_gap: float = Field(1.0, gt=0)         # seconds between files
 
     def waveform_sources(self) -> tuple[str, ...]:
         return (self.source_id or self.name,)
@@ -73,6 +72,12 @@ class Config:
         if not math.isfinite(self.scale) or self.scale == 0:
             out.append(("scale", "must be a finite non-zero number"))
         return out
+
+    def world_problems(self) -> list[tuple[str, str]]:
+        path = Path(self.path).expanduser()
+        if path.exists() or glob.glob(str(path)):
+            return []
+        return [("path", f"{self.path} matches no file or directory")]
 
 
 def _select(data: F64, names: tuple[str, ...], cfg: Config, path: Path,

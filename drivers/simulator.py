@@ -21,42 +21,41 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from edge_agent.bearing import BearingGeometry, defect_frequencies
-from edge_agent.confkit import Duration, field
 from edge_agent.drivers.base import DriverError, DriverHealth, DriverOutput
 from edge_agent.records import Reading, WaveformBlock, parse_ts
+from edge_agent.settings import Duration, Model
 
 
-@dataclass(frozen=True)
-class FaultScript:
+class FaultScript(Model):
     kind: Literal["none", "outer_race", "inner_race"] = "outer_race"
-    onset: Duration = field(Duration(60.0), ge=0)
-    growth: Duration = field(Duration(60.0), gt=0)
-    amplitude_g: float = field(2.0, ge=0)  # peak impulse amplitude at full severity
+    onset: Duration = Field(60.0, ge=0)
+    growth: Duration = Field(60.0, gt=0)
+    amplitude_g: float = Field(2.0, ge=0)  # peak impulse amplitude at full severity
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Model):
     kind: Literal["simulator"]
     name: str = "sim"
-    asset: str = field("pump-01", pattern=r"[A-Za-z0-9_.\-]+")
+    asset: str = Field("pump-01", pattern=r"^(?:[A-Za-z0-9_.\-]+)$")
     seed: int = 42
     pace: Literal["realtime", "fast"] = "realtime"
-    block: Duration = field(Duration(0.5), gt=0, le=10)
+    block: Duration = Field(0.5, gt=0, le=10)
     start_time: str | None = None  # RFC 3339; default: wall time when the driver first opens
-    shaft_speed_rpm: float = field(1800.0, gt=0)
-    vibration_rate: float = field(20000.0, gt=0)
+    shaft_speed_rpm: float = Field(1800.0, gt=0)
+    vibration_rate: float = Field(20000.0, gt=0)
     microphone: bool = True
-    microphone_rate: float = field(16000.0, gt=0)
-    resonance_hz: float = field(3500.0, gt=0)
-    noise_g: float = field(0.02, ge=0)
+    microphone_rate: float = Field(16000.0, gt=0)
+    resonance_hz: float = Field(3500.0, gt=0)
+    noise_g: float = Field(0.02, ge=0)
     # A 6205-type deep-groove ball bearing (diameters in mm).
-    bearing: BearingGeometry = BearingGeometry(9, 7.94, 39.04)
+    bearing: BearingGeometry = BearingGeometry(n_balls=9, ball_diameter=7.94,
+                                               pitch_diameter=39.04)
     fault: FaultScript = FaultScript()
 
     def waveform_sources(self) -> tuple[str, ...]:

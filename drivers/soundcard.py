@@ -43,35 +43,47 @@ at 0 dBFS and its preamp gain).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from edge_agent.confkit import field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.records import WaveformBlock
+from edge_agent.settings import Model
 
+log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
 G = 9.80665
 CLOCK_TOLERANCE_S = 0.010        # counter time vs PortAudio's stream clock before slewing
 CLOCK_TOLERANCE_WALL_S = 0.050   # ... vs the wall clock (callback scheduling jitter)
 CLOCK_SLEW_S = 0.001             # largest correction per callback
+# A device that delivers faster than real time (an unpaced file device, a broken clock) would
+# stamp samples in the future: once the frames delivered run ahead of the wall clock by more
+# than this (seconds, or this fraction of the time since the first block), the stream is
+# refused as broken (DriverError, health error ``too_fast``) instead of being stored.
+AHEAD_LIMIT_S = 0.5
+AHEAD_LIMIT_FRACTION = 0.02
+# PortAudio's stream clock further than this from the wall clock is not trusted.
+STREAM_CLOCK_LIMIT_S = 1.0
+CLOSE_TIMEOUT_S = 2.0            # stopping a stream that hangs in the device is abandoned
+_open_streams = 0                # streams open in this process
+abandoned_streams = 0            # streams whose stop hung: PortAudio's teardown would hang too
 
 
-@dataclass(frozen=True)
-class Channel:
+class Channel(Model):
     """One input channel and its calibration."""
 
-    name: str = field(min_len=1)
+    name: str = Field(min_length=1)
     calibration: Literal["raw", "dbfs", "mic_pa", "iepe"] = "raw"
-    sensitivity: float | None = field(None, gt=0)       # mV/Pa (mic) or mV/g (iepe)
-    full_scale_volts: float | None = field(None, gt=0)  # input volts at 0 dBFS
+    sensitivity: float | None = Field(None, gt=0)       # mV/Pa (mic) or mV/g (iepe)
+    full_scale_volts: float | None = Field(None, gt=0)  # input volts at 0 dBFS
     gain_db: float = 0.0
     unit: Literal["g", "m/s2"] = "g"                      # iepe output unit
 
@@ -93,18 +105,17 @@ class Channel:
         return (per * G, "m/s2") if self.unit == "m/s2" else (per, "g")
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Model):
     kind: Literal["soundcard"]
-    name: str = field(min_len=1)
-    channels: tuple[Channel, ...] = field(min_len=1)
+    name: str = Field(min_length=1)
+    channels: tuple[Channel, ...] = Field(min_length=1)
     device: str | None = None            # a name (substring) or an index; None: the default
-    sample_rate: float = field(48000.0, gt=0)
-    block_size: int = field(2048, ge=16, le=1 << 20)   # frames per PortAudio callback
-    buffer_seconds: float = field(4.0, gt=0, le=600)
+    sample_rate: float = Field(48000.0, gt=0)
+    block_size: int = Field(2048, ge=16, le=1 << 20)   # frames per PortAudio callback
+    buffer_seconds: float = Field(4.0, gt=0, le=600)
     latency: Literal["low", "high"] = "high"
     source_id: str | None = None         # default: the driver name
-    stall_timeout: float = field(5.0, gt=0)   # no audio for this long: disconnected
+    stall_timeout: float = Field(5.0, gt=0)   # no audio for this long: disconnected
 
     def waveform_sources(self) -> tuple[str, ...]:
         return (self.source_id or self.name,)
@@ -142,8 +153,10 @@ StreamFactory = Callable[..., Stream]
 class SoundcardDriver:
     streaming = True
 
-    def __init__(self, cfg: Config, stream_factory: StreamFactory | None = None) -> None:
+    def __init__(self, cfg: Config, stream_factory: StreamFactory | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        self._clock = clock                # the wall clock (a virtual one in tests)
         self.name = cfg.name
         self.source_id = cfg.source_id or cfg.name
         self._factory = stream_factory
@@ -170,15 +183,30 @@ class SoundcardDriver:
         self.input_overflows = 0
         self.clock_corrections = 0
         self.clock_error = 0.0             # last counter-minus-reference time difference (s)
+        self._fault: str | None = None      # why the stream was refused (too fast)
+        self._wall0: float | None = None    # wall time of the first sample
+        self.invalid_blocks = 0
+        self.invalid_frames = 0
+        self.stream_clock_broken = False
+        self.too_fast = 0
 
     # -- PortAudio thread ---------------------------------------------------------------------
     def _callback(self, indata: npt.NDArray[np.float32], frames: int, time_info: Any,
                   status: Any) -> None:
         adc = getattr(time_info, "inputBufferAdcTime", None)
         with self._lock:
+            if self._fault is not None:
+                return                               # refused: nothing more is stored
+            if self._written and self._too_fast(frames):
+                return
+            if not bool(np.isfinite(indata).all()):
+                self._skip(frames)                   # a hole, never NaN samples downstream
+                return
+            adc = self._trusted_adc(adc, frames)
             if self._written == 0:
                 # first block: its first sample was taken about one block ago
-                t0 = time.time() - frames / self.cfg.sample_rate
+                t0 = self._clock() - frames / self.cfg.sample_rate
+                self._wall0 = t0
                 self._anchors = [(0, t0)]
                 self._adc0 = (float(adc), t0) if adc else None
             elif status and getattr(status, "input_overflow", False):
@@ -201,6 +229,46 @@ class SoundcardDriver:
         if loop is not None and ev is not None:
             loop.call_soon_threadsafe(ev.set)
 
+    def _too_fast(self, frames: int) -> bool:
+        """Refuse a stream whose frames run ahead of the wall clock (lock held)."""
+        if self._wall0 is None:
+            return False
+        elapsed = self._clock() - self._wall0
+        ahead = (self._written + frames) / self.cfg.sample_rate - elapsed
+        if ahead <= max(AHEAD_LIMIT_S, AHEAD_LIMIT_FRACTION * elapsed):
+            return False
+        rate = (self._written + frames) / max(elapsed, 1e-3)
+        self._fault = (f"sound card {self.cfg.device or 'default'!r} delivers faster than its "
+                       f"nominal rate: {self._written + frames} frames in {elapsed:.2f} s "
+                       f"({rate:.0f}/s for {self.cfg.sample_rate:.0f}/s nominal); its clock is "
+                       "broken or it is not a real-time device — samples refused")
+        return True
+
+    def _skip(self, frames: int) -> None:
+        """Drop a block with non-finite samples; the next block starts after the hole."""
+        self.invalid_blocks += 1
+        self.invalid_frames += frames
+        if self._written == 0:
+            return
+        a_frame, a_time = self._anchors[-1]
+        nxt = a_time + (self._written - a_frame + frames) / self.cfg.sample_rate
+        if a_frame == self._written:
+            self._anchors[-1] = (a_frame, nxt)
+        else:
+            self._anchors.append((self._written, nxt))
+
+    def _trusted_adc(self, adc: Any, frames: int) -> Any:
+        """PortAudio's ADC time, or None when it is absent or disagrees with the wall clock."""
+        if not adc or self._adc0 is None:
+            return adc if self._written == 0 else None
+        ref = self._adc0[1] + (float(adc) - self._adc0[0])
+        if abs(ref - (self._clock() - frames / self.cfg.sample_rate)) > STREAM_CLOCK_LIMIT_S:
+            if not self.stream_clock_broken:
+                self.stream_clock_broken = True
+            self._adc0 = None                    # fall back to the wall clock from now on
+            return None
+        return adc
+
     def _discipline(self, adc: Any, frames: int) -> None:
         """Slew the counter timeline toward the reference clock (called with the lock held)."""
         a_frame, a_time = self._anchors[-1]
@@ -208,7 +276,7 @@ class SoundcardDriver:
         if adc and self._adc0 is not None:
             ref, tol = self._adc0[1] + (float(adc) - self._adc0[0]), CLOCK_TOLERANCE_S
         else:
-            ref, tol = time.time() - frames / self.cfg.sample_rate, CLOCK_TOLERANCE_WALL_S
+            ref, tol = self._clock() - frames / self.cfg.sample_rate, CLOCK_TOLERANCE_WALL_S
         err = expected - ref
         self.clock_error = err
         if abs(err) > tol:
@@ -259,9 +327,11 @@ class SoundcardDriver:
         self._event = asyncio.Event()
         with self._lock:
             self._written = self._read = 0
-            self._anchors = [(0, time.time())]
+            self._anchors = [(0, self._clock())]
             self._overflow_frames = []
             self._adc0 = None
+            self._fault = None
+            self._wall0 = None
         stream = self._open_stream()
         try:
             stream.start()
@@ -269,6 +339,8 @@ class SoundcardDriver:
             stream.close()
             raise DriverError(f"sound card: cannot start the stream: {exc}") from exc
         self._stream = stream
+        global _open_streams
+        _open_streams += 1
         self._health.connected = True
         self._health.detail.update(device=self.cfg.device or "default",
                                    sample_rate=self.cfg.sample_rate, capacity=self.capacity)
@@ -321,6 +393,10 @@ class SoundcardDriver:
         if self._event is None or self._stream is None:
             raise DriverError("soundcard: read() before open()")
         while True:
+            if self._fault is not None:
+                self.too_fast += 1
+                self._health.error("too_fast")
+                raise DriverError(self._fault)
             block = self._take()
             if block is not None:
                 self._health.ok(block.n_samples * len(self.cfg.channels))
@@ -338,20 +414,46 @@ class SoundcardDriver:
                                          "(device gone or stream stopped)") from None
 
     async def close(self) -> None:
+        """Stop and close the stream, bounded: a device that hangs in PortAudio's stop (a
+        capture thread blocked in the driver) is abandoned after ``CLOSE_TIMEOUT_S``."""
+        global _open_streams
         stream, self._stream = self._stream, None
-        if stream is not None:
+        self._health.connected = False
+        if stream is None:
+            return
+        _open_streams = max(0, _open_streams - 1)
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
             for op in (stream.stop, stream.close):
                 try:
                     op()
                 except self._errors:           # best effort on a possibly dead device
                     self._health.error("close")
-        self._health.connected = False
+            loop.call_soon_threadsafe(done.set)
+
+        # a daemon thread, not the default executor: an abandoned stop must not hold the
+        # interpreter at exit
+        threading.Thread(target=stop, name=f"soundcard-close:{self.name}", daemon=True).start()
+        try:
+            await asyncio.wait_for(done.wait(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            global abandoned_streams
+            abandoned_streams += 1
+            self._health.error("close_timeout")
+            log.warning("sound card stream did not stop; abandoned",
+                        extra={"driver": self.name, "timeout_s": CLOSE_TIMEOUT_S})
 
     def health(self) -> DriverHealth:
         self._health.detail.update(overruns=self.overruns, overrun_samples=self.overrun_samples,
                                    input_overflows=self.input_overflows,
                                    clock_corrections=self.clock_corrections,
                                    clock_error_s=round(self.clock_error, 6),
+                                   invalid_blocks=self.invalid_blocks,
+                                   invalid_frames=self.invalid_frames,
+                                   too_fast=self.too_fast,
+                                   stream_clock_broken=self.stream_clock_broken,
                                    buffer_fill=round((self._written - self._read) /
                                                      self.capacity, 3))
         return self._health

@@ -19,19 +19,19 @@ diameter ``Pd`` with contact angle ``phi``, at shaft frequency ``fr`` (Hz), oute
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from edge_agent.confkit import field
+from pydantic import Field
+
+from edge_agent.settings import Model
 
 
-@dataclass(frozen=True)
-class BearingGeometry:
+class BearingGeometry(Model):
     """Rolling-element bearing geometry (diameters in any one unit, e.g. inches or mm)."""
 
-    n_balls: int = field(gt=0)
-    ball_diameter: float = field(gt=0)
-    pitch_diameter: float = field(gt=0)
-    contact_angle_deg: float = field(0.0, ge=0, lt=90)
+    n_balls: int = Field(gt=0)
+    ball_diameter: float = Field(gt=0)
+    pitch_diameter: float = Field(gt=0)
+    contact_angle_deg: float = Field(0.0, ge=0, lt=90)
 
     def problems(self) -> list[tuple[str, str]]:
         if self.ball_diameter >= self.pitch_diameter:

@@ -12,18 +12,24 @@ the batch with it.
     │                          its key path (``drivers[2].node_id: …``); the CLI exits 78
     ├── DriverError            a source cannot be read now; the supervisor reconnects with backoff
     │   ├── DriverDisconnected the peer went away (closed, reset, timed out)
+    │   ├── SessionFailed      an OPC-UA session cannot go on (drivers.opcua_session)
     │   └── DecodeError        a value from the peer cannot be decoded (one point, not the driver)
+    │       ├── modbus_codec.DecodeError    registers that do not decode as the point says
+    │       └── WaveformError  an OPC-UA array that cannot become a waveform (opcua_convert)
     ├── ModelError             a model bundle cannot be used (the previous model stays)
     │   ├── ContractMismatch   its feature contract differs from what the pipeline extracts
     │   ├── SignatureError     unsigned, or signed by no trusted key
     │   ├── FeatureError       a window cannot be turned into features (NaN, wrong shape)
     │   ├── TrainingError      fitting / exporting / verifying a model failed
-    │   │   └── TrainExtraMissing  ``pip install 'edge-gateway-agent[train]'`` is needed
+    │   │   ├── TrainExtraMissing  ``pip install 'edge-gateway-agent[train]'`` is needed
+    │   │   ├── UnsupportedModel, VerificationFailed   (models.export)
+    │   │   └── FoldError      a forest that cannot be folded into ONNX (models.fastforest)
     │   └── RegistryError      the model registry answered something unusable
     ├── StorageError           the SQLite buffer
     │   ├── BufferUnavailable  the database cannot be opened or written (also an ``OSError``)
     │   ├── BufferClosed       the buffer is not running (closed, or its writer failed)
-    │   └── SchemaTooNew       the database was written by a newer agent
+    │   ├── SchemaTooNew       the database was written by a newer agent
+    │   └── Corrupt            the database file is damaged and was moved aside (sync.files)
     └── SinkError              a sink cannot be set up (bad TLS files, bad URL); never a
                                delivery outcome
 

@@ -10,7 +10,9 @@ Every configuration section is a :class:`Model` (frozen, unknown keys refused, s
 
 :func:`parse` turns a parsed TOML table into a model or raises :class:`ConfigError` listing
 *every* problem once, with its key path (``drivers[2].node_id: …``). Cross-field checks go in a
-model's ``problems()`` method (keys relative to that table), run after the fields validate.
+model's ``problems()`` method (keys relative to that table); they run as that table's last
+validation step, so a table whose fields are valid reports its cross-field problems even when a
+sibling table has errors. A validator may raise :class:`Problems` to report several keys at once.
 Checks of the world (files exist, environment variables set) go in ``world_problems()`` and run
 only through :func:`world_problems` (``check-config`` and start-up), never while parsing.
 """
@@ -23,7 +25,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -31,10 +33,11 @@ from pydantic import (
     ConfigDict,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
-from edge_agent.errors import ConfigError, ConfigProblem
+from edge_agent.errors import ConfigError, ConfigProblem, EdgeAgentError
 
 __all__ = [
     "ByteSize",
@@ -42,7 +45,10 @@ __all__ = [
     "ConfigProblem",
     "Duration",
     "Model",
+    "Problems",
     "Secret",
+    "SecretField",
+    "check",
     "parse",
     "parse_bytes",
     "parse_duration",
@@ -69,7 +75,7 @@ def parse_duration(raw: object) -> float:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]+)\s*", raw)
         if m and m.group(2) in _DUR_UNITS:
             return float(m.group(1)) * _DUR_UNITS[m.group(2)]
-    raise ValueError(f'cannot read {raw!r} as a duration (e.g. "250ms", "5s", "2h")')
+    raise ValueError(f'cannot read {_show(raw)} as a duration (e.g. "250ms", "5s", "2h")')
 
 
 def parse_bytes(raw: object) -> int:
@@ -84,7 +90,7 @@ def parse_bytes(raw: object) -> int:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]+)\s*", raw)
         if m and m.group(2).lower() in _SIZE_UNITS:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise ValueError(f'cannot read {raw!r} as a size (e.g. "512MiB", "2GiB")')
+    raise ValueError(f'cannot read {_show(raw)} as a size (e.g. "512MiB", "2GiB")')
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -129,8 +135,8 @@ class Secret:
         if self.file is not None:
             try:
                 Path(self.file).read_bytes()
-            except OSError as exc:
-                return f"cannot read {self.file}: {exc.strerror or exc}"
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+                return f"cannot read {self.file}: {getattr(exc, 'strerror', None) or exc}"
         return None
 
     def describe(self) -> str:
@@ -150,6 +156,18 @@ SecretField = Annotated[Secret, BeforeValidator(Secret.of),
                         PlainSerializer(lambda s: s.describe(), return_type=str)]
 
 
+_PARSE_KEY = "edge_agent.settings.parse"
+_PARSING: dict[str, bool] = {_PARSE_KEY: True}  # validation context of parse()
+
+
+class Problems(EdgeAgentError, ValueError):
+    """Raised by a validator to report several problems, keys relative to the table."""
+
+    def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{k}: {m}" if k else m for k, m in self.problems))
+
+
 def _is_secret(annotation: Any) -> bool:
     text = repr(annotation)
     return "Secret" in text
@@ -161,7 +179,12 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False,
                               arbitrary_types_allowed=True, validate_default=False)
 
-    _secret_fields: ClassVar[tuple[str, ...] | None] = None
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        kind = cls.model_fields.get("kind")
+        if kind is not None and get_origin(kind.annotation) is Literal:
+            _TAGS.update(str(a) for a in get_args(kind.annotation))
 
     @model_validator(mode="before")
     @classmethod
@@ -178,11 +201,24 @@ class Model(BaseModel):
                 continue
             fpath = out.pop(fkey)
             if name in out:
-                raise ValueError(f"give either {name} or {fkey}, not both")
+                raise Problems([(name, f"give either {name} or {fkey}, not both")])
             if not isinstance(fpath, str) or not fpath:
-                raise ValueError(f"{fkey} must be a file path")
+                raise Problems([(fkey, "must be a file path")])
             out[name] = Secret(file=fpath)
         return out
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> Self:
+        """Run ``problems()`` when validating through :func:`parse` (a model built in code is
+        trusted, as a dataclass would be; tests build deliberately odd ones)."""
+        if isinstance(info.context, Mapping) and info.context.get(_PARSE_KEY):
+            try:
+                found = list(self.problems())
+            except (ArithmeticError, ValueError) as exc:  # e.g. 10 ** (gain_db / 20) overflows
+                found = [("", f"values out of range ({exc})")]
+            if found:
+                raise Problems(found)
+        return self
 
     def problems(self) -> Iterable[tuple[str, str]]:
         """Cross-field problems as ``(key relative to this table, message)``."""
@@ -219,14 +255,6 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path and key else (path or key or "<root>")
 
 
-def model_problems(root: Model, path: str = "") -> list[ConfigProblem]:
-    out: list[ConfigProblem] = []
-    for key, obj in _walk(root, path):
-        if isinstance(obj, Model):
-            out += [ConfigProblem(_join(key, k), m) for k, m in obj.problems()]
-    return out
-
-
 def world_problems(root: Model, path: str = "") -> list[ConfigProblem]:
     """Unset environment variables, unreadable secret files and each table's own
     ``world_problems()`` (files named by the config), with their key paths."""
@@ -237,7 +265,11 @@ def world_problems(root: Model, path: str = "") -> list[ConfigProblem]:
             if why:
                 out.append(ConfigProblem(key, why))
         elif isinstance(obj, Model):
-            out += [ConfigProblem(_join(key, k), m) for k, m in obj.world_problems()]
+            try:
+                found = list(obj.world_problems())
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in a path
+                found = [("", f"cannot be checked: {exc}")]
+            out += [ConfigProblem(_join(key, k), m) for k, m in found]
     return out
 
 
@@ -251,72 +283,121 @@ def _tuples(raw: Any) -> Any:
     return raw
 
 
+_TAGS: set[str] = set()  # every ``kind`` value of a Model: pydantic puts it in union error paths
+
+
 def _loc(loc: tuple[int | str, ...], tags: frozenset[str], base: str) -> str:
     out = base
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in tags or part.startswith(("function-", "tagged-union")):
+        elif part in tags or part in _TAGS or part.startswith(("function-", "tagged-union")):
             continue  # pydantic's union tag / validator names are not keys of the file
         else:
             out = f"{out}.{part}" if out else part
     return out or "<root>"
 
 
+def _num(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+           "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+_TYPES = {"string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
+          "float_type": "a finite number", "finite_number": "a finite number",
+          "bool_type": "true or false", "tuple_type": "a list", "list_type": "a list"}
+
+
 def _message(err: Mapping[str, Any]) -> str:
-    kind, got = err["type"], err.get("input")
-    shown = "" if isinstance(got, Mapping) else f", got {got!r}"
+    kind, got, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    shown = "" if isinstance(got, Mapping) else f", got {_show(got)}"
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "is required"
-    if kind == "string_type":
-        return f"must be a string{shown}"
-    if kind in ("int_type", "int_from_float"):
-        return f"must be an integer{shown}"
-    if kind in ("float_type", "finite_number"):
-        return f"must be a finite number{shown}"
-    if kind == "bool_type":
-        return f"must be true or false{shown}"
-    if kind in ("tuple_type", "list_type"):
-        return f"must be a list{shown}"
+    if kind in _TYPES:
+        return f"must be {_TYPES[kind]}{shown}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"must be a table, got {type(got).__name__}"
+    if kind in _BOUNDS:
+        name, word = _BOUNDS[kind]
+        return f"must be {word} {_num(ctx[name])}"
+    if kind in ("too_short", "string_too_short"):
+        n = ctx.get("min_length", 1)
+        return "must not be empty" if n == 1 else f"must have at least {n} items"
+    if kind in ("too_long", "string_too_long"):
+        return f"must have at most {ctx.get('max_length')} items"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx['pattern']}{shown}"
     if kind == "literal_error":
-        return f"must be one of {err['ctx']['expected']}{shown}"
+        return f"must be one of {ctx['expected']}{shown}"
     if kind == "union_tag_invalid":
-        return f"must be one of {err['ctx']['expected_tags']}, got {err['ctx']['tag']!r}"
+        tag = got.get(_unquote(ctx["discriminator"])) if isinstance(got, Mapping) else ctx["tag"]
+        return f"must be one of {ctx['expected_tags']}, got {_show(tag)}"
     if kind == "union_tag_not_found":
-        return "needs a kind"
+        return f"is required (one of the kinds: {ctx.get('expected_tags', 'see the docs')})" \
+            if "expected_tags" in ctx else "is required"
     if kind == "value_error":
-        return str(err["ctx"]["error"])
+        return str(ctx["error"])
     msg = str(err["msg"])
-    return msg[:1].lower() + msg[1:] + (shown if kind.startswith(("greater", "less")) else "")
+    return msg[:1].lower() + msg[1:]
+
+
+def _show(value: Any) -> str:
+    """``repr`` as the TOML file wrote it (arrays were made tuples for strict validation)."""
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def _unquote(text: str) -> str:
+    return text.strip("'\"")
 
 
 def problems_from(exc: ValidationError, base: str = "",
                   tags: frozenset[str] = frozenset()) -> list[ConfigProblem]:
-    """One problem per key path (the first pydantic reports): never a false second line."""
-    seen: dict[str, ConfigProblem] = {}
+    """One problem per key path from pydantic (the first it reports, nothing under a key that
+    already failed): never a false second line. A table's own ``problems()`` may name one key
+    several times, each a real problem."""
+    out: list[ConfigProblem] = []
+    failed: set[str] = set()
     for err in exc.errors(include_url=False):
         key = _loc(tuple(err["loc"]), tags, base)
-        if key not in seen and not any(key.startswith(k + ".") or key.startswith(k + "[")
-                                       for k in seen):
-            seen[key] = ConfigProblem(key, _message(err))
-    return list(seen.values())
+        ctx = err.get("ctx") or {}
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            key = _join(key if key != "<root>" else "", _unquote(ctx["discriminator"]))
+        found = ctx.get("error")
+        if err["type"] == "value_error" and isinstance(found, Problems):
+            for k, m in found.problems:
+                p = ConfigProblem(_join(key if key != "<root>" else "", k), m)
+                if p not in out:
+                    out.append(p)
+            continue
+        if key in failed or any(key.startswith(k + ".") or key.startswith(k + "[")
+                                for k in failed):
+            continue  # under a key that already failed
+        if any(p.key.startswith(key + ".") or p.key.startswith(key + "[") for p in out):
+            continue  # e.g. "must not be empty" for a list whose only item failed
+        failed.add(key)
+        out.append(ConfigProblem(key, _message(err)))
+    return out
 
 
 def parse(cls: type[M], raw: Mapping[str, Any], path: str = "",
           tags: frozenset[str] = frozenset()) -> M:
     """Build ``cls`` from a parsed TOML table or raise :class:`ConfigError` with every problem.
 
-    ``tags`` names discriminator values that pydantic puts into error locations (the ``kind``
-    of a driver) so they can be left out of key paths."""
+    ``path`` prefixes every key (``drivers[2]``); ``tags`` names extra discriminator values
+    that pydantic puts into error locations, to be left out of key paths."""
     try:
-        obj = cls.model_validate(_tuples(raw))
+        return cls.model_validate(_tuples(raw), context=_PARSING)
     except ValidationError as exc:
         raise ConfigError(problems_from(exc, path, tags)) from None
-    found = model_problems(obj, path)
-    if found:
-        raise ConfigError(found)
-    return obj
+
+
+def check(cls: type[Model], raw: Mapping[str, Any], path: str = "") -> list[ConfigProblem]:
+    """Every problem :func:`parse` would raise, as a list (empty: the table is valid)."""
+    try:
+        parse(cls, raw, path)
+    except ConfigError as exc:
+        return exc.problems
+    return []

@@ -8,21 +8,21 @@ given ``None``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
-from edge_agent.confkit import field
+from pydantic import Field
+
 from edge_agent.records import Event, ModelRef, Severity
+from edge_agent.settings import Model
 
 Transition = Literal["raised", "cleared"]
 
 
-@dataclass(frozen=True)
-class AlertConfig:
+class AlertConfig(Model):
     """``[pipelines.<id>.alerts]``."""
 
-    raise_after: int = field(3, ge=1)
-    clear_after: int = field(5, ge=1)
+    raise_after: int = Field(3, ge=1)
+    clear_after: int = Field(5, ge=1)
     severity: Literal["info", "warning", "critical"] = "warning"
 
 

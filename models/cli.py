@@ -163,9 +163,9 @@ def _replay(files: Sequence[str], args: argparse.Namespace
 
 
 def _spec(args: argparse.Namespace) -> Spec:
-    from edge_agent.confkit import build
     from edge_agent.models.builtin import SPECS
     from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
+    from edge_agent.settings import parse
 
     if args.spec:
         if args.spec not in SPECS:
@@ -175,9 +175,9 @@ def _spec(args: argparse.Namespace) -> Spec:
         raise ModelError("recordings need --spec or --extractor to know the feature settings")
     raw = json.loads(Path(args.extractor).read_text(encoding="utf-8"))
     feats = raw.get("features", {})
-    cfg: VibrationConfig | SoundConfig = (build(SoundConfig, feats, "features")
+    cfg: VibrationConfig | SoundConfig = (parse(SoundConfig, feats, "features")
                                           if feats.get("kind") == "sound"
-                                          else build(VibrationConfig, feats, "features"))
+                                          else parse(VibrationConfig, feats, "features"))
     return Spec("replay", cfg, int(raw["window"]), int(raw["hop"]),
                 float(raw["sample_rate"]), tuple(raw["channels"]))
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from edge_agent.confkit import Duration, field
 from edge_agent.errors import TrainExtraMissing
 from edge_agent.records import Event, FeatureVector
+from edge_agent.settings import Duration, Model
 
 MIN_ROWS = 32
 
@@ -53,18 +53,17 @@ def require_train_extra() -> None:
         raise TrainExtraMissing(missing)
 
 
-@dataclass(frozen=True)
-class CommissioningConfig:
+class CommissioningConfig(Model):
     """``[pipelines.<id>.commissioning]``: learn this asset's baseline before scoring."""
 
     enabled: bool = False
-    duration: Duration = field(Duration(3600.0), gt=0)
+    duration: Duration = Field(3600.0, gt=0)
     """Collect feature vectors for this long (stream time: window ends)."""
-    max_windows: int = field(20000, ge=MIN_ROWS)
+    max_windows: int = Field(20000, ge=MIN_ROWS)
     """... or until this many vectors have been collected, whichever comes first."""
-    min_windows: int = field(200, ge=MIN_ROWS)
-    quantile: float = field(0.995, ge=0.5, lt=1.0)
-    n_estimators: int = field(100, ge=10, le=1000)
+    min_windows: int = Field(200, ge=MIN_ROWS)
+    quantile: float = Field(0.995, ge=0.5, lt=1.0)
+    n_estimators: int = Field(100, ge=10, le=1000)
     seed: int = 0
     out_dir: str = "/var/lib/edge-agent/models"
 

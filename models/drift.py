@@ -32,29 +32,29 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 from scipy.special import kolmogorov
 
-from edge_agent.confkit import field
 from edge_agent.models.bundle import Manifest
 from edge_agent.records import Event
+from edge_agent.settings import Model
 
 _EPS = 1e-4
 
 
-@dataclass(frozen=True)
-class DriftConfig:
+class DriftConfig(Model):
     """``[pipelines.<id>.drift]``."""
 
     enabled: bool = True
     method: Literal["psi", "ks"] = "psi"
-    window: int = field(300, ge=20)
+    window: int = Field(300, ge=20)
     """Recent vectors compared. PSI over 10 bins has a small-sample bias of about 9/window per
     feature (max over 20 features ~ 2.5x that), so keep window >= 200 for a 0.25 threshold."""
-    every: int = field(10, ge=1)
+    every: int = Field(10, ge=1)
     """Evaluate every this many vectors once the window is full."""
-    threshold: float = field(0.25, gt=0)
+    threshold: float = Field(0.25, gt=0)
     """PSI (0.1 moderate, 0.25 significant) or KS distance D (0..1)."""
-    clear_ratio: float = field(0.8, gt=0, le=1)
+    clear_ratio: float = Field(0.8, gt=0, le=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from pydantic import Field
 
-from edge_agent.confkit import field
 from edge_agent.errors import ContractMismatch, FeatureError, ModelError
 from edge_agent.models.bundle import Bundle, Manifest, load_bundle, normalise
 from edge_agent.records import FeatureVector, ModelRef
+from edge_agent.settings import Model
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,11 @@ __all__ = ["ContractMismatch", "ModelError", "ModelSlot", "Scorer", "ScorerConfi
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-@dataclass(frozen=True)
-class ScorerConfig:
+class ScorerConfig(Model):
     """Settings for one pipeline's model (``[pipelines.<id>.model]``)."""
 
     path: str
-    threads: int = field(1, ge=1, le=64)
+    threads: int = Field(1, ge=1, le=64)
     public_key_hex: str | None = None
     """If set, the bundle must carry a valid Ed25519 ``manifest.sig`` for this key (64 hex)."""
 
@@ -54,6 +54,19 @@ class ScorerConfig:
             except ValueError:
                 out.append(("public_key_hex", "must be hex"))
         return out
+
+    def world_problems(self) -> list[tuple[str, str]]:
+        """The bundle must exist: a shipped ``builtin:<name>`` or a path on this machine."""
+        if self.path.startswith("builtin:"):
+            name = self.path.removeprefix("builtin:")
+            shipped = resources.files("edge_agent.models") / "bundles"
+            have = sorted(p.name for p in shipped.iterdir() if p.is_dir())
+            if name not in have:
+                return [("path", f"no built-in model {name!r} (built-in: {', '.join(have)})")]
+            return []
+        if not Path(self.path).expanduser().exists():
+            return [("path", f"{self.path} does not exist")]
+        return []
 
 
 def contract_differences(manifest: Manifest, expected_names: Sequence[str],

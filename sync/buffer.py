@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pydantic import Field
+
 from edge_agent.backoff import Backoff
-from edge_agent.confkit import ByteSize, Duration, field
+from edge_agent.errors import BufferClosed as BufferClosed
 from edge_agent.records import Event, FeatureVector, Reading, Severity, now
+from edge_agent.settings import ByteSize, Duration, Model
 
 from . import schema
 from .convert import Converted, convert, event_body
@@ -44,18 +47,17 @@ __all__ = ["Buffer", "BufferClosed", "BufferConfig", "BufferUnavailable"]
 DISK_RETRY = Backoff(initial=0.2, maximum=30.0)
 
 
-@dataclass(frozen=True)
-class BufferConfig:
+class BufferConfig(Model):
     """Section ``[buffer]`` of the agent configuration."""
 
     path: str = "buffer.db"
-    max_size: ByteSize = field(ByteSize(2 * 1024**3), ge=1024**2)
-    max_age: Duration = field(Duration(30 * 86400), gt=0)
-    reserved_for_events: ByteSize = ByteSize(64 * 1024**2)
-    commit_interval: Duration = field(Duration(0.005), ge=0, le=1)
-    commit_rows: int = field(5000, gt=0)
+    max_size: ByteSize = Field(2 * 1024**3, ge=1024**2)
+    max_age: Duration = Field(30 * 86400, gt=0)
+    reserved_for_events: ByteSize = 64 * 1024**2
+    commit_interval: Duration = Field(0.005, ge=0, le=1)
+    commit_rows: int = Field(5000, gt=0)
     synchronous: Literal["normal", "full"] = "normal"
-    housekeeping_interval: Duration = field(Duration(10.0), gt=0)
+    housekeeping_interval: Duration = Field(10.0, gt=0)
     integrity_check: Literal["after_crash", "always", "never"] = "after_crash"
 
     def problems(self) -> list[tuple[str, str]]:
@@ -63,10 +65,6 @@ class BufferConfig:
         if self.reserved_for_events >= self.max_size:
             out.append(("reserved_for_events", "must be smaller than max_size"))
         return out
-
-
-class BufferClosed(RuntimeError):
-    """The buffer is not running (not started, closed, or its writer failed)."""
 
 
 @dataclass

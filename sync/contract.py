@@ -12,51 +12,75 @@ from __future__ import annotations
 
 import email.utils
 import time
-from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import Field
 
-from edge_agent.confkit import ByteSize, Duration, Secret, field
+from edge_agent.settings import ByteSize, Duration, Model, SecretField
 
 from .delivery import Delivered, Outcome, Rejected, RetryAfter, Split
 
 INGEST_PATH = "/api/v1/data/ingest"
 
 
-@dataclass(frozen=True)
-class UploaderConfig:
+class UploaderConfig(Model):
     """Section ``[uploader]``; ``url`` is the API base (``None``: keep everything buffered)."""
 
     url: str | None = None
-    api_key: Secret | None = None
-    batch_max_rows: int = field(5000, gt=0)
-    batch_max_bytes: ByteSize = field(ByteSize(4 * 1024**2), ge=1024)
+    api_key: SecretField | None = None
+    batch_max_rows: int = Field(5000, gt=0)
+    batch_max_bytes: ByteSize = Field(4 * 1024**2, ge=1024)
     gzip: bool = True
-    gzip_level: int = field(5, ge=1, le=9)
-    timeout: Duration = field(Duration(30.0), gt=0)
-    backoff_initial: Duration = field(Duration(1.0), gt=0)
-    backoff_max: Duration = field(Duration(300.0), gt=0)
-    retry_after_max: Duration = field(Duration(3600.0), gt=0)
-    auth_retry_interval: Duration = field(Duration(300.0), gt=0)
-    bandwidth_limit: ByteSize | None = field(None, gt=0)
-    interval: Duration = field(Duration(1.0), ge=0)
+    gzip_level: int = Field(5, ge=1, le=9)
+    timeout: Duration = Field(30.0, gt=0)
+    backoff_initial: Duration = Field(1.0, gt=0)
+    backoff_max: Duration = Field(300.0, gt=0)
+    retry_after_max: Duration = Field(3600.0, gt=0)
+    auth_retry_interval: Duration = Field(300.0, gt=0)
+    bandwidth_limit: ByteSize | None = Field(None, gt=0)
+    interval: Duration = Field(1.0, ge=0)
     verify_tls: bool = True
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            out.append(("url", "must start with http:// or https://"))
-        if self.url is not None and self.api_key is None:
-            out.append(("api_key", "is required when url is set (or give api_key_file)"))
+        if self.url is not None:
+            out += [("url", why) for why in self.url_problems(self.url)]
+            if self.api_key is None:
+                out.append(("api_key", "is required when url is set (or give api_key_file)"))
         if self.backoff_initial > self.backoff_max:
             out.append(("backoff_initial", "must not exceed backoff_max"))
         return out
 
     @property
     def endpoint(self) -> str:
-        base = (self.url or "").rstrip("/")
-        return base if base.endswith(INGEST_PATH) else base + INGEST_PATH
+        """The ingest URL: the base URL's path + ``/api/v1/data/ingest`` (a query, which the
+        config refuses, would stay a query)."""
+        parts = urlsplit(self.url or "")
+        path = parts.path.rstrip("/")
+        path = path if path.endswith(INGEST_PATH) else path + INGEST_PATH
+        return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+    @staticmethod
+    def url_problems(url: str) -> list[str]:
+        """Why ``url`` cannot be the ingest base URL (never repeats it: it may hold a secret)."""
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            return [f"is not a valid URL ({exc})"]
+        if parts.scheme not in ("http", "https"):
+            return ["must start with http:// or https://"]
+        if parts.username is not None or parts.password is not None:
+            return ["must not carry credentials (user:password@); give the key in api_key or "
+                    "api_key_file"]
+        if not parts.hostname:
+            return ["names no host"]
+        if parts.query or parts.fragment:
+            return ["must not have a ?query or #fragment (the ingest path is appended to the "
+                    "base URL; a token goes in api_key)"]
+        return []
 
 
 def parse_retry_after(value: str | None) -> float | None:

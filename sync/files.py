@@ -15,6 +15,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+from edge_agent.errors import BufferUnavailable as BufferUnavailable
+from edge_agent.errors import StorageError
+
 from . import schema
 from .store import Store
 
@@ -22,13 +25,8 @@ SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 _UNAVAILABLE = {3, 8, 10, 14, 23}  # PERM, READONLY, IOERR, CANTOPEN, AUTH: not corrupt
 
 
-class Corrupt(Exception):
+class Corrupt(StorageError):
     """The database file's content is damaged (moved aside)."""
-
-
-class BufferUnavailable(OSError):
-    """The database cannot be opened or written (permissions, read-only file system, a path
-    that is not a file...). Its data is NOT moved aside: fix the cause and restart."""
 
 
 def open_store(path: Path, synchronous: str, integrity_check: str) -> Store:

@@ -43,6 +43,8 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 
+from edge_agent.errors import SchemaTooNew as SchemaTooNew
+
 LATEST = 3
 
 
@@ -108,10 +110,6 @@ def _v3(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _v1), (2, _v2), (3, _v3)]
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer version of the agent."""
 
 
 def version(conn: sqlite3.Connection) -> int:

@@ -21,20 +21,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from edge_agent.bearing import BearingGeometry
-from edge_agent.confkit import field
 from edge_agent.errors import FeatureError
 from edge_agent.models.dsp import features as ft
 from edge_agent.models.dsp.envelope import ENVELOPE_NAMES, envelope_energies
 from edge_agent.models.dsp.mfcc import MFCC
 from edge_agent.models.dsp.spectrum import scratch
 from edge_agent.models.dsp.windowing import Window
+from edge_agent.settings import Model
 
 __all__ = ["Extractor", "FeatureError", "SoundConfig", "VibrationConfig", "make_extractor"]
 
@@ -42,22 +42,21 @@ F64 = npt.NDArray[np.float64]
 FeatureGroup = Literal["basic", "iso", "envelope"]
 
 
-@dataclass(frozen=True)
-class VibrationConfig:
+class VibrationConfig(Model):
     kind: Literal["vibration"] = "vibration"
-    include: tuple[FeatureGroup, ...] = field(("basic",), min_len=1)
-    high_freq_cut: float = field(1000.0, gt=0)
+    include: tuple[FeatureGroup, ...] = Field(("basic",), min_length=1)
+    high_freq_cut: float = Field(1000.0, gt=0)
     accel_unit: Literal["g", "m/s2"] = "g"            # unit of the samples (for ISO velocity)
-    iso_band_lo: float = field(10.0, gt=0)
-    iso_band_hi: float = field(1000.0, gt=0)
+    iso_band_lo: float = Field(10.0, gt=0)
+    iso_band_hi: float = Field(1000.0, gt=0)
     iso_class: Literal["I", "II", "III", "IV"] | None = None   # ISO 10816-1 machine class
     iso_zones: tuple[float, ...] | None = None        # custom A/B, B/C, C/D limits (10816-3)
-    envelope_band_lo: float = field(2000.0, ge=0)
-    envelope_band_hi: float = field(6000.0, gt=0)
-    envelope_harmonics: int = field(3, ge=1, le=10)
-    envelope_tolerance: float = field(0.02, gt=0, lt=0.5)   # relative, per harmonic
+    envelope_band_lo: float = Field(2000.0, ge=0)
+    envelope_band_hi: float = Field(6000.0, gt=0)
+    envelope_harmonics: int = Field(3, ge=1, le=10)
+    envelope_tolerance: float = Field(0.02, gt=0, lt=0.5)   # relative, per harmonic
     bearing: BearingGeometry | None = None
-    shaft_speed_rpm: float | None = field(None, gt=0)
+    shaft_speed_rpm: float | None = Field(None, gt=0)
     shaft_speed_tag: str | None = None               # sensor_id of a reading giving rpm
     # float32: ~1.2x faster basic features, <= 1.5e-6 relative on real data (features.py doc)
     spectrum_dtype: Literal["float64", "float32"] = "float64"
@@ -93,16 +92,15 @@ class VibrationConfig:
         return None
 
 
-@dataclass(frozen=True)
-class SoundConfig:
+class SoundConfig(Model):
     kind: Literal["sound"] = "sound"
-    n_mfcc: int = field(20, ge=1)
-    n_mels: int = field(128, ge=1)
-    n_fft: int = field(2048, ge=16)
-    hop: int = field(512, ge=1)
-    fmin: float = field(0.0, ge=0)
-    fmax: float | None = field(None, gt=0)
-    top_db: float | None = field(80.0, ge=0)
+    n_mfcc: int = Field(20, ge=1)
+    n_mels: int = Field(128, ge=1)
+    n_fft: int = Field(2048, ge=16)
+    hop: int = Field(512, ge=1)
+    fmin: float = Field(0.0, ge=0)
+    fmax: float | None = Field(None, gt=0)
+    top_db: float | None = Field(80.0, ge=0)
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

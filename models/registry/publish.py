@@ -197,7 +197,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from edge_agent.confkit import ConfigError
+    from edge_agent.errors import ConfigError
 
     try:
         store = Store(_state_dir(args), args.source)

@@ -30,6 +30,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
+from edge_agent.errors import TrainingError
+
 INPUT_NAME = "X"
 OUTPUT_NAME = "score"
 ONNX_OPSET = 17
@@ -37,7 +39,7 @@ ML_OPSET = 3
 IR_VERSION = 8  # readable by onnxruntime >= 1.11
 
 
-class FoldError(ValueError):
+class FoldError(TrainingError, ValueError):
     """The estimator cannot be folded (wrong type, degenerate forest)."""
 
 

@@ -13,9 +13,9 @@ import numpy as np
 from edge_agent.agent import config
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.pipeline import Pipeline
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverHealth, DriverOutput
 from edge_agent.records import Reading
+from edge_agent.settings import parse
 from edge_agent.sync.buffer import Buffer, BufferConfig
 
 T0 = 1_800_000_000.0
@@ -72,7 +72,7 @@ class PollingPLC:
 
 
 async def test_real_buffer_keeps_good_readings_around_bad_ones(tmp_path: Path) -> None:
-    cfg = build(config.AgentConfig, {"agent": {"state_dir": str(tmp_path)}})
+    cfg = parse(config.AgentConfig, {"agent": {"state_dir": str(tmp_path)}})
     buf = Buffer(tmp_path / "buffer.db", BufferConfig())
     await buf.start()
     p = Pipeline(cfg, [PollingPLC()], buf, None)  # type: ignore[list-item]
@@ -121,7 +121,7 @@ class StuckTag:
 
 
 async def test_repeat_of_a_sample_stored_before_a_restart_is_dropped(tmp_path: Path) -> None:
-    cfg = build(config.AgentConfig, {"agent": {"state_dir": str(tmp_path)}})
+    cfg = config.AgentConfig.model_validate({"agent": {"state_dir": str(tmp_path)}})
     gates = []
     for _ in range(2):  # the agent restarts: a new pipeline over the reopened buffer
         buf = Buffer(tmp_path / "buffer.db", BufferConfig())

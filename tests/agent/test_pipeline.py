@@ -14,9 +14,9 @@ import pytest
 from edge_agent.agent import config
 from edge_agent.agent.analysis import Analysis, BaselineLearned
 from edge_agent.agent.pipeline import Pipeline
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverHealth, DriverOutput
 from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
+from edge_agent.settings import parse
 
 
 class FakeBuffer:
@@ -86,7 +86,7 @@ def make_config(tmp_path: Path, sources: list[str], **pipeline: Any) -> config.A
            "reconnect": {"initial": "10ms", "maximum": "50ms"},
            "pipelines": [{"source": s, "window": 1000, "hop": 500,
                           "features": {"kind": "vibration"}, **pipeline} for s in sources]}
-    return build(config.AgentConfig, raw)
+    return parse(config.AgentConfig, raw)
 
 
 async def run_for(p: Pipeline, seconds: float) -> None:
@@ -144,7 +144,7 @@ async def test_waveform_queue_overflow_is_bounded_and_counted(tmp_path: Path) ->
            "queues": {"waveforms": {"size": 2, "overflow": "drop_oldest"}},
            "pipelines": [{"source": "w.wave", "window": 1000, "hop": 1000,
                           "features": {"kind": "vibration"}}]}
-    cfg = build(config.AgentConfig, raw)
+    cfg = parse(config.AgentConfig, raw)
 
     class SlowBuffer(FakeBuffer):
         async def put(self, records: list[Any]) -> None:
@@ -160,7 +160,7 @@ async def test_waveform_queue_overflow_is_bounded_and_counted(tmp_path: Path) ->
 def test_refused_model_keeps_features_flowing(tmp_path: Path) -> None:
     # The shipped simulator model expects h/v channels at 20 kHz: a 1-channel 10 kHz source
     # must be refused with the mismatch named, and the features still produced.
-    cfg = build(config.PipelineConfig, {"source": "a.wave", "window": 1000, "hop": 500,
+    cfg = parse(config.PipelineConfig, {"source": "a.wave", "window": 1000, "hop": 500,
                                         "features": {"kind": "vibration"},
                                         "model": {"path": "builtin:vibration_simulator"}})
     an = Analysis(cfg, tmp_path)
@@ -175,7 +175,7 @@ def test_refused_model_keeps_features_flowing(tmp_path: Path) -> None:
 
 
 def test_commissioning_learns_a_baseline_then_scores(tmp_path: Path) -> None:
-    cfg = build(config.PipelineConfig, {
+    cfg = parse(config.PipelineConfig, {
         "source": "a.wave", "window": 1000, "hop": 500, "features": {"kind": "vibration"},
         "commissioning": {"enabled": True, "duration": "1s", "min_windows": 40,
                           "max_windows": 60, "n_estimators": 20, "out_dir": "models"}})
@@ -211,7 +211,7 @@ def test_commissioning_learns_a_baseline_then_scores(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_waveform_samples_mark_the_window(tmp_path: Path, bad: float) -> None:
-    cfg = build(config.PipelineConfig, {"source": "a.wave", "window": 1000, "hop": 1000,
+    cfg = parse(config.PipelineConfig, {"source": "a.wave", "window": 1000, "hop": 1000,
                                         "features": {"kind": "vibration"}})
     an = Analysis(cfg, tmp_path)
     x = np.ones((3000, 1))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from _measure import rss_mib  # tests/bench/_measure.py
 
-from edge_agent.confkit import ByteSize, Duration, Secret
 from edge_agent.records import Reading
+from edge_agent.settings import Secret
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.uploader import Uploader, UploaderConfig
 
@@ -69,14 +69,14 @@ async def main() -> None:
     url = rx.stdout.readline().split()[1]
     try:
         with tempfile.TemporaryDirectory(dir=".") as d:
-            buf = Buffer(Path(d) / "b.db", BufferConfig(max_size=ByteSize(8 * 1024**3)))
+            buf = Buffer(Path(d) / "b.db", BufferConfig(max_size=8 * 1024**3))
             await buf.start()
             rate_in = await fill(buf, args.rows)
             size = buf.stats()["bytes_queued"]
             print(f"backlog: {args.rows:,} readings ({int(size) / 1e6:.0f} MB in SQLite), "  # type: ignore[call-overload]
                   f"filled at {rate_in:,.0f}/s")
             cfg = UploaderConfig(url=url, api_key=Secret("k"), batch_max_rows=args.batch_rows,
-                                 batch_max_bytes=ByteSize(64 * 1024**2), interval=Duration(0),
+                                 batch_max_bytes=64 * 1024**2, interval=0,
                                  gzip_level=args.gzip_level)
             up = Uploader(buf, cfg, "bench-gw")
             sampler = Sampler()

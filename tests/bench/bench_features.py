@@ -18,11 +18,11 @@ import _measure  # noqa: E402 - tests/bench/_measure.py
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
-from edge_agent.confkit import build  # noqa: E402
 from edge_agent.models.dsp import features as ft  # noqa: E402
 from edge_agent.models.dsp.extract import VibrationConfig, make_extractor  # noqa: E402
 from edge_agent.models.dsp.windowing import Windower  # noqa: E402
 from edge_agent.records import WaveformBlock  # noqa: E402
+from edge_agent.settings import parse  # noqa: E402
 
 FS, N, HOP, SECONDS = 25600.0, 2048, 1024, 10.0
 
@@ -59,7 +59,7 @@ def main() -> None:
     basic32 = make_extractor(VibrationConfig(spectrum_dtype="float32"), FS, ("h", "v"), N, HOP)
     iso = make_extractor(VibrationConfig(include=("basic", "iso"), iso_class="II"), FS,
                          ("h", "v"), N, HOP)
-    env_cfg = build(VibrationConfig, {
+    env_cfg = parse(VibrationConfig, {
         "include": ["basic", "iso", "envelope"], "iso_class": "II", "shaft_speed_rpm": 1797.0,
         "bearing": {"n_balls": 9, "ball_diameter": 0.3126, "pitch_diameter": 1.537}})
     env = make_extractor(env_cfg, FS, ("h", "v"), N, HOP)

@@ -18,9 +18,9 @@ import time
 from _measure import cpu_s, rss_mib, start_server_child  # tests/bench/_measure.py
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.modbus import Config, create
+from edge_agent.settings import parse
 
 
 async def serve(port: int, registers: int) -> None:
@@ -44,7 +44,7 @@ async def bench(child: subprocess.Popen[str], port: int, registers: int, interva
         await asyncio.sleep(0.3)
         points = [{"sensor_id": f"r{a}", "address": a, "data_type": "float32",
                    "word_order": "little"} for a in range(0, registers - 1, 2)]
-        cfg = build(Config, {"kind": "modbus", "name": "bench", "host": "127.0.0.1",
+        cfg = parse(Config, {"kind": "modbus", "name": "bench", "host": "127.0.0.1",
                              "port": port, "poll_interval": interval, "timeout": "1s",
                              "devices": [{"name": "d", "unit_id": 1, "points": points}]})
         drv = create(cfg)

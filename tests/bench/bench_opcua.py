@@ -27,9 +27,9 @@ from datetime import UTC
 from _measure import cpu_s, rss_mib, start_server_child  # tests/bench/_measure.py
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
+from edge_agent.settings import parse
 
 
 async def serve(port: int, n: int, interval: float) -> None:
@@ -82,7 +82,7 @@ async def bench(child: subprocess.Popen[str], port: int, n: int, seconds: float,
 
         asyncio.get_running_loop().run_in_executor(None, read_rates)
         ms = f"{interval * 1000:g}ms"
-        cfg = build(Config, {"kind": "opcua", "name": "bench",
+        cfg = parse(Config, {"kind": "opcua", "name": "bench",
                              "endpoint": f"opc.tcp://127.0.0.1:{port}/",
                              "nodes": [{"sensor_id": f"v{i}", "node_id": f"ns=2;s=v{i}",
                                         "publishing_interval": ms, "sampling_interval": ms,
@@ -154,7 +154,7 @@ async def bench_restarts(restarts: int) -> None:
             port = int(sock.getsockname()[1])
         plant = PlantServer(port, shelf=shelf)
         await plant.start()
-        cfg = build(Config, {"kind": "opcua", "name": "bench", "endpoint": plant.url,
+        cfg = parse(Config, {"kind": "opcua", "name": "bench", "endpoint": plant.url,
                              "connection_check": "500ms", "timeout": "2s",
                              "nodes": [{"sensor_id": "temp", "node_id": nid("Temp"),
                                         "publishing_interval": "100ms"}]})

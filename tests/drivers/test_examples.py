@@ -5,8 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from edge_agent.confkit import build
 from edge_agent.drivers import modbus, opcua
+from edge_agent.settings import parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "drivers" / "EXAMPLES.toml"
 
@@ -14,7 +14,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "drivers" / "EXAMPLES.toml"
 def test_examples_parse_and_build_drivers() -> None:
     tables = tomllib.loads(EXAMPLES.read_text())["drivers"]
     kinds = {"opcua": opcua, "modbus": modbus}
-    built = [build(kinds[t["kind"]].Config, t, f"drivers[{i}]")  # type: ignore[attr-defined]
+    built = [parse(kinds[t["kind"]].Config, t, f"drivers[{i}]")  # type: ignore[attr-defined]
              for i, t in enumerate(tables)]
     assert [c.kind for c in built] == ["opcua", "opcua", "modbus", "modbus"]
     ua_cfg = built[0]

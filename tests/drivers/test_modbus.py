@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import ConfigError, build
 from edge_agent.drivers.base import Driver, DriverDisconnected, DriverOutput
 from edge_agent.drivers.modbus import Config, ModbusDriver, create
 from edge_agent.records import Reading
+from edge_agent.settings import ConfigError, parse
 from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.modbus_server import FAIL_BASE, SLOW_BASE, MbServer, PtyLink, plant_map
@@ -26,7 +26,7 @@ def tcp_config(port: int, points: list[dict[str, Any]], **extra: Any) -> Config:
     raw = {"kind": "modbus", "name": "mb", "host": "127.0.0.1", "port": port,
            "poll_interval": "100ms", "timeout": "300ms", "retries": 0, "max_gap": 20,
            "devices": [{"name": "plc", "unit_id": 1, "points": points}], **extra}
-    return build(Config, raw)
+    return parse(Config, raw)
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ async def test_per_device_poll_intervals() -> None:
                         "points": [{"sensor_id": "fast.t", "table": "input", "address": 0}]},
                        {"name": "slow", "unit_id": 1, "poll_interval": "400ms",
                         "points": [{"sensor_id": "slow.t", "table": "input", "address": 0}]}]}
-    drv = create(build(Config, raw))
+    drv = create(parse(Config, raw))
     await drv.open()
     counts = {"fast.t": 0, "slow.t": 0}
     try:
@@ -210,7 +210,7 @@ async def test_rtu_over_a_pty_pair() -> None:
     raw = {"kind": "modbus", "name": "rtu", "transport": "rtu", "serial_port": link.path2,
            "baudrate": 115200, "parity": "N", "stopbits": 1, "timeout": "500ms", "retries": 0,
            "devices": [{"name": "tx", "unit_id": 1, "points": pts}]}
-    drv = create(build(Config, raw))
+    drv = create(parse(Config, raw))
     try:
         await drv.open()
         got = by_id(await drv.read())
@@ -241,7 +241,7 @@ def test_config_problems_are_all_reported() -> None:
                {"sensor_id": "y", "address": 3, "data_type": "uint16", "bit": 12,
                 "bit_count": 8}]}]}
     with pytest.raises(ConfigError) as e:
-        build(Config, raw)
+        parse(Config, raw)
     text = str(e.value)
     for needle in ("must be \"bool\"", "bitfields need an integer", "do not fit in uint16"):
         assert needle in text, needle
@@ -249,14 +249,14 @@ def test_config_problems_are_all_reported() -> None:
     raw["devices"][0]["points"] = [{"sensor_id": "x", "address": 1},  # type: ignore[index]
                                    {"sensor_id": "x", "address": 2}]
     with pytest.raises(ConfigError) as e:
-        build(Config, raw)
+        parse(Config, raw)
     text = str(e.value)
     for needle in ("host: is required", "poll_interval: must be >=", "duplicate sensor_id"):
         assert needle in text, needle
     raw["devices"][0]["points"] = [{"sensor_id": "z", "address": 70000, "wat": 1,  # type: ignore[index]
                                     "data_type": "int128"}]
     with pytest.raises(ConfigError) as e:
-        build(Config, raw)
+        parse(Config, raw)
     text = str(e.value)
     for needle in ("address: must be <= 65535", "wat: unknown key", "data_type: must be one of"):
         assert needle in text, needle

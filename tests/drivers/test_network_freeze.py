@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import build
 from edge_agent.drivers import modbus, opcua
 from edge_agent.drivers.base import Driver, DriverOutput
 from edge_agent.records import Reading
+from edge_agent.settings import parse
 from tests.conftest import free_port
 from tests.drivers.modbus_server import MbServer, plant_map
 from tests.drivers.opcua_server import PlantServer, nid
@@ -78,7 +78,7 @@ async def test_opcua_notices_a_dead_link_and_recovers(ua_shelf: Path) -> None:
     await plant.start()
     proxy = FreezableProxy(plant.port)
     await proxy.start()
-    cfg = build(opcua.Config, {
+    cfg = parse(opcua.Config, {
         "kind": "opcua", "name": "ua", "endpoint": f"opc.tcp://127.0.0.1:{proxy.port}/plant/",
         "timeout": "500ms", "connection_check": "500ms",
         "nodes": [{"sensor_id": "temp", "node_id": nid("Temp"), "publishing_interval": "100ms"}]})
@@ -99,7 +99,7 @@ async def test_modbus_reports_timeouts_then_reconnects() -> None:
     await srv.start()
     proxy = FreezableProxy(srv.port)
     await proxy.start()
-    cfg = build(modbus.Config, {
+    cfg = parse(modbus.Config, {
         "kind": "modbus", "name": "mb", "host": "127.0.0.1", "port": proxy.port,
         "poll_interval": "100ms", "timeout": "300ms", "retries": 0,
         "devices": [{"name": "plc", "points": [

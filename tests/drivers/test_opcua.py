@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import ConfigError, build
 from edge_agent.drivers.base import Driver, DriverDisconnected, DriverError, DriverOutput
 from edge_agent.drivers.opcua import Config, create
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI, generate_client_certificate
 from edge_agent.records import Reading, WaveformBlock
+from edge_agent.settings import ConfigError, parse
 from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.opcua_server import N_SAMPLES, RATE, PlantServer, Security, nid
@@ -60,7 +60,7 @@ def nodes() -> list[dict[str, Any]]:
 def config(url: str, **extra: Any) -> Config:
     raw = {"kind": "opcua", "name": "ua", "endpoint": url, "nodes": nodes(),
            "timeout": "2s", "connection_check": "500ms", **extra}
-    return build(Config, raw)
+    return parse(Config, raw)
 
 
 @pytest.fixture
@@ -276,7 +276,7 @@ def test_config_problems() -> None:
                      {"sensor_id": "p", "node_id": "ns=2;s=P", "mode": "polling",
                       "deadband": "absolute", "deadband_value": 1.0}]}
     with pytest.raises(ConfigError) as e:
-        build(Config, bad)
+        parse(Config, bad)
     text = str(e.value)
     for needle in ("exactly one of node_id or browse_path", "exactly one of sample_rate",
                    "deadbands apply to subscriptions only"):
@@ -284,13 +284,13 @@ def test_config_problems() -> None:
     bad["nodes"] = [{"sensor_id": "a", "node_id": "ns=2;s=A"},
                     {"sensor_id": "a", "node_id": "ns=2;s=B"}]
     with pytest.raises(ConfigError) as e:
-        build(Config, bad)
+        parse(Config, bad)
     text = str(e.value)
     for needle in ("needs certificate and private_key", "username: is required",
                    "duplicate sensor_id"):
         assert needle in text, needle
     with pytest.raises(ConfigError, match="endpoint: 'http://x' has scheme 'http'"):
-        build(Config, {"kind": "opcua", "name": "ua", "endpoint": "http://x",
+        parse(Config, {"kind": "opcua", "name": "ua", "endpoint": "http://x",
                        "nodes": [{"sensor_id": "a", "node_id": "i=84"}]})
 
 

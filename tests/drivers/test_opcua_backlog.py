@@ -7,16 +7,16 @@ import types
 import numpy as np
 import pytest
 
-from edge_agent.confkit import build
 from edge_agent.drivers import opcua_session
 from edge_agent.drivers.base import DriverHealth
 from edge_agent.drivers.opcua import Config
 from edge_agent.drivers.opcua_session import Session
 from edge_agent.records import Reading, WaveformBlock
+from edge_agent.settings import parse
 
 
 def session() -> tuple[Session, DriverHealth]:
-    cfg = build(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://127.0.0.1:4840",
+    cfg = parse(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://127.0.0.1:4840",
                          "nodes": [{"sensor_id": "t", "node_id": "ns=2;s=T"},
                                    {"sensor_id": "vib", "node_id": "ns=2;s=V", "waveform": True,
                                     "sample_rate": 10240.0}]})

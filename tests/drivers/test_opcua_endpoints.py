@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import re
@@ -13,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import ConfigError, build
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create, parse_endpoint
 from edge_agent.records import Reading
+from edge_agent.settings import ConfigError, parse
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.opcua_server import PlantServer, nid
 
@@ -37,7 +36,7 @@ def test_parse_endpoint() -> None:
         with pytest.raises(ValueError, match=re.escape(needle)):
             parse_endpoint(url)
     with pytest.raises(ConfigError, match=re.escape("endpoint: 'opc.tcp://:4840/' names no host")):
-        build(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://:4840/",
+        parse(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://:4840/",
                        "nodes": [{"sensor_id": "a", "node_id": "i=84"}]})
 
 
@@ -79,7 +78,7 @@ def retries() -> Retries:
 
 
 def _cfg(endpoint: str) -> Config:
-    return build(Config, {"kind": "opcua", "name": "ua", "endpoint": endpoint,
+    return parse(Config, {"kind": "opcua", "name": "ua", "endpoint": endpoint,
                           "timeout": "1s", "connection_check": "500ms",
                           "nodes": [{"sensor_id": "temp", "node_id": nid("Temp"),
                                      "publishing_interval": "100ms"}]})
@@ -94,9 +93,9 @@ async def test_bad_endpoints_retry_forever_with_backoff(case: str, retries: Retr
                                                         ua_shelf: Path) -> None:
     port = _port_free_on("127.0.0.2" if case == "other_loopback_host" else "127.0.0.1")
     if case == "scheme":
-        # confkit refuses it (test_parse_endpoint); a Config built in code reaches the driver
-        cfg = dataclasses.replace(_cfg(f"opc.tcp://127.0.0.1:{port}/plant/"),
-                                  endpoint=f"http://127.0.0.1:{port}/plant/")
+        # settings.parse refuses it (test_parse_endpoint); a Config built in code reaches the driver
+        cfg = _cfg(f"opc.tcp://127.0.0.1:{port}/plant/").model_copy(
+            update={"endpoint": f"http://127.0.0.1:{port}/plant/"})
         expected = (f"opcua ua: endpoint 'http://127.0.0.1:{port}/plant/' has scheme 'http'; "
                     "an OPC-UA endpoint looks like opc.tcp://host:4840/path")
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from asyncua import ua
 
-from edge_agent.confkit import build
 from edge_agent.drivers.opcua import Config
 from edge_agent.drivers.opcua_convert import group_by
 from edge_agent.drivers.opcua_items import (
@@ -14,10 +13,11 @@ from edge_agent.drivers.opcua_items import (
     read_request,
     subscription_params,
 )
+from edge_agent.settings import parse
 
 
 def cfg() -> Config:
-    return build(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://h:4840/",
+    return parse(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://h:4840/",
                           "nodes": [
         {"sensor_id": "t", "node_id": "ns=2;s=T", "publishing_interval": "250ms",
          "sampling_interval": "100ms", "queue_size": 4, "deadband": "percent",

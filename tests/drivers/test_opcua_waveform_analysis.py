@@ -17,10 +17,10 @@ import pytest
 from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import PipelineConfig
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.confkit import build
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
 from edge_agent.records import Event, FeatureVector, WaveformBlock
+from edge_agent.settings import parse
 from tests.conftest import free_port
 from tests.drivers.opcua_server import PlantServer, Wave, nid
 
@@ -36,13 +36,13 @@ async def test_array_node_through_run_driver_into_analysis(ua_shelf: Path,
                                                            tmp_path: Path) -> None:
     plant = PlantServer(free_port(), shelf=ua_shelf, wave=WAVE)
     await plant.start()
-    cfg = build(Config, {"kind": "opcua", "name": "ua", "endpoint": plant.url,
+    cfg = parse(Config, {"kind": "opcua", "name": "ua", "endpoint": plant.url,
                          "nodes": [{"sensor_id": "vib", "node_id": nid("Wave"), "unit": "g",
                                     "sensor_type": "vibration", "waveform": True,
                                     "sample_rate_node": nid("Wave.Rate"),
                                     "publishing_interval": "50ms", "queue_size": 8}]})
     assert cfg.waveform_sources() == ("vib",)
-    pipeline = build(PipelineConfig, {"source": "vib", "features": {"kind": "vibration"},
+    pipeline = parse(PipelineConfig, {"source": "vib", "features": {"kind": "vibration"},
                                       "window": WINDOW, "hop": HOP})
     analysis = Analysis(pipeline, tmp_path)
     blocks: list[WaveformBlock] = []

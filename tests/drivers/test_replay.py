@@ -12,19 +12,19 @@ import pytest
 import scipy.io
 from scipy.io import wavfile
 
-from edge_agent.confkit import ConfigError, build
 from edge_agent.drivers.base import Driver, DriverError
 from edge_agent.drivers.replay import Config, ReplayDriver, create
 from edge_agent.models.dsp.envelope import DEFECTS
 from edge_agent.models.dsp.extract import VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Windower
 from edge_agent.records import Reading, WaveformBlock, parse_ts
+from edge_agent.settings import ConfigError, parse
 
 T0 = "2026-11-27T10:00:00Z"
 
 
 def driver(**raw: object) -> ReplayDriver:
-    cfg = build(Config, {"kind": "replay", "name": "rp", "pace": "fast", "start_time": T0, **raw})
+    cfg = parse(Config, {"kind": "replay", "name": "rp", "pace": "fast", "start_time": T0, **raw})
     d = create(cfg)
     assert isinstance(d, Driver)
     return d
@@ -93,7 +93,7 @@ async def test_cwru_rpm_reading_feeds_the_envelope_extractor(data_dir: Path) -> 
     assert bl[0].channels == ("de",) and bl[0].sample_rate == 48000.0
     ref = scipy.io.loadmat(path)["X109_DE_time"].ravel()
     np.testing.assert_array_equal(np.concatenate([b.samples[:, 0] for b in bl]), ref)
-    cfg = build(VibrationConfig, {"include": ["envelope"], "shaft_speed_tag": "motor.de.rpm",
+    cfg = parse(VibrationConfig, {"include": ["envelope"], "shaft_speed_tag": "motor.de.rpm",
                                   "bearing": {"n_balls": 9, "ball_diameter": 0.3126,
                                               "pitch_diameter": 1.537}})
     ex = make_extractor(cfg, 48000.0, ("de",), 32768, 16384)
@@ -150,12 +150,12 @@ async def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DriverError, match="no column '5'"):
         await driver(path=str(tmp_path / "ok.wav"), columns=["5"]).open()
     with pytest.raises(ConfigError) as err:
-        build(Config, {"kind": "replay", "name": "x", "path": "p", "columns": ["0", "1"],
+        parse(Config, {"kind": "replay", "name": "x", "path": "p", "columns": ["0", "1"],
                        "channels": ["a"], "start_time": "yesterday", "pace": "slow"})
     text = str(err.value)
     assert "pace: must be one of" in text
     with pytest.raises(ConfigError) as err2:
-        build(Config, {"kind": "replay", "name": "x", "path": "p", "columns": ["0", "1"],
+        parse(Config, {"kind": "replay", "name": "x", "path": "p", "columns": ["0", "1"],
                        "channels": ["a"], "start_time": "yesterday"})
     text2 = str(err2.value)
     assert "channels: must name each selected column" in text2

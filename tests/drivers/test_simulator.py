@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy import signal, stats
 
-from edge_agent.confkit import build
 from edge_agent.drivers.simulator import Config, SimulatedPlant
 from edge_agent.records import Reading, WaveformBlock
+from edge_agent.settings import parse
 
 
 def plant(**over: object) -> SimulatedPlant:
     raw = {"kind": "simulator", "fault": {"onset": "5s", "growth": "5s"}, **over}
-    return SimulatedPlant(build(Config, raw), start=1_800_000_000.0)
+    return SimulatedPlant(parse(Config, raw), start=1_800_000_000.0)
 
 
 def run(p: SimulatedPlant, seconds: float) -> list[list[object]]:
@@ -77,7 +77,7 @@ def test_process_values_are_plausible_and_drift_with_fault() -> None:
 
 
 def test_config_problems_named() -> None:
-    from edge_agent.confkit import check
+    from edge_agent.settings import check
 
     cross = {str(x) for x in check(Config, {"kind": "simulator", "resonance_hz": 15000})}
     assert cross == {"resonance_hz: must be below half of vibration_rate"}

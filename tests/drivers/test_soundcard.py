@@ -18,15 +18,30 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.confkit import ConfigError, build
 from edge_agent.drivers.base import Driver, DriverDisconnected, DriverError
 from edge_agent.drivers.soundcard import Channel, Config, SoundcardDriver, create, level_dbfs
+from edge_agent.settings import ConfigError, parse
 
 SR = 8000.0
 
 
+class VirtualClock:
+    """The wall clock as the driver sees it: advanced by the fake stream as audio is fed, so
+    feeding 30 s of audio in a few ms looks like 30 s of real time (a real-time device)."""
+
+    def __init__(self) -> None:
+        import time
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
 class FakeStream:
     """Calls the driver's callback from another thread, like PortAudio does."""
+
+    clock: VirtualClock | None = None
+    pace = 1.0                          # > 1: the device delivers faster than real time
 
     def __init__(self, callback: Any, channels: int, blocksize: int, **kw: Any) -> None:
         self.callback, self.channels, self.blocksize, self.kw = callback, channels, blocksize, kw
@@ -49,6 +64,8 @@ class FakeStream:
     def feed(self, data: np.ndarray, overflow: bool = False, adc: float | None = None) -> None:
         if adc is not None:
             self.adc = adc
+        if self.clock is not None:               # the block arrives once it was captured
+            self.clock.t += len(data) / SR / self.pace
         status = SimpleNamespace(input_overflow=overflow, __bool__=lambda: overflow)
         info = SimpleNamespace(inputBufferAdcTime=self.adc)
         t = threading.Thread(target=self.callback,
@@ -61,16 +78,18 @@ class FakeStream:
 
 def make(channels: list[dict[str, Any]] | None = None, **raw: Any
          ) -> tuple[SoundcardDriver, list[FakeStream]]:
-    cfg = build(Config, {"kind": "soundcard", "name": "mic", "sample_rate": SR,
+    cfg = parse(Config, {"kind": "soundcard", "name": "mic", "sample_rate": SR,
                          "block_size": 100, "buffer_seconds": 0.1,
                          "channels": channels or [{"name": "a"}, {"name": "b"}], **raw})
     made: list[FakeStream] = []
+    clock = VirtualClock()
 
     def factory(**kw: Any) -> FakeStream:
         s = FakeStream(**kw)
+        s.clock = clock
         made.append(s)
         return s
-    d = SoundcardDriver(cfg, stream_factory=factory)
+    d = SoundcardDriver(cfg, stream_factory=factory, clock=clock)
     assert isinstance(d, Driver)
     return d, made
 
@@ -156,10 +175,11 @@ async def test_calibration_per_channel() -> None:
     assert b.unit == "Pa"
     # 0.5 FS * 1 V / 50 mV/Pa = 10 Pa; 0.5 FS * 2 V / 10 (20 dB) / 10 mV/Pa = 10 Pa
     np.testing.assert_allclose(b.samples[0], [10.0, 10.0])
-    acc = Channel("x", "iepe", sensitivity=100.0, full_scale_volts=5.0, unit="m/s2")
+    acc = Channel(name="x", calibration="iepe", sensitivity=100.0, full_scale_volts=5.0,
+                  unit="m/s2")
     assert acc.scale_and_unit() == (pytest.approx(50.0 * 9.80665), "m/s2")
-    assert Channel("x", "iepe", sensitivity=100.0, full_scale_volts=5.0).scale_and_unit() == \
-        (pytest.approx(50.0), "g")
+    assert Channel(name="x", calibration="iepe", sensitivity=100.0,
+                   full_scale_volts=5.0).scale_and_unit() == (pytest.approx(50.0), "g")
     assert level_dbfs(np.sin(np.arange(8000) * 2 * math.pi / 80)) == pytest.approx(0.0,
                                                                                   abs=1e-9)
     assert level_dbfs(np.zeros(10)) == -math.inf
@@ -185,12 +205,12 @@ async def test_read_waits_for_the_callback() -> None:
 
 def test_config_problems() -> None:
     with pytest.raises(ConfigError) as err:
-        build(Config, {"kind": "soundcard", "name": "m", "channels": [
+        parse(Config, {"kind": "soundcard", "name": "m", "channels": [
             {"name": "a", "calibration": "iepe"}, {"name": "a"}]})
     text = str(err.value)
     assert "sensitivity: is required" in text and "full_scale_volts: is required" in text
     with pytest.raises(ConfigError) as err2:
-        build(Config, {"kind": "soundcard", "name": "m", "channels": [
+        parse(Config, {"kind": "soundcard", "name": "m", "channels": [
             {"name": "a", "calibration": "iepe", "sensitivity": 100.0, "full_scale_volts": 1.0},
             {"name": "a"}]})
     assert "names must be distinct" in str(err2.value) and "one unit" in str(err2.value)
@@ -198,7 +218,7 @@ def test_config_problems() -> None:
 
 async def test_missing_portaudio_or_package_is_a_clear_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = build(Config, {"kind": "soundcard", "name": "m", "channels": [{"name": "a"}]})
+    cfg = parse(Config, {"kind": "soundcard", "name": "m", "channels": [{"name": "a"}]})
     try:
         import sounddevice  # noqa: F401
         have_portaudio = True
@@ -225,7 +245,7 @@ async def test_missing_device_lists_the_inputs(monkeypatch: pytest.MonkeyPatch) 
                                {"name": "HDMI", "max_input_channels": 0}],
         InputStream=None)
     monkeypatch.setitem(sys.modules, "sounddevice", fake_sd)
-    cfg = build(Config, {"kind": "soundcard", "name": "m", "device": "Focusrite",
+    cfg = parse(Config, {"kind": "soundcard", "name": "m", "device": "Focusrite",
                          "channels": [{"name": "a"}]})
     with pytest.raises(DriverError, match=r"'Focusrite'.*input devices: \['USB Audio'\]"):
         await create(cfg).open()
@@ -277,7 +297,8 @@ async def test_without_a_stream_clock_the_wall_clock_disciplines() -> None:
     d, made = make(buffer_seconds=1.0)
     await d.open()
     s = made[0]
-    for _ in range(40):                 # 0.5 s of audio delivered in far less wall time
+    s.pace = 1.15                       # 0.5 s of audio delivered in 0.43 s of wall time
+    for _ in range(40):
         s.feed(ramp(0, 100), adc=0.0)   # PortAudio gives no ADC time
     snap = d.health().snapshot()
     assert snap["clock_corrections"] > 0 and float(snap["clock_error_s"]) > 0.05
@@ -286,3 +307,56 @@ async def test_without_a_stream_clock_the_wall_clock_disciplines() -> None:
     steps = [b.start - a.end for a, b in itertools.pairwise(bl)]
     assert all(-0.0011 <= x < 0 for x in steps)                     # slewed back, 1 ms a step
     await d.close()
+
+
+async def test_a_device_faster_than_real_time_is_refused_not_stamped_in_the_future() -> None:
+    d, made = make(buffer_seconds=10.0)
+    await d.open()
+    s = made[0]
+    s.pace = 200.0                      # an unpaced device: 2 s of audio in 10 ms of wall time
+    got: list[Any] = []
+    with pytest.raises(DriverError, match="faster than its nominal rate"):
+        for k in range(160):
+            s.feed(ramp(k * 100, 100))
+            if k % 10 == 9:
+                got += await d.read()
+    wall = made[0].clock.t if made[0].clock else 0.0
+    assert got and max(b.end for b in got) <= wall + 0.5     # never beyond the lead limit
+    assert d.health().errors["too_fast"] == 1 and d.health().snapshot()["too_fast"] == 1
+    await d.close()
+
+
+async def test_non_finite_samples_become_a_counted_hole_never_nan(
+        recwarn: pytest.WarningsRecorder) -> None:
+    d, made = make(buffer_seconds=1.0)
+    await d.open()
+    s = made[0]
+    s.feed(ramp(0, 100))
+    bad = ramp(100, 100)
+    bad[5, 1] = np.nan
+    s.feed(bad)
+    s.feed(ramp(200, 100))
+    blocks = [b for _ in range(3) if d._written > d._read for b in await d.read()]
+    assert [b.n_samples for b in blocks] == [100, 100]
+    assert all(np.isfinite(b.samples).all() for b in blocks)
+    assert blocks[1].start == pytest.approx(blocks[0].end + 100 / SR)   # the hole shows
+    snap = d.health().snapshot()
+    assert snap["invalid_blocks"] == 1 and snap["invalid_frames"] == 100
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    await d.close()
+
+
+async def test_close_is_bounded_when_the_device_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as _time
+
+    from edge_agent.drivers import soundcard
+    monkeypatch.setattr(soundcard, "CLOSE_TIMEOUT_S", 0.2)
+    d, made = make()
+    await d.open()
+    release = threading.Event()
+    made[0].stop = lambda: release.wait(5)  # type: ignore[method-assign]
+    t = _time.monotonic()
+    await d.close()
+    assert _time.monotonic() - t < 1.0
+    assert d.health().errors["close_timeout"] == 1 and not d.health().connected
+    release.set()

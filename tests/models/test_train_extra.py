@@ -84,7 +84,7 @@ def test_commissioning_chain_refused_in_process(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_agent.agent import config
     from edge_agent.agent.analysis import Analysis
-    from edge_agent.confkit import build
+    from edge_agent.settings import parse as build
 
     monkeypatch.setitem(sys.modules, "sklearn", None)
     cfg = build(config.PipelineConfig, {"source": "a", "features": {"kind": "vibration"},

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.confkit import Duration, Secret
 from edge_agent.records import Reading
+from edge_agent.settings import Secret
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.pack import prefix, unpack, unpack_idx, wire
 from edge_agent.sync.uploader import Uploader, UploaderConfig
@@ -30,9 +30,9 @@ def readings(n: int, sensor: str = "press-07.oil_temp", t0: float = T0, step: fl
 
 
 def fast_uploader_cfg(url: str, **kw: Any) -> UploaderConfig:
-    base: dict[str, Any] = dict(url=url, api_key=Secret(API_KEY), interval=Duration(0.0),
-                                backoff_initial=Duration(0.02), backoff_max=Duration(0.2),
-                                auth_retry_interval=Duration(0.2), timeout=Duration(2.0))
+    base: dict[str, Any] = dict(url=url, api_key=Secret(API_KEY), interval=0.0,
+                                backoff_initial=0.02, backoff_max=0.2,
+                                auth_retry_interval=0.2, timeout=2.0)
     base.update(kw)
     return UploaderConfig(**base)
 

@@ -16,8 +16,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from edge_agent.confkit import Duration, Secret
 from edge_agent.records import Reading
+from edge_agent.settings import Secret
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.runner import SinkRunner
 from edge_agent.sync.uploader import HttpSink, Uploader, UploaderConfig, policy
@@ -32,10 +32,10 @@ def batch(first_us: int, n: int) -> list[Reading]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    buf = Buffer(Path(args.db), BufferConfig(commit_interval=Duration(0.002)))
+    buf = Buffer(Path(args.db), BufferConfig(commit_interval=0.002))
     cfg = UploaderConfig(url=args.url, api_key=Secret(args.api_key), batch_max_rows=2000,
-                         interval=Duration(0.02), backoff_initial=Duration(0.05),
-                         backoff_max=Duration(0.3), timeout=Duration(2.0))
+                         interval=0.02, backoff_initial=0.05,
+                         backoff_max=0.3, timeout=2.0)
     up = Uploader(buf, cfg, args.gateway_id)
     mirror: SinkRunner | None = None
     if args.mirror_url:  # registered with the uploader, before the buffer runs any sink

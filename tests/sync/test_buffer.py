@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.confkit import ByteSize, ConfigError, Duration, build
 from edge_agent.records import Event, FeatureVector, ModelRef, Reading
+from edge_agent.settings import ConfigError, parse
 from edge_agent.sync import schema
 from edge_agent.sync.buffer import Buffer, BufferClosed, BufferConfig, BufferUnavailable
 from edge_agent.sync.store import Store
@@ -37,14 +37,14 @@ def scribble(path: Path) -> None:
 
 
 def test_config_builds_from_toml_table() -> None:
-    cfg = build(BufferConfig, {"max_size": "512MiB", "max_age": "7d", "commit_interval": "2ms",
+    cfg = parse(BufferConfig, {"max_size": "512MiB", "max_age": "7d", "commit_interval": "2ms",
                                "synchronous": "full"})
     assert cfg.max_size == 512 * 1024**2 and cfg.max_age == 7 * 86400
     assert cfg.commit_interval == pytest.approx(0.002)
     with pytest.raises(ConfigError, match="reserved_for_events"):
-        build(BufferConfig, {"max_size": "2MiB", "reserved_for_events": "4MiB"})
+        parse(BufferConfig, {"max_size": "2MiB", "reserved_for_events": "4MiB"})
     with pytest.raises(ConfigError, match="synchronous"):
-        build(BufferConfig, {"synchronous": "off"})
+        parse(BufferConfig, {"synchronous": "off"})
 
 
 async def test_put_commits_and_survives_reopen(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
 async def test_size_quota_drops_oldest_readings_keeps_events(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     # packed readings take ~6 bytes each: 240k readings overflow 1 MiB
-    cfg = BufferConfig(max_size=ByteSize(1024**2), reserved_for_events=ByteSize(128 * 1024))
+    cfg = BufferConfig(max_size=1024**2, reserved_for_events=128 * 1024)
     b = Buffer(path, cfg)
     await b.start()
     await b.put([Event("anomaly_raised", "pump", T0, "critical", {"n": i}) for i in range(50)])
@@ -192,7 +192,7 @@ async def test_size_quota_drops_oldest_readings_keeps_events(tmp_path: Path) -> 
 
 async def test_file_shrinks_after_drain(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    b = Buffer(path, BufferConfig(housekeeping_interval=Duration(0.05)))
+    b = Buffer(path, BufferConfig(housekeeping_interval=0.05))
     await b.start()
     await b.put(readings(400_000))  # packed: ~2.5 MB
     await b.call(lambda s: s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
@@ -207,7 +207,7 @@ async def test_file_shrinks_after_drain(tmp_path: Path) -> None:
 
 async def test_age_quota(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    b = Buffer(path, BufferConfig(max_age=Duration(3600), housekeeping_interval=Duration(0.05)))
+    b = Buffer(path, BufferConfig(max_age=3600, housekeeping_interval=0.05))
     await b.start()
     import time
     now = time.time()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from edge_agent.confkit import Duration
 from edge_agent.records import Event
 from edge_agent.sync.buffer import Buffer
 from tests.receiver import IngestReceiver
@@ -15,7 +14,7 @@ from .conftest import T0, Running, fast_uploader_cfg, readings
 
 
 async def test_outage_then_drain_in_order(buffer: Buffer, rx: IngestReceiver) -> None:
-    cfg = fast_uploader_cfg(rx.url, batch_max_rows=1000, backoff_max=Duration(0.4))
+    cfg = fast_uploader_cfg(rx.url, batch_max_rows=1000, backoff_max=0.4)
     rx.down()
     async with Running(buffer, cfg) as up:
         for k in range(20):  # ~2 s of production while the receiver is down

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from edge_agent.backoff import Backoff
-from edge_agent.confkit import ByteSize
 from edge_agent.records import Event, FeatureVector, ModelRef
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.delivery import (
@@ -229,7 +228,7 @@ def test_sink_names_and_tables_are_checked(tmp_path: Path) -> None:
 
 
 async def test_rows_in_another_sinks_pending_batch_survive_the_quota(tmp_path: Path) -> None:
-    cfg = BufferConfig(max_size=ByteSize(1024**2), reserved_for_events=ByteSize(128 * 1024))
+    cfg = BufferConfig(max_size=1024**2, reserved_for_events=128 * 1024)
     b = Buffer(tmp_path / "b.db", cfg)
     slow = b.sink("slow", ALL)
     await b.start()

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge_agent.confkit import ByteSize, ConfigError, Duration, Secret, build
 from edge_agent.records import Event, FeatureVector, ModelRef, format_us, to_us
+from edge_agent.settings import ConfigError, Secret, parse
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.quarantine import list_quarantine, quarantine_body, requeue
 from edge_agent.sync.store import Store
@@ -30,7 +30,7 @@ def all_in(rx: IngestReceiver, n: int) -> bool:
 def test_config_from_toml(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text("s3cret\n")
-    cfg = build(UploaderConfig, {"url": "https://ingest.example/", "api_key_file": str(key),
+    cfg = parse(UploaderConfig, {"url": "https://ingest.example/", "api_key_file": str(key),
                                  "batch_max_bytes": "1MiB", "bandwidth_limit": "64kB",
                                  "backoff_max": "10m"})
     assert cfg.api_key is not None and cfg.api_key.reveal() == "s3cret"
@@ -38,9 +38,9 @@ def test_config_from_toml(tmp_path: Path) -> None:
     assert cfg.endpoint == "https://ingest.example/api/v1/data/ingest"
     assert cfg.bandwidth_limit == 64000
     with pytest.raises(ConfigError, match="api_key"):
-        build(UploaderConfig, {"url": "http://x"})
+        parse(UploaderConfig, {"url": "http://x"})
     with pytest.raises(ConfigError, match="url"):
-        build(UploaderConfig, {"url": "ftp://x", "api_key": "k"})
+        parse(UploaderConfig, {"url": "ftp://x", "api_key": "k"})
 
 
 async def test_delivers_everything_once_events_first(buffer: Buffer, rx: IngestReceiver) -> None:
@@ -94,7 +94,7 @@ async def test_timeout_then_retry_gets_duplicate_ignored(buffer: Buffer,
                                                          rx: IngestReceiver) -> None:
     await buffer.put(readings(30))
     rx.inject(delay=1.5, store_then_drop=False)  # answer too late: stored? no - slow before
-    async with Running(buffer, fast_uploader_cfg(rx.url, timeout=Duration(0.5))) as up:
+    async with Running(buffer, fast_uploader_cfg(rx.url, timeout=0.5)) as up:
         assert await up.wait_until(lambda u: u.rows_sent == 30, 20)
         assert up.failed["timeout"] >= 1
     # The slow request is processed after the client gave up; the retry, with the same key,
@@ -211,7 +211,7 @@ async def test_refused_batch_is_quarantined_and_can_be_requeued(
 async def test_auth_failure_keeps_data_raises_event_and_recovers(buffer: Buffer) -> None:
     with IngestReceiver(api_key="new-key", revoked_keys=[API_KEY]) as rx:
         await buffer.put(readings(20))
-        async with Running(buffer, fast_uploader_cfg(rx.url, auth_retry_interval=Duration(0.3))) \
+        async with Running(buffer, fast_uploader_cfg(rx.url, auth_retry_interval=0.3)) \
                 as up:
             assert await wait_rx(rx, lambda r: len(r.requests) >= 2)
             assert up.stats()["state"] == "auth_failed"
@@ -261,7 +261,7 @@ async def test_gzip_and_headers(buffer: Buffer) -> None:
 async def test_bandwidth_limit(buffer: Buffer, rx: IngestReceiver) -> None:
     await buffer.put(readings(2000))
     cfg = fast_uploader_cfg(rx.url, batch_max_rows=200, gzip=False,
-                            bandwidth_limit=ByteSize(100_000))
+                            bandwidth_limit=100_000)
     t = time.monotonic()
     async with Running(buffer, cfg):
         assert await wait_rx(rx, lambda r: all_in(r, 2000))
@@ -464,7 +464,7 @@ async def test_zero_or_past_retry_after_still_backs_off(buffer: Buffer, rx: Inge
                                                          retry_after: str) -> None:
     await buffer.put(readings(10))
     rx.inject(status=503, retry_after=retry_after, times=3)
-    cfg = fast_uploader_cfg(rx.url, backoff_initial=Duration(0.2), backoff_max=Duration(0.4))
+    cfg = fast_uploader_cfg(rx.url, backoff_initial=0.2, backoff_max=0.4)
     async with Running(buffer, cfg) as up:
         assert await up.wait_until(lambda u: u.rows_sent == 10, 20)
     gaps = [b.time - a.time for a, b in zip(rx.requests, rx.requests[1:], strict=False)]

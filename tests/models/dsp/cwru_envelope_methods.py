@@ -29,7 +29,8 @@ from edge_agent.bearing import BearingGeometry, defect_frequencies
 
 F64 = npt.NDArray[np.float64]
 C128 = npt.NDArray[np.complex128]
-GEOM = BearingGeometry(9, 0.3126, 1.537, 0.0)
+GEOM = BearingGeometry(n_balls=9, ball_diameter=0.3126, pitch_diameter=1.537,
+                       contact_angle_deg=0.0)
 FS, N = 48000.0, 32768
 FILES = {"inner": "48k_Drive_End_IR007_0_109.mat", "outer": "48k_Drive_End_OR007@6_0_135.mat",
          "ball": "48k_Drive_End_B007_0_122.mat", "healthy": "normal_0_97.mat"}

@@ -41,12 +41,13 @@ def test_defect_frequencies_match_the_cwru_table() -> None:
 
 
 def test_contact_angle_and_geometry_checks() -> None:
-    tilted = BearingGeometry(12, 10.0, 50.0, 15.0)
+    tilted = BearingGeometry(n_balls=12, ball_diameter=10.0, pitch_diameter=50.0,
+                             contact_angle_deg=15.0)
     r = 10.0 / 50.0 * math.cos(math.radians(15.0))
     fd = defect_frequencies(tilted, 25.0)
     assert fd["bpfo"] == pytest.approx(12 * 25.0 / 2 * (1 - r))
     assert fd["bpfi"] == pytest.approx(12 * 25.0 / 2 * (1 + r))
-    assert BearingGeometry(9, 2.0, 1.0).problems()
+    assert BearingGeometry(n_balls=9, ball_diameter=2.0, pitch_diameter=1.0).problems()
 
 
 def synthetic_fault(defect_hz: float, resonance: float = 4000.0, seconds: float = 1.0,

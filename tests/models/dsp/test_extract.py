@@ -1,4 +1,4 @@
-"""Extractor: config through confkit, names and order, contract, batch == single, bad windows."""
+"""Extractor: config through settings, names and order, contract, batch == single, bad windows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from edge_agent.confkit import ConfigError, build
 from edge_agent.models.dsp.extract import (
     FeatureError,
     SoundConfig,
@@ -20,6 +19,7 @@ from edge_agent.models.dsp.extract import (
 from edge_agent.models.dsp.features import BASIC_NAMES
 from edge_agent.models.dsp.windowing import Window, Windower
 from edge_agent.records import WaveformBlock
+from edge_agent.settings import ConfigError, parse
 
 BEARING = {"n_balls": 9, "ball_diameter": 0.3126, "pitch_diameter": 1.537}
 
@@ -33,7 +33,7 @@ def test_names_order_default_and_with_extras() -> None:
     assert ex.names() == tuple(f"h_{n}" for n in BASIC_NAMES) + tuple(f"v_{n}" for n in
                                                                        BASIC_NAMES)
     assert ex.names()[:3] == ("h_rms", "h_peak_to_peak", "h_kurtosis")
-    cfg = build(VibrationConfig, {"include": ["basic", "iso", "envelope"], "iso_class": "I",
+    cfg = parse(VibrationConfig, {"include": ["basic", "iso", "envelope"], "iso_class": "I",
                                   "bearing": BEARING, "shaft_speed_rpm": 1797.0})
     ex2 = make_extractor(cfg, 48000.0, ("de",), 32768, 16384)
     extras = ("de_iso_velocity_rms", "de_iso_zone", "de_env_bpfo", "de_env_bpfi", "de_env_bsf",
@@ -49,22 +49,22 @@ def test_names_order_default_and_with_extras() -> None:
 
 def test_config_problems_are_reported() -> None:
     with pytest.raises(ConfigError) as err:
-        build(VibrationConfig, {"include": ["basic", "envelope"], "iso_zones": [3.0, 2.0, 5.0],
+        parse(VibrationConfig, {"include": ["basic", "envelope"], "iso_zones": [3.0, 2.0, 5.0],
                                 "iso_class": "II", "high_freq_cut": -1.0, "colour": "red"})
     text = str(err.value)
     assert "colour: unknown key" in text and "high_freq_cut: must be > 0" in text
     with pytest.raises(ConfigError) as err2:
-        build(VibrationConfig, {"include": ["basic", "envelope"], "iso_zones": [3.0, 2.0, 5.0],
+        parse(VibrationConfig, {"include": ["basic", "envelope"], "iso_zones": [3.0, 2.0, 5.0],
                                 "iso_class": "II"})
     t2 = str(err2.value)
     assert "bearing: is required" in t2 and "shaft_speed_rpm" in t2
     assert "iso_zones: must be 3 increasing" in t2 and "not both" in t2
     with pytest.raises(ConfigError, match="n_mfcc: must not exceed n_mels"):
-        build(SoundConfig, {"n_mfcc": 50, "n_mels": 40})
-    ok = build(VibrationConfig, {"include": ["iso"], "iso_zones": [2.3, 4.5, 7.1]})
+        parse(SoundConfig, {"n_mfcc": 50, "n_mels": 40})
+    ok = parse(VibrationConfig, {"include": ["iso"], "iso_zones": [2.3, 4.5, 7.1]})
     assert ok.zone_limits() == (2.3, 4.5, 7.1)
     with pytest.raises(ValueError, match="Nyquist"):
-        make_extractor(VibrationConfig(include=("envelope",), bearing=build(
+        make_extractor(VibrationConfig(include=("envelope",), bearing=parse(
             VibrationConfig, {"bearing": BEARING}).bearing, shaft_speed_rpm=1000.0),
             8000.0, ("x",), 4096, 2048)
 
@@ -93,7 +93,7 @@ def test_values_match_scipy_through_windower(data_dir: Path) -> None:
 def test_nan_window_and_shaft_speed_errors() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4096, 1))
-    cfg = build(VibrationConfig, {"include": ["basic", "envelope"], "bearing": BEARING,
+    cfg = parse(VibrationConfig, {"include": ["basic", "envelope"], "bearing": BEARING,
                                   "shaft_speed_tag": "plc.motor_rpm"})
     ex = make_extractor(cfg, 25600.0, ("x",), 4096, 2048)
     with pytest.raises(FeatureError, match=r"plc\.motor_rpm"):
@@ -108,7 +108,7 @@ def test_nan_window_and_shaft_speed_errors() -> None:
     assert np.isfinite(rows[0]).all() and np.isnan(rows[1]).all()
     with pytest.raises(FeatureError, match="does not match"):
         ex(win(x[:2048], 25600.0, ("x",)), shaft_rpm=1500.0)
-    fixed = make_extractor(build(VibrationConfig, {"include": ["envelope"], "bearing": BEARING,
+    fixed = make_extractor(parse(VibrationConfig, {"include": ["envelope"], "bearing": BEARING,
                                                    "shaft_speed_rpm": 1500.0}),
                            25600.0, ("x",), 4096, 2048)
     assert fixed(win(x, 25600.0, ("x",))) == pytest.approx(
@@ -153,7 +153,7 @@ def test_envelope_contract_carries_shaft_speed_and_refuses_other_speed(tmp_path:
     from edge_agent.models.training.export import export_bundle
 
     def ex(extra: dict[str, object]) -> Any:
-        cfg = build(VibrationConfig, {"include": ["basic", "envelope"], "bearing": BEARING,
+        cfg = parse(VibrationConfig, {"include": ["basic", "envelope"], "bearing": BEARING,
                                       **extra})
         return make_extractor(cfg, 48000.0, ("de",), 32768, 16384)
 
@@ -183,7 +183,7 @@ def test_huge_finite_samples_give_feature_error_and_bad_rows(kind: str) -> None:
     huge = x * 1e154                     # finite, but squares/powers overflow to inf
     assert np.isfinite(huge).all()
     if kind == "vibration":
-        cfg: VibrationConfig | SoundConfig = build(VibrationConfig, {
+        cfg: VibrationConfig | SoundConfig = parse(VibrationConfig, {
             "include": ["basic", "iso", "envelope"], "iso_class": "I", "bearing": BEARING,
             "shaft_speed_rpm": 1500.0})
     else:

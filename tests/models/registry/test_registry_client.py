@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import config
-from edge_agent.confkit import ConfigError
+from edge_agent.errors import ConfigError
 from edge_agent.models.bundle import Manifest
 from edge_agent.models.registry.client import RegistryClient, RegistryFailure, TooLarge
 from edge_agent.models.registry.config import RegistryConfig, load_public_key

@@ -29,10 +29,11 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import config
-from edge_agent.agent.analysis import Analysis, resolve_model
+from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.cli import main as edge_agent_main
 from edge_agent.drivers.simulator import Config as SimConfig
 from edge_agent.drivers.simulator import FaultScript, SimulatedPlant
+from edge_agent.models.builtin import resolve_model
 from edge_agent.models.registry.poller import RegistryPoller
 from edge_agent.records import Event, FeatureVector, WaveformBlock
 
