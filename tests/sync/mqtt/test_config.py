@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.agent.config import parse as parse_agent
+from edge_agent.agent.config import summary
 from edge_agent.settings import ConfigError, parse, world_problems
 from edge_agent.sync.mqtt import JsonSink, SparkplugSink, create_sink
 from edge_agent.sync.mqtt.config import MqttConfig
@@ -81,3 +83,17 @@ def test_secret_never_shown_and_world_problems(tmp_path: Path,
     assert sorted(str(p) for p in world_problems(bad, "mqtt")) == [
         f"mqtt.ca_file: no such file: {tmp_path / 'missing.pem'}",
         "mqtt.password: environment variable NO_SUCH_MQTT_PW is not set"]
+
+
+def test_agent_config_has_mqtt_only_with_a_table() -> None:
+    base = {"drivers": [{"kind": "simulator", "name": "sim"}]}
+    assert parse_agent(base).mqtt is None
+    cfg = parse_agent({**base, **tomllib.loads(ISSUE_EXAMPLE)})
+    assert cfg.mqtt is not None and cfg.mqtt.mode == "sparkplug"
+    line = next(x for x in summary(cfg) if x.startswith("mqtt:"))
+    assert "mqtts://broker.plant:8884" in line and "${MQTT_PASSWORD}" in line
+    with pytest.raises(ConfigError) as err:
+        parse_agent({**base, "mqtt": {"url": "tcp://x", "sparkplug": {"group_id": "g"}}})
+    assert sorted(str(p) for p in err.value.problems) == [
+        'mqtt.sparkplug: only used with mode = "sparkplug"',
+        "mqtt.url: must start with mqtt:// or mqtts://"]
