@@ -22,11 +22,11 @@ from edge_agent.agent.status import StatusService
 from edge_agent.agent.webconfig import MIN_TOKEN_CHARS
 from edge_agent.drivers.base import Driver
 from edge_agent.sync.buffer import Buffer
-from edge_agent.sync.mqtt.publisher import MqttPublisher
 from edge_agent.sync.uploader import Uploader
 
 if TYPE_CHECKING:
     from edge_agent.agent.web import WebServer
+    from edge_agent.sync.mqtt.publisher import MqttPublisher
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -72,6 +72,8 @@ def make_mqtt(cfg: AgentConfig, buffer: Buffer) -> MqttPublisher | None:
     sink runs (a row is freed only once every registered sink has delivered it)."""
     if cfg.mqtt is None:
         return None
+    from edge_agent.sync.mqtt.publisher import MqttPublisher  # paho, protobuf: only if used
+
     return MqttPublisher(buffer, cfg.mqtt, cfg.agent.gateway_id, cfg.state_dir,
                          devices=[p.source for p in cfg.pipelines],
                          sensor_devices=plc_sensors(cfg))
