@@ -15,11 +15,12 @@ import getpass
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from edge_agent.timestamps import local_text
 
 EX_UNREACHABLE = 2
 
@@ -69,7 +70,7 @@ def render(s: dict[str, Any]) -> list[str]:
     disk = g.get("disk", {})
     lines = [
         f"{g['id']}  edge-agent {g['version']} on {g['hostname']}  up {_n(g['uptime_s'], ' s')}"
-        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(g['clock']))}",
+        f"  {local_text(g['clock'])}",
         f"health: {h['status']}" + (f" ({'; '.join(h['reasons'])})" if h["reasons"] else ""),
         f"disk: {_n(disk.get('free_bytes'))} bytes free of {_n(disk.get('total_bytes'))}",
         f"buffer: {_n(b.get('rows_queued_total'))} rows unsent, oldest "
@@ -86,7 +87,7 @@ def render(s: dict[str, Any]) -> list[str]:
         a = src.get("active_alert")
         if a:
             diag = a["details"].get("diagnosis")
-            since = time.strftime("%H:%M:%S", time.localtime(a["timestamp"]))
+            since = local_text(a["timestamp"], with_date=False)
             lines.append(f"    alarm since {since}" + (f": {diag}" if diag else ""))
     return lines
 

@@ -2,7 +2,17 @@
 
 :func:`run_driver` keeps one driver alive forever: open a fresh connection, read (paced by the
 poll interval for polled drivers), and on any driver failure close it, wait an exponentially
-growing, jittered delay and open again. It never gives up: a plant outage may last hours.
+growing, jittered delay (:class:`edge_agent.backoff.Backoff`) and open again. It never gives
+up: a plant outage may last hours.
+
+A connection counts as *up* only once it has delivered: the first read after ``open()`` that
+the driver counted as a good read (``health().reads`` grew). A TCP connect alone is not
+success — a peer that accepts and never answers must back off like any other failure — so the
+backoff is reset, ``health().connected`` set and "driver connected" logged only then.
+"driver failed; reconnecting" is logged at warning level when an up connection fails (or the
+first try fails); further failed attempts while still down are logged at debug level, so a long
+outage does not flood the journal and the agent's connected/disconnected events follow real
+state changes only.
 """
 
 from __future__ import annotations
@@ -14,7 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from edge_agent.drivers.base import Driver, DriverError, DriverOutput
+from edge_agent.backoff import Backoff, Retrier
+from edge_agent.drivers.base import Driver, DriverError, DriverHealth, DriverOutput
+
+__all__ = ["RECOVERABLE", "Backoff", "run_driver"]
 
 log = logging.getLogger("edge_agent.supervisor")
 
@@ -22,21 +35,6 @@ log = logging.getLogger("edge_agent.supervisor")
 # a bug and propagates to the pipeline's task group handler, which restarts the driver task.
 RECOVERABLE: tuple[type[BaseException], ...] = (DriverError, OSError, TimeoutError, EOFError,
                                                 ConnectionError)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.5  # fraction of the delay drawn at random (0 = none, 1 = full jitter)
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Delay before reconnect attempt ``attempt`` (0-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        r = (rng or random).random()
-        return base * (1.0 - self.jitter * r)
-
 
 Emit = Callable[[DriverOutput], Awaitable[None]]
 
@@ -50,6 +48,47 @@ async def _close_quietly(driver: Driver, limit_s: float = 5.0) -> None:
         log.warning("driver close failed", extra={"driver": driver.name, "error": repr(exc)})
 
 
+@dataclass
+class _Link:
+    """Up/down state of one supervised driver; logs and flags only real changes."""
+
+    driver: Driver
+    health: DriverHealth
+    retrier: Retrier
+    up: bool = False
+    failed_once: bool = False
+    down_since: float = 0.0
+
+    def delivered(self) -> None:
+        """The connection just delivered a good read: it is up."""
+        self.health.connected = True
+        if self.up:
+            return
+        self.up = True
+        extra: dict[str, object] = {"driver": self.driver.name,
+                                    "attempts": self.retrier.failures + 1}
+        if self.failed_once:
+            extra["down_s"] = round(time.monotonic() - self.down_since, 3)
+        log.info("driver connected", extra=extra)
+        self.retrier.reset()
+        self.health.detail["reconnect_attempts"] = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Count one failed attempt; return the delay before the next one."""
+        self.health.connected = False
+        self.health.error(type(exc).__name__)
+        delay = self.retrier.next_delay()
+        first = self.up or not self.failed_once
+        if first:
+            self.down_since = time.monotonic()
+        self.up, self.failed_once = False, True
+        self.health.detail["reconnect_attempts"] = self.retrier.failures
+        log.log(logging.WARNING if first else logging.DEBUG, "driver failed; reconnecting",
+                extra={"driver": self.driver.name, "error": str(exc) or repr(exc),
+                       "attempt": self.retrier.failures, "retry_in_s": round(delay, 3)})
+        return delay
+
+
 async def run_driver(driver: Driver, emit: Emit, *, poll_interval: float | None,
                      backoff: Backoff, open_timeout: float = 30.0,
                      rng: random.Random | None = None) -> None:
@@ -58,27 +97,18 @@ async def run_driver(driver: Driver, emit: Emit, *, poll_interval: float | None,
     ``emit`` is awaited for every non-empty read, so a full downstream queue slows the driver
     (or drops by the queue's policy) instead of growing memory. Cancellation closes the driver.
     """
-    attempt = 0
     health = driver.health()
+    link = _Link(driver, health, backoff.retrier(rng))
     try:
         while True:
             try:
                 async with asyncio.timeout(open_timeout):
                     await driver.open()
-                health.connected = True
-                if attempt:
-                    log.info("driver reconnected",
-                             extra={"driver": driver.name, "attempts": attempt})
-                attempt = 0
-                await _read_loop(driver, emit, poll_interval)
+                # Connected is what the supervisor says: up after the first good read.
+                health.connected = link.up = False
+                await _read_loop(driver, emit, poll_interval, link)
             except RECOVERABLE as exc:
-                health.connected = False
-                health.error(type(exc).__name__)
-                delay = backoff.delay(attempt, rng)
-                attempt += 1
-                log.warning("driver failed; reconnecting",
-                            extra={"driver": driver.name, "error": str(exc) or repr(exc),
-                                   "attempt": attempt, "retry_in_s": round(delay, 3)})
+                delay = link.failed(exc)
                 await _close_quietly(driver)
                 await asyncio.sleep(delay)
     finally:
@@ -86,19 +116,25 @@ async def run_driver(driver: Driver, emit: Emit, *, poll_interval: float | None,
         await asyncio.shield(_close_quietly(driver))
 
 
-async def _read_loop(driver: Driver, emit: Emit, poll_interval: float | None) -> None:
+async def _read_once(driver: Driver, emit: Emit, link: _Link) -> None:
+    before = link.health.reads
+    out = await driver.read()
+    if link.health.reads > before:
+        link.delivered()
+    if out:
+        await emit(out)
+
+
+async def _read_loop(driver: Driver, emit: Emit, poll_interval: float | None,
+                     link: _Link) -> None:
     if driver.streaming or not poll_interval:
         while True:
-            out = await driver.read()
-            if out:
-                await emit(out)
+            await _read_once(driver, emit, link)
     # Polled: fixed-rate schedule on the monotonic clock; a slow poll skips missed slots
     # instead of bursting to catch up.
     next_t = time.monotonic()
     while True:
-        out = await driver.read()
-        if out:
-            await emit(out)
+        await _read_once(driver, emit, link)
         next_t += poll_interval
         now = time.monotonic()
         if next_t < now:

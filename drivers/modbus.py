@@ -8,8 +8,12 @@ every ``poll_interval``; each call reads the devices that are due.
 Failures stay as small as they can be: an exception response or a timeout turns the points of
 that block into quality-0 readings with the reason, and the driver goes on. A block refused with
 ILLEGAL ADDRESS is split into single-point reads from then on (one bad address in a coalesced
-range must not blank its neighbours). Only a lost connection raises :class:`DriverDisconnected`;
-pymodbus' own reconnect is disabled — the agent reconnects with a fresh client.
+range must not blank its neighbours). A unit that stops answering while others on the same
+connection still do is probed with one request at growing gaps (``silent_unit_probe`` at most),
+so its timeouts do not starve the others (``health().detail["silent_units"]``). Only a lost
+connection — or one on which no unit answered :data:`SILENT_POLLS_DEAD` polls in a row — raises
+:class:`DriverDisconnected`; pymodbus' own reconnect is disabled — the agent reconnects with a
+fresh client. A poll counts as a good read (``health().reads``) only when the peer answered.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -42,6 +45,7 @@ from edge_agent.drivers.modbus_codec import (
     decode_point,
     slice_for,
 )
+from edge_agent.drivers.modbus_units import SILENT_POLLS_DEAD, UnitState, schedule
 from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, Reading, WaveformBlock
 from edge_agent.settings import Duration, Model
 
@@ -123,6 +127,9 @@ class Config(Model):
     max_gap: int = Field(10, ge=0, le=MAX_REGISTERS)
     max_registers: int = Field(MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
     max_bits: int = Field(MAX_BITS, ge=1, le=MAX_BITS)
+    # A unit that stops answering while others on the connection do is probed (one request)
+    # with growing gaps, from 10 timeouts (at least its poll interval) up to this.
+    silent_unit_probe: Duration = Field(60.0, gt=0, le=3600)
 
     def waveform_sources(self) -> tuple[str, ...]:
         return ()  # registers are scalar readings
@@ -165,15 +172,6 @@ def _exception_name(code: int) -> str:
         return f"CODE_{code}"
 
 
-@dataclass
-class _DeviceState:
-    device: Device
-    specs: list[PointSpec]
-    blocks: list[Block]
-    interval: float
-    next_due: float = 0.0
-
-
 class ModbusDriver:
     """Polled driver: one :meth:`read` reads every device that is due, block by block."""
 
@@ -184,13 +182,13 @@ class ModbusDriver:
         self.name = cfg.name
         self._health = DriverHealth(cfg.name, "modbus")
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-        self._devices: list[_DeviceState] = []
+        self._devices: list[UnitState] = []
         for dev in cfg.devices:
             specs = [p.spec() for p in dev.points]
             gap = cfg.max_gap if dev.max_gap is None else dev.max_gap
             blocks = coalesce(specs, max_gap=gap, max_registers=cfg.max_registers,
                               max_bits=cfg.max_bits)
-            self._devices.append(_DeviceState(dev, specs, blocks,
+            self._devices.append(UnitState(dev, specs, blocks,
                                               float(dev.poll_interval or cfg.poll_interval)))
         self._health.detail["blocks"] = sum(len(d.blocks) for d in self._devices)
         self._health.detail["points"] = sum(len(d.specs) for d in self._devices)
@@ -250,24 +248,50 @@ class ModbusDriver:
         # scheduler's jitter never makes it skip a whole tick.
         slack = float(self.cfg.poll_interval) / 2
         out: list[Reading | WaveformBlock] = []
-        polled = 0
+        answered = polled = 0
         for d in self._devices:
             if now + slack < d.next_due:
                 continue
-            d.next_due = max(d.next_due + d.interval, now + d.interval - slack)
-            out.extend(await self._poll_device(client, d))
+            readings, n = await self._poll_device(client, d)
+            out.extend(readings)
+            answered += n
             polled += 1
-        if polled:
+            self._schedule(d, n, now, slack)
+        if answered:
+            # A good read is one the peer answered (values or exception responses); a poll in
+            # which every request timed out is not, so the supervisor's backoff keeps growing.
             self._health.ok(sum(1 for r in out if isinstance(r, Reading) and r.value is not None))
+        elif polled and all(d.silent >= SILENT_POLLS_DEAD for d in self._devices):
+            self._health.error("no_answer")
+            raise DriverDisconnected(f"modbus {self.name}: no unit answered the last "
+                                     f"{SILENT_POLLS_DEAD} polls (connection accepted but silent)")
         return out
 
-    async def _poll_device(self, client: Any, d: _DeviceState) -> list[Reading]:
+    def _schedule(self, d: UnitState, answered: int, now: float, slack: float) -> None:
+        c = self.cfg
+        schedule(self._devices, d, answered, now, slack, driver=self.name,
+                 request_s=float(c.timeout) * (c.retries + 1),
+                 probe_max=float(c.silent_unit_probe))
+        self._health.detail["silent_units"] = sorted(x.device.name for x in self._devices
+                                                     if x.silent)
+
+    async def _poll_device(self, client: Any, d: UnitState) -> tuple[list[Reading], int]:
+        """The device's readings and how many of its requests were answered. A unit that did
+        not answer its last poll gets one request (a probe); its other points are reported
+        quality 0 without asking until it answers."""
         out: list[Reading] = []
+        answered = 0
         i = 0
         while i < len(d.blocks):
             block = d.blocks[i]
             ts = time.time()
+            if d.silent and i > 0 and not answered:
+                reason = f"timeout: unit {d.device.unit_id} not answering (probed less often)"
+                out.extend(self._decode_block(d, block, None, reason, ts))
+                i += 1
+                continue
             words, reason, code = await self._read_block(client, d.device.unit_id, block)
+            answered += not reason.startswith("timeout")
             if code == ExcCodes.ILLEGAL_ADDRESS and len(block.members) > 1:
                 # One invalid address inside a coalesced range: read its points one by one
                 # from now on, and right away.
@@ -280,7 +304,7 @@ class ModbusDriver:
                 continue
             out.extend(self._decode_block(d, block, words, reason, ts))
             i += 1
-        return out
+        return out, answered
 
     async def _read_block(self, client: Any, unit: int, block: Block
                           ) -> tuple[list[int] | list[bool] | None, str, int | None]:
@@ -315,7 +339,7 @@ class ModbusDriver:
             return None, f"short response: {len(words)} of {block.count} words", None
         return words, "", None
 
-    def _decode_block(self, d: _DeviceState, block: Block,
+    def _decode_block(self, d: UnitState, block: Block,
                       words: list[int] | list[bool] | None, reason: str, ts: float
                       ) -> list[Reading]:
         out: list[Reading] = []

@@ -36,11 +36,31 @@ from pydantic import Field
 from edge_agent.drivers.base import DriverDisconnected, DriverError, DriverHealth, DriverOutput
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
 from edge_agent.drivers.opcua_items import UA_ERRORS
+from edge_agent.drivers.opcua_probe import describe_peer, pinned_mismatch
 from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
 from edge_agent.settings import Duration, Model, SecretField
 
 log = logging.getLogger("edge_agent.drivers.opcua")
+
+
+class _QuietRetries(logging.Filter):
+    """asyncua logs a traceback at error level each time its publish loop (or connection
+    supervisor) fails after the server went away; the driver reports that loss and the agent
+    reconnects, so those records are demoted to debug level (kept for debugging asyncua)."""
+
+    MESSAGES = ("Publish iteration crashed", "Connection supervisor iteration crashed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and str(record.msg).startswith(self.MESSAGES):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_QUIET = _QuietRetries()
+for _name in ("asyncua.client.ua_session.UaSession", "asyncua.client.client"):
+    if _QUIET not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_QUIET)
 _SETUP_ERRORS: tuple[type[BaseException], ...] = (SessionFailed, *UA_ERRORS)
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
@@ -57,7 +77,10 @@ class Node(Model):
     mode: Literal["subscription", "polling"] = "subscription"
     publishing_interval: Duration = Field(1.0, gt=0)
     sampling_interval: Duration | None = Field(None, ge=0)   # default: publishing_interval
-    queue_size: int = Field(1, ge=1, le=10_000)
+    # server-side queue per node; default (None): from publishing / sampling interval with room
+    # for jitter (see opcua_items.queue_size_of); values the server still had to discard are
+    # counted per node in health (detail["overflows"], from the status's Overflow bit)
+    queue_size: int | None = Field(None, ge=1, le=10_000)
     deadband: Literal["none", "absolute", "percent"] = "none"
     deadband_value: float = Field(0.0, ge=0)
     poll_interval: Duration = Field(1.0, gt=0)     # mode = "polling"
@@ -299,10 +322,22 @@ class OpcUaDriver:
             await self.close()
             self._health.error("connect")
             why = _why(exc, host, port)
+            if (isinstance(exc, TimeoutError | ConnectionError | EOFError | ua.UaError)
+                    and not isinstance(exc, ConnectionRefusedError)):
+                # "connection lost" / "timed out" may hide a peer that is no OPC-UA server, or
+                # a server whose certificate is not the pinned one
+                probe_s = min(float(self.cfg.timeout), 3.0)
+                said = await describe_peer(host, port, url, probe_s)
+                if said is None and self.cfg.server_certificate:
+                    said = await pinned_mismatch(url, self.cfg.server_certificate, probe_s)
+                why = said or why
             raise DriverDisconnected(f"opcua {self.name}: cannot connect to {url}: {why}"
                                      ) from exc
         try:
-            async with asyncio.timeout(limit + len(self.cfg.nodes) * 0.01):
+            # room for a refused batch of monitored items and a few single-node retries
+            # (opcua_monitor.create_each), each bounded by the request timeout
+            retries_s = (float(self.cfg.timeout) + 1.0) * (2 + min(len(self.cfg.nodes), 8))
+            async with asyncio.timeout(limit + len(self.cfg.nodes) * 0.01 + retries_s):
                 await session.start()
         except _SETUP_ERRORS as exc:
             await self.close()

@@ -54,13 +54,28 @@ def quality_of(status: ua.StatusCode | None) -> float:
     return QUALITY_BAD
 
 
+_INFO_TYPE_MASK = 0x0C00           # StatusCode InfoType bits ...
+_INFO_TYPE_DATAVALUE = 0x0400      # ... "DataValue": the info bits below are meaningful
+_OVERFLOW = 0x0080                 # the server's queue overflowed; values were discarded
+
+
 def status_name(status: ua.StatusCode | None) -> str:
+    """The symbolic name of the status code (info bits such as Overflow left out)."""
     if status is None:
         return "Good"
+    code = int(status.value) & 0xFFFF0000
     try:
-        return str(status.name)
+        return str(ua.StatusCode(ua.UInt32(code)).name)
     except (AttributeError, KeyError):
         return f"0x{int(status.value):08X}"
+
+
+def overflowed(status: ua.StatusCode | None) -> bool:
+    """The Overflow info bit (OPC 10000-4, 7.39.1): the server discarded older values."""
+    if status is None:
+        return False
+    v = int(status.value)
+    return (v & _INFO_TYPE_MASK) == _INFO_TYPE_DATAVALUE and bool(v & _OVERFLOW)
 
 
 def _posix(dt: datetime | None) -> float | None:

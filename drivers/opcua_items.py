@@ -31,6 +31,7 @@ class Item:
     nodeid: ua.NodeId | None = None
     rate: float | None = None          # waveform items: current sample rate
     rate_for: Item | None = None       # hidden sample-rate items: the waveform they serve
+    notifications: int = 0             # values delivered in this session
 
 
 @dataclass(eq=False)
@@ -74,13 +75,31 @@ def group_key(it: Item) -> tuple[str, float]:
     return n.mode, float(n.publishing_interval if n.mode == "subscription" else n.poll_interval)
 
 
+FASTEST_SAMPLING = 0.01      # s: what "sampling_interval = 0" (the server's fastest) is taken as
+AUTO_QUEUE_MAX = 1000
+
+
+def queue_size_of(n: Node) -> int:
+    """The node's server-side queue: as configured, or enough for every sample of one
+    publishing interval with half as much again for jitter (samples and publishes are not
+    aligned, and a busy server publishes late), plus one; at least 3."""
+    if n.queue_size is not None:
+        return int(n.queue_size)
+    if n.mode != "subscription":
+        return 1
+    publishing = float(n.publishing_interval)
+    sampling = publishing if n.sampling_interval is None else float(n.sampling_interval)
+    ratio = publishing / max(sampling, FASTEST_SAMPLING)
+    return min(AUTO_QUEUE_MAX, max(3, math.ceil(1.5 * ratio) + 1))
+
+
 def monitor_request(it: Item, handle: int) -> ua.MonitoredItemCreateRequest:
     n = it.node
     params = ua.MonitoringParameters()
     params.ClientHandle = handle
     sampling = n.publishing_interval if n.sampling_interval is None else n.sampling_interval
     params.SamplingInterval = float(sampling) * 1000.0
-    params.QueueSize = n.queue_size
+    params.QueueSize = queue_size_of(n)
     params.DiscardOldest = True
     if n.deadband != "none":
         params.Filter = ua.DataChangeFilter(

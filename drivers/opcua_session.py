@@ -33,6 +33,7 @@ from edge_agent.drivers.opcua_convert import (
     WaveformError,
     bad_reading,
     group_by,
+    overflowed,
     status_name,
     to_rate,
     to_reading,
@@ -46,8 +47,16 @@ from edge_agent.drivers.opcua_items import (
     group_key,
     items_of,
     monitor_request,
+    queue_size_of,
     read_request,
     subscription_params,
+)
+from edge_agent.drivers.opcua_monitor import (
+    create_each,
+    create_items,
+    read_each,
+    resolve_nodes,
+    warn_quiet_waveforms,
 )
 from edge_agent.errors import DriverError
 from edge_agent.records import Reading, WaveformBlock
@@ -79,7 +88,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: deque[Reading | WaveformBlock] = deque()
         self._pending_values = 0           # waveform values in _pending
-        self.pending_max = max(1000, 4 * sum(it.node.queue_size for it in self._items))
+        self.pending_max = max(1000, 4 * sum(queue_size_of(it.node) for it in self._items))
         self._wake = asyncio.Event()
         self._failure: str | None = None
         self._next_handle = 1
@@ -105,22 +114,8 @@ class Session:
         self.health.detail["poll_groups"] = len(self._polls)
 
     async def _resolve(self) -> None:
-        paths = [it for it in self._items if it.node.browse_path]
-        if paths:
-            root = ua.NodeId(ua.Int32(ua.ObjectIds.RootFolder))
-            results = await self.client.translate_browsepaths(
-                root, [it.node.browse_path for it in paths])
-            for it, res in zip(paths, results, strict=True):
-                if res.StatusCode.is_good() and res.Targets:
-                    it.nodeid = res.Targets[0].TargetId
-                else:
-                    self._missing(it, f"browse path not found ({status_name(res.StatusCode)})")
-        for it in self._items:
-            if it.node.node_id:
-                try:
-                    it.nodeid = ua.NodeId.from_string(it.node.node_id)
-                except ua.UaStringParsingError:
-                    self._missing(it, f"invalid NodeId {it.node.node_id!r}")
+        for it, why in (await resolve_nodes(self.client, self._items, self.health)).items():
+            self._missing(it, why)
 
     async def _read_rates(self) -> None:
         """Sample rates first, so the first waveform notifications already have one."""
@@ -143,14 +138,29 @@ class Session:
         todo = [it for it in items if it.nodeid is not None]
         if not todo:
             return
+        limit = float(self.cfg.timeout) + 1.0
         mirs = []
         for it in todo:
             mirs.append(monitor_request(it, self._next_handle))
             self._next_handle += 1
-        results = await g.sub.create_monitored_items(mirs)
+        try:
+            results = await create_items(g.sub, mirs, limit)
+        except UA_ERRORS as exc:
+            if self._failure is not None:  # the connection is gone: no point asking again
+                raise
+            # The server refused the whole request (a fault, or no answer): find the node(s)
+            # it chokes on by asking for each one alone, so one bad node costs that node only.
+            log.warning("opcua monitored items refused as a batch; creating them one by one",
+                        extra={"driver": self.cfg.name, "items": len(mirs),
+                               "error": repr(exc)})
+            results = await create_each(g.sub, mirs, limit)
         for it, mir, res in zip(todo, mirs, results, strict=True):
-            if isinstance(res, ua.StatusCode):
-                self._missing(it, f"cannot monitor: {status_name(res)}")
+            if isinstance(res, ua.StatusCode | str):
+                why = status_name(res) if isinstance(res, ua.StatusCode) else res
+                self._missing(it, f"cannot monitor: {why}")
+                log.warning("opcua node cannot be monitored",
+                            extra={"driver": self.cfg.name, "sensor_id": it.spec.sensor_id,
+                                   "node": it.spec.node, "reason": why})
                 g.missing.append(it)
             else:
                 g.handles[mir.RequestedParameters.ClientHandle] = it
@@ -160,7 +170,7 @@ class Session:
 
     async def _create_subscription(self, g: SubGroup) -> None:
         params = subscription_params(g.interval, self.cfg.keepalive_count)
-        n_items = sum(it.node.queue_size for it in g.items)
+        n_items = sum(queue_size_of(it.node) for it in g.items)
         g.sub = await self.client.create_subscription(
             params, None, queue_maxsize=max(1000, 4 * n_items),
             overflow=OverflowPolicy.DROP_OLDEST)
@@ -216,10 +226,17 @@ class Session:
     def deliver(self, it: Item, dv: ua.DataValue) -> None:
         now = time.time()
         sid = it.spec.sensor_id
+        if overflowed(dv.StatusCode):
+            # the server's queue for this node was full: it discarded values before this one
+            self.health.error("overflow")
+            overflows = self.health.detail.setdefault("overflows", {})
+            assert isinstance(overflows, dict)
+            overflows[sid] = overflows.get(sid, 0) + 1
         if it.rate_for is not None:
             it.rate_for.rate = to_rate(dv)
             return
         if it.spec.waveform:
+            it.notifications += 1
             try:
                 self._push(to_waveform(it.spec, dv, it.rate, now))
             except WaveformError as exc:
@@ -258,6 +275,22 @@ class Session:
             try:
                 async with asyncio.timeout(float(self.cfg.timeout) + 1.0):
                     results = await self.client.uaclient.read(params)
+            except ua.UaStatusCodeError as exc:
+                # The server refused the whole Read (a service fault): drop the node(s) it
+                # refuses alone from this group, so one bad node costs that node only.
+                refused = await read_each(self.client, p.items, float(self.cfg.timeout) + 1.0)
+                if len(refused) == len(p.items) or not refused:
+                    self.health.error("poll")
+                    self._fail(f"poll of {len(p.items)} node(s) refused: {exc!r}")
+                    return
+                for it, why in refused.items():
+                    self._missing(it, f"cannot read: {why}")
+                    log.warning("opcua node cannot be read",
+                                extra={"driver": self.cfg.name, "sensor_id": it.spec.sensor_id,
+                                       "node": it.spec.node, "reason": why})
+                p.items = [it for it in p.items if it not in refused]
+                params = read_request(p.items)
+                continue
             except UA_ERRORS as exc:
                 self.health.error("poll")
                 self._fail(f"poll of {len(p.items)} node(s) failed: {exc!r}")
@@ -289,6 +322,7 @@ class Session:
                     await self._rebuild(g, now - last)
                 elif g.missing and now >= g.next_retry:
                     await self._retry_missing(g)
+                warn_quiet_waveforms(self.cfg.name, self.health, g, now)
 
     async def _rebuild(self, g: SubGroup, silent: float) -> None:
         assert g.sub is not None

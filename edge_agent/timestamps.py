@@ -69,6 +69,11 @@ def compact(ts: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now() if ts is None else ts))
 
 
+def local_text(ts: float, with_date: bool = True) -> str:
+    """Local wall-clock time for people (``edge-agent status``), never for data."""
+    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S", time.localtime(ts))
+
+
 def parse_ts(text: str) -> float:
     """RFC 3339 (``Z`` or an offset; no zone means UTC) to POSIX seconds. Raises ``ValueError``
     for anything else."""

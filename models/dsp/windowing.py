@@ -7,14 +7,19 @@ seconds, a different sample rate, or different channels. Memory per source is bo
 ``length`` samples plus the block being pushed. Window times come from a per-stream sample
 counter (``anchor + index / rate``), so they do not drift over long runs.
 
-Timestamp jitter: sources stamped by another clock (a PLC stamping OPC-UA arrays, a sound card)
-deliver blocks whose ``start`` differs from the expected continuation by a few ms. Such a
-mismatch is *not* a gap: the default tolerance is ``max(2 samples, 25 % of the block, 5 ms)``
-(the larger of the previous and the new block's durations), far below any real dropout of a
-block-wise source yet far above clock jitter. Within tolerance the sample counter is kept and
-the anchor is re-anchored slowly: it moves by ``1/32`` of the mismatch per block, at most half
-a sample, so zero-mean jitter averages out (window times never step backwards) while a slow
-clock drift between the source and the nominal rate is followed.
+Timestamp jitter: sources stamped by another clock (a PLC stamping OPC-UA arrays on its task
+tick, a sound card) deliver blocks whose ``start`` differs from the expected continuation. Such
+a mismatch is *not* a gap while it stays within the tolerance ``max(2 samples, jitter x block,
+5 ms, 3 x spread)``: ``jitter`` is a fraction of the block duration (the larger of the previous
+and the new block's; default 0.25), ``spread`` the source's measured jitter (a running mean of
+the absolute mismatch below 3/4 of a block, learnt quickly over the first blocks and kept across
+resets of that source; a mismatch the size of a block is never learnt as jitter). A PLC stamping
+80 ms blocks on a 100 ms tick thus keeps its stream once its spread is learnt, while a clean
+source still resets on a lost block. Within tolerance the sample counter is kept and the anchor
+is re-anchored slowly toward the stamps (a fraction of the mismatch per block, at most 2 % of a
+block and half a hop), so jitter averages out, window times never step backwards and a slow
+clock drift is followed. Resets and dropped samples are counted per source
+(:meth:`Windower.stats`).
 """
 
 from __future__ import annotations
@@ -57,32 +62,65 @@ class _Stream:
     last_n: int = 0              # samples in the previous block (for the default tolerance)
 
 
+@dataclass
+class SourceStats:
+    """What the windower did with one source, across its stream restarts."""
+
+    resets: Counter[str]
+    dropped_samples: int = 0     # samples discarded by resets (never windowed)
+    windows: int = 0
+    spread: float = 0.0          # running mean of |timestamp mismatch|, seconds
+    observed: int = 0            # mismatches observed (learning rate 1/min(n, 16))
+
+
 class Windower:
     """``Windower(length, hop)``: windows of ``length`` samples every ``hop`` samples.
 
     ``tolerance`` (seconds) is how far a block's ``start`` may differ from where the previous
     block ended before the stream restarts; default (``None``):
-    ``max(2 / rate, 0.25 * block duration, 5 ms)`` with the block duration the larger of the
-    previous and the new block's.
+    ``max(2 / rate, jitter * block duration, 5 ms, 3 * measured spread)`` with the block
+    duration the larger of the previous and the new block's.
     """
 
-    SLEW_GAIN = 1.0 / 32          # fraction of a tolerated mismatch applied to the anchor per block
-    MAX_STEP_SAMPLES = 0.5        # anchor moves at most this many sample periods per block
+    SLEW_GAIN = 1.0 / 16          # fraction of a tolerated mismatch applied to the anchor per block
+    MAX_STEP_BLOCK = 0.02         # anchor moves at most this fraction of a block per block ...
+    MAX_STEP_HOP = 0.5            # ... and at most this fraction of a hop (never backwards)
+    SPREAD_FACTOR = 3.0
+    LEARN_BLOCKS = 16
+    LEARN_MAX_BLOCK = 0.75        # mismatches this large (in blocks) are not learnt as jitter
 
-    def __init__(self, length: int, hop: int, tolerance: float | None = None) -> None:
+    def __init__(self, length: int, hop: int, tolerance: float | None = None,
+                 jitter: float = 0.25) -> None:
         if length < 2 or hop < 1:
             raise ValueError(f"window length must be >= 2 and hop >= 1, got {length}, {hop}")
+        if not 0 <= jitter <= 10:
+            raise ValueError(f"jitter must be a fraction of a block in [0, 10], got {jitter}")
         self.length, self.hop = int(length), int(hop)
         self.tolerance = tolerance
+        self.jitter = float(jitter)
         self.resets: Counter[str] = Counter()
         self.dropped_samples = 0          # samples discarded by resets (never windowed)
         self.windows = 0
         self._streams: dict[str, _Stream] = {}
+        self._sources: dict[str, SourceStats] = {}
 
-    def _tol(self, sr: float, n_samples: int) -> float:
+    def stats(self) -> dict[str, dict[str, object]]:
+        """Per source: resets by reason, dropped samples, windows, measured jitter (ms)."""
+        return {sid: {"resets": dict(s.resets), "dropped_samples": s.dropped_samples,
+                      "windows": s.windows, "jitter_ms": round(s.spread * 1e3, 3)}
+                for sid, s in self._sources.items()}
+
+    def _tol(self, sr: float, n_samples: int, spread: float = 0.0) -> float:
         if self.tolerance is not None:
             return self.tolerance
-        return max(2.0 / sr, 0.25 * n_samples / sr, 5e-3)
+        return max(2.0 / sr, self.jitter * n_samples / sr, 5e-3, self.SPREAD_FACTOR * spread)
+
+    def _learn(self, src: SourceStats, err: float, block_s: float) -> None:
+        if abs(err) >= self.LEARN_MAX_BLOCK * block_s:
+            return      # the size of a lost (or repeated) block: never learnt as jitter
+        src.observed += 1
+        gain = 1.0 / min(src.observed, self.LEARN_BLOCKS)
+        src.spread += gain * (abs(err) - src.spread)
 
     def reset(self, source_id: str | None = None) -> None:
         """Forget one source (or all): the next block starts a fresh stream."""
@@ -101,6 +139,9 @@ class Windower:
                              f"channels {block.channels}")
         if not (block.sample_rate > 0):
             raise ValueError(f"{block.source_id}: sample rate must be > 0")
+        src = self._sources.get(block.source_id)
+        if src is None:
+            src = self._sources[block.source_id] = SourceStats(Counter())
         st = self._streams.get(block.source_id)
         if st is not None:
             reason = None
@@ -111,14 +152,20 @@ class Windower:
             else:
                 expected = st.anchor + st.seen / st.sample_rate
                 err = float(block.start) - expected
-                if abs(err) > self._tol(st.sample_rate, max(st.last_n, x.shape[0])):
+                block_s = max(st.last_n, x.shape[0]) / st.sample_rate
+                if abs(err) > self._tol(st.sample_rate, max(st.last_n, x.shape[0]), src.spread):
                     reason = "gap" if err > 0 else "overlap"
                 elif x.shape[0]:
-                    lim = self.MAX_STEP_SAMPLES / st.sample_rate
+                    lim = min(self.MAX_STEP_BLOCK * block_s,
+                              self.MAX_STEP_HOP * self.hop / st.sample_rate)
                     st.anchor += min(lim, max(-lim, err * self.SLEW_GAIN))
+                if x.shape[0]:
+                    self._learn(src, err, block_s)
             if reason is not None:
                 self.resets[reason] += 1
                 self.dropped_samples += st.pending.shape[0]
+                src.resets[reason] += 1
+                src.dropped_samples += st.pending.shape[0]
                 st = None
         if st is None:
             st = _Stream(float(block.sample_rate), tuple(block.channels), float(block.start), 0,
@@ -145,4 +192,5 @@ class Windower:
             st.pending = st.pending.copy()      # do not pin a large block for a small tail
         st.pending_at = keep_from
         self.windows += len(out)
+        src.windows += len(out)
         return out

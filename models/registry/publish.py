@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_agent.errors import ConfigError, ConfigProblem
 from edge_agent.models.bundle import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -189,16 +190,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 # -- manual rollback --------------------------------------------------------------------------
 def _state_dir(args: argparse.Namespace) -> Path:
+    """``--state-dir``, else ``[agent].state_dir`` of the config file (read as plain TOML: the
+    models layer does not import the agent's config; the agent validated the file when it ran)."""
     if args.state_dir:
         return Path(args.state_dir)
-    from edge_agent.agent import config
+    import tomllib
 
-    return config.load(Path(args.config) if args.config else None).state_dir
+    try:
+        raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([ConfigProblem(str(args.config), f"cannot read: {exc}")]) from None
+    agent = raw.get("agent", {})
+    state = agent.get("state_dir", "./state") if isinstance(agent, dict) else "./state"
+    return Path(str(state)).expanduser()
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from edge_agent.errors import ConfigError
-
     try:
         store = Store(_state_dir(args), args.source)
     except ConfigError as exc:

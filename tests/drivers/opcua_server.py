@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 
 NS = "urn:edge-agent:test"
@@ -94,6 +95,14 @@ class PlantServer:
     def __init__(self, port: int, *, security: Security | None = None,
                  update_s: float = 0.05, shelf: Path | None = None,
                  wave: Wave | None = None) -> None:
+        self.extra_namespaces = 0   # namespaces registered before NS (its index is 2 + this)
+        self.ns_index = 2
+        # CreateMonitoredItems requests naming one of these nodes get no answer for
+        # `refuse_delay` s, then a ServiceFault for the whole request (a server choking on
+        # one); Read requests naming one get a ServiceFault at once
+        self.refuse: set[str] = set()
+        self.refuse_delay = 0.0
+        self.overflows = 0          # values a monitored item's queue discarded (Overflow bit set)
         self.port = port
         self.url = f"opc.tcp://127.0.0.1:{port}/plant/"
         self.security = security
@@ -121,13 +130,20 @@ class PlantServer:
             s.set_identity_tokens([ua.UserNameIdentityToken])
         else:
             s.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        for i in range(self.extra_namespaces):
+            await s.register_namespace(f"urn:edge-agent:test:extra{i}")
         idx = await s.register_namespace(NS)
-        assert idx == 2
+        assert idx == 2 + self.extra_namespaces
+        self.ns_index = idx
+        self._instrument(s)
         plant = await s.nodes.objects.add_object(idx, "Plant")
         for name, value in (("Temp", 20.0), ("Speed", 1500), ("Flaky", 1.0), ("Doomed", 5.0),
                             ("Unc", 3.0), ("Vib.Rate", RATE), ("Text", "hello")):
             await plant.add_variable(ua.NodeId(name, idx), f"{idx}:{name}", value)
         await plant.add_variable(ua.NodeId("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
+                                 varianttype=ua.VariantType.Double)
+        # an array nobody updates: one notification (its initial value) per subscription
+        await plant.add_variable(ua.NodeId("Still", idx), f"{idx}:Still", [0.0] * 256,
                                  varianttype=ua.VariantType.Double)
         if self.wave is not None:
             await plant.add_variable(ua.NodeId("Wave.Rate", idx), f"{idx}:Wave.Rate",
@@ -135,13 +151,61 @@ class PlantServer:
             await plant.add_variable(ua.NodeId("Wave", idx), f"{idx}:Wave",
                                      [0.0] * self.wave.n, varianttype=ua.VariantType.Double)
         if self.deleted:
-            await s.delete_nodes([s.get_node(nid("Doomed"))])
+            await s.delete_nodes([s.get_node(ua.NodeId("Doomed", idx))])
         await s.start()
         self.server = s
         self.generation += 1
         self._tasks = [asyncio.create_task(self._update_loop())]
         if self.wave is not None:
             self._tasks.append(asyncio.create_task(self._wave_loop(self.wave)))
+
+    def _instrument(self, s: Server) -> None:
+        service = s.iserver.subscription_service
+        create = service.create_monitored_items
+
+        async def guarded(params: ua.CreateMonitoredItemsParameters
+                          ) -> list[ua.MonitoredItemCreateResult]:
+            names = {str(c.ItemToMonitor.NodeId.Identifier) for c in params.ItemsToCreate}
+            if names & self.refuse:
+                await asyncio.sleep(self.refuse_delay)
+                raise ServiceError(ua.StatusCodes.BadDecodingError)
+            return await create(params)
+
+        service.create_monitored_items = guarded  # type: ignore[method-assign]
+        attributes = s.iserver.attribute_service
+        read = attributes.read
+
+        def guarded_read(params: ua.ReadParameters) -> list[ua.DataValue]:
+            if {str(r.NodeId.Identifier) for r in params.NodesToRead} & self.refuse:
+                raise ServiceError(ua.StatusCodes.BadDecodingError)
+            return read(params)
+
+        attributes.read = guarded_read  # type: ignore[method-assign]
+        create_sub = service.create_subscription
+
+        async def marking(*args: Any, **kwargs: Any) -> ua.CreateSubscriptionResult:
+            result = await create_sub(*args, **kwargs)
+            self._mark_overflows(service.subscriptions[result.SubscriptionId])
+            return result
+
+        service.create_subscription = marking  # type: ignore[method-assign]
+
+    def _mark_overflows(self, sub: Any) -> None:
+        """asyncua's server discards the oldest queued value silently; a compliant server sets
+        the Overflow info bit on the value that is then the oldest (OPC 10000-4, 5.12.1.5)."""
+        enqueue = sub._enqueue_event
+
+        async def enqueue_marking(mid: int, data: Any, size: int, queue: dict[int, list[Any]]
+                                  ) -> None:
+            full = size != 0 and len(queue.get(mid, ())) >= size
+            await enqueue(mid, data, size, queue)
+            if full and isinstance(data, ua.MonitoredItemNotification):
+                self.overflows += 1
+                oldest = queue[mid][0].Value
+                code = oldest.StatusCode.value if oldest.StatusCode is not None else 0
+                oldest.StatusCode = ua.StatusCode(code | 0x0480)
+
+        sub._enqueue_event = enqueue_marking
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -168,7 +232,8 @@ class PlantServer:
     async def delete_doomed(self) -> None:
         assert self.server is not None
         self.deleted = True
-        await self.server.delete_nodes([self.server.get_node(nid("Doomed"))])
+        await self.server.delete_nodes([self.server.get_node(ua.NodeId("Doomed",
+                                                                      self.ns_index))])
 
     def silence_subscriptions(self) -> int:
         """Stop every server-side publishing loop without deleting anything: the session stays
@@ -189,7 +254,7 @@ class PlantServer:
         dv = ua.DataValue(ua.Variant(value, vtype) if vtype else ua.Variant(value),
                           StatusCode=ua.StatusCode(status),
                           SourceTimestamp=datetime.now(UTC), ServerTimestamp=datetime.now(UTC))
-        await self.server.write_attribute_value(ua.NodeId.from_string(nid(name)), dv)
+        await self.server.write_attribute_value(ua.NodeId(name, self.ns_index), dv)
 
     async def _update_loop(self) -> None:
         while True:
@@ -220,6 +285,6 @@ class PlantServer:
             dv = ua.DataValue(ua.Variant(block, ua.VariantType.Double),
                               SourceTimestamp=end, ServerTimestamp=end)
             assert self.server is not None
-            await self.server.write_attribute_value(ua.NodeId.from_string(nid("Wave")), dv)
+            await self.server.write_attribute_value(ua.NodeId("Wave", self.ns_index), dv)
             self.wave_blocks += 1
             await asyncio.sleep(w.n / w.rate / w.speed)

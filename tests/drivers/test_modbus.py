@@ -18,6 +18,7 @@ from edge_agent.settings import ConfigError, parse
 from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.modbus_server import FAIL_BASE, SLOW_BASE, MbServer, PtyLink, plant_map
+from tests.drivers.proxy import SilentUnitGateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -265,3 +266,42 @@ def test_config_problems_are_all_reported() -> None:
 def test_driver_type() -> None:
     cfg = tcp_config(1502, [{"sensor_id": "a", "address": 0}])
     assert isinstance(create(cfg), ModbusDriver)
+
+
+async def test_absent_unit_does_not_starve_a_healthy_one_on_the_same_connection() -> None:
+    m = plant_map()
+    srv = MbServer(m, port=free_port())
+    await srv.start()
+    gateway = SilentUnitGateway(srv.port, {9})  # unit 9: no answer at all
+    await gateway.start()
+    raw = {"kind": "modbus", "name": "mb", "host": "127.0.0.1", "port": gateway.port,
+           "poll_interval": "100ms", "timeout": "200ms", "retries": 0,
+           "devices": [{"name": "dead", "unit_id": 9, "points": [
+                            {"sensor_id": "dead.a", "table": "input", "address": 0},
+                            {"sensor_id": "dead.b", "table": "holding", "address": 0}]},
+                       {"name": "ok", "unit_id": 1, "points": [
+                            {"sensor_id": "ok.t", "table": "input", "address": 0}]}]}
+    drv = create(parse(Config, raw))
+    got: list[Reading] = []
+
+    async def emit(out: DriverOutput) -> None:
+        got.extend(r for r in out if isinstance(r, Reading))
+
+    task = asyncio.create_task(run_driver(drv, emit, poll_interval=0.1,
+                                          backoff=Backoff(initial=0.05, maximum=0.5)))
+    seconds = 4.0
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await gateway.stop()
+    await srv.stop()
+    healthy = [r for r in got if r.sensor_id == "ok.t" and r.value is not None]
+    dead = [r for r in got if r.sensor_id.startswith("dead.")]
+    # 40 polls in 4 s at 100 ms; two 200 ms timeouts per poll would leave about 8
+    assert len(healthy) >= 0.85 * seconds / 0.1, len(healthy)
+    assert dead and all(r.value is None and r.metadata["reason"].startswith("timeout")
+                        for r in dead)
+    h = drv.health().snapshot()
+    assert h["silent_units"] == ["dead"]
+    assert h["errors"]["timeout"] <= 4  # type: ignore[index]  # probed at 2 s, 4 s ... gaps
+    assert "DriverDisconnected" not in h["errors"]  # type: ignore[operator]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent.supervisor import Backoff, run_driver
-from edge_agent.drivers.base import DriverOutput
+from edge_agent.drivers.base import DriverDisconnected, DriverOutput
 from edge_agent.drivers.opcua import Config, create, parse_endpoint
 from edge_agent.records import Reading
 from edge_agent.settings import ConfigError, parse
@@ -47,10 +48,11 @@ def _port_free_on(host: str) -> int:
 
 
 class Retries(logging.Handler):
-    """The supervisor's "driver failed; reconnecting" records."""
+    """The supervisor's "driver failed; reconnecting" records (the first at warning level, the
+    repeats while still down at debug level)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
         self.grew = asyncio.Event()
 
@@ -71,7 +73,7 @@ def retries() -> Retries:
     logger = logging.getLogger("edge_agent.supervisor")
     handler, level = Retries(), logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.DEBUG)
     yield handler  # type: ignore[misc]
     logger.removeHandler(handler)
     logger.setLevel(level)
@@ -119,6 +121,7 @@ async def test_bad_endpoints_retry_forever_with_backoff(case: str, retries: Retr
         assert not task.done(), "run_driver gave up"
         recs = retries.records
         assert {r.error for r in recs} == {expected}  # type: ignore[attr-defined]
+        assert [r.levelno for r in recs[:3]] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
         assert [r.attempt for r in recs[:ATTEMPTS]] == list(range(1, ATTEMPTS + 1))  # type: ignore[attr-defined]
         delays = [float(r.retry_in_s) for r in recs]  # type: ignore[attr-defined]
         for i, d in enumerate(delays[:ATTEMPTS]):  # exponential up to the maximum, jittered
@@ -152,3 +155,57 @@ async def test_bad_endpoints_retry_forever_with_backoff(case: str, retries: Retr
             await task
     await asyncio.sleep(0.05)
     ResourceCount.now().assert_same_as(base)  # no socket or task left from ~40 failed opens
+
+
+@pytest.mark.parametrize("keep_open", [False, True])
+async def test_an_http_server_at_the_endpoint_is_named(keep_open: bool) -> None:
+    """An HTTP server answers the Hello with 400 (and closes, or keeps the socket open): the
+    error says what the peer answered, not "connection lost" or "timed out waiting"."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: 11\r\n\r\nBad Request")
+        await writer.drain()
+        if keep_open:
+            held.append(writer)
+        else:
+            writer.close()
+
+    srv = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = int(srv.sockets[0].getsockname()[1])
+    drv = create(_cfg(f"opc.tcp://127.0.0.1:{port}/plant/"))
+    try:
+        with pytest.raises(DriverDisconnected) as err:
+            await drv.open()
+    finally:
+        await drv.close()
+        for w in held:
+            w.close()
+        srv.close()
+        await srv.wait_closed()
+    text = str(err.value)
+    assert (f"the peer at 127.0.0.1:{port} is an HTTP server, not OPC-UA: it answered "
+            "'HTTP/1.1 400 Bad Request'") in text, text
+    assert "timed out" not in text and "connection lost" not in text
+
+
+async def test_a_silent_peer_at_the_endpoint_is_named() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while await reader.read(1024):
+                pass
+        writer.close()
+
+    srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = int(srv.sockets[0].getsockname()[1])
+    drv = create(_cfg(f"opc.tcp://127.0.0.1:{port}/plant/"))
+    try:
+        with pytest.raises(DriverDisconnected, match="accepted the connection but did not "
+                                                     "answer an OPC-UA Hello"):
+            await drv.open()
+    finally:
+        await drv.close()
+        srv.close()
+        await srv.wait_closed()

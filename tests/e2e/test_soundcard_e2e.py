@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from tests.conftest import free_port
 from tests.drivers.alsa_rig import Device, Feeder, write_config
 
 PERIOD = 1024
@@ -37,8 +39,8 @@ HEAD = """
 gateway_id = "snd-gw"
 state_dir = "{state}"
 shutdown_timeout = "5s"
-[metrics]
-enabled = false
+[web]
+listen = "127.0.0.1:{port}"
 """
 SOUNDCARD = """
 [[drivers]]
@@ -66,6 +68,30 @@ def agent(cfg: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     exe = Path(sys.executable).with_name("edge-agent")
     return subprocess.Popen([str(exe), "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_connected(port: int, within: float = 60.0) -> None:
+    """Until the agent's status says its sound card is open (start-up takes seconds when the
+    machine is busy; audio fed before the stream is open would pile up in the FIFO)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
+                status = json.load(r)
+            if any(d.get("connected") for d in status.get("drivers", [])):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    pytest.fail("the agent did not open the sound card in time")
+
+
+def features_in(state: Path) -> list[str]:
+    try:
+        with sqlite3.connect(state / "buffer.db") as db:
+            return [r[0] for r in db.execute("SELECT body FROM features")]
+    except sqlite3.Error:
+        return []
 
 
 def results(state: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -108,9 +134,12 @@ def test_soundcard_capture_alarms_like_replay(data_dir: Path, tmp_path: Path) ->
     for i, c in enumerate(clips):
         (rec / f"{i:02d}.wav").symlink_to(c)
     ref_cfg = tmp_path / "replay.toml"
-    ref_cfg.write_text(HEAD.format(state=tmp_path / "ref") + REPLAY.format(rec=rec) + PIPELINE)
+    ref_cfg.write_text(HEAD.format(state=tmp_path / "ref", port=free_port())
+                       + REPLAY.format(rec=rec) + PIPELINE)
     p = agent(ref_cfg, {**os.environ})
-    time.sleep(8)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(features_in(tmp_path / "ref")) < 2 * PER_CLIP:
+        time.sleep(0.5)                        # the replay runs as fast as it can
     stop(p, 20)
     ref_feats, ref_alarms = results(tmp_path / "ref")
     # the sound card, fed at real time with channel 0 of the same clips
@@ -124,10 +153,11 @@ def test_soundcard_capture_alarms_like_replay(data_dir: Path, tmp_path: Path) ->
         return audio[k * PERIOD:(k + 1) * PERIOD, None] if k < n_periods else None
 
     cfg = tmp_path / "card.toml"
-    cfg.write_text(HEAD.format(state=tmp_path / "card") + SOUNDCARD.format(period=PERIOD)
-                   + PIPELINE)
+    port = free_port()
+    cfg.write_text(HEAD.format(state=tmp_path / "card", port=port)
+                   + SOUNDCARD.format(period=PERIOD) + PIPELINE)
     p = agent(cfg, {**os.environ, "HOME": str(home)})
-    time.sleep(2.0)                            # opened and waiting on the FIFO
+    wait_connected(port)                       # opened and waiting on the FIFO
     feeder = Feeder(dev, PERIOD, signal_k)
     try:
         deadline = time.monotonic() + 40

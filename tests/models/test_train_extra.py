@@ -100,7 +100,9 @@ def test_daemon_with_builtin_models_never_imports_training() -> None:
             "from edge_agent.agent import config, daemon\n"
             "from edge_agent.agent.pipeline import Pipeline\n"
             "cfg = config.load(None)\n"
-            "Pipeline(cfg, daemon.make_drivers(cfg), None, None)\n"
+            "import types\n"
+            "buf = types.SimpleNamespace(last_timestamps={})\n"
+            "Pipeline(cfg, daemon.make_drivers(cfg), buf, None)\n"
             "print(sorted(m for m in sys.modules if m.startswith('edge_agent.models.training')"
             " or m.split('.')[0] in ('sklearn', 'skl2onnx', 'onnx', 'joblib', 'skops')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -17,12 +17,13 @@ from edge_agent.agent.webconfig import check_password, hash_password
 from edge_agent.records import Event, FeatureVector
 
 CLI = [sys.executable, "-m", "edge_agent.agent.cli"]
+DRIVER = '[[drivers]]\nkind = "simulator"\nname = "sim"\n'  # a config needs a driver
 
 
 def check(tmp: Path, web: str) -> subprocess.CompletedProcess[str]:
     """``edge-agent check-config`` in this process (the subprocess start costs seconds)."""
     cfg = tmp / "agent.toml"
-    cfg.write_text(f"[web]\n{web}\n")
+    cfg.write_text(f"[web]\n{web}\n{DRIVER}")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli.main(["check-config", "-c", str(cfg)])
@@ -31,7 +32,7 @@ def check(tmp: Path, web: str) -> subprocess.CompletedProcess[str]:
 
 def test_wide_listen_without_auth_is_exit_78_from_the_command(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
-    cfg.write_text('[web]\nlisten = "0.0.0.0:8080"\n')
+    cfg.write_text('[web]\nlisten = "0.0.0.0:8080"\n' + DRIVER)
     r = subprocess.run([*CLI, "check-config", "-c", str(cfg)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 78, r.stdout
@@ -45,7 +46,9 @@ def test_wide_listen_without_auth_is_refused(tmp_path: Path, listen: str) -> Non
     assert "web.listen:" in r.stderr and "auth_token" in r.stderr
 
 
-def test_wide_listen_with_a_token_or_file_and_loopback_without(tmp_path: Path) -> None:
+def test_wide_listen_with_a_token_or_file_and_loopback_without(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_WEB_TOKEN", "0123456789abcdef0123")  # check-config checks it is set
     tok = tmp_path / "token"
     tok.write_text("0123456789abcdef0123\n")
     for web in (f'listen = "0.0.0.0:8080"\nauth_token_file = "{tok}"',

@@ -133,3 +133,75 @@ def test_clock_drift_is_followed_and_real_gap_still_resets() -> None:
     for b in jittered(20, 1024, 10240.0, 0.002):
         w3.push(b)
     assert sum(w3.resets.values()) > 0
+
+
+def ticked(n_blocks: int, tick: float, n: int = 2048, sr: float = 25600.0, seed: int = 0,
+           gap_at: int | None = None, gap_blocks: int = 0) -> list[WaveformBlock]:
+    """80 ms blocks stamped (at their end) by a PLC task running every ``tick`` s: the stamp
+    is the first tick after the block filled, so it is late by anything in [0, tick)."""
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, tick)
+    out = []
+    for k in range(n_blocks):
+        idx = k + (gap_blocks if gap_at is not None and k >= gap_at else 0)
+        end = 1000.0 + (idx + 1) * n / sr
+        stamp = np.ceil((end - phase) / tick) * tick + phase
+        data = np.arange(idx * n, (idx + 1) * n, dtype=np.float64)[:, None]
+        out.append(WaveformBlock("plc", sr, ("x",), float(stamp) - n / sr, data))
+    return out
+
+
+@pytest.mark.parametrize("tick", [0.05, 0.1])
+@pytest.mark.parametrize(("length", "hop"), [(2048, 1024), (8192, 4096)])
+def test_plc_tick_stamps_keep_99_percent_of_windows(tick: float, length: int, hop: int) -> None:
+    n_blocks = 1500
+    w = Windower(length, hop)
+    out = [x for b in ticked(n_blocks, tick) for x in w.push(b)]
+    ideal = (n_blocks * 2048 - length) // hop + 1
+    assert len(out) >= 0.99 * ideal, (len(out), ideal, w.resets)
+    starts = np.array([x.start for x in out])
+    learnt = starts > 1000.0 + 20 * 0.08                     # past the first 20 blocks
+    assert np.all(np.diff(starts[learnt]) > 0)               # never steps backwards
+    st = w.stats()["plc"]
+    assert st["windows"] == len(out)
+    assert 0.2 * tick * 1e3 < st["jitter_ms"] < 0.4 * tick * 1e3  # ~ tick / 4 measured
+    # a real dropout of 4 blocks (320 ms) is still a gap, counted for its source
+    w2 = Windower(length, hop)
+    for b in ticked(300, tick, gap_at=200, gap_blocks=4):
+        w2.push(b)
+    assert w2.resets["gap"] >= 1
+    assert w2.stats()["plc"]["resets"]["gap"] >= 1  # type: ignore[index]
+
+
+def test_jitter_fraction_is_configurable_and_stats_are_per_source() -> None:
+    w = Windower(100, 50, jitter=0.0)          # only 2 samples / 5 ms / measured spread
+    w.push(block(0, 100, src="a"))
+    late = block(100, 100, src="a")
+    late.start += 0.02                          # 20 ms late: 0.2 of a block
+    w.push(late)
+    assert w.stats()["a"]["resets"] == {"gap": 1}
+    assert w.stats()["a"]["dropped_samples"] == 50
+    w2 = Windower(100, 50)                      # default 0.25 of a block: jitter
+    w2.push(block(0, 100, src="a"))
+    w2.push(block(0, 30, src="b"))
+    late = block(100, 100, src="a")
+    late.start += 0.02
+    w2.push(late)
+    assert not w2.resets and set(w2.stats()) == {"a", "b"}
+    assert w2.stats()["b"] == {"resets": {}, "dropped_samples": 0, "windows": 0,
+                               "jitter_ms": 0.0}
+    with pytest.raises(ValueError, match="jitter"):
+        Windower(10, 5, jitter=-1)
+
+
+def test_repeated_gaps_of_a_block_are_never_learnt_as_jitter() -> None:
+    # segments of 10 blocks, each followed by a one-block dropout: every dropout resets
+    w = Windower(2048, 1024)
+    k = 0
+    for _seg in range(12):
+        for _ in range(10):
+            w.push(block(k * 1024, 1024, sr=10240.0, src="seg"))
+            k += 1
+        k += 1                                   # one block lost
+    assert w.resets == {"gap": 11}
+    assert w.stats()["seg"]["jitter_ms"] == 0.0
