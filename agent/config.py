@@ -40,6 +40,7 @@ from edge_agent.settings import parse as parse_model
 from edge_agent.settings import world_problems as settings_world_problems
 from edge_agent.sync.buffer import BufferConfig
 from edge_agent.sync.contract import UploaderConfig
+from edge_agent.sync.mqtt.config import MqttConfig
 
 if TYPE_CHECKING:
     from edge_agent.drivers import modbus, opcua, replay, simulator, soundcard
@@ -161,6 +162,7 @@ class AgentConfig(Model):
     reconnect: ReconnectSection = ReconnectSection()
     metrics: MetricsSection = MetricsSection()
     web: WebConfig = WebConfig()
+    mqtt: MqttConfig | None = None  # no [mqtt] table: no MQTT
     drivers: tuple[DriverConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
 
@@ -245,6 +247,7 @@ def summary(cfg: AgentConfig) -> list[str]:
         f"buffer: {cfg.buffer.path} (max {cfg.buffer.max_size} bytes)",
         f"uploader: {up.url or 'disabled (data stays buffered)'}",
         f"web: {_web_line(cfg.web)}",
+        f"mqtt: {_mqtt_line(cfg.mqtt)}",
         f"metrics: {'/metrics on the web server' if cfg.metrics.enabled else 'disabled'}",
         f"drivers: {len(cfg.drivers)}",
     ]
@@ -256,6 +259,14 @@ def summary(cfg: AgentConfig) -> list[str]:
             else "none (features only)")
         lines.append(f"  - {p.source}: {p.features.kind} {p.window}/{p.hop}, model {model}")
     return lines
+
+
+def _mqtt_line(m: MqttConfig | None) -> str:
+    if m is None:
+        return "disabled (no [mqtt] table)"
+    auth = f", user {m.username} password {m.password!r}" if m.username else ""
+    sp = f", group {m.sparkplug.group_id}" if m.sparkplug else ""
+    return f"{m.url} ({m.mode}{sp}{auth})"
 
 
 def _web_line(web: WebConfig) -> str:

@@ -32,6 +32,7 @@ from edge_agent.sync.uploader import Uploader
 
 if TYPE_CHECKING:
     from edge_agent.agent.web import WebServer
+    from edge_agent.sync.mqtt.publisher import MqttPublisher
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -55,6 +56,29 @@ def lock_state_dir(state_dir: Path) -> int:
         raise OSError(f"another edge-agent is already running with state_dir {state_dir}"
                       ) from None
     return fd
+
+
+def plc_sensors(cfg: AgentConfig) -> dict[str, str]:
+    """sensor_id -> the PLC driver (OPC-UA, Modbus) that reads it: one Sparkplug device each."""
+    out: dict[str, str] = {}
+    for d in cfg.drivers:
+        if d.kind == "opcua":
+            out.update((n.sensor_id, d.name) for n in d.nodes)
+        elif d.kind == "modbus":
+            out.update((p.sensor_id, d.name) for dev in d.devices for p in dev.points)
+    return out
+
+
+def make_mqtt(cfg: AgentConfig, buffer: Buffer) -> MqttPublisher | None:
+    """The MQTT sink when ``[mqtt]`` is configured; registered with the buffer before any
+    sink runs (a row is freed only once every registered sink has delivered it)."""
+    if cfg.mqtt is None:
+        return None
+    from edge_agent.sync.mqtt.publisher import MqttPublisher  # paho, protobuf: only if used
+
+    return MqttPublisher(buffer, cfg.mqtt, cfg.agent.gateway_id, cfg.state_dir,
+                         devices=[p.source for p in cfg.pipelines],
+                         sensor_devices=plc_sensors(cfg))
 
 
 def web_token(cfg: AgentConfig) -> str | None:
@@ -143,7 +167,7 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
     try:
         uploader = (Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
                     if cfg.uploader.url else None)
-        pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader)
+        pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader, make_mqtt(cfg, buffer))
         status = StatusService(pipeline, pipeline.recorder, cfg.web.stall_after)
         service = Service(pipeline, status)
         reloader = Reloader(pipeline, load, on_applied=status.refresh)
@@ -153,7 +177,8 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
         log.info("agent running", extra={"gateway_id": cfg.agent.gateway_id,
                                           "state_dir": str(cfg.state_dir),
                                           "drivers": [d.name for d in pipeline.drivers],
-                                          "uploader": cfg.uploader.url or "disabled"})
+                                          "uploader": cfg.uploader.url or "disabled",
+                                          "mqtt": cfg.mqtt.url if cfg.mqtt else "disabled"})
         try:
             await pipeline.run(stop)
         finally:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.analysis import Analysis
@@ -31,6 +31,9 @@ from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
 from edge_agent.sync.buffer import Buffer
 from edge_agent.sync.uploader import Uploader
 
+if TYPE_CHECKING:
+    from edge_agent.sync.mqtt.publisher import MqttPublisher
+
 log = logging.getLogger("edge_agent.pipeline")
 
 READ_BATCH = 5000
@@ -38,11 +41,12 @@ READ_BATCH = 5000
 
 class Pipeline:
     def __init__(self, cfg: AgentConfig, drivers: Sequence[Driver], buffer: Buffer,
-                 uploader: Uploader | None) -> None:
+                 uploader: Uploader | None, mqtt: MqttPublisher | None = None) -> None:
         self.cfg = cfg
         self.drivers = list(drivers)
         self.buffer = buffer
         self.uploader = uploader
+        self.mqtt = mqtt  # [mqtt]: a second sink of the buffer (the status page reads stats())
         q = cfg.queues
         self.readings: BoundedQueue[Reading] = BoundedQueue(
             "readings", q.readings.size, q.readings.overflow)
@@ -222,6 +226,8 @@ class Pipeline:
             for p in self.registry_pollers():
                 self.start_registry(p)
             self.start_uploader(self.uploader)
+            if self.mqtt is not None:
+                self.start_sink("mqtt", self.mqtt.run)
             self.running.set()
             await stop.wait()
             self.stopping = True
@@ -254,14 +260,22 @@ class Pipeline:
         self.lock.release()
         await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
                                "info", {"uptime_s": round(time.time() - self.started)})])
+        # Draining and the final sync share one shutdown_timeout, so a stop stays within
+        # systemd's TimeoutStopSec (the final sync gets at least a second).
+        left = max(1.0, limit - (time.monotonic() - drain_start))
+        await asyncio.gather(self._flush_uploader(left), self._flush_mqtt(left))
+
+    async def _flush_uploader(self, left: float) -> None:
         if self.uploader is not None:
-            # Draining and the final sync share one shutdown_timeout, so a stop stays within
-            # systemd's TimeoutStopSec (the final sync gets at least a second).
-            left = max(1.0, limit - (time.monotonic() - drain_start))
             try:
                 await self.uploader.flush(left)
             except TimeoutError:
                 log.warning("final sync attempt timed out; data stays buffered")
+
+    async def _flush_mqtt(self, left: float) -> None:
+        """Publish what is left (bounded), then ``offline`` / NDEATH and disconnect."""
+        if self.mqtt is not None:
+            await self.mqtt.flush(left)
 
     # -- live changes (a reload; see agent/reload.py) ---------------------------------------
     def _task_group(self) -> asyncio.TaskGroup:

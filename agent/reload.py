@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Sections (or "section.field") that only take effect at the next start: the buffer file and its
 # writer, the web server's socket and token, the queues the stages share, the state directory
 # (lock, models, web-url) and the gateway id (the uploader's idempotency-key prefix).
-NEEDS_RESTART: tuple[str, ...] = ("buffer", "web", "metrics", "queues", "agent.state_dir",
+NEEDS_RESTART: tuple[str, ...] = ("buffer", "web", "metrics", "queues", "mqtt", "agent.state_dir",
                                   "agent.gateway_id")
 
 
@@ -73,6 +73,8 @@ class ReloadPlan:
 
 def _field_diff(old: Any, new: Any, prefix: str) -> list[str]:
     """Key paths of the fields of two models of one class that differ."""
+    if old is None or new is None:  # an optional section added or removed ([mqtt])
+        return [prefix]
     return [f"{prefix}.{k}" for k in type(old).model_fields
             if getattr(old, k) != getattr(new, k)]
 
@@ -81,7 +83,7 @@ def plan(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
     """Compare; the result's ``effective`` config is ``new`` with the non-live settings kept."""
     needs: list[str] = []
     keep: dict[str, Any] = {}
-    for section in ("buffer", "web", "metrics", "queues"):
+    for section in ("buffer", "web", "metrics", "queues", "mqtt"):
         if getattr(old, section) != getattr(new, section):
             needs += _field_diff(getattr(old, section), getattr(new, section), section)
             keep[section] = getattr(old, section)

@@ -78,7 +78,9 @@ def wait_connected(port: int, within: float = 60.0) -> None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
                 status = json.load(r)
-            if any(d.get("connected") for d in status.get("drivers", [])):
+            # opened: the driver reports its device and ring (it counts as connected only
+            # after its first good read, and no audio flows until the test feeds the FIFO)
+            if any(d.get("capacity") for d in status.get("drivers", [])):
                 return
         except (OSError, ValueError):
             pass
