@@ -316,13 +316,13 @@ class Chain:
 # -- offline: recordings → feature matrices through the same chain ---------------------------
 
 def features_of(spec: Spec, samples: npt.ArrayLike, source: str = "replay",
-                start: float = 0.0) -> F64:
+                start: float = 0.0, shaft_rpm: float | None = None) -> F64:
     """Cut ``samples`` (n, channels) into the spec's windows and extract the feature matrix,
     through the same :meth:`Chain.extract` the daemon runs."""
     chain = Chain(spec, Path("."))
     block = WaveformBlock(source, spec.sample_rate, spec.channels, start,
                           np.ascontiguousarray(samples, dtype=np.float64))
-    windows, X, _ = chain.extract(block)
+    windows, X, _ = chain.extract(block, shaft_rpm)
     if chain.broken is not None:
         raise ModelError(f"spec {spec.name}: {chain.broken}")
     return X if windows else np.empty((0, len(names_contract(spec)[0])))
