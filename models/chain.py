@@ -40,7 +40,13 @@ from edge_agent.models.commissioning import (
 from edge_agent.models.drift import DriftConfig, DriftMonitor
 from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Window, Windower
-from edge_agent.models.onnx_score import ModelSlot, Scorer, ScorerConfig
+from edge_agent.models.onnx_score import (
+    ModelSlot,
+    Scorer,
+    ScorerConfig,
+    speed_in_range,
+    speed_range,
+)
 from edge_agent.models.spec import Spec, names_contract
 from edge_agent.records import Event, FeatureVector, WaveformBlock
 
@@ -121,6 +127,8 @@ class Chain:
         self.anomalous_windows = 0
         self.model_status = "none"
         self.last_score: float | None = None
+        self.speed_missing: str | None = None   # why the envelope features are absent now
+        self.speed_out_of_range: bool = False  # speed outside the model's training range
         # Sees every scoring result (scores of rows with finite features) or scoring error;
         # the model registry watches a newly deployed version through it.
         self.score_watch: Callable[[F64 | Exception], None] | None = None
@@ -162,6 +170,16 @@ class Chain:
         if mc is not None:
             return [self.load_model(resolve_model(mc.path), ts)]
         return []
+
+    @property
+    def cannot_score(self) -> str | None:
+        """Why windows are not scored right now (None: they are, or no model is configured)."""
+        if self.broken is not None:
+            return self.broken
+        if self.slot is None or self.slot.current is None:
+            st = self.model_status
+            return st.removeprefix("refused: ") if st.startswith("refused: ") else None
+        return self.speed_missing
 
     def load_model(self, path: Path, ts: float) -> Event:
         """Load and check a bundle; on refusal the previous model (or none) stays."""
@@ -224,21 +242,61 @@ class Chain:
         if not windows or self.extractor is None:
             return [], events
         names = self.extractor.names()
-        finite = np.isfinite(X).all(axis=1)
+        why, absent = self.extractor.absent(shaft_rpm)
+        finite = np.isfinite(np.delete(X, absent, axis=1) if absent else X).all(axis=1)
         self.windows += len(windows)
         self.invalid_windows += int((~finite).sum())
         vectors = [FeatureVector(self.source, w.start, w.end,
                                  {n: float(v) for n, v in zip(names, row, strict=True)
                                   if math.isfinite(v)})
                    for w, row in zip(windows, X, strict=True)]
+        events += self._speed_events(why, [names[i] for i in absent], vectors[-1].window_end)
         scorer = self.slot.current if self.slot else None
-        if scorer is not None:
+        if why is not None:
+            pass  # features the model (or the baseline) needs are absent: stored, not scored
+        elif scorer is not None:
+            events += self._speed_range_events(scorer, shaft_rpm, vectors[-1].window_end)
             events += self._score(scorer, X, vectors)
         elif self.commissioner is not None and not self.commissioner.done:
             for fv in vectors:
                 self.commissioner.add(fv)
             self.model_status = f"commissioning: {self.commissioner.collected} windows"
         return vectors, events
+
+    def _speed_events(self, why: str | None, absent: list[str], ts: float) -> list[Event]:
+        """One event when the shaft speed goes missing (the envelope features are absent, the
+        model cannot score) and one when it is back; nothing per block."""
+        if why == self.speed_missing:
+            return []
+        was, self.speed_missing = self.speed_missing, why
+        if why is None:
+            log.info("shaft speed back", extra={"source": self.source})
+            return [Event("shaft_speed_restored", self.source, ts, "info", {"was": was})]
+        scoring = self.slot is not None and self.slot.current is not None
+        log.warning("shaft speed missing", extra={"source": self.source, "reason": why})
+        return [Event("shaft_speed_missing", self.source, ts, "warning",
+                      {"reason": why, "absent_features": absent,
+                       "cannot_score": f"the model needs {len(absent)} absent features"
+                       if scoring else None})]
+
+    def _speed_range_events(self, scorer: Scorer, shaft_rpm: float | None,
+                            ts: float) -> list[Event]:
+        """Flag scoring at a shaft speed outside the model's training range (once per
+        change)."""
+        rng = speed_range(scorer.manifest.extractor)
+        cfg_rpm = getattr(self.cfg.features, "shaft_speed_rpm", None)
+        rpm = shaft_rpm if shaft_rpm is not None else cfg_rpm
+        out = rng is not None and rpm is not None and not speed_in_range(rpm, rng)
+        if out == self.speed_out_of_range:
+            return []
+        self.speed_out_of_range = out
+        if not out:
+            return [Event("shaft_speed_in_range", self.source, ts, "info", {"rpm": rpm})]
+        log.warning("scoring outside the training speed range",
+                    extra={"source": self.source, "rpm": rpm, "range": rng})
+        return [Event("shaft_speed_out_of_range", self.source, ts, "warning",
+                      {"rpm": rpm, "trained_rpm": list(rng or ()),
+                       "model": scorer.ref.name})]
 
     def _score(self, scorer: Scorer, X: F64, vectors: list[FeatureVector]) -> list[Event]:
         thr = self.threshold
@@ -310,7 +368,8 @@ class Chain:
                 "anomalous_windows": self.anomalous_windows, "model": self.model_status,
                 "threshold": self.threshold, "last_score": self.last_score,
                 "alarm": self.alerter.state.active, "drift": drift,
-                "broken": self.broken}
+                "broken": self.broken, "cannot_score": self.cannot_score,
+                "speed_out_of_range": self.speed_out_of_range}
 
 
 # -- offline: recordings → feature matrices through the same chain ---------------------------
