@@ -125,6 +125,7 @@ class PipelineConfig(Model):
     features: Features
     window: int = Field(2048, gt=16)
     hop: int = Field(1024, gt=0)
+    sample_rate: float | None = Field(None, gt=0)  # analysis rate; faster sources resampled
     model: ScorerConfig | None = None   # path = bundle dir / archive, or "builtin:<name>"
     threshold: float | None = None      # overrides the bundle's threshold
     alerts: AlertConfig = AlertConfig()

@@ -175,7 +175,7 @@ class StatusService:
             "score": st.get("last_score"), "alarm": bool(st.get("alarm")),
             "windows": st.get("windows"), "anomalous_windows": st.get("anomalous_windows"),
             "invalid_windows": st.get("invalid_windows"), "drift": st.get("drift"),
-            "broken": st.get("broken"),
+            "broken": st.get("broken"), "cannot_score": st.get("cannot_score"),
             "values": dict(sorted(values.items())[:MAX_VALUES]),
             "features": None if latest is None else _features(an, latest.values,
                                                               latest.window_end),

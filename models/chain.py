@@ -37,17 +37,13 @@ from edge_agent.models.commissioning import (
     commissioning_event,
     require_train_extra,
 )
+from edge_agent.models.conform import Conformer
 from edge_agent.models.drift import DriftConfig, DriftMonitor
 from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Window, Windower
-from edge_agent.models.onnx_score import (
-    ModelSlot,
-    Scorer,
-    ScorerConfig,
-    speed_in_range,
-    speed_range,
-)
+from edge_agent.models.onnx_score import ModelSlot, Scorer, ScorerConfig
 from edge_agent.models.spec import Spec, names_contract
+from edge_agent.models.speed import SpeedWatch
 from edge_agent.records import Event, FeatureVector, WaveformBlock
 
 __all__ = ["BaselineFailed", "BaselineLearned", "Chain", "ChainConfig", "Spec", "feature_matrix",
@@ -115,6 +111,8 @@ class Chain:
         if cc is not None and cc.enabled:
             require_train_extra()  # refused at start, not when the baseline is due
         self.windower = Windower(cfg.window, cfg.hop)
+        self.conformer = Conformer(analysis_rate(cfg), getattr(cfg.features, "accel_unit", None))
+        self.input_problem: str | None = None   # why the source's blocks are refused now
         self.extractor: Extractor | None = None
         self.slot: ModelSlot | None = None
         self.alerter = AnomalyAlerter(cfg.source, cfg.alerts)
@@ -127,8 +125,7 @@ class Chain:
         self.anomalous_windows = 0
         self.model_status = "none"
         self.last_score: float | None = None
-        self.speed_missing: str | None = None   # why the envelope features are absent now
-        self.speed_out_of_range: bool = False  # speed outside the model's training range
+        self.speed = SpeedWatch(cfg.source)
         # Sees every scoring result (scores of rows with finite features) or scoring error;
         # the model registry watches a newly deployed version through it.
         self.score_watch: Callable[[F64 | Exception], None] | None = None
@@ -174,12 +171,14 @@ class Chain:
     @property
     def cannot_score(self) -> str | None:
         """Why windows are not scored right now (None: they are, or no model is configured)."""
+        if self.input_problem is not None:
+            return self.input_problem
         if self.broken is not None:
             return self.broken
         if self.slot is None or self.slot.current is None:
             st = self.model_status
             return st.removeprefix("refused: ") if st.startswith("refused: ") else None
-        return self.speed_missing
+        return self.speed.missing
 
     def load_model(self, path: Path, ts: float) -> Event:
         """Load and check a bundle; on refusal the previous model (or none) stays."""
@@ -189,9 +188,12 @@ class Chain:
         try:
             scorer = self.slot.load(path)
         except ModelError as exc:
-            self.model_status = f"refused: {exc}" if kept is None else self.model_status
+            reason = str(exc)
+            if "'sample_rate'" in reason and analysis_rate(self.cfg) is None:
+                reason += " (set sample_rate in [[pipelines]] to resample a faster source)"
+            self.model_status = f"refused: {reason}" if kept is None else self.model_status
             return Event("model_refused", self.source, ts, "warning",
-                         {"path": str(path), "reason": str(exc),
+                         {"path": str(path), "reason": reason,
                           "kept": None if kept is None else
                           {"name": kept.ref.name, "version": kept.ref.version}})
         return self._activated(scorer, ts, {"path": str(path)})
@@ -228,13 +230,29 @@ class Chain:
         """Window → features: the complete windows ``block`` finishes, their feature matrix
         and any set-up events (empty matrix while no window is complete or the source cannot
         be analysed)."""
-        windows = self.windower.push(block)
+        conformed, problem = self.conformer.push(block)
+        events = self._input_events(problem, block.end)
+        if conformed is None:
+            return [], np.empty((0, 0)), events
+        windows = self.windower.push(conformed)
         if not windows:
-            return [], np.empty((0, 0)), []
-        events = self._setup(windows[0].sample_rate, windows[0].channels, windows[0].end)
+            return [], np.empty((0, 0)), events
+        events += self._setup(windows[0].sample_rate, windows[0].channels, windows[0].end)
         if self.extractor is None:
             return [], np.empty((0, 0)), events
         return windows, feature_matrix(self.extractor, windows, shaft_rpm), events
+
+    def _input_events(self, problem: str | None, ts: float) -> list[Event]:
+        """One event when the source's blocks start being refused (rate, unit), one when they
+        are accepted again."""
+        if problem == self.input_problem:
+            return []
+        was, self.input_problem = self.input_problem, problem
+        if problem is None:
+            return [Event("input_accepted", self.source, ts, "info", {"was": was})]
+        log.error("pipeline cannot analyse the source's samples",
+                  extra={"source": self.source, "reason": problem})
+        return [Event("cannot_score", self.source, ts, "warning", {"reason": problem})]
 
     def process(self, block: WaveformBlock, shaft_rpm: float | None = None
                 ) -> tuple[list[FeatureVector], list[Event]]:
@@ -250,53 +268,21 @@ class Chain:
                                  {n: float(v) for n, v in zip(names, row, strict=True)
                                   if math.isfinite(v)})
                    for w, row in zip(windows, X, strict=True)]
-        events += self._speed_events(why, [names[i] for i in absent], vectors[-1].window_end)
         scorer = self.slot.current if self.slot else None
+        events += self.speed.missing_events(why, [names[i] for i in absent], scorer is not None,
+                                            vectors[-1].window_end)
         if why is not None:
             pass  # features the model (or the baseline) needs are absent: stored, not scored
         elif scorer is not None:
-            events += self._speed_range_events(scorer, shaft_rpm, vectors[-1].window_end)
+            rpm = shaft_rpm if shaft_rpm is not None else \
+                getattr(self.cfg.features, "shaft_speed_rpm", None)
+            events += self.speed.range_events(scorer, rpm, vectors[-1].window_end)
             events += self._score(scorer, X, vectors)
         elif self.commissioner is not None and not self.commissioner.done:
             for fv in vectors:
                 self.commissioner.add(fv)
             self.model_status = f"commissioning: {self.commissioner.collected} windows"
         return vectors, events
-
-    def _speed_events(self, why: str | None, absent: list[str], ts: float) -> list[Event]:
-        """One event when the shaft speed goes missing (the envelope features are absent, the
-        model cannot score) and one when it is back; nothing per block."""
-        if why == self.speed_missing:
-            return []
-        was, self.speed_missing = self.speed_missing, why
-        if why is None:
-            log.info("shaft speed back", extra={"source": self.source})
-            return [Event("shaft_speed_restored", self.source, ts, "info", {"was": was})]
-        scoring = self.slot is not None and self.slot.current is not None
-        log.warning("shaft speed missing", extra={"source": self.source, "reason": why})
-        return [Event("shaft_speed_missing", self.source, ts, "warning",
-                      {"reason": why, "absent_features": absent,
-                       "cannot_score": f"the model needs {len(absent)} absent features"
-                       if scoring else None})]
-
-    def _speed_range_events(self, scorer: Scorer, shaft_rpm: float | None,
-                            ts: float) -> list[Event]:
-        """Flag scoring at a shaft speed outside the model's training range (once per
-        change)."""
-        rng = speed_range(scorer.manifest.extractor)
-        cfg_rpm = getattr(self.cfg.features, "shaft_speed_rpm", None)
-        rpm = shaft_rpm if shaft_rpm is not None else cfg_rpm
-        out = rng is not None and rpm is not None and not speed_in_range(rpm, rng)
-        if out == self.speed_out_of_range:
-            return []
-        self.speed_out_of_range = out
-        if not out:
-            return [Event("shaft_speed_in_range", self.source, ts, "info", {"rpm": rpm})]
-        log.warning("scoring outside the training speed range",
-                    extra={"source": self.source, "rpm": rpm, "range": rng})
-        return [Event("shaft_speed_out_of_range", self.source, ts, "warning",
-                      {"rpm": rpm, "trained_rpm": list(rng or ()),
-                       "model": scorer.ref.name})]
 
     def _score(self, scorer: Scorer, X: F64, vectors: list[FeatureVector]) -> list[Event]:
         thr = self.threshold
@@ -369,7 +355,14 @@ class Chain:
                 "threshold": self.threshold, "last_score": self.last_score,
                 "alarm": self.alerter.state.active, "drift": drift,
                 "broken": self.broken, "cannot_score": self.cannot_score,
-                "speed_out_of_range": self.speed_out_of_range}
+                "speed_out_of_range": self.speed.out_of_range}
+
+
+def analysis_rate(cfg: ChainConfig) -> float | None:
+    """The pipeline's analysis rate (``sample_rate`` in ``[[pipelines]]``; a :class:`Spec`'s
+    rate), or None: the source's own."""
+    rate = getattr(cfg, "sample_rate", None)
+    return float(rate) if rate is not None else None
 
 
 # -- offline: recordings → feature matrices through the same chain ---------------------------
@@ -382,6 +375,6 @@ def features_of(spec: Spec, samples: npt.ArrayLike, source: str = "replay",
     block = WaveformBlock(source, spec.sample_rate, spec.channels, start,
                           np.ascontiguousarray(samples, dtype=np.float64))
     windows, X, _ = chain.extract(block, shaft_rpm)
-    if chain.broken is not None:
-        raise ModelError(f"spec {spec.name}: {chain.broken}")
+    if chain.broken is not None or chain.input_problem is not None:
+        raise ModelError(f"spec {spec.name}: {chain.broken or chain.input_problem}")
     return X if windows else np.empty((0, len(names_contract(spec)[0])))

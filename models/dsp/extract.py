@@ -220,9 +220,12 @@ class VibrationExtractor(_Base):
             "hop": self.hop, "channels": list(self.channels), "include": list(c.include),
             "high_freq_cut": c.high_freq_cut, "spectrum_dtype": c.spectrum_dtype,
             "features": list(self._names),
+            # the samples' unit: a model trained in g must not score samples in m/s2 (the
+            # chain converts a source's g <-> m/s2 samples to this unit before windowing)
+            "accel_unit": c.accel_unit,
         }
         if "iso" in c.include:
-            out.update(accel_unit=c.accel_unit, iso_band=[c.iso_band_lo, c.iso_band_hi],
+            out.update(iso_band=[c.iso_band_lo, c.iso_band_hi],
                        iso_zone_limits=list(self.zone_limits) if self.zone_limits else None)
         if "envelope" in c.include and c.shaft_speed_rpm is not None:
             # Envelope energies are taken at the bearing's defect frequencies, which scale with
