@@ -27,8 +27,8 @@ F64 = npt.NDArray[np.float64]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="model bundles: export, train, verify, pack, "
-                                             "sign, publish, rollback")
+    p = subparsers.add_parser("models", help="model bundles: export, train, score, verify, "
+                                             "pack, sign, publish, rollback")
     sub = p.add_subparsers(dest="models_command", required=True)
 
     ex = sub.add_parser("export", help="sklearn pipeline (joblib/pickle/MLflow dir) -> bundle")
@@ -76,6 +76,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     pk.set_defaults(func=cmd_pack)
 
     from edge_agent.models.registry.publish import add_commands as add_registry_commands
+    from edge_agent.models.score_cmd import add_command as add_score_command
+
+    add_score_command(sub)
 
     add_registry_commands(sub)  # keygen, sign, publish, rollback
 
