@@ -80,6 +80,7 @@ def test_diagnosis_is_called_when_the_module_exists(
     assert res[0]["diagnosis"] == {"fault": "outer_race", "confidence": 0.9,
                                    "evidence": {"bpfo": 1}}
     (shape, rate, shaft_hz, n_balls), = calls
+    assert len(shape) == 1 and shape[0] > 200_000       # one channel at the file rate
     assert rate == 48000.0 and shaft_hz == pytest.approx(1796 / 60, rel=0.01) and n_balls == 9
     # without a bearing geometry: undetermined, saying why
     rc, res = score(capsys, str(CWRU), f)
