@@ -368,12 +368,15 @@ def analysis_rate(cfg: ChainConfig) -> float | None:
 # -- offline: recordings → feature matrices through the same chain ---------------------------
 
 def features_of(spec: Spec, samples: npt.ArrayLike, source: str = "replay",
-                start: float = 0.0, shaft_rpm: float | None = None) -> F64:
+                start: float = 0.0, shaft_rpm: float | None = None,
+                sample_rate: float | None = None) -> F64:
     """Cut ``samples`` (n, channels) into the spec's windows and extract the feature matrix,
-    through the same :meth:`Chain.extract` the daemon runs."""
+    through the same :meth:`Chain.extract` the daemon runs; samples at a faster
+    ``sample_rate`` are resampled to the spec's rate first, as in the daemon."""
     chain = Chain(spec, Path("."))
-    block = WaveformBlock(source, spec.sample_rate, spec.channels, start,
-                          np.ascontiguousarray(samples, dtype=np.float64))
+    block = WaveformBlock(source, sample_rate or spec.sample_rate, spec.channels, start,
+                          np.ascontiguousarray(samples, dtype=np.float64),
+                          str(getattr(spec.features, "accel_unit", "")))
     windows, X, _ = chain.extract(block, shaft_rpm)
     if chain.broken is not None or chain.input_problem is not None:
         raise ModelError(f"spec {spec.name}: {chain.broken or chain.input_problem}")

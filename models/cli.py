@@ -163,8 +163,8 @@ def _replay(files: Sequence[str], args: argparse.Namespace
     spec = _spec(args)
     mats, speeds = [], []
     for f in files:
-        x, _, rpm = recording_for(spec, f, args)
-        mats.append(features_of(spec, x, source=Path(f).name, shaft_rpm=rpm))
+        x, rate, rpm = recording_for(spec, f, args)
+        mats.append(features_of(spec, x, source=Path(f).name, shaft_rpm=rpm, sample_rate=rate))
         if rpm is not None:
             speeds.append(rpm)
     names, contract = names_contract(spec)
@@ -184,10 +184,10 @@ def recording_for(spec: Spec, f: str, args: argparse.Namespace
         x, rec = select_channel(read(f, sample_rate=args.sample_rate), args.channel)
     except READ_ERRORS as exc:
         raise ModelError(f"{f}: {exc}") from exc
-    if rec.sample_rate != spec.sample_rate or x.shape[1] != len(spec.channels):
+    if rec.sample_rate < spec.sample_rate or x.shape[1] != len(spec.channels):
         raise ModelError(f"{f}: {x.shape[1]} channel(s) at {rec.sample_rate} Hz, the extractor "
-                         f"expects {len(spec.channels)} at {spec.sample_rate} Hz (use --channel"
-                         f" or --sample-rate)")
+                         f"expects {len(spec.channels)} at {spec.sample_rate} Hz or faster "
+                         f"(resampled) (use --channel or --sample-rate)")
     rpm = args.rpm if args.rpm is not None else rec.rpm
     return x, rec.sample_rate, rpm
 

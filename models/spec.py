@@ -79,6 +79,9 @@ def spec_from_contract(contract: Mapping[str, Any], name: str = "like",
                                 "contact_angle_deg": ang}
         if shaft_speed_rpm is not None:
             feats["shaft_speed_rpm"] = float(shaft_speed_rpm)
+        elif "envelope" in feats["include"]:
+            feats.pop("shaft_speed_rpm", None)
+            feats["shaft_speed_tag"] = "recording"  # each recording's own speed (shaft_rpm=)
         cfg = parse(VibrationConfig, feats, "contract")
     spec = Spec(name, cfg, int(c["window"]), int(c["hop"]), float(c["sample_rate"]),
                 tuple(c["channels"]))

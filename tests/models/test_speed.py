@@ -91,3 +91,33 @@ def test_fixed_speed_outside_the_range_is_refused(fixed_bundle: Path, tmp_path: 
     assert [x.kind for x in e] == ["model_refused"]
     assert "shaft speed: model was trained at 1797-1797 rpm" in e[0].details["reason"]
     assert "shaft speed" in (ch.stats()["cannot_score"] or "")
+
+
+def test_train_like_records_the_recordings_speed_range(fixed_bundle: Path, data_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """``models train --from-files --like`` an envelope bundle: each recording's own speed is
+    used (48 kHz CWRU files resampled to the bundle's 12 kHz) and the manifest records the
+    range; a tag-fed pipeline takes the result."""
+    import argparse
+
+    from edge_agent.models.bundle import load_bundle
+    from edge_agent.models.cli import add_commands
+    from edge_agent.models.onnx_score import Scorer
+
+    ap = argparse.ArgumentParser(prog="edge-agent")
+    add_commands(ap.add_subparsers(dest="command", required=True))
+    import scipy.io
+
+    m = scipy.io.loadmat(data_dir / "cwru" / "48k_Drive_End_B007_0_122.mat")
+    slower = tmp_path / "48k_slower.mat"              # the same signal, stated at 1750 rpm
+    scipy.io.savemat(slower, {"X122_DE_time": m["X122_DE_time"][:200_000],
+                              "X122RPM": np.array([[1750.0]])})
+    files = [str(data_dir / "cwru" / "48k_Drive_End_IR007_0_109.mat"), str(slower)]
+    out = tmp_path / "like"
+    args = ap.parse_args(["models", "train", "--from-files", *files, "--like", str(fixed_bundle),
+                          "--out", str(out), "--name", "like"])
+    assert args.func(args) == 0
+    rng = load_bundle(out).manifest.extractor["shaft_speed_range"]
+    assert rng == [1750.0, 1796.0]
+    names, contract = names_contract(spec(shaft_speed_tag="m.rpm"))
+    Scorer.load(out, expected_names=names, expected_contract=contract)
