@@ -1,4 +1,5 @@
-"""``edge-agent models export | train | verify | pack``.
+"""``edge-agent models export | train | score | verify | pack`` (``score``:
+:mod:`edge_agent.models.score_cmd`).
 
 The agent's CLI calls :func:`add_commands` with its subparsers; every command sets
 ``func(args) -> int`` (0 ok, 1 refused/failed, 2 usage). export and train import
