@@ -18,7 +18,6 @@ from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
 
 from edge_agent.records import WaveformBlock
 
@@ -75,6 +74,8 @@ class StreamResampler:
         last = ((self._b0 + n - 1) * self.up - self.half_len) // self.down
         if last < self._next_m:
             return None
+        from scipy.signal import resample_poly  # ~1-3 s to import: only where resampling
+
         y = resample_poly(self._buf, self.up, self.down, axis=0)
         m0 = self._b0 * self.up // self.down        # global index of y[0]
         out = y[self._next_m - m0:last + 1 - m0]
