@@ -142,3 +142,22 @@ def test_cannot_score_is_on_the_metrics(tmp_path: Path) -> None:
     line = next(x for x in text.splitlines() if x.startswith("edge_agent_cannot_score{"))
     assert 'source="m.de"' in line and "slower than the pipeline" in line and \
         line.endswith(" 1.0")
+
+
+def test_a_bundle_from_before_units_loads_as_g(tmp_path: Path) -> None:
+    """Commissioned baselines on gateways predate ``accel_unit`` in every vibration contract:
+    they were computed in the default g and keep loading; in m/s2 they are refused."""
+    import json
+    import shutil
+
+    from edge_agent.models.onnx_score import contract_differences
+
+    old = tmp_path / "old"
+    shutil.copytree(BUNDLES / "vibration_cwru_de", old)
+    man = json.loads((old / "manifest.json").read_text())
+    del man["extractor"]["accel_unit"]
+    (old / "manifest.json").write_text(json.dumps(man))
+    m = load_bundle(old).manifest
+    contract = dict(load_bundle(BUNDLES / "vibration_cwru_de").manifest.extractor)
+    assert contract_differences(m, m.names, contract) == []
+    assert contract_differences(m, m.names, {**contract, "accel_unit": "m/s2"})
