@@ -33,6 +33,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.errors import EdgeAgentError
+
 log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
@@ -64,9 +66,9 @@ def detect_format(path: Path) -> Format:
     return "wav" if ext in (".wav", ".flac") else "cwru" if ext == ".mat" else "ims"
 
 
-class RateUnknown(ValueError):
+class RateUnknown(EdgeAgentError, ValueError):
     """A recording whose sample rate is given neither by the caller, nor by the file, nor by
-    its name."""
+    its name (a ``ValueError`` too, as the other reader errors)."""
 
 
 _NAME_RATE = re.compile(r"(?<![0-9])(12|48)k(?:hz)?(?![a-z0-9])", re.I)

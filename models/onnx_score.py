@@ -87,12 +87,13 @@ def contract_differences(manifest: Manifest, expected_names: Sequence[str],
             out.append(f"feature order differs at position {i}: model has {have[i]!r}, "
                        f"extractor produces {want[i]!r}")
     mine = {k: v for k, v in normalise(manifest.extractor).items() if k not in SPEED_KEYS}
-    if mine.get("kind") == "vibration":
-        # bundles written before the unit was part of every vibration contract were computed
-        # in the default unit (their contract named it only with the ISO features)
-        mine.setdefault("accel_unit", "g")
     theirs = {k: v for k, v in normalise(dict(expected_contract)).items()
               if k not in SPEED_KEYS}
+    for c in (mine, theirs):
+        if c.get("kind") == "vibration":
+            # contracts written before the unit was part of every vibration contract were
+            # computed in the default unit (they named it only with the ISO features)
+            c.setdefault("accel_unit", "g")
     out += _speed_differences(speed_range(manifest.extractor), speed_range(expected_contract))
     for key in sorted(set(mine) | set(theirs)):
         a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
