@@ -14,6 +14,7 @@ to :class:`AgentConfig`; ``check-config`` and ``run`` then report its problems b
 from __future__ import annotations
 
 import importlib
+import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from edge_agent.models.drift import DriftConfig
 from edge_agent.models.dsp.extract import SoundConfig, VibrationConfig
 from edge_agent.models.onnx_score import ScorerConfig
 from edge_agent.models.registry.config import RegistryConfig
+from edge_agent.records import parse_ts
 from edge_agent.settings import (
     ConfigError,
     ConfigProblem,
@@ -134,6 +136,7 @@ class PipelineConfig(Model):
     # Timestamp jitter accepted between blocks, as a fraction of a block (PLC-stamped arrays
     # arrive on a coarser tick than their block period); larger mismatches restart the stream.
     window_jitter: float = Field(0.25, gt=0, lt=0.75)
+    sample_rate: float | None = Field(None, gt=0)  # analysis rate; faster sources resampled
     model: ScorerConfig | None = None   # path = bundle dir / archive, or "builtin:<name>"
     threshold: float | None = None      # overrides the bundle's threshold
     alerts: AlertConfig = AlertConfig()
@@ -235,7 +238,30 @@ def world_problems(cfg: AgentConfig) -> list[ConfigProblem]:
     """Files and environment variables the config names that are missing now (unset
     ``${ENV}``, unreadable ``*_file`` secrets, model bundles, recordings, certificates), with
     their key paths. Run by ``check-config`` and at start, never while parsing."""
-    return settings_world_problems(cfg)
+    return settings_world_problems(cfg) + stale_start_times(cfg, time.time())
+
+
+def stale_start_times(cfg: AgentConfig, now: float) -> list[ConfigProblem]:
+    """A replay/simulator ``start_time`` older than the buffer's ``max_age``: the buffer
+    ages records by their own timestamps and would delete everything replayed at its next
+    housekeeping. Refused at start (depends on the clock, so checked here, not at parse)."""
+    out: list[ConfigProblem] = []
+    for i, d in enumerate(cfg.drivers):
+        start = getattr(d, "start_time", None)
+        if not isinstance(start, str):
+            continue
+        try:
+            age = now - parse_ts(start)
+        except ValueError:
+            continue  # reported by the driver's own check
+        if age > cfg.buffer.max_age:
+            out.append(ConfigProblem(
+                f"drivers[{i}].start_time",
+                f"{start} is {age / 86400:.1f} days ago, older than buffer.max_age "
+                f"({cfg.buffer.max_age / 86400:g} days): the buffer would delete everything "
+                f"replayed at its next housekeeping; give a recent start_time (or none: the "
+                f"wall clock) or raise buffer.max_age"))
+    return out
 
 
 def summary(cfg: AgentConfig) -> list[str]:

@@ -201,6 +201,9 @@ def _source(m: _Families, s: Mapping[str, Any]) -> None:
             bool(s.get("alarm")))
     m.gauge("edge_agent_drift", "Feature drift against the model's training data.", lab,
             s.get("drift"))
+    if s.get("cannot_score"):
+        m.gauge("edge_agent_cannot_score", "1 while a source's windows cannot be scored (the "
+                "reason label says why).", {**lab, "reason": str(s.get("cannot_score"))[:200]}, 1)
     if s.get("model"):
         m.gauge("edge_agent_model_info", "The model loaded for a source (always 1).",
                 {**lab, "model": str(s.get("model"))}, 1)

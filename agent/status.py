@@ -181,6 +181,7 @@ class StatusService:
             "windows": st.get("windows"), "anomalous_windows": st.get("anomalous_windows"),
             "invalid_windows": st.get("invalid_windows"), "drift": st.get("drift"),
             "broken": st.get("broken"), "windowing": st.get("windowing"),
+            "cannot_score": st.get("cannot_score"),
             "values": dict(sorted(values.items())[:MAX_VALUES]),
             "features": None if latest is None else _features(an, latest.values,
                                                               latest.window_end),

@@ -2,7 +2,8 @@
 
 Formats (``wav``, ``ims``, ``cwru``; ``format = "auto"`` picks by extension) are read by
 :mod:`edge_agent.recordings`, which the training tools use too. ``sample_rate`` overrides the
-file's rate (needed where the file does not give one); for CWRU files the ``*RPM`` value is also
+file's rate (needed where the file does not give one: a CWRU file whose name does not state its
+rate is refused without it); for CWRU files the ``*RPM`` value is also
 emitted once per file as a Reading ``<source_id>.rpm`` (so an envelope extractor can take its
 shaft speed from that tag).
 
@@ -107,13 +108,13 @@ def load(path: Path, fmt: Format, cfg: Config) -> Recording:
     """
     kind = detect_format(path) if fmt == "auto" else fmt
     try:
-        raw = read(path, kind)
+        raw = read(path, kind, cfg.sample_rate)
         sel, chans = _select(raw.samples, raw.names, cfg, path, raw.keys)
     except READ_ERRORS as exc:
         raise DriverError(f"{path}: cannot read as {kind}: {exc}") from exc
     if sel.shape[0] == 0:
         raise DriverError(f"{path}: cannot read as {kind}: no samples")
-    return Recording(path, sel, chans, float(cfg.sample_rate or raw.sample_rate), raw.rpm)
+    return Recording(path, sel, chans, raw.sample_rate, raw.rpm)
 
 
 def resolve(path: str, fmt: Format) -> list[Path]:

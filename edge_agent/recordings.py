@@ -9,7 +9,12 @@ is tried as NASA IMS text):
 * ``ims`` — NASA IMS bearing snapshots: tab-separated ASCII, one column per accelerometer, no
   header, 20 kHz. Names ``b1x, b1y, b2x, ...`` for 8 columns (test 1), ``b1 .. b4`` otherwise.
 * ``cwru`` — Case Western MATLAB 5 files: signals ``*_DE_time``, ``*_FE_time``, ``*_BA_time``
-  (names ``de, fe, ba``), rate from the file name (:func:`cwru_rate`), and the ``*RPM`` value.
+  (names ``de, fe, ba``) and the ``*RPM`` value. The sample rate comes from the caller
+  (``sample_rate=``: the config or a CLI flag), else from the file's own metadata (a scalar
+  ``fs``/``sample_rate``/``sampling_rate``/``*_fs`` variable), else from the file name only
+  where it states the rate (``12k``/``48k``, logged); otherwise :class:`RateUnknown` asks for
+  ``sample_rate``. (CWRU files named by their number, e.g. ``105.mat``, state no rate and are
+  12 kHz or 48 kHz depending on the set.)
 
 Readers raise the library's own error (``OSError``, ``ValueError``, ...); callers say which
 file failed in their own terms (the replay driver raises ``DriverError``).
@@ -17,6 +22,7 @@ file failed in their own terms (the replay driver raises ``DriverError``).
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 import zlib
@@ -26,6 +32,10 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.errors import EdgeAgentError
+
+log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 Format = Literal["wav", "ims", "cwru"]
@@ -56,21 +66,47 @@ def detect_format(path: Path) -> Format:
     return "wav" if ext in (".wav", ".flac") else "cwru" if ext == ".mat" else "ims"
 
 
-def cwru_rate(path: Path) -> float:
-    """CWRU sample rate from the file name: ``12k`` anywhere in it (any case) -> 12 kHz, else
-    48 kHz."""
-    return 12000.0 if re.search(r"12k", path.name, re.I) else 48000.0
+class RateUnknown(EdgeAgentError, ValueError):
+    """A recording whose sample rate is given neither by the caller, nor by the file, nor by
+    its name (a ``ValueError`` too, as the other reader errors)."""
 
 
-def read(path: Path | str, fmt: Format | Literal["auto"] = "auto") -> Recording:
-    """Read one file in ``fmt`` (``auto``: by extension)."""
+_NAME_RATE = re.compile(r"(?<![0-9])(12|48)k(?:hz)?(?![a-z0-9])", re.I)
+_RATE_KEYS = re.compile(r"^(fs|sr|sample_?rate|sampling_?rate|.*_fs)$", re.I)
+
+
+def cwru_rate(path: Path, variables: dict[str, object] | None = None) -> float:
+    """A CWRU file's sample rate when the file or its name states it: a scalar rate variable in
+    ``variables`` (the file's), else ``12k``/``48k`` in the name (logged as a guess from the
+    name); :class:`RateUnknown` otherwise."""
+    for key, val in (variables or {}).items():
+        if _RATE_KEYS.match(key):
+            arr = np.ravel(np.asarray(val, dtype=np.float64))
+            if arr.size == 1 and np.isfinite(arr[0]) and arr[0] > 0:
+                return float(arr[0])
+    m = _NAME_RATE.search(path.name)
+    if m is not None:
+        rate = float(m.group(1)) * 1000.0
+        log.info("sample rate taken from the file name",
+                 extra={"file": path.name, "sample_rate": rate})
+        return rate
+    raise RateUnknown(f"{path.name}: sample rate unknown (the file holds no rate variable and "
+                      f"its name states none, e.g. '12k'/'48k'): set sample_rate (replay "
+                      f"config) or pass --sample-rate")
+
+
+def read(path: Path | str, fmt: Format | Literal["auto"] = "auto",
+         sample_rate: float | None = None) -> Recording:
+    """Read one file in ``fmt`` (``auto``: by extension); ``sample_rate`` (config or CLI)
+    overrides the file's own rate."""
     p = Path(path)
     kind = detect_format(p) if fmt == "auto" else fmt
-    if kind == "wav":
-        return read_wav(p)
     if kind == "cwru":
-        return read_cwru(p)
-    return read_ims(p)
+        return read_cwru(p, sample_rate)
+    rec = read_wav(p) if kind == "wav" else read_ims(p)
+    if sample_rate is not None:
+        rec.sample_rate = float(sample_rate)
+    return rec
 
 
 def read_wav(path: Path) -> Recording:
@@ -103,7 +139,7 @@ def read_ims(path: Path) -> Recording:
     return Recording(path, x, names, IMS_RATE)
 
 
-def read_cwru(path: Path) -> Recording:
+def read_cwru(path: Path, sample_rate: float | None = None) -> Recording:
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
@@ -125,18 +161,26 @@ def read_cwru(path: Path) -> Recording:
     rpm_keys = [k for k in m if k.endswith("RPM")]
     rpm_val = np.ravel(np.asarray(m[rpm_keys[0]])) if rpm_keys else np.empty(0)
     rpm = float(rpm_val[0]) if rpm_val.size else None
-    return Recording(path, x, tuple(k.lower() for k in keys), cwru_rate(path), rpm, keys)
+    rate = float(sample_rate) if sample_rate is not None else cwru_rate(path, m)
+    return Recording(path, x, tuple(k.lower() for k in keys), rate, rpm, keys)
 
 
-def read_recording(path: Path | str, channel: str | int | None = None) -> tuple[F64, float]:
+def read_recording(path: Path | str, channel: str | int | None = None,
+                   sample_rate: float | None = None) -> tuple[F64, float]:
     """``(samples (n, c), sample_rate)`` of one file for training: a CWRU ``.mat`` gives one
     signal (``channel`` = ``DE``/``FE``/``BA``, optionally with ``_time``; default ``DE``), a
-    WAV/FLAC or IMS file its column ``channel`` (an index; default all columns)."""
-    rec = read(path)
+    WAV/FLAC or IMS file its column ``channel`` (an index; default all columns).
+    ``sample_rate`` overrides (or supplies) the file's rate."""
+    x, rec = select_channel(read(path, sample_rate=sample_rate), channel)
+    return x, rec.sample_rate
+
+
+def select_channel(rec: Recording, channel: str | int | None) -> tuple[F64, Recording]:
+    """The columns :func:`read_recording` takes from a loaded recording."""
     if rec.keys is not None:
         want = str(channel or "DE").upper().removesuffix("_TIME")
         if want not in rec.keys:
             raise ValueError(f"{rec.path}: no *_{want}_time signal (found {list(rec.keys)})")
-        return rec.samples[:, [rec.keys.index(want)]], rec.sample_rate
+        return rec.samples[:, [rec.keys.index(want)]], rec
     x = rec.samples if channel is None else rec.samples[:, [int(channel)]]
-    return x, rec.sample_rate
+    return x, rec

@@ -37,11 +37,13 @@ from edge_agent.models.commissioning import (
     commissioning_event,
     require_train_extra,
 )
+from edge_agent.models.conform import Conformer
 from edge_agent.models.drift import DriftConfig, DriftMonitor
 from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Window, Windower
 from edge_agent.models.onnx_score import ModelSlot, Scorer, ScorerConfig
 from edge_agent.models.spec import Spec, names_contract
+from edge_agent.models.speed import SpeedWatch
 from edge_agent.records import Event, FeatureVector, WaveformBlock
 
 __all__ = ["BaselineFailed", "BaselineLearned", "Chain", "ChainConfig", "Spec", "feature_matrix",
@@ -110,6 +112,8 @@ class Chain:
             require_train_extra()  # refused at start, not when the baseline is due
         self.windower = Windower(cfg.window, cfg.hop,
                                  jitter=float(getattr(cfg, "window_jitter", 0.25)))
+        self.conformer = Conformer(analysis_rate(cfg), getattr(cfg.features, "accel_unit", None))
+        self.input_problem: str | None = None   # why the source's blocks are refused now
         self.extractor: Extractor | None = None
         self.slot: ModelSlot | None = None
         self.alerter = AnomalyAlerter(cfg.source, cfg.alerts)
@@ -122,6 +126,7 @@ class Chain:
         self.anomalous_windows = 0
         self.model_status = "none"
         self.last_score: float | None = None
+        self.speed = SpeedWatch(cfg.source)
         # Sees every scoring result (scores of rows with finite features) or scoring error;
         # the model registry watches a newly deployed version through it.
         self.score_watch: Callable[[F64 | Exception], None] | None = None
@@ -164,6 +169,18 @@ class Chain:
             return [self.load_model(resolve_model(mc.path), ts)]
         return []
 
+    @property
+    def cannot_score(self) -> str | None:
+        """Why windows are not scored right now (None: they are, or no model is configured)."""
+        if self.input_problem is not None:
+            return self.input_problem
+        if self.broken is not None:
+            return self.broken
+        if self.slot is None or self.slot.current is None:
+            st = self.model_status
+            return st.removeprefix("refused: ") if st.startswith("refused: ") else None
+        return self.speed.missing
+
     def load_model(self, path: Path, ts: float) -> Event:
         """Load and check a bundle; on refusal the previous model (or none) stays."""
         if self.slot is None:
@@ -172,9 +189,12 @@ class Chain:
         try:
             scorer = self.slot.load(path)
         except ModelError as exc:
-            self.model_status = f"refused: {exc}" if kept is None else self.model_status
+            reason = str(exc)
+            if "'sample_rate'" in reason and analysis_rate(self.cfg) is None:
+                reason += " (set sample_rate in [[pipelines]] to resample a faster source)"
+            self.model_status = f"refused: {reason}" if kept is None else self.model_status
             return Event("model_refused", self.source, ts, "warning",
-                         {"path": str(path), "reason": str(exc),
+                         {"path": str(path), "reason": reason,
                           "kept": None if kept is None else
                           {"name": kept.ref.name, "version": kept.ref.version}})
         return self._activated(scorer, ts, {"path": str(path)})
@@ -211,13 +231,29 @@ class Chain:
         """Window → features: the complete windows ``block`` finishes, their feature matrix
         and any set-up events (empty matrix while no window is complete or the source cannot
         be analysed)."""
-        windows = self.windower.push(block)
+        conformed, problem = self.conformer.push(block)
+        events = self._input_events(problem, block.end)
+        if conformed is None:
+            return [], np.empty((0, 0)), events
+        windows = self.windower.push(conformed)
         if not windows:
-            return [], np.empty((0, 0)), []
-        events = self._setup(windows[0].sample_rate, windows[0].channels, windows[0].end)
+            return [], np.empty((0, 0)), events
+        events += self._setup(windows[0].sample_rate, windows[0].channels, windows[0].end)
         if self.extractor is None:
             return [], np.empty((0, 0)), events
         return windows, feature_matrix(self.extractor, windows, shaft_rpm), events
+
+    def _input_events(self, problem: str | None, ts: float) -> list[Event]:
+        """One event when the source's blocks start being refused (rate, unit), one when they
+        are accepted again."""
+        if problem == self.input_problem:
+            return []
+        was, self.input_problem = self.input_problem, problem
+        if problem is None:
+            return [Event("input_accepted", self.source, ts, "info", {"was": was})]
+        log.error("pipeline cannot analyse the source's samples",
+                  extra={"source": self.source, "reason": problem})
+        return [Event("cannot_score", self.source, ts, "warning", {"reason": problem})]
 
     def process(self, block: WaveformBlock, shaft_rpm: float | None = None
                 ) -> tuple[list[FeatureVector], list[Event]]:
@@ -225,7 +261,8 @@ class Chain:
         if not windows or self.extractor is None:
             return [], events
         names = self.extractor.names()
-        finite = np.isfinite(X).all(axis=1)
+        why, absent = self.extractor.absent(shaft_rpm)
+        finite = np.isfinite(np.delete(X, absent, axis=1) if absent else X).all(axis=1)
         self.windows += len(windows)
         self.invalid_windows += int((~finite).sum())
         vectors = [FeatureVector(self.source, w.start, w.end,
@@ -233,7 +270,14 @@ class Chain:
                                   if math.isfinite(v)})
                    for w, row in zip(windows, X, strict=True)]
         scorer = self.slot.current if self.slot else None
-        if scorer is not None:
+        events += self.speed.missing_events(why, [names[i] for i in absent], scorer is not None,
+                                            vectors[-1].window_end)
+        if why is not None:
+            pass  # features the model (or the baseline) needs are absent: stored, not scored
+        elif scorer is not None:
+            rpm = shaft_rpm if shaft_rpm is not None else \
+                getattr(self.cfg.features, "shaft_speed_rpm", None)
+            events += self.speed.range_events(scorer, rpm, vectors[-1].window_end)
             events += self._score(scorer, X, vectors)
         elif self.commissioner is not None and not self.commissioner.done:
             for fv in vectors:
@@ -311,7 +355,8 @@ class Chain:
                 "anomalous_windows": self.anomalous_windows, "model": self.model_status,
                 "threshold": self.threshold, "last_score": self.last_score,
                 "alarm": self.alerter.state.active, "drift": drift,
-                "broken": self.broken, "windowing": self._windowing()}
+                "broken": self.broken, "cannot_score": self.cannot_score,
+                "speed_out_of_range": self.speed.out_of_range, "windowing": self._windowing()}
 
     def _windowing(self) -> dict[str, Any]:
         """Stream continuity of this source: restarts by reason, samples lost, jitter."""
@@ -322,16 +367,26 @@ class Chain:
                 "jitter_ms": per.get("jitter_ms", 0.0)}
 
 
+def analysis_rate(cfg: ChainConfig) -> float | None:
+    """The pipeline's analysis rate (``sample_rate`` in ``[[pipelines]]``; a :class:`Spec`'s
+    rate), or None: the source's own."""
+    rate = getattr(cfg, "sample_rate", None)
+    return float(rate) if rate is not None else None
+
+
 # -- offline: recordings → feature matrices through the same chain ---------------------------
 
 def features_of(spec: Spec, samples: npt.ArrayLike, source: str = "replay",
-                start: float = 0.0) -> F64:
+                start: float = 0.0, shaft_rpm: float | None = None,
+                sample_rate: float | None = None) -> F64:
     """Cut ``samples`` (n, channels) into the spec's windows and extract the feature matrix,
-    through the same :meth:`Chain.extract` the daemon runs."""
+    through the same :meth:`Chain.extract` the daemon runs; samples at a faster
+    ``sample_rate`` are resampled to the spec's rate first, as in the daemon."""
     chain = Chain(spec, Path("."))
-    block = WaveformBlock(source, spec.sample_rate, spec.channels, start,
-                          np.ascontiguousarray(samples, dtype=np.float64))
-    windows, X, _ = chain.extract(block)
-    if chain.broken is not None:
-        raise ModelError(f"spec {spec.name}: {chain.broken}")
+    block = WaveformBlock(source, sample_rate or spec.sample_rate, spec.channels, start,
+                          np.ascontiguousarray(samples, dtype=np.float64),
+                          str(getattr(spec.features, "accel_unit", "")))
+    windows, X, _ = chain.extract(block, shaft_rpm)
+    if chain.broken is not None or chain.input_problem is not None:
+        raise ModelError(f"spec {spec.name}: {chain.broken or chain.input_problem}")
     return X if windows else np.empty((0, len(names_contract(spec)[0])))

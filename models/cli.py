@@ -1,4 +1,5 @@
-"""``edge-agent models export | train | verify | pack``.
+"""``edge-agent models export | train | score | verify | pack`` (``score``:
+:mod:`edge_agent.models.score_cmd`).
 
 The agent's CLI calls :func:`add_commands` with its subparsers; every command sets
 ``func(args) -> int`` (0 ok, 1 refused/failed, 2 usage). export and train import
@@ -27,8 +28,8 @@ F64 = npt.NDArray[np.float64]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="model bundles: export, train, verify, pack, "
-                                             "sign, publish, rollback")
+    p = subparsers.add_parser("models", help="model bundles: export, train, score, verify, "
+                                             "pack, sign, publish, rollback")
     sub = p.add_subparsers(dest="models_command", required=True)
 
     ex = sub.add_parser("export", help="sklearn pipeline (joblib/pickle/MLflow dir) -> bundle")
@@ -57,6 +58,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--extractor", help="JSON file: {features: {...}, sample_rate, window, hop, "
                                         "channels}, for recordings")
     tr.add_argument("--channel", help="recording column / CWRU key suffix to use")
+    _recording_args(tr)
     _contract_args(tr)
     _bundle_args(tr)
     tr.add_argument("--n-estimators", type=int, default=100)
@@ -75,6 +77,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     pk.set_defaults(func=cmd_pack)
 
     from edge_agent.models.registry.publish import add_commands as add_registry_commands
+    from edge_agent.models.score_cmd import add_command as add_score_command
+
+    add_score_command(sub)
 
     add_registry_commands(sub)  # keygen, sign, publish, rollback
 
@@ -83,6 +88,13 @@ def _contract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contract", help="JSON file with the extractor contract "
                                       "(extractor.contract())")
     p.add_argument("--like", help="take feature names and contract from this bundle")
+
+
+def _recording_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample-rate", type=float, dest="sample_rate",
+                   help="sample rate (Hz) of the recordings, where a file does not give it")
+    p.add_argument("--rpm", type=float,
+                   help="shaft speed (rpm) of the recordings, where a file does not give it")
 
 
 def _bundle_args(p: argparse.ArgumentParser) -> None:
@@ -139,7 +151,6 @@ def read_buffer_features(db: Path | str, source: str, since: float, until: float
 def _replay(files: Sequence[str], args: argparse.Namespace
             ) -> tuple[F64, tuple[str, ...], dict[str, Any]]:
     from edge_agent.models.chain import features_of, names_contract
-    from edge_agent.recordings import read_recording
 
     if all(Path(f).suffix in (".csv", ".npz") for f in files):
         parts = [read_feature_file(f) for f in files]
@@ -151,15 +162,35 @@ def _replay(files: Sequence[str], args: argparse.Namespace
             raise ModelError("feature files need --contract or --like for the extractor contract")
         return np.vstack([x for x, _ in parts]), names, contract
     spec = _spec(args)
-    mats = []
+    mats, speeds = [], []
     for f in files:
-        x, rate = read_recording(f, args.channel)
-        if rate != spec.sample_rate or x.shape[1] != len(spec.channels):
-            raise ModelError(f"{f}: {x.shape[1]} channel(s) at {rate} Hz, the extractor expects "
-                             f"{len(spec.channels)} at {spec.sample_rate} Hz (use --channel)")
-        mats.append(features_of(spec, x, source=Path(f).name))
+        x, rate, rpm = recording_for(spec, f, args)
+        mats.append(features_of(spec, x, source=Path(f).name, shaft_rpm=rpm, sample_rate=rate))
+        if rpm is not None:
+            speeds.append(rpm)
     names, contract = names_contract(spec)
+    include = contract.get("include")
+    if speeds and isinstance(include, list) and "envelope" in include:
+        contract["shaft_speed_range"] = [min(speeds), max(speeds)]
     return np.vstack(mats), names, contract
+
+
+def recording_for(spec: Spec, f: str, args: argparse.Namespace
+                  ) -> tuple[F64, float, float | None]:
+    """One recording's samples for ``spec``: its rate (``--sample-rate`` where the file lacks
+    one) and shaft speed (the file's, else ``--rpm``), checked against the spec."""
+    from edge_agent.recordings import READ_ERRORS, read, select_channel
+
+    try:
+        x, rec = select_channel(read(f, sample_rate=args.sample_rate), args.channel)
+    except READ_ERRORS as exc:
+        raise ModelError(f"{f}: {exc}") from exc
+    if rec.sample_rate < spec.sample_rate or x.shape[1] != len(spec.channels):
+        raise ModelError(f"{f}: {x.shape[1]} channel(s) at {rec.sample_rate} Hz, the extractor "
+                         f"expects {len(spec.channels)} at {spec.sample_rate} Hz or faster "
+                         f"(resampled) (use --channel or --sample-rate)")
+    rpm = args.rpm if args.rpm is not None else rec.rpm
+    return x, rec.sample_rate, rpm
 
 
 def _spec(args: argparse.Namespace) -> Spec:
@@ -171,8 +202,18 @@ def _spec(args: argparse.Namespace) -> Spec:
         if args.spec not in SPECS:
             raise ModelError(f"unknown spec {args.spec!r}; known: {', '.join(SPECS)}")
         return SPECS[args.spec]
+    if args.like:
+        from edge_agent.models.spec import spec_from_contract
+
+        try:
+            return spec_from_contract(load_bundle(args.like).manifest.extractor, "like",
+                                      getattr(args, "rpm", None))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"{args.like}: its contract does not give the extractor settings "
+                             f"({exc})") from exc
     if not args.extractor:
-        raise ModelError("recordings need --spec or --extractor to know the feature settings")
+        raise ModelError("recordings need --like BUNDLE, --spec or --extractor to know the "
+                         "feature settings")
     raw = json.loads(Path(args.extractor).read_text(encoding="utf-8"))
     feats = raw.get("features", {})
     cfg: VibrationConfig | SoundConfig = (parse(SoundConfig, feats, "features")

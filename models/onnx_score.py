@@ -86,14 +86,51 @@ def contract_differences(manifest: Manifest, expected_names: Sequence[str],
             i = next(i for i, (a, b) in enumerate(zip(have, want, strict=True)) if a != b)
             out.append(f"feature order differs at position {i}: model has {have[i]!r}, "
                        f"extractor produces {want[i]!r}")
-    mine = normalise(manifest.extractor)
-    theirs = normalise(dict(expected_contract))
+    mine = {k: v for k, v in normalise(manifest.extractor).items() if k not in SPEED_KEYS}
+    theirs = {k: v for k, v in normalise(dict(expected_contract)).items()
+              if k not in SPEED_KEYS}
+    for c in (mine, theirs):
+        if c.get("kind") == "vibration":
+            # contracts written before the unit was part of every vibration contract were
+            # computed in the default unit (they named it only with the ISO features)
+            c.setdefault("accel_unit", "g")
+    out += _speed_differences(speed_range(manifest.extractor), speed_range(expected_contract))
     for key in sorted(set(mine) | set(theirs)):
         a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
         if not _same(a, b):
             out.append(f"extractor setting {key!r}: model was trained with {a!r}, "
                        f"pipeline uses {b!r}")
     return out
+
+
+# The shaft speed's source (a fixed value, a tag) is not part of the contract; its range is.
+SPEED_KEYS = ("shaft_speed_rpm", "shaft_speed_tag", "shaft_speed_range")
+SPEED_TOLERANCE = 0.02   # relative: as the envelope features' tolerance per harmonic
+
+
+def speed_range(contract: Mapping[str, object]) -> tuple[float, float] | None:
+    """The shaft speed range (rpm) a contract states: ``shaft_speed_range``, or a fixed
+    ``shaft_speed_rpm`` (bundles written before ranges); None when it states none."""
+    r = contract.get("shaft_speed_range")
+    if isinstance(r, list | tuple) and len(r) == 2:
+        return float(r[0]), float(r[1])
+    rpm = contract.get("shaft_speed_rpm")
+    if isinstance(rpm, int | float) and not isinstance(rpm, bool) and rpm > 0:
+        return float(rpm), float(rpm)
+    return None
+
+
+def speed_in_range(rpm: float, rng: tuple[float, float]) -> bool:
+    return rng[0] * (1 - SPEED_TOLERANCE) <= rpm <= rng[1] * (1 + SPEED_TOLERANCE)
+
+
+def _speed_differences(mine: tuple[float, float] | None,
+                       theirs: tuple[float, float] | None) -> list[str]:
+    if mine is None or theirs is None or (speed_in_range(theirs[0], mine)
+                                          and speed_in_range(theirs[1], mine)):
+        return []    # a speed from a tag is checked while scoring (Chain flags it)
+    return [f"shaft speed: model was trained at {mine[0]:g}-{mine[1]:g} rpm, pipeline runs at "
+            f"{theirs[0]:g}-{theirs[1]:g} rpm"]
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -116,6 +116,8 @@ class Extractor(Protocol):
 
     def contract(self) -> dict[str, object]: ...
 
+    def absent(self, shaft_rpm: float | None) -> tuple[str | None, tuple[int, ...]]: ...
+
     def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]: ...
 
     def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64: ...
@@ -138,6 +140,10 @@ class _Base:
 
     def names(self) -> tuple[str, ...]:
         return self._names
+
+    def absent(self, shaft_rpm: float | None) -> tuple[str | None, tuple[int, ...]]:
+        """Feature columns that cannot be computed with ``shaft_rpm`` and why (none here)."""
+        return None, ()
 
     def _check(self, windows: Sequence[Window]) -> None:
         for w in windows:
@@ -214,14 +220,19 @@ class VibrationExtractor(_Base):
             "hop": self.hop, "channels": list(self.channels), "include": list(c.include),
             "high_freq_cut": c.high_freq_cut, "spectrum_dtype": c.spectrum_dtype,
             "features": list(self._names),
+            # the samples' unit: a model trained in g must not score samples in m/s2 (the
+            # chain converts a source's g <-> m/s2 samples to this unit before windowing)
+            "accel_unit": c.accel_unit,
         }
         if "iso" in c.include:
-            out.update(accel_unit=c.accel_unit, iso_band=[c.iso_band_lo, c.iso_band_hi],
+            out.update(iso_band=[c.iso_band_lo, c.iso_band_hi],
                        iso_zone_limits=list(self.zone_limits) if self.zone_limits else None)
-        if "envelope" in c.include:
+        if "envelope" in c.include and c.shaft_speed_rpm is not None:
             # Envelope energies are taken at the bearing's defect frequencies, which scale with
-            # shaft speed: a model trained at one speed (or from a tag) is not valid at another.
-            out.update(shaft_speed_rpm=c.shaft_speed_rpm, shaft_speed_tag=c.shaft_speed_tag)
+            # shaft speed: the speed's *range* is part of the contract, not where it comes from
+            # (a fixed speed here, a tag's values recorded at training; see
+            # onnx_score.contract_differences).
+            out.update(shaft_speed_range=[c.shaft_speed_rpm, c.shaft_speed_rpm])
         if "envelope" in c.include and c.bearing is not None:
             b = c.bearing
             out.update(envelope_band=[c.envelope_band_lo, c.envelope_band_hi],
@@ -231,23 +242,60 @@ class VibrationExtractor(_Base):
                                 b.contact_angle_deg])
         return out
 
-    def _shaft(self, shaft_rpm: float | None) -> float:
+    def speed_problem(self, shaft_rpm: float | None) -> str | None:
+        """Why the envelope features cannot be computed with ``shaft_rpm`` (None: they can, or
+        none are configured)."""
+        if "envelope" not in self.cfg.include:
+            return None
         rpm = shaft_rpm if shaft_rpm is not None else self.cfg.shaft_speed_rpm
         if rpm is None or not (math.isfinite(rpm) and rpm > 0):
             src = f"tag {self.cfg.shaft_speed_tag!r}" if self.cfg.shaft_speed_tag else "config"
-            raise FeatureError(f"envelope features need a shaft speed: none usable from {src} "
-                               f"(got {rpm!r})")
-        return float(rpm)
+            return f"envelope features need a shaft speed: none usable from {src} (got {rpm!r})"
+        return None
+
+    def absent(self, shaft_rpm: float | None) -> tuple[str | None, tuple[int, ...]]:
+        """``(reason, columns)``: the feature columns :meth:`batch` leaves NaN for every window
+        with this ``shaft_rpm`` (the envelope features without a usable speed), and why."""
+        why = self.speed_problem(shaft_rpm)
+        if why is None:
+            return None, ()
+        per = len(self.per_channel)
+        return why, tuple(ci * per + j for ci in range(len(self.channels))
+                          for j, n in enumerate(self.per_channel) if n in ENVELOPE_NAMES)
+
+    def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64:
+        """As :meth:`_Base.batch`; without a usable shaft speed the envelope columns are NaN
+        and the other features are still computed (a row is bad only for those)."""
+        why, cols = self.absent(shaft_rpm)
+        if why is None:
+            return super().batch(windows, shaft_rpm)
+        with np.errstate(over="ignore", invalid="ignore"):
+            rows = self._rows(windows, shaft_rpm)
+        keep = np.ones(rows.shape[1], dtype=bool)
+        keep[list(cols)] = False
+        rows[~np.isfinite(rows[:, keep]).all(axis=1)] = np.nan
+        return rows
+
+    def _shaft(self, shaft_rpm: float | None) -> float | None:
+        if self.speed_problem(shaft_rpm) is not None:
+            return None
+        return float(shaft_rpm if shaft_rpm is not None else self.cfg.shaft_speed_rpm or 0.0)
+
+    def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]:
+        why = self.speed_problem(shaft_rpm)
+        if why is not None:
+            raise FeatureError(why)
+        return super().__call__(window, shaft_rpm)
 
     def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
         c = self.cfg
-        rpm = self._shaft(shaft_rpm) if "envelope" in c.include else 0.0
+        rpm = self._shaft(shaft_rpm)
         self._check(windows)
         n_w, n_ch = len(windows), len(self.channels)
         basic = "basic" in c.include
         iso_band = (c.iso_band_lo, c.iso_band_hi) if "iso" in c.include else None
         spectral = basic or iso_band is not None
-        envelope = "envelope" in c.include and c.bearing is not None
+        envelope = "envelope" in c.include and c.bearing is not None and rpm is not None
         raws = np.empty((n_ch, ft.RAW_ROWS, n_w)) if spectral else None
         env = np.empty((n_ch, n_w, len(ENVELOPE_NAMES))) if envelope else None
         bad = np.zeros(n_w, dtype=bool)
@@ -262,7 +310,7 @@ class VibrationExtractor(_Base):
                 if raws is not None:
                     ft.vibration_raw(x, raws[ci, :, s:e], self.sample_rate, c.high_freq_cut,
                                      basic, iso_band, c.spectrum_dtype)
-                if env is not None and c.bearing is not None:
+                if env is not None and c.bearing is not None and rpm is not None:
                     env[ci, s:e] = envelope_energies(
                         x, self.sample_rate, c.bearing, rpm, c.envelope_band_lo,
                         c.envelope_band_hi, c.envelope_harmonics, c.envelope_tolerance)
@@ -287,6 +335,8 @@ class VibrationExtractor(_Base):
                         j += 1
             if env is not None:
                 o[:, j:] = env[ci]
+            elif "envelope" in c.include:
+                o[:, j:] = np.nan             # no usable shaft speed: absent
         out[bad] = np.nan
         return out
 

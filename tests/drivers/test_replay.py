@@ -106,7 +106,7 @@ async def test_cwru_rpm_reading_feeds_the_envelope_extractor(data_dir: Path) -> 
 
 async def test_cwru_all_signals_and_loop(data_dir: Path) -> None:
     path = data_dir / "cwru" / "normal_0_97.mat"
-    d = driver(path=str(path), loop=True, block_size=100_000)
+    d = driver(path=str(path), loop=True, block_size=100_000, sample_rate=48000.0)
     await d.open()
     got = []
     for _ in range(8):

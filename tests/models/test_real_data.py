@@ -26,7 +26,7 @@ FAULTS = ("48k_Drive_End_IR007_0_109.mat", "48k_Drive_End_OR007@6_0_135.mat",
 def test_cwru_baseline_learning_detects_real_faults(data_dir: Path, tmp_path: Path) -> None:
     spec = SPECS["vibration_cwru_de"]
     names, contract = names_contract(spec)
-    x, rate = read_recording(data_dir / "cwru" / "normal_0_97.mat")
+    x, rate = read_recording(data_dir / "cwru" / "normal_0_97.mat", sample_rate=48000.0)
     assert rate == spec.sample_rate and x.shape[0] > 200_000
     cut = int(len(x) * 0.6)
     train = features_of(spec, x[:cut])

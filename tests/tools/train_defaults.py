@@ -98,7 +98,7 @@ def _score(bundle: Path, spec: Spec, X: F64) -> F64:
 
 def train_cwru(data: Path, out: Path) -> dict[str, float]:
     spec = SPECS["vibration_cwru_de"]
-    x, _ = read_recording(data / "cwru" / "normal_0_97.mat")
+    x, _ = read_recording(data / "cwru" / "normal_0_97.mat", sample_rate=48000.0)  # README
     cut = int(len(x) * 0.6)
     train, held = features_of(spec, x[:cut]), features_of(spec, x[cut:])
     b = _fit(spec, train, out, "vibration", {"data": "CWRU normal_0_97.mat DE, first 60 %"})
