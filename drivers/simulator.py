@@ -10,7 +10,8 @@ The embedded default source, so the agent runs end to end with no hardware. Per 
 * process readings: bearing temperature, discharge pressure, motor current and shaft speed, with
   slow plausible drift (temperature and current rise as the fault grows).
 
-The fault severity is 0 before ``fault.onset`` and grows linearly to 1 over ``fault.growth``.
+The fault severity is 0 before ``fault.onset`` and grows linearly to 1 over ``fault.growth``
+(and is 0 again from ``onset + repaired_after``: the part was replaced).
 Everything is deterministic under ``seed``: :class:`SimulatedPlant` is a pure generator the
 training script also uses; :class:`SimulatorDriver` paces it to wall-clock time (or runs flat
 out with ``pace = "fast"``).
@@ -37,6 +38,8 @@ class FaultScript(Model):
     onset: Duration = Field(60.0, ge=0)
     growth: Duration = Field(60.0, gt=0)
     amplitude_g: float = Field(2.0, ge=0)  # peak impulse amplitude at full severity
+    # The part is replaced this long after the onset (severity back to 0); None: never.
+    repaired_after: Duration | None = Field(None, gt=0)
 
 
 class Config(Model):
@@ -92,7 +95,8 @@ class SimulatedPlant:
 
     def severity(self, t: float) -> float:
         f = self.cfg.fault
-        if f.kind == "none" or t < f.onset:
+        if f.kind == "none" or t < f.onset or (
+                f.repaired_after is not None and t >= f.onset + f.repaired_after):
             return 0.0
         return min(1.0, (t - f.onset) / f.growth)
 

@@ -134,3 +134,29 @@ def test_agent_as_sparkplug_edge_node(mosq: Mosquitto, tmp_path: Path) -> None:
     assert v.values[("pump-01.de_accel", "anomaly/score")]
     assert any(val for val, _ in v.values.get(("pump-01.de_accel", "alarm/active"), []))
     assert ("pump-01", "bearing_temp") in v.values  # process values of the simulated PLC
+
+
+def test_agent_alarm_raised_then_cleared_when_the_part_is_replaced(mosq: Mosquitto,
+                                                                   tmp_path: Path) -> None:
+    """The fault lasts 6 s (the simulated bearing is then replaced): the control room hears
+    exactly one raise, then one clear, and the retained alarm state ends inactive."""
+    gw, p = "agent-clear", "edge/agent-clear"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(CONFIG.format(gw=gw, state=tmp_path / "state", url=mosq.url, extra="")
+                   .replace('growth = "2s" }', 'growth = "2s", repaired_after = "6s" }'))
+    scada = Scada(mosq.port, (f"{p}/alerts/#", f"{p}/alarms/#"))
+    proc = start_agent(cfg)
+    try:
+        def cleared(g: list[tuple[float, str, bytes, bool]]) -> bool:
+            return any(json.loads(b).get("kind") == "anomaly_cleared"
+                       for _, t, b, _ in g if "/alerts/" in t)
+        assert scada.wait_for(cleared, 60), stop(proc, 9)[-3000:]
+        stop(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        scada.close()
+    kinds = [a["kind"] for _, a in scada.on(f"{p}/alerts/")]
+    assert kinds == ["anomaly_raised", "anomaly_cleared"], kinds
+    states = [a["active"] for _, a in scada.on(f"{p}/alarms/")]
+    assert states[0] is True and states[-1] is False
