@@ -38,10 +38,11 @@ def test_fit_baseline_with_constant_feature_and_bad_rows(tmp_path: Path) -> None
     assert (sc.score(np.vstack([far, far * 1.5])) > sc.threshold).all()
     # IsolationForest never splits on the constant feature; drift watches it instead.
     mon = DriftMonitor("x", m, DriftConfig(window=50, every=50))
-    moved = X[20:70].copy()
+    moved = X[20:71].copy()  # one vector a second: 50 s span the window
     moved[:, 4] = 3.0
     evs = [mon.update(r, float(i)) for i, r in enumerate(moved)]
     assert evs[-1] is not None and evs[-1].details["feature"] == NAMES[4]
+    assert all(e is None for e in evs[:-1])
     # Same seed, same data: the same model.
     again = fit_baseline(X, NAMES, CONTRACT, tmp_path / "b2", name="site", quantile=0.99,
                          n_estimators=50, version=m.version)
