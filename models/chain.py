@@ -37,6 +37,7 @@ from edge_agent.models.commissioning import (
     commissioning_event,
     require_train_extra,
 )
+from edge_agent.models.diagnosis import SampleRing, diagnose, label
 from edge_agent.models.drift import DriftConfig, DriftMonitor
 from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Window, Windower
@@ -114,6 +115,12 @@ class Chain:
         self.alerter = AnomalyAlerter(cfg.source, cfg.alerts)
         self.drift: DriftMonitor | None = None
         self.commissioner: Commissioner | None = None
+        # Raw samples of the last seconds, for a fault diagnosis on alarm (vibration pipelines
+        # with a bearing geometry only; the shaft speed comes per block or from the config).
+        feats = cfg.features
+        self.ring = (SampleRing() if isinstance(feats, VibrationConfig)
+                     and feats.bearing is not None else None)
+        self._rpm: float | None = None
         self._layout: tuple[float, tuple[str, ...]] | None = None
         self.broken: str | None = None   # set when the source cannot be analysed as configured
         self.windows = 0
@@ -220,6 +227,11 @@ class Chain:
 
     def process(self, block: WaveformBlock, shaft_rpm: float | None = None
                 ) -> tuple[list[FeatureVector], list[Event]]:
+        if self.ring is not None:
+            self.ring.push(block.samples, block.sample_rate)
+            feats = self.cfg.features
+            self._rpm = shaft_rpm if shaft_rpm is not None else \
+                getattr(feats, "shaft_speed_rpm", None)
         windows, X, events = self.extract(block, shaft_rpm)
         if not windows or self.extractor is None:
             return [], events
@@ -264,6 +276,8 @@ class Chain:
             self.anomalous_windows += fv.is_anomaly
             ev = self.alerter.observe(fv.score, thr, scorer.ref, fv.window_end)
             if ev is not None:
+                if ev.kind == "anomaly_raised":
+                    self._attach_diagnosis(ev)
                 log.warning(ev.kind, extra={"source": self.source, "score": fv.score,
                                             "threshold": thr, "model": scorer.ref.name})
                 events.append(ev)
@@ -272,6 +286,25 @@ class Chain:
                 if dev is not None:
                     events.append(dev)
         return events
+
+    def diagnosis(self) -> dict[str, Any] | None:
+        """Fault diagnosis over the ring of recent samples (on alarm, or on demand); None when
+        this chain keeps no ring (not vibration, no bearing geometry) or has no shaft speed."""
+        feats = self.cfg.features
+        bearing = getattr(feats, "bearing", None)
+        if self.ring is None or bearing is None or self.ring.rate is None:
+            return None
+        if self._rpm is None or not math.isfinite(self._rpm) or self._rpm <= 0:
+            return None
+        return diagnose(self.ring.samples(), self.ring.rate, self._rpm / 60.0, bearing)
+
+    def _attach_diagnosis(self, ev: Event) -> None:
+        result = self.diagnosis()
+        if result is not None:
+            ev.details["diagnosis"] = {**result, "label": label(result)}
+            log.info("fault diagnosis", extra={"source": self.source,
+                                               "fault": result["fault"],
+                                               "confidence": result["confidence"]})
 
     # -- commissioning ----------------------------------------------------------------------
     @property
