@@ -5,7 +5,9 @@ An alarm is raised when the score has stayed **over** the threshold for ``raise_
 ``clear_after`` seconds. The clear threshold sits below the raise threshold (``clear_ratio``,
 or an explicit ``clear_threshold``): a score that wanders around the threshold while a fault
 grows keeps the alarm up instead of flapping. A score inside the deadband (between the two
-thresholds) breaks both runs: it neither brings a raise nor a clear closer.
+thresholds) is "not clear": it keeps a run over the threshold going (a raise comes once the
+score went over and has not fallen under the clear threshold for ``raise_after``) and it breaks
+a run under the clear threshold (a clear needs ``clear_after`` seconds under it throughout).
 
 ``raise_after``/``clear_after`` are durations (``"2s"``, ``"1m"``, or a number of seconds); they
 used to count windows, which made the hysteresis depend on the hop (at 25 windows/s a clear after
@@ -80,8 +82,12 @@ class Hysteresis:
             if self.active and timestamp - self._under_since >= self.clear_after:
                 self.active = False
                 return "cleared"
-        else:
-            self._over_since = self._under_since = None
+        else:  # deadband: not clear
+            self._under_since = None
+            if (self._over_since is not None and not self.active
+                    and timestamp - self._over_since >= self.raise_after):
+                self.active = True
+                return "raised"
         return None
 
     def reset(self) -> None:

@@ -31,6 +31,7 @@ import numpy.typing as npt
 from edge_agent.errors import ModelError
 from edge_agent.models.alerting import AlertConfig, AnomalyAlerter
 from edge_agent.models.builtin import resolve_model
+from edge_agent.models.calibration import RollingMean
 from edge_agent.models.commissioning import (
     Commissioner,
     CommissioningConfig,
@@ -121,6 +122,7 @@ class Chain:
         self.ring = (SampleRing() if isinstance(feats, VibrationConfig)
                      and feats.bearing is not None else None)
         self._rpm: float | None = None
+        self._decide: RollingMean | None = None  # mean score over the bundle's decision span
         self._layout: tuple[float, tuple[str, ...]] | None = None
         self.broken: str | None = None   # set when the source cannot be analysed as configured
         self.windows = 0
@@ -201,6 +203,9 @@ class Chain:
 
     def _activated(self, scorer: Scorer, ts: float, details: dict[str, Any]) -> Event:
         self.alerter.reset()
+        cal = scorer.manifest.score.get("calibration")
+        span = float(cal.get("decision_seconds", 0.0)) if isinstance(cal, Mapping) else 0.0
+        self._decide = RollingMean(span) if span > 0 else None
         self.drift = (DriftMonitor(self.source, scorer.manifest, self.cfg.drift)
                       if self.cfg.drift.enabled else None)
         self.model_status = f"{scorer.ref.name} v{scorer.ref.version}"
@@ -271,10 +276,11 @@ class Chain:
             if not math.isfinite(s):
                 continue  # invalid window: features kept, no score, no vote either way
             fv.score = float(s)
-            fv.is_anomaly = bool(s > thr)
+            decision = self._decide.add(fv.window_end, fv.score) if self._decide else fv.score
+            fv.is_anomaly = bool(decision > thr)
             self.last_score = fv.score
             self.anomalous_windows += fv.is_anomaly
-            ev = self.alerter.observe(fv.score, thr, scorer.ref, fv.window_end)
+            ev = self.alerter.observe(decision, thr, scorer.ref, fv.window_end)
             if ev is not None:
                 if ev.kind == "anomaly_raised":
                     self._attach_diagnosis(ev)

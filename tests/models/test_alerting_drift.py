@@ -42,11 +42,13 @@ def test_hysteresis_counts_seconds_not_windows() -> None:
         Hysteresis(-1.0, 1.0)
 
 
-def test_deadband_breaks_both_runs() -> None:
-    h = Hysteresis(raise_after=1.0, clear_after=2.0)
-    # in the deadband: no raise progress, and an active alarm does not clear
-    assert run(h, "1-1-1-") == [None] * 6
-    assert run(h, "11" "0-0-0-0-" "000") == [None, "raised", *[None] * 10, "cleared"]
+def test_deadband_is_not_clear() -> None:
+    h = Hysteresis(raise_after=2.0, clear_after=2.0)
+    # the deadband alone starts nothing; over, then deadband: the run over goes on
+    assert run(h, "--" "1-" "0" "1-1") == [None] * 7 + ["raised"]
+    # an active alarm clears only after 2 s under the clear level throughout
+    assert [h.update(c == "1", 8.0 + i, is_under=c == "0")
+            for i, c in enumerate("0-0-00" "0")] == [None] * 6 + ["cleared"]
 
 
 def test_alerter_events_carry_score_threshold_model() -> None:
