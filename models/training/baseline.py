@@ -51,7 +51,7 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
                  n_estimators: int = 100, max_samples: int | str = "auto",
                  version: str | None = None, kind: str | None = None,
                  units: Mapping[str, str] | None = None,
-                 source: Mapping[str, Any] | None = None,
+                 source: Mapping[str, Any] | None = None, holdout_fraction: float = 0.2,
                  private_key: bytes | None = None) -> Path:
     """Fit ``StandardScaler`` + ``IsolationForest`` on ``X`` (rows in time order) and write a
     verified bundle; returns its path.
@@ -61,7 +61,8 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
     ``false_alarms_per_hour`` with decisions over ``decision_seconds`` (0: single windows) and
     the alerts' ``persistence`` (raise_after); ``period`` (seconds between windows) defaults to
     the contract's hop / sample rate. ``quantile`` instead keeps the old rule (that quantile of
-    the fit rows' scores; it does not transfer to new data) for comparisons.
+    the fit rows' scores; it does not transfer to new data) for comparisons; only then the
+    last ``holdout_fraction`` of the rows is kept out of fitting (for the ONNX check).
     """
     A = np.asarray(X, dtype=np.float64)
     if A.ndim != 2 or A.shape[1] != len(names):
@@ -76,7 +77,7 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
     if quantile is not None and not 0.5 <= quantile < 1.0:
         raise TrainingError("threshold quantile must be in [0.5, 1)")
     per = period if period is not None else window_period(contract)
-    a, b = split(len(A))
+    a, b = split(len(A)) if quantile is None else (len(A) - int(len(A) * holdout_fraction),) * 2
     fit_rows, cal_rows, check_rows = A[:a], A[a:b], A[b:]
     try:
         pipe = Pipeline([
@@ -88,7 +89,8 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
         raise TrainingError(f"baseline fit failed: {exc}") from exc
     src: dict[str, Any] = {"kind": "baseline", "rows": len(A), "fit_rows": len(fit_rows),
                            "calibration_rows": len(cal_rows), "check_rows": len(check_rows),
-                           "split": "time order: fit 60 %, calibrate 20 %, check 20 %",
+                           "split": "time order: fit 60 %, calibrate 20 %, check 20 %"
+                           if quantile is None else "time order: fit, then held out",
                            "dropped_non_finite": int((~ok).sum()), "seed": seed,
                            "n_estimators": n_estimators}
     threshold: float | None = None

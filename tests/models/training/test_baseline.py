@@ -27,7 +27,7 @@ def test_fit_baseline_with_constant_feature_and_bad_rows(tmp_path: Path) -> None
     sc = Scorer.load(path, expected_names=NAMES, expected_contract=CONTRACT)
     m = sc.manifest
     assert m.source["dropped_non_finite"] == 2 and m.source["rows"] == 598
-    assert m.source["fit_rows"] == m.n_training_rows == round(598 * 0.6)  # time order
+    assert m.source["fit_rows"] == m.n_training_rows == 598 - int(598 * 0.2)  # old rule
     s = sc.score(X[:480])
     finite = s[np.isfinite(s)]
     assert len(finite) == 478
