@@ -34,6 +34,10 @@ from edge_agent.models.calibration import (
 )
 from edge_agent.models.training.export import export_bundle
 
+LEGACY_MIN_ROWS = 32
+"""Floor of the old quantile rule (kept to reproduce the shipped CWRU demonstration bundle,
+trained on 5 s of healthy data); commissioning cannot use it (``min_windows`` >= 200)."""
+
 
 def window_period(contract: Mapping[str, object]) -> float | None:
     """Seconds between consecutive windows (hop / sample rate) from an extractor contract."""
@@ -69,9 +73,10 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
         raise TrainingError(f"feature matrix must be (n, {len(names)}), got {A.shape}")
     ok: npt.NDArray[np.bool_] = np.asarray(np.isfinite(A).all(axis=1))
     A = A[ok]
-    if len(A) < MIN_ROWS:
+    floor = MIN_ROWS if quantile is None else LEGACY_MIN_ROWS
+    if len(A) < floor:
         raise TrainingError(
-            f"baseline needs at least {MIN_ROWS} finite feature vectors, got {len(A)} (of "
+            f"baseline needs at least {floor} finite feature vectors, got {len(A)} (of "
             f"{len(ok)}): below that the threshold does not hold on new normal data; collect "
             f"longer (covering the machine's load and speed cycles)")
     if quantile is not None and not 0.5 <= quantile < 1.0:
