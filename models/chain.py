@@ -31,6 +31,7 @@ import numpy.typing as npt
 from edge_agent.errors import ModelError
 from edge_agent.models.alerting import AlertConfig, AnomalyAlerter
 from edge_agent.models.builtin import resolve_model
+from edge_agent.models.calibration import RollingMean
 from edge_agent.models.commissioning import (
     Commissioner,
     CommissioningConfig,
@@ -38,6 +39,7 @@ from edge_agent.models.commissioning import (
     require_train_extra,
 )
 from edge_agent.models.conform import Conformer
+from edge_agent.models.diagnosis import SampleRing, diagnose, label
 from edge_agent.models.drift import DriftConfig, DriftMonitor
 from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Window, Windower
@@ -119,6 +121,13 @@ class Chain:
         self.alerter = AnomalyAlerter(cfg.source, cfg.alerts)
         self.drift: DriftMonitor | None = None
         self.commissioner: Commissioner | None = None
+        # Raw samples of the last seconds, for a fault diagnosis on alarm (vibration pipelines
+        # with a bearing geometry only; the shaft speed comes per block or from the config).
+        feats = cfg.features
+        self.ring = (SampleRing() if isinstance(feats, VibrationConfig)
+                     and feats.bearing is not None else None)
+        self._rpm: float | None = None
+        self._decide: RollingMean | None = None  # mean score over the bundle's decision span
         self._layout: tuple[float, tuple[str, ...]] | None = None
         self.broken: str | None = None   # set when the source cannot be analysed as configured
         self.windows = 0
@@ -215,6 +224,9 @@ class Chain:
 
     def _activated(self, scorer: Scorer, ts: float, details: dict[str, Any]) -> Event:
         self.alerter.reset()
+        cal = scorer.manifest.score.get("calibration")
+        span = float(cal.get("decision_seconds", 0.0)) if isinstance(cal, Mapping) else 0.0
+        self._decide = RollingMean(span) if span > 0 else None
         self.drift = (DriftMonitor(self.source, scorer.manifest, self.cfg.drift)
                       if self.cfg.drift.enabled else None)
         self.model_status = f"{scorer.ref.name} v{scorer.ref.version}"
@@ -257,6 +269,11 @@ class Chain:
 
     def process(self, block: WaveformBlock, shaft_rpm: float | None = None
                 ) -> tuple[list[FeatureVector], list[Event]]:
+        if self.ring is not None:
+            self.ring.push(block.samples, block.sample_rate)
+            feats = self.cfg.features
+            self._rpm = shaft_rpm if shaft_rpm is not None else \
+                getattr(feats, "shaft_speed_rpm", None)
         windows, X, events = self.extract(block, shaft_rpm)
         if not windows or self.extractor is None:
             return [], events
@@ -304,11 +321,14 @@ class Chain:
             if not math.isfinite(s):
                 continue  # invalid window: features kept, no score, no vote either way
             fv.score = float(s)
-            fv.is_anomaly = bool(s > thr)
+            decision = self._decide.add(fv.window_end, fv.score) if self._decide else fv.score
+            fv.is_anomaly = bool(decision > thr)
             self.last_score = fv.score
             self.anomalous_windows += fv.is_anomaly
-            ev = self.alerter.observe(fv.score, thr, scorer.ref, fv.window_end)
+            ev = self.alerter.observe(decision, thr, scorer.ref, fv.window_end)
             if ev is not None:
+                if ev.kind == "anomaly_raised":
+                    self._attach_diagnosis(ev)
                 log.warning(ev.kind, extra={"source": self.source, "score": fv.score,
                                             "threshold": thr, "model": scorer.ref.name})
                 events.append(ev)
@@ -317,6 +337,25 @@ class Chain:
                 if dev is not None:
                     events.append(dev)
         return events
+
+    def diagnosis(self) -> dict[str, Any] | None:
+        """Fault diagnosis over the ring of recent samples (on alarm, or on demand); None when
+        this chain keeps no ring (not vibration, no bearing geometry) or has no shaft speed."""
+        feats = self.cfg.features
+        bearing = getattr(feats, "bearing", None)
+        if self.ring is None or bearing is None or self.ring.rate is None:
+            return None
+        if self._rpm is None or not math.isfinite(self._rpm) or self._rpm <= 0:
+            return None
+        return diagnose(self.ring.samples(), self.ring.rate, self._rpm / 60.0, bearing)
+
+    def _attach_diagnosis(self, ev: Event) -> None:
+        result = self.diagnosis()
+        if result is not None:
+            ev.details["diagnosis"] = {**result, "label": label(result)}
+            log.info("fault diagnosis", extra={"source": self.source,
+                                               "fault": result["fault"],
+                                               "confidence": result["confidence"]})
 
     # -- commissioning ----------------------------------------------------------------------
     @property

@@ -102,8 +102,13 @@ def _bundle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--version")
     p.add_argument("--kind", choices=("vibration", "sound", "process"))
-    p.add_argument("--quantile", type=float, default=0.995,
-                   help="threshold = this quantile of the training scores")
+    p.add_argument("--quantile", type=float, default=None,
+                   help="threshold = this quantile of the training scores (export: default "
+                        "0.995; train: the old rule, instead of calibrating on held-out rows)")
+    p.add_argument("--false-alarms-per-hour", type=float, default=0.1,
+                   help="train: calibrate the threshold for this rate (default 0.1)")
+    p.add_argument("--decision-seconds", type=float, default=0.0,
+                   help="train: decide on the mean score over this span (default: windows)")
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -246,7 +251,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         hold = read_feature_file(args.holdout)[0] if args.holdout else None
         path = export_bundle(est, X, names, contract, args.out, name=args.name,
                              version=args.version, kind=args.kind, threshold=args.threshold,
-                             quantile=args.quantile, X_holdout=hold, source=source, tol=args.tol)
+                             quantile=args.quantile or 0.995, X_holdout=hold, source=source,
+                             tol=args.tol)
     except (ModelError, OSError, ValueError, KeyError) as exc:  # TrainExtraMissing is a ModelError
         return _fail(str(exc))
     return _summary(path)
@@ -275,6 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{len(X)} feature vectors x {len(names)} features")
         path = fit_baseline(X, names, contract, Path(args.out), name=args.name,
                             quantile=args.quantile, seed=args.seed,
+                            false_alarms_per_hour=args.false_alarms_per_hour,
+                            decision_seconds=args.decision_seconds,
                             n_estimators=args.n_estimators, version=args.version,
                             kind=args.kind, source=src)
     except (ModelError, StorageError, OSError, ValueError, KeyError) as exc:

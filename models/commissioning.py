@@ -21,10 +21,12 @@ import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.errors import TrainExtraMissing
+from edge_agent.models.calibration import DEFAULT_FALSE_ALARMS_PER_HOUR, MIN_ROWS
 from edge_agent.records import Event, FeatureVector
 from edge_agent.settings import Duration, Model
 
-MIN_ROWS = 32
+__all__ = ["MIN_ROWS", "Commissioner", "CommissioningConfig", "commissioning_event",
+           "missing_train_extra", "require_train_extra"]
 
 # import name -> distribution name, for everything the ``[train]`` extra installs
 TRAIN_EXTRA: tuple[tuple[str, str], ...] = (
@@ -62,7 +64,12 @@ class CommissioningConfig(Model):
     max_windows: int = Field(20000, ge=MIN_ROWS)
     """... or until this many vectors have been collected, whichever comes first."""
     min_windows: int = Field(200, ge=MIN_ROWS)
-    quantile: float = Field(0.995, ge=0.5, lt=1.0)
+    false_alarms_per_hour: float = Field(DEFAULT_FALSE_ALARMS_PER_HOUR, gt=0)
+    """Target rate the threshold is calibrated for (on held-out normal data)."""
+    decision_seconds: Duration = 0.0
+    """Decide on the mean score over this span (0: single windows); e.g. "5s" for sound."""
+    quantile: float | None = Field(None, ge=0.5, lt=1.0)
+    """Old rule, for comparison only: this quantile of the fit rows' scores."""
     n_estimators: int = Field(100, ge=10, le=1000)
     seed: int = 0
     out_dir: str = "/var/lib/edge-agent/models"
@@ -127,6 +134,8 @@ class Commissioner:
         return fit_baseline(self.matrix(), self.names, self.contract,
                             self.out_dir / name, name=name,
                             quantile=self.cfg.quantile, seed=self.cfg.seed,
+                            false_alarms_per_hour=self.cfg.false_alarms_per_hour,
+                            decision_seconds=self.cfg.decision_seconds,
                             n_estimators=self.cfg.n_estimators, version=version,
                             source={"source_id": self.source_id, "skipped": self.skipped,
                                     "window_from": self._start, "window_to": self._last})

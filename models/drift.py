@@ -1,6 +1,6 @@
 """Feature drift per source: recent feature vectors against the bundle's training summary.
 
-Two statistics per feature over a rolling window of the last ``window`` vectors:
+Two statistics per feature over a rolling window of the last ``window`` seconds of vectors:
 
 * **PSI** (population stability index) over the training-decile bins (the manifest's
   quantiles at 0.1 … 0.9); expected share 10 % per bin for a continuous feature.
@@ -14,6 +14,14 @@ CDF jumps from ``lo`` to ``hi`` at ``v`` (a step, linear between distinct values
 identical decile edges into one bin ``[v, next)`` whose expected share is the CDF mass it covers
 (``lo(next) - lo(v)``), and splits a point mass at the top edge into ``{v}`` / ``> v`` so a move
 above it still shows. For a continuous feature both statistics are unchanged.
+
+Feature vectors of consecutive windows are not independent draws: they overlap, and the
+machine's load and speed wander over tens of seconds. A few seconds of vectors then cover only
+part of the training distribution and PSI reads a large "drift" on healthy data (the default
+run read PSI ~2 after 15 s). So the recent sample spans a stretch of *time* (``window``, default
+10 min, several slow cycles) and is thinned to at most ``max_samples`` vectors spread evenly over
+it (nearly independent draws, and PSI's small-sample bias ``~(bins-1)/n`` stays small); nothing
+is evaluated before the window spans its full length, and then every ``every`` seconds.
 
 The source's drift value is the maximum over features of the configured statistic. Past
 ``threshold`` a ``drift_detected`` event is raised (once); ``drift_cleared`` when it falls below
@@ -37,7 +45,7 @@ from scipy.special import kolmogorov
 
 from edge_agent.models.bundle import Manifest
 from edge_agent.records import Event
-from edge_agent.settings import Model
+from edge_agent.settings import Duration, Model
 
 _EPS = 1e-4
 
@@ -47,11 +55,16 @@ class DriftConfig(Model):
 
     enabled: bool = True
     method: Literal["psi", "ks"] = "psi"
-    window: int = Field(300, ge=20)
-    """Recent vectors compared. PSI over 10 bins has a small-sample bias of about 9/window per
-    feature (max over 20 features ~ 2.5x that), so keep window >= 200 for a 0.25 threshold."""
-    every: int = Field(10, ge=1)
-    """Evaluate every this many vectors once the window is full."""
+    window: Duration = Field(600.0, gt=0)
+    """Span of recent data compared (stream time, window ends). Make it cover several of the
+    machine's slow cycles (load, speed, temperature)."""
+    max_samples: int = Field(400, ge=50)
+    """The recent sample is thinned to at most this many vectors, one per
+    ``window / max_samples`` seconds. PSI over 10 bins has a small-sample bias of about
+    9/n per feature (max over 20 features ~ 2.5x that), so keep it >= 200 for a 0.25
+    threshold."""
+    every: Duration = Field(10.0, gt=0)
+    """Evaluate every this many seconds once the window is full."""
     threshold: float = Field(0.25, gt=0)
     """PSI (0.1 moderate, 0.25 significant) or KS distance D (0..1)."""
     clear_ratio: float = Field(0.8, gt=0, le=1)
@@ -171,8 +184,11 @@ class DriftMonitor:
         self.q = np.array([manifest.training[n].quantiles for n in self.names], dtype=np.float64)
         self.bins = [decile_bins(self.q[j], levels) for j in range(len(self.names))]
         self.usable = (self.q[:, -1] - self.q[:, 0]) > 0
-        self._buf: deque[npt.NDArray[np.float64]] = deque(maxlen=cfg.window)
-        self._since = 0
+        self._buf: deque[tuple[float, npt.NDArray[np.float64]]] = deque()
+        self._last_eval: float | None = None
+        self._start: float | None = None
+        self._prev = -math.inf
+        self._spacing = float(cfg.window) / cfg.max_samples
         self.active = False
         self.status: DriftStatus | None = None
 
@@ -194,16 +210,23 @@ class DriftMonitor:
                                  f"{len(self.names)} features")
         if not np.isfinite(row).all():
             return None
-        self._buf.append(row)
-        self._since += 1
-        if len(self._buf) < self.cfg.window or self._since < self.cfg.every:
+        if self._start is None or timestamp - self._prev > self.cfg.window / 10:
+            self._start = timestamp  # first vector, or after a gap: refill before judging
+        self._prev = timestamp
+        if not self._buf or timestamp - self._buf[-1][0] >= self._spacing * (1 - 1e-9):
+            self._buf.append((timestamp, row))
+        while self._buf and self._buf[0][0] <= timestamp - self.cfg.window:
+            self._buf.popleft()
+        if timestamp - self._start < self.cfg.window * (1 - 1e-9):
+            return None  # the recent sample does not span its window (yet, or after a gap)
+        if self._last_eval is not None and timestamp - self._last_eval < self.cfg.every:
             return None
-        self._since = 0
+        self._last_eval = timestamp
         self.status = self.evaluate()
         return self._transition(timestamp)
 
     def evaluate(self) -> DriftStatus:
-        R = np.array(self._buf, dtype=np.float64)
+        R = np.array([r for _, r in self._buf], dtype=np.float64)
         n = len(R)
         per: dict[str, tuple[float, float]] = {}
         for j, name in enumerate(self.names):

@@ -272,7 +272,8 @@ def export_bundle(est: Any, X_train: npt.ArrayLike, names: Sequence[str],
                   units: Mapping[str, str] | None = None, threshold: float | None = None,
                   quantile: float = 0.995, X_holdout: npt.ArrayLike | None = None,
                   source: Mapping[str, Any] | None = None, tol: float = 1e-5, seed: int = 0,
-                  fast: bool = True, private_key: bytes | None = None) -> Path:
+                  fast: bool = True, private_key: bytes | None = None,
+                  calibration: Mapping[str, Any] | None = None) -> Path:
     """Convert, verify and write a bundle; returns the bundle path (dir or archive).
 
     ``X_train``: a sample of the training features (summary for drift checks; the threshold is
@@ -303,6 +304,9 @@ def export_bundle(est: Any, X_train: npt.ArrayLike, names: Sequence[str],
     if threshold is None:
         threshold = float(np.quantile(train_scores, quantile))
         score_info["threshold_rule"] = f"quantile {quantile} of {len(Xt)} training scores"
+    elif calibration is not None:
+        score_info["threshold_rule"] = "calibrated on held-out normal data"
+        score_info["calibration"] = dict(calibration)
     else:
         score_info["threshold_rule"] = "given"
     ref_X = _reference_rows(Xt, train_scores)

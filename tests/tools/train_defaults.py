@@ -81,12 +81,16 @@ def roc_auc(normal: Sequence[float] | F64, anomalous: Sequence[float] | F64) -> 
 
 # -- the bundles ------------------------------------------------------------------------------
 
-def _fit(spec: Spec, X: F64, out: Path, kind: str, source: Mapping[str, object]) -> Path:
+def _fit(spec: Spec, X: F64, out: Path, kind: str, source: Mapping[str, object],
+         quantile: float | None = None) -> Path:
+    """Threshold calibrated on held-out rows (0.1 false alarms/hour), or ``quantile`` of the fit
+    scores where the data is below the calibrated baseline's minimum."""
     from edge_agent.models.training.baseline import fit_baseline
 
     names, contract = names_contract(spec)
     return fit_baseline(X, names, contract, out / spec.name, name=spec.name, version="1",
-                        kind=kind, seed=0, source=source, holdout_fraction=0.2)
+                        kind=kind, seed=0, source=source, quantile=quantile,
+                        holdout_fraction=0.2)
 
 
 def _score(bundle: Path, spec: Spec, X: F64) -> F64:
@@ -101,7 +105,10 @@ def train_cwru(data: Path, out: Path) -> dict[str, float]:
     x, _ = read_recording(data / "cwru" / "normal_0_97.mat", sample_rate=48000.0)  # README
     cut = int(len(x) * 0.6)
     train, held = features_of(spec, x[:cut]), features_of(spec, x[cut:])
-    b = _fit(spec, train, out, "vibration", {"data": "CWRU normal_0_97.mat DE, first 60 %"})
+    # 141 windows (5 s of healthy data at hop 1024): below the 200-vector minimum of a
+    # calibrated baseline, so this one keeps the old quantile rule.
+    b = _fit(spec, train, out, "vibration", {"data": "CWRU normal_0_97.mat DE, first 60 %"},
+             quantile=0.995)
     s_norm = _score(b, spec, held)
     res: dict[str, float] = {}
     faults = []

@@ -1,4 +1,4 @@
-"""Evidence for the CWRU ball-fault xfail: envelope-analysis variants on the four CWRU files.
+"""Envelope-analysis variants on the four CWRU files (the history of the ball-record test).
 
 Not a test (not collected): run ``.venv/bin/python tests/models/dsp/cwru_envelope_methods.py``.
 Every method is applied identically to all four files (drive end, 32768-sample windows, 50 %

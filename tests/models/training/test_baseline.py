@@ -27,7 +27,7 @@ def test_fit_baseline_with_constant_feature_and_bad_rows(tmp_path: Path) -> None
     sc = Scorer.load(path, expected_names=NAMES, expected_contract=CONTRACT)
     m = sc.manifest
     assert m.source["dropped_non_finite"] == 2 and m.source["rows"] == 598
-    assert m.source["fit_rows"] == m.n_training_rows == 598 - int(598 * 0.2)
+    assert m.source["fit_rows"] == m.n_training_rows == 598 - int(598 * 0.2)  # old rule
     s = sc.score(X[:480])
     finite = s[np.isfinite(s)]
     assert len(finite) == 478
@@ -38,10 +38,11 @@ def test_fit_baseline_with_constant_feature_and_bad_rows(tmp_path: Path) -> None
     assert (sc.score(np.vstack([far, far * 1.5])) > sc.threshold).all()
     # IsolationForest never splits on the constant feature; drift watches it instead.
     mon = DriftMonitor("x", m, DriftConfig(window=50, every=50))
-    moved = X[20:70].copy()
+    moved = X[20:71].copy()  # one vector a second: 50 s span the window
     moved[:, 4] = 3.0
     evs = [mon.update(r, float(i)) for i, r in enumerate(moved)]
     assert evs[-1] is not None and evs[-1].details["feature"] == NAMES[4]
+    assert all(e is None for e in evs[:-1])
     # Same seed, same data: the same model.
     again = fit_baseline(X, NAMES, CONTRACT, tmp_path / "b2", name="site", quantile=0.99,
                          n_estimators=50, version=m.version)
@@ -49,8 +50,8 @@ def test_fit_baseline_with_constant_feature_and_bad_rows(tmp_path: Path) -> None
 
 
 def test_fit_baseline_refusals(tmp_path: Path) -> None:
-    X = training_matrix(100)
-    with pytest.raises(ModelError, match="at least 32 finite"):
+    X = training_matrix(300)
+    with pytest.raises(ModelError, match="at least 200 finite"):
         fit_baseline(X[:20], NAMES, CONTRACT, tmp_path / "a", name="a")
     with pytest.raises(ModelError, match=r"must be \(n, 22\)"):
         fit_baseline(X[:, :5], NAMES, CONTRACT, tmp_path / "a", name="a")
@@ -69,10 +70,10 @@ def test_fit_baseline_replaces_bundle_atomically(tmp_path: Path) -> None:
 
 
 def test_commissioner_collects_then_fits(tmp_path: Path) -> None:
-    cfg = CommissioningConfig(enabled=True, duration=10.0, min_windows=50, max_windows=1000,
+    cfg = CommissioningConfig(enabled=True, duration=30.0, min_windows=200, max_windows=1000,
                               n_estimators=20, out_dir=str(tmp_path))
     com = Commissioner(cfg, "pump-01.de_accel", NAMES, CONTRACT)
-    X = training_matrix(300, seed=9)
+    X = training_matrix(400, seed=9)
     done_at = None
     for i, row in enumerate(X):
         values = dict(zip(NAMES, map(float, row), strict=True))
@@ -81,8 +82,8 @@ def test_commissioner_collects_then_fits(tmp_path: Path) -> None:
         if com.add(FeatureVector("pump-01.de_accel", i * 0.1, i * 0.1 + 0.2, values)):
             done_at = i
             break
-    # window ends reach 10 s after the first start at i = 98; row 3 was skipped
-    assert done_at == 98 and com.collected == 98 and com.skipped == 1
+    # window ends reach 30 s after the first start at i = 298; row 3 was skipped
+    assert done_at == 298 and com.collected == 298 and com.skipped == 1
     path = com.fit(version="c1")
     sc = Scorer.load(path, expected_names=NAMES, expected_contract=CONTRACT)
     assert sc.ref.name == "baseline_pump-01.de_accel" and sc.ref.version == "c1"
