@@ -7,7 +7,7 @@ returns only once they are committed — that commit is the acknowledgement.
 
 Shutdown (:meth:`Pipeline.run` returns after ``stop`` is set): drivers are cancelled and closed,
 the queues are closed and drained into the buffer, then the uploader gets one last sync attempt
-bounded by ``agent.shutdown_timeout`` and the buffer is closed.
+and the buffer is closed — all of it within one ``agent.shutdown_timeout`` (``agent/shutdown.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.history import StatusRecorder
 from edge_agent.agent.queues import BoundedQueue
+from edge_agent.agent.shutdown import Deadline, cancel_until_done
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverOutput
 from edge_agent.models.builtin import resolve_model
@@ -34,6 +35,7 @@ from edge_agent.sync.uploader import Uploader
 log = logging.getLogger("edge_agent.pipeline")
 
 READ_BATCH = 5000
+STOP_FLOOR_S = 0.2  # each shutdown stage gets at least this, even past shutdown_timeout
 
 
 class Pipeline:
@@ -219,14 +221,15 @@ class Pipeline:
                                     self.uploader_restarts), name="uploader"))
             await stop.wait()
             log.info("stopping: closing drivers and draining queues")
-            for t in driver_tasks:
-                t.cancel()
-            await asyncio.gather(*driver_tasks, return_exceptions=True)
+            limit = float(self.cfg.agent.shutdown_timeout)
+            deadline = Deadline(limit)
+            drain_by = Deadline(limit - min(1.0, limit / 4))  # the rest: the last sync's
+            if not await cancel_until_done(driver_tasks, drain_by.left(STOP_FLOOR_S)):
+                log.error("drivers did not stop before shutdown_timeout")
             self.readings.close()
             self.waveforms.close()
-            limit = float(self.cfg.agent.shutdown_timeout)
             try:
-                async with asyncio.timeout(limit):
+                async with asyncio.timeout(drain_by.left(STOP_FLOOR_S)):
                     await asyncio.gather(writer, analysis, *self._fitting.values(),
                                          return_exceptions=True)
             except TimeoutError:
@@ -234,15 +237,14 @@ class Pipeline:
                 # committed was never acknowledged, and drivers re-read live values.
                 log.error("could not commit everything before shutdown_timeout",
                           extra={"pending_readings": len(self.readings)})
-                for t in (writer, analysis, *self._fitting.values()):
-                    t.cancel()
-            for t in background:
-                t.cancel()
+                await cancel_until_done((writer, analysis, *self._fitting.values()),
+                                        STOP_FLOOR_S)
+            await cancel_until_done(background, STOP_FLOOR_S)
         await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
                                "info", {"uptime_s": round(time.time() - self.started)})])
         if self.uploader is not None:
             try:
-                await self.uploader.flush(float(self.cfg.agent.shutdown_timeout))
+                await self.uploader.flush(deadline.left(STOP_FLOOR_S))
             except TimeoutError:
                 log.warning("final sync attempt timed out; data stays buffered")
 
