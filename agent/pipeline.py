@@ -69,11 +69,14 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------
     async def emit(self, out: DriverOutput) -> None:
+        readings: list[Reading] = []
         for rec in out:
             if isinstance(rec, WaveformBlock):
                 await self.waveforms.put(rec)
             else:
-                await self.readings.put(rec)
+                readings.append(rec)
+        if readings:
+            await self.readings.put_many(readings)  # one call per driver read, not per reading
 
     async def _driver_task(self, driver: Driver) -> None:
         poll = getattr(getattr(driver, "cfg", None), "poll_interval", None)
