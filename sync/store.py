@@ -67,8 +67,8 @@ class Store(StoreBase):
         """(source id, timestamp µs) of each source's last reading in ``run`` (for the gate):
         one pass in C, a later reading of a source overwriting its earlier ones (searching
         backwards per source was quadratic in the number of sources)."""
-        table = run.table
-        return [(self.source_id(table[i]), us) for i, us in dict(zip(run.idx, run.us)).items()]
+        table, last = run.table, dict(zip(run.idx, run.us, strict=True))
+        return [(self.source_id(table[i]), us) for i, us in last.items()]
 
     def last_timestamps(self) -> dict[str, int]:
         """The newest reading timestamp (µs) ever committed per sensor_id."""
