@@ -1,9 +1,9 @@
 """Start-up and shutdown of the daemon around :class:`~edge_agent.agent.pipeline.Pipeline`.
 
 SIGTERM or SIGINT stops it gracefully: drivers closed, everything read so far committed, one
-last sync attempt, all within ``agent.shutdown_timeout`` (``agent/shutdown.py``). A second signal
-during that shutdown
-cancels what is left (the buffer is still closed cleanly: every put() already committed).
+last sync attempt, all within ``agent.shutdown_timeout`` (``agent/shutdown.py``). A second
+signal during that shutdown cancels what is left (the buffer is still closed cleanly: every
+put() already committed).
 """
 
 from __future__ import annotations
