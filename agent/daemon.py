@@ -1,9 +1,9 @@
 """Start-up and shutdown of the daemon around :class:`~edge_agent.agent.pipeline.Pipeline`.
 
 SIGTERM or SIGINT stops it gracefully: ``STOPPING=1`` to systemd, drivers closed, everything
-read so far committed, one last sync attempt, all bounded by ``agent.shutdown_timeout``. A
-second signal during that shutdown cancels what is left (the buffer is still closed cleanly:
-every put() already committed). SIGHUP reloads the configuration file
+read so far committed, one last sync attempt, all within ``agent.shutdown_timeout``
+(``agent/shutdown.py``). A second signal during that shutdown cancels what is left (the buffer
+is still closed cleanly: every put() already committed). SIGHUP reloads the configuration file
 (:mod:`edge_agent.agent.reload`); systemd hears ``READY=1`` / ``STATUS=`` / ``WATCHDOG=1`` from
 :mod:`edge_agent.agent.service`.
 """

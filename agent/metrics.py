@@ -174,6 +174,11 @@ def _driver(m: _Families, d: Mapping[str, Any], restarts: Mapping[str, Any]) -> 
                   {"driver": name, "kind": str(kind)}, n)
     m.counter("edge_agent_driver_restarts", "Restarts after the driver crashed on a bug.", lab,
               restarts.get(name, 0))
+    m.counter("edge_agent_driver_late_polls", "Poll slots skipped because the driver was late.",
+              lab, d.get("late_polls"))
+    m.gauge("edge_agent_driver_poll_lag_seconds",
+            "How far the last poll ended past the next poll's slot (0: on schedule).", lab,
+            d.get("poll_lag_s"))
 
 
 def _source(m: _Families, s: Mapping[str, Any]) -> None:

@@ -7,7 +7,7 @@ returns only once they are committed — that commit is the acknowledgement.
 
 Shutdown (:meth:`Pipeline.run` returns after ``stop`` is set): drivers are cancelled and closed,
 the queues are closed and drained into the buffer, then the uploader gets one last sync attempt
-bounded by ``agent.shutdown_timeout`` and the buffer is closed.
+and the buffer is closed — all of it within one ``agent.shutdown_timeout`` (``agent/shutdown.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import AgentConfig, PipelineConfig
 from edge_agent.agent.history import StatusRecorder
 from edge_agent.agent.queues import BoundedQueue
+from edge_agent.agent.shutdown import Deadline, cancel_until_done
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverOutput
 from edge_agent.models.builtin import resolve_model
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.pipeline")
 
 READ_BATCH = 5000
+STOP_FLOOR_S = 0.2  # each shutdown stage gets at least this, even past shutdown_timeout
+DRIVER_STOP_S = 10.0  # a driver stopped by a reload closes its connection within this
 
 
 class Pipeline:
@@ -80,11 +83,14 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------
     async def emit(self, out: DriverOutput) -> None:
+        readings: list[Reading] = []
         for rec in out:
             if isinstance(rec, WaveformBlock):
                 await self.waveforms.put(rec)
             else:
-                await self.readings.put(rec)
+                readings.append(rec)
+        if readings:
+            await self.readings.put_many(readings)  # one call per driver read, not per reading
 
     async def _driver_task(self, driver: Driver) -> None:
         poll = getattr(getattr(driver, "cfg", None), "poll_interval", None)
@@ -233,16 +239,16 @@ class Pipeline:
             self.stopping = True
             await self.lock.acquire()  # a reload in progress finishes first; none starts after
             log.info("stopping: closing drivers and draining queues")
+            limit = float(self.cfg.agent.shutdown_timeout)
+            deadline = Deadline(limit)
+            drain_by = Deadline(limit - min(1.0, limit / 4))  # the rest: the last sync's
             driver_tasks = list(self._driver_tasks.values())
-            for t in driver_tasks:
-                t.cancel()
-            await asyncio.gather(*driver_tasks, return_exceptions=True)
+            if not await cancel_until_done(driver_tasks, drain_by.left(STOP_FLOOR_S)):
+                log.error("drivers did not stop before shutdown_timeout")
             self.readings.close()
             self.waveforms.close()
-            limit = float(self.cfg.agent.shutdown_timeout)
-            drain_start = time.monotonic()
             try:
-                async with asyncio.timeout(limit):
+                async with asyncio.timeout(drain_by.left(STOP_FLOOR_S)):
                     await asyncio.gather(writer, analysis, *self._fitting.values(),
                                          return_exceptions=True)
             except TimeoutError:
@@ -250,19 +256,16 @@ class Pipeline:
                 # committed was never acknowledged, and drivers re-read live values.
                 log.error("could not commit everything before shutdown_timeout",
                           extra={"pending_readings": len(self.readings)})
-                for t in (writer, analysis, *self._fitting.values()):
-                    t.cancel()
-            health.cancel()
-            for t in self._registry_tasks.values():
-                t.cancel()
-            for t in self._sink_tasks.values():
-                t.cancel()
+                await cancel_until_done((writer, analysis, *self._fitting.values()),
+                                        STOP_FLOOR_S)
+            background = [health, *self._registry_tasks.values(), *self._sink_tasks.values()]
+            await cancel_until_done(background, STOP_FLOOR_S)
         self.lock.release()
         await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
                                "info", {"uptime_s": round(time.time() - self.started)})])
         # Draining and the final sync share one shutdown_timeout, so a stop stays within
-        # systemd's TimeoutStopSec (the final sync gets at least a second).
-        left = max(1.0, limit - (time.monotonic() - drain_start))
+        # systemd's TimeoutStopSec (agent/shutdown.py).
+        left = deadline.left(STOP_FLOOR_S)
         await asyncio.gather(self._flush_uploader(left), self._flush_mqtt(left))
 
     async def _flush_uploader(self, left: float) -> None:
@@ -291,9 +294,8 @@ class Pipeline:
     async def stop_driver(self, name: str) -> None:
         """Cancel a driver's task; it closes its connection (bounded) before this returns."""
         task = self._driver_tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if task is not None and not await cancel_until_done([task], DRIVER_STOP_S):
+            log.error("driver did not stop", extra={"driver": name, "timeout_s": DRIVER_STOP_S})
 
     def start_registry(self, p: RegistryPoller) -> None:
         self._registry_tasks[p.source] = self._task_group().create_task(

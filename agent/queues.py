@@ -77,8 +77,29 @@ class BoundedQueue(Generic[T]):
         self._not_empty.set()
 
     async def put_many(self, items: list[T]) -> None:
-        for item in items:
-            await self.put(item)
+        """``put`` of each item in order, with the same overflow policy, done in slices (one
+        driver read is one call, not one coroutine per reading)."""
+        i, n = 0, len(items)
+        while i < n:
+            if self._closed:
+                raise RuntimeError(f"queue {self.name} is closed")
+            room = self.size - len(self._items)
+            if room <= 0 and self.overflow == "drop_newest":
+                self.dropped += n - i
+                return
+            if room <= 0 and self.overflow == "block":
+                self._not_full.clear()
+                await self._not_full.wait()
+                continue
+            take = items[i:] if self.overflow == "drop_oldest" else items[i:i + room]
+            self._items.extend(take)
+            i += len(take)
+            self.put_total += len(take)
+            excess = len(self._items) - self.size
+            for _ in range(excess):          # drop_oldest only: room made for the new ones
+                self._items.popleft()
+            self.dropped += max(0, excess)
+            self._not_empty.set()
 
     async def get_batch(self, max_items: int) -> list[T]:
         """Wait for at least one item (or close), then return up to ``max_items``."""
@@ -88,7 +109,11 @@ class BoundedQueue(Generic[T]):
             self._not_empty.clear()
             await self._not_empty.wait()
         n = min(max_items, len(self._items))
-        out = [self._items.popleft() for _ in range(n)]
+        if n == len(self._items):
+            out = list(self._items)
+            self._items.clear()
+        else:
+            out = [self._items.popleft() for _ in range(n)]
         if not self._items:
             self._not_empty.clear()
         self._not_full.set()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from edge_agent.agent.lateness import PollSchedule
 from edge_agent.backoff import Backoff, Retrier
 from edge_agent.drivers.base import Driver, DriverError, DriverHealth, DriverOutput
 
@@ -131,14 +132,8 @@ async def _read_loop(driver: Driver, emit: Emit, poll_interval: float | None,
         while True:
             await _read_once(driver, emit, link)
     # Polled: fixed-rate schedule on the monotonic clock; a slow poll skips missed slots
-    # instead of bursting to catch up.
-    next_t = time.monotonic()
+    # instead of bursting to catch up, and says so (agent/lateness.py).
+    schedule = PollSchedule(driver.name, driver.health(), poll_interval)
     while True:
         await _read_once(driver, emit, link)
-        next_t += poll_interval
-        now = time.monotonic()
-        if next_t < now:
-            skipped = int((now - next_t) // poll_interval) + 1
-            driver.health().error("overrun")
-            next_t += skipped * poll_interval
-        await asyncio.sleep(next_t - now)
+        await asyncio.sleep(schedule.after_poll())

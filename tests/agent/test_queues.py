@@ -52,3 +52,25 @@ async def test_close_drains_then_returns_empty() -> None:
     assert await q.get_batch(5) == []
     with pytest.raises(RuntimeError, match="closed"):
         await q.put(2)
+
+
+async def test_put_many_is_put_of_each_item_under_every_policy() -> None:
+    for policy in ("drop_oldest", "drop_newest"):
+        one: BoundedQueue[int] = BoundedQueue("one", 5, policy)  # type: ignore[arg-type]
+        many: BoundedQueue[int] = BoundedQueue("many", 5, policy)  # type: ignore[arg-type]
+        for batch in ([1, 2, 3], [4, 5, 6, 7], [8], list(range(9, 20))):
+            for x in batch:
+                await one.put(x)
+            await many.put_many(batch)
+            assert list(one._items) == list(many._items), policy
+            assert (one.dropped, one.put_total) == (many.dropped, many.put_total), policy
+    q: BoundedQueue[int] = BoundedQueue("block", 4, "block")
+    putter = asyncio.create_task(q.put_many(list(range(10))))
+    got: list[int] = []
+    while len(got) < 10:
+        got += await q.get_batch(3)   # the producer waits for room, nothing is lost
+    await putter
+    assert got == list(range(10)) and q.dropped == 0 and q.put_total == 10
+    q.close()
+    with pytest.raises(RuntimeError):
+        await q.put_many([1])
