@@ -40,7 +40,9 @@ def test_every_exception_class_is_in_the_tree() -> None:
 
 def test_builtin_bases_kept_where_callers_rely_on_them() -> None:
     from edge_agent.drivers import base, modbus_codec, opcua_convert
-    from edge_agent.models import bundle, extract, fastforest
+    from edge_agent.models import bundle
+    from edge_agent.models.dsp import extract
+    from edge_agent.models.training import fastforest
     from edge_agent.sync import buffer, files, schema
 
     assert base.DriverError is errors.DriverError

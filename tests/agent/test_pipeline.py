@@ -31,8 +31,10 @@ class FakeBuffer:
     async def put(self, records: list[Any]) -> None:
         await asyncio.sleep(0.001)
         for r in records:
-            {Reading: self.readings, FeatureVector: self.features,
-             Event: self.events}[type(r)].append(r)
+            lists: dict[type, list[Any]] = {Reading: self.readings,
+                                             FeatureVector: self.features, Event: self.events}
+            kept = lists[type(r)]
+            kept.append(r)
 
     def stats(self) -> dict[str, object]:
         return {}

@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 
 NS = "urn:edge-agent:test"
 RATE = 25600.0
@@ -32,7 +33,16 @@ N_SAMPLES = 2048
 logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 
-class PasswordUsers:
+def node(name: str, ns: int) -> ua.NodeId:
+    return ua.NodeId(ua.String(name), ua.Int16(ns))
+
+
+def ua_time(t: datetime) -> ua.DateTime:
+    """asyncua types timestamps as its `DateTime` subclass but takes any aware datetime."""
+    return cast(ua.DateTime, t)
+
+
+class PasswordUsers(UserManager):
     def __init__(self, users: dict[str, str]) -> None:
         self.users = users
 
@@ -126,13 +136,13 @@ class PlantServer:
         plant = await s.nodes.objects.add_object(idx, "Plant")
         for name, value in (("Temp", 20.0), ("Speed", 1500), ("Flaky", 1.0), ("Doomed", 5.0),
                             ("Unc", 3.0), ("Vib.Rate", RATE), ("Text", "hello")):
-            await plant.add_variable(ua.NodeId(name, idx), f"{idx}:{name}", value)
-        await plant.add_variable(ua.NodeId("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
+            await plant.add_variable(node(name, idx), f"{idx}:{name}", value)
+        await plant.add_variable(node("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
                                  varianttype=ua.VariantType.Double)
         if self.wave is not None:
-            await plant.add_variable(ua.NodeId("Wave.Rate", idx), f"{idx}:Wave.Rate",
+            await plant.add_variable(node("Wave.Rate", idx), f"{idx}:Wave.Rate",
                                      self.wave.rate)
-            await plant.add_variable(ua.NodeId("Wave", idx), f"{idx}:Wave",
+            await plant.add_variable(node("Wave", idx), f"{idx}:Wave",
                                      [0.0] * self.wave.n, varianttype=ua.VariantType.Double)
         if self.deleted:
             await s.delete_nodes([s.get_node(nid("Doomed"))])
@@ -187,8 +197,9 @@ class PlantServer:
                      vtype: ua.VariantType | None = None) -> None:
         assert self.server is not None
         dv = ua.DataValue(ua.Variant(value, vtype) if vtype else ua.Variant(value),
-                          StatusCode=ua.StatusCode(status),
-                          SourceTimestamp=datetime.now(UTC), ServerTimestamp=datetime.now(UTC))
+                          StatusCode=ua.StatusCode(ua.UInt32(status)),
+                          SourceTimestamp=ua_time(datetime.now(UTC)),
+                          ServerTimestamp=ua_time(datetime.now(UTC)))
         await self.server.write_attribute_value(ua.NodeId.from_string(nid(name)), dv)
 
     async def _update_loop(self) -> None:
@@ -218,7 +229,7 @@ class PlantServer:
             block = [w.amplitude * math.sin(k * (first + i)) for i in range(w.n)]
             end = datetime.fromtimestamp(self.wave_t0 + (first + w.n) / w.rate, UTC)
             dv = ua.DataValue(ua.Variant(block, ua.VariantType.Double),
-                              SourceTimestamp=end, ServerTimestamp=end)
+                              SourceTimestamp=ua_time(end), ServerTimestamp=ua_time(end))
             assert self.server is not None
             await self.server.write_attribute_value(ua.NodeId.from_string(nid("Wave")), dv)
             self.wave_blocks += 1

@@ -7,6 +7,7 @@ import logging
 import random
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,12 @@ class Retries(logging.Handler):
 
 
 @pytest.fixture
-def retries() -> Retries:
-    logger = logging.getLogger("edge_agent.supervisor")
+def retries() -> Iterator[Retries]:
+    logger = logging.getLogger("edge_agent.agent.supervisor")
     handler, level = Retries(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
-    yield handler  # type: ignore[misc]
+    yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
 
