@@ -27,7 +27,7 @@ from edge_agent.sync.uploader import Uploader
 if TYPE_CHECKING:
     from edge_agent.agent.web import WebServer
 
-log = logging.getLogger("edge_agent.daemon")
+log = logging.getLogger(__name__)
 
 
 def make_drivers(cfg: AgentConfig) -> list[Driver]:

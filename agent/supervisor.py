@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edge_agent.drivers.base import Driver, DriverError, DriverOutput
 
-log = logging.getLogger("edge_agent.supervisor")
+log = logging.getLogger(__name__)
 
 # What a driver may raise that means "this connection is unusable, reconnect". Anything else is
 # a bug and propagates to the pipeline's task group handler, which restarts the driver task.

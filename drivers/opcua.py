@@ -40,7 +40,7 @@ from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
 from edge_agent.settings import Duration, Model, SecretField
 
-log = logging.getLogger("edge_agent.drivers.opcua")
+log = logging.getLogger(__name__)
 _SETUP_ERRORS: tuple[type[BaseException], ...] = (SessionFailed, *UA_ERRORS)
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"

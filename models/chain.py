@@ -264,8 +264,9 @@ class Chain:
             self.anomalous_windows += fv.is_anomaly
             ev = self.alerter.observe(fv.score, thr, scorer.ref, fv.window_end)
             if ev is not None:
-                log.warning(ev.kind, extra={"source": self.source, "score": fv.score,
-                                            "threshold": thr, "model": scorer.ref.name})
+                log.warning("anomaly alert", extra={"kind": ev.kind, "source": self.source,
+                                                    "score": fv.score, "threshold": thr,
+                                                    "model": scorer.ref.name})
                 events.append(ev)
             if self.drift is not None:
                 dev = self.drift.update(row, fv.window_end)
