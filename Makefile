@@ -37,12 +37,15 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
 # mypy sees the installed layout (edge_agent.agent -> agent/, ...) through a tree of symlinks,
-# so imports across the namespace are checked, not silently Any.
+# so imports across the namespace are checked, not silently Any. tests/ is checked beside it
+# with the same settings (fakes are typed against the protocols they stand in for).
 typecheck: $(VENV)/.installed-test
 	rm -rf build/typecheck && mkdir -p build/typecheck/edge_agent
 	ln -s "$(CURDIR)"/edge_agent/*.py build/typecheck/edge_agent/
 	for d in agent drivers models sync; do ln -s "$(CURDIR)/$$d" build/typecheck/edge_agent/$$d; done
-	cd build/typecheck && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" -p edge_agent
+	ln -s "$(CURDIR)/tests" build/typecheck/tests
+	cd build/typecheck && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" \
+	  -p edge_agent -p tests
 
 pytest: $(VENV)/.installed-test system-deps
 	$(BIN)/pytest

@@ -19,6 +19,8 @@ from typing import Any  # noqa: E402
 from edge_agent import __version__  # noqa: E402
 from edge_agent.errors import ConfigError, ConfigProblem  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 EX_CONFIG = 78
 
 
@@ -82,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (OSError, SchemaTooNew, TrainExtraMissing) as exc:
         # Start-up failures a technician can fix (permissions, a full disk, a database written by
         # a newer agent, commissioning without the [train] extra): one clear line, no traceback.
-        logging.getLogger("edge_agent").critical("cannot start", extra={"error": str(exc)})
+        log.critical("cannot start", extra={"error": str(exc)})
         print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
         return _leave(1)
     return _leave(0)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from edge_agent.agent.web import WebServer
     from edge_agent.sync.mqtt.publisher import MqttPublisher
 
-log = logging.getLogger("edge_agent.daemon")
+log = logging.getLogger(__name__)
 
 
 def make_drivers(cfg: AgentConfig) -> list[Driver]:

@@ -35,7 +35,7 @@ from edge_agent.sync.uploader import Uploader
 if TYPE_CHECKING:
     from edge_agent.sync.mqtt.publisher import MqttPublisher
 
-log = logging.getLogger("edge_agent.pipeline")
+log = logging.getLogger(__name__)
 
 READ_BATCH = 5000
 STOP_FLOOR_S = 0.2  # each shutdown stage gets at least this, even past shutdown_timeout
@@ -117,9 +117,9 @@ class Pipeline:
                 n = restarts.get(source, 0)
                 delay = self.backoff.delay(n)
                 restarts[source] = n + 1
-                log.exception(f"{kind.replace('_', ' ')}; restarting",
-                              extra={"source": source, "retry_in_s": round(delay, 3),
-                                     "restarts": n + 1})
+                log.exception("restarting after a crash",
+                              extra={"kind": kind, "source": source,
+                                     "retry_in_s": round(delay, 3), "restarts": n + 1})
                 await self._put([Event(kind, source, time.time(), "warning",
                                        {"error": f"{type(exc).__name__}: {exc}",
                                         "restarts": n + 1})])

@@ -30,7 +30,7 @@ from edge_agent.drivers.base import Driver, DriverError, DriverHealth, DriverOut
 
 __all__ = ["RECOVERABLE", "Backoff", "run_driver"]
 
-log = logging.getLogger("edge_agent.supervisor")
+log = logging.getLogger(__name__)
 
 # What a driver may raise that means "this connection is unusable, reconnect". Anything else is
 # a bug and propagates to the pipeline's task group handler, which restarts the driver task.

@@ -33,7 +33,7 @@ from edge_agent.agent import metrics
 from edge_agent.agent.status import StatusService
 from edge_agent.agent.webconfig import WebConfig, check_password, split_listen
 
-log = logging.getLogger("edge_agent.web")
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "edge_agent_session"

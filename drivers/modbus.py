@@ -49,7 +49,7 @@ from edge_agent.drivers.modbus_units import SILENT_POLLS_DEAD, UnitState, schedu
 from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, Reading, WaveformBlock
 from edge_agent.settings import Duration, Model
 
-log = logging.getLogger("edge_agent.drivers.modbus")
+log = logging.getLogger(__name__)
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
 
@@ -295,8 +295,10 @@ class ModbusDriver:
             if code == ExcCodes.ILLEGAL_ADDRESS and len(block.members) > 1:
                 # One invalid address inside a coalesced range: read its points one by one
                 # from now on, and right away.
-                log.warning("modbus %s/%s: block %s:%d+%d refused; splitting into single reads",
-                            self.name, d.device.name, block.table, block.start, block.count)
+                log.warning("block refused; splitting into single reads",
+                            extra={"driver": self.name, "device": d.device.name,
+                                   "table": block.table, "start": block.start,
+                                   "count": block.count})
                 singles = [Block(block.table, d.specs[m].address, d.specs[m].count, (m,))
                            for m in block.members]
                 d.blocks[i:i + 1] = singles

@@ -41,7 +41,7 @@ from edge_agent.drivers.opcua_session import Session, SessionFailed
 from edge_agent.records import Reading, WaveformBlock
 from edge_agent.settings import Duration, Model, SecretField
 
-log = logging.getLogger("edge_agent.drivers.opcua")
+log = logging.getLogger(__name__)
 
 
 class _QuietRetries(logging.Filter):

@@ -64,7 +64,7 @@ from edge_agent.records import Reading, WaveformBlock
 if TYPE_CHECKING:
     from edge_agent.drivers.opcua import Config
 
-log = logging.getLogger("edge_agent.drivers.opcua")
+log = logging.getLogger(__name__)
 
 _CONNECTION_GONE = {"BadShutdown", "BadSessionClosed", "BadConnectionClosed",
                     "BadSecureChannelClosed", "BadSessionIdInvalid", "BadServerHalted"}
@@ -193,7 +193,7 @@ class Session:
         if exc is not None:
             # A pump or poll loop that dies would silently stop its nodes: turn it into a
             # reconnect instead, and keep the traceback in the log.
-            log.error("opcua %s: internal task failed", self.cfg.name, exc_info=exc)
+            log.error("internal task failed", extra={"driver": self.cfg.name}, exc_info=exc)
             self.health.error("internal")
             self._fail(f"internal task failed: {exc!r}")
 
@@ -216,7 +216,7 @@ class Session:
     def _fail(self, reason: str) -> None:
         if self._failure is None:
             self._failure = reason
-            log.warning("opcua %s: %s", self.cfg.name, reason)
+            log.warning("session failed", extra={"driver": self.cfg.name, "reason": reason})
         self._wake.set()
 
     async def _on_lost(self, exc: Exception) -> None:
@@ -265,7 +265,8 @@ class Session:
                 if name in _CONNECTION_GONE:
                     self._fail(f"subscription ended: {name}")
                     return
-                log.warning("opcua %s: subscription status %s; rebuilding", self.cfg.name, name)
+                log.warning("subscription status changed; rebuilding",
+                            extra={"driver": self.cfg.name, "status": name})
                 g.force_rebuild = True
 
     async def _poll_loop(self, p: PollGroup) -> None:
@@ -333,8 +334,9 @@ class Session:
         if g.rebuilds > self.cfg.max_rebuilds:
             self._fail(f"subscription at {g.interval:g}s silent after {g.rebuilds - 1} rebuilds")
             return
-        log.warning("opcua %s: subscription at %gs silent for %.1fs; rebuilding",
-                    self.cfg.name, g.interval, silent)
+        log.warning("subscription silent; rebuilding",
+                    extra={"driver": self.cfg.name, "interval_s": g.interval,
+                           "silent_s": round(silent, 1)})
         try:
             async with asyncio.timeout(float(self.cfg.timeout) * 2):
                 await g.sub.recreate()
@@ -376,7 +378,8 @@ class Session:
             async with asyncio.timeout(limit_s):
                 await self.client.disconnect()
         except UA_ERRORS as exc:
-            log.info("opcua %s: disconnect: %r (forcing)", self.cfg.name, exc)
+            log.info("disconnect failed; forcing",
+                     extra={"driver": self.cfg.name, "error": repr(exc)})
         finally:
             await self._force_down()
 

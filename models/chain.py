@@ -329,8 +329,9 @@ class Chain:
             if ev is not None:
                 if ev.kind == "anomaly_raised":
                     self._attach_diagnosis(ev)
-                log.warning(ev.kind, extra={"source": self.source, "score": fv.score,
-                                            "threshold": thr, "model": scorer.ref.name})
+                log.warning("anomaly alert", extra={"kind": ev.kind, "source": self.source,
+                                                    "score": fv.score, "threshold": thr,
+                                                    "model": scorer.ref.name})
                 events.append(ev)
             if self.drift is not None:
                 dev = self.drift.update(row, fv.window_end)

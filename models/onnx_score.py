@@ -321,7 +321,8 @@ class ModelSlot:
             self.last_error = str(exc)
             kept = (f"{self.current.ref.name} v{self.current.ref.version}" if self.current
                     else "none")
-            log.warning("%s (keeping previous model: %s)", exc, kept)
+            log.warning("model refused; keeping the previous one",
+                        extra={"error": str(exc), "kept": kept})
             raise
         self.current = sc
         self.last_error = None

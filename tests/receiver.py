@@ -84,6 +84,18 @@ class RequestLog:
     first_reading: tuple[str, str] | None = None
     wire_bytes: int = 0
 
+    @property
+    def seq(self) -> int:
+        """`batch_seq` of a request that carried one (checked)."""
+        assert self.batch_seq is not None, self
+        return self.batch_seq
+
+    @property
+    def first(self) -> tuple[str, str]:
+        """`first_reading` of a request that carried readings (checked)."""
+        assert self.first_reading is not None, self
+        return self.first_reading
+
 
 class _Invalid(Exception):
     def __init__(self, status: int, detail: object) -> None:

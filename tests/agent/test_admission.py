@@ -75,7 +75,7 @@ async def test_real_buffer_keeps_good_readings_around_bad_ones(tmp_path: Path) -
     cfg = parse(config.AgentConfig, {"agent": {"state_dir": str(tmp_path)}})
     buf = Buffer(tmp_path / "buffer.db", BufferConfig())
     await buf.start()
-    p = Pipeline(cfg, [PollingPLC()], buf, None)  # type: ignore[list-item]
+    p = Pipeline(cfg, [PollingPLC()], buf, None)
     stop = asyncio.Event()
     task = asyncio.create_task(p.run(stop))
     await asyncio.sleep(0.5)
@@ -126,7 +126,7 @@ async def test_repeat_of_a_sample_stored_before_a_restart_is_dropped(tmp_path: P
     for _ in range(2):  # the agent restarts: a new pipeline over the reopened buffer
         buf = Buffer(tmp_path / "buffer.db", BufferConfig())
         await buf.start()
-        p = Pipeline(cfg, [StuckTag(polls=10)], buf, None)  # type: ignore[list-item]
+        p = Pipeline(cfg, [StuckTag(polls=10)], buf, None)
         stop = asyncio.Event()
         task = asyncio.create_task(p.run(stop))
         await asyncio.sleep(0.4)

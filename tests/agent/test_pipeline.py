@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,27 @@ from edge_agent.agent.pipeline import Pipeline
 from edge_agent.drivers.base import DriverHealth, DriverOutput
 from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
 from edge_agent.settings import parse
+from edge_agent.sync.buffer import Buffer, BufferConfig
 
 
-class FakeBuffer:
-    """Records what was committed; ``put`` returns after a tiny delay, like a real commit."""
+class FakeBuffer(Buffer):
+    """Records what was committed; ``put`` returns after a tiny delay, like a real commit.
+    A :class:`Buffer` that is never started (no database): only what the pipeline calls is
+    overridden; ``last_timestamps`` stays the base's (empty: nothing stored before)."""
 
     def __init__(self) -> None:
+        super().__init__(Path("/nonexistent/fake-buffer.db"), BufferConfig())
         self.readings: list[Reading] = []
         self.features: list[FeatureVector] = []
         self.events: list[Event] = []
-        self.last_timestamps: dict[str, int] = {}  # newest stored timestamp per sensor (µs)
 
-    async def put(self, records: list[Any]) -> None:
+    async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
         await asyncio.sleep(0.001)
         for r in records:
-            {Reading: self.readings, FeatureVector: self.features,
-             Event: self.events}[type(r)].append(r)
+            lists: dict[type, list[Any]] = {Reading: self.readings,
+                                             FeatureVector: self.features, Event: self.events}
+            kept = lists[type(r)]
+            kept.append(r)
 
     def stats(self) -> dict[str, object]:
         return {}
@@ -100,7 +106,7 @@ async def run_for(p: Pipeline, seconds: float) -> None:
 async def test_readings_and_features_flow_once_and_drivers_close(tmp_path: Path) -> None:
     drivers = [FakeDriver("a", blocks=40), FakeDriver("b", blocks=40)]
     buf = FakeBuffer()
-    p = Pipeline(make_config(tmp_path, ["a.wave", "b.wave"]), drivers, buf, None)  # type: ignore[arg-type]
+    p = Pipeline(make_config(tmp_path, ["a.wave", "b.wave"]), drivers, buf, None)
     await run_for(p, 0.6)
     for d in drivers:
         got = [r.value for r in buf.readings if r.sensor_id == f"{d.name}.count"]
@@ -117,7 +123,7 @@ async def test_readings_and_features_flow_once_and_drivers_close(tmp_path: Path)
 async def test_crashed_driver_is_restarted_and_others_keep_running(tmp_path: Path) -> None:
     bad, good = FakeDriver("bad", crash_at=3), FakeDriver("good")
     buf = FakeBuffer()
-    p = Pipeline(make_config(tmp_path, []), [bad, good], buf, None)  # type: ignore[arg-type]
+    p = Pipeline(make_config(tmp_path, []), [bad, good], buf, None)
     await run_for(p, 0.5)
     assert p.driver_restarts == {"bad": 1, "good": 0}
     assert bad.opens >= 2 and good.opens == 1  # only the crashed one was restarted
@@ -132,7 +138,7 @@ async def test_crashed_driver_is_restarted_and_others_keep_running(tmp_path: Pat
 async def test_nan_readings_never_leave_as_numbers(tmp_path: Path) -> None:
     d = FakeDriver("n", blocks=20, nan_every=4)
     buf = FakeBuffer()
-    p = Pipeline(make_config(tmp_path, []), [d], buf, None)  # type: ignore[arg-type]
+    p = Pipeline(make_config(tmp_path, []), [d], buf, None)
     await run_for(p, 0.3)
     bad = [r for r in buf.readings if r.value is None]
     assert len(bad) == 5 and len(buf.readings) == 20
@@ -147,11 +153,11 @@ async def test_waveform_queue_overflow_is_bounded_and_counted(tmp_path: Path) ->
     cfg = parse(config.AgentConfig, raw)
 
     class SlowBuffer(FakeBuffer):
-        async def put(self, records: list[Any]) -> None:
+        async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
             await asyncio.sleep(0.05)
             await super().put(records)
 
-    p = Pipeline(cfg, [FakeDriver("w", blocks=200)], SlowBuffer(), None)  # type: ignore[arg-type]
+    p = Pipeline(cfg, [FakeDriver("w", blocks=200)], SlowBuffer(), None)
     await run_for(p, 0.4)
     st = p.stats()["queues"]["waveforms"]
     assert st["depth"] <= 2 and st["dropped"] > 0  # bounded, and what was shed is counted

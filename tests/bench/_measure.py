@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 def rss_mib() -> float:
@@ -25,7 +25,7 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def best(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, tuple[float, float]]:
+def best(fns: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, tuple[float, float]]:
     """(min wall, min CPU) seconds per function; rounds interleave the functions so a busy
     machine (other processes) disturbs them alike. Each function is called once to warm up."""
     for fn in fns.values():

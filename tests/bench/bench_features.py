@@ -12,7 +12,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import math  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Mapping  # noqa: E402
 
 import _measure  # noqa: E402 - tests/bench/_measure.py
 import numpy as np  # noqa: E402
@@ -27,7 +27,8 @@ from edge_agent.settings import parse  # noqa: E402
 FS, N, HOP, SECONDS = 25600.0, 2048, 1024, 10.0
 
 
-def best(fns: dict[str, Callable[[], object]], rounds: int = 15) -> dict[str, tuple[float, float]]:
+def best(fns: Mapping[str, Callable[[], object]],
+         rounds: int = 15) -> dict[str, tuple[float, float]]:
     return _measure.best(fns, rounds)
 
 

@@ -29,6 +29,7 @@ from _measure import cpu_s, rss_mib, start_server_child  # tests/bench/_measure.
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
+from edge_agent.records import Reading
 from edge_agent.settings import parse
 
 
@@ -164,7 +165,7 @@ async def bench_restarts(restarts: int) -> None:
         async def emit(out: DriverOutput) -> None:
             nonlocal latest
             for r in out:
-                if r.timestamp > latest:
+                if isinstance(r, Reading) and r.timestamp > latest:
                     latest = r.timestamp
                     fresh.set()
 

@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 
 NS = "urn:edge-agent:test"
 RATE = 25600.0
@@ -33,7 +34,16 @@ N_SAMPLES = 2048
 logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 
-class PasswordUsers:
+def node(name: str, ns: int) -> ua.NodeId:
+    return ua.NodeId(ua.String(name), ua.Int16(ns))
+
+
+def ua_time(t: datetime) -> ua.DateTime:
+    """asyncua types timestamps as its `DateTime` subclass but takes any aware datetime."""
+    return cast(ua.DateTime, t)
+
+
+class PasswordUsers(UserManager):
     def __init__(self, users: dict[str, str]) -> None:
         self.users = users
 
@@ -139,16 +149,16 @@ class PlantServer:
         plant = await s.nodes.objects.add_object(idx, "Plant")
         for name, value in (("Temp", 20.0), ("Speed", 1500), ("Flaky", 1.0), ("Doomed", 5.0),
                             ("Unc", 3.0), ("Vib.Rate", RATE), ("Text", "hello")):
-            await plant.add_variable(ua.NodeId(name, idx), f"{idx}:{name}", value)
-        await plant.add_variable(ua.NodeId("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
+            await plant.add_variable(node(name, idx), f"{idx}:{name}", value)
+        await plant.add_variable(node("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
                                  varianttype=ua.VariantType.Double)
         # an array nobody updates: one notification (its initial value) per subscription
         await plant.add_variable(ua.NodeId("Still", idx), f"{idx}:Still", [0.0] * 256,
                                  varianttype=ua.VariantType.Double)
         if self.wave is not None:
-            await plant.add_variable(ua.NodeId("Wave.Rate", idx), f"{idx}:Wave.Rate",
+            await plant.add_variable(node("Wave.Rate", idx), f"{idx}:Wave.Rate",
                                      self.wave.rate)
-            await plant.add_variable(ua.NodeId("Wave", idx), f"{idx}:Wave",
+            await plant.add_variable(node("Wave", idx), f"{idx}:Wave",
                                      [0.0] * self.wave.n, varianttype=ua.VariantType.Double)
         if self.deleted:
             await s.delete_nodes([s.get_node(ua.NodeId("Doomed", idx))])
@@ -283,7 +293,7 @@ class PlantServer:
             block = [w.amplitude * math.sin(k * (first + i)) for i in range(w.n)]
             end = datetime.fromtimestamp(self.wave_t0 + (first + w.n) / w.rate, UTC)
             dv = ua.DataValue(ua.Variant(block, ua.VariantType.Double),
-                              SourceTimestamp=end, ServerTimestamp=end)
+                              SourceTimestamp=ua_time(end), ServerTimestamp=ua_time(end))
             assert self.server is not None
             await self.server.write_attribute_value(ua.NodeId("Wave", self.ns_index), dv)
             self.wave_blocks += 1

@@ -23,8 +23,10 @@ import pytest
 
 from edge_agent.drivers.base import DriverDisconnected, DriverError
 from edge_agent.drivers.soundcard import Config, SoundcardDriver, level_dbfs
+from edge_agent.records import WaveformBlock
 from edge_agent.settings import parse as build
 from tests.drivers.alsa_rig import Device, Feeder, looped, to_s16, tone, write_config
+from tests.drivers.typed import blocks, num, sub
 
 PERIOD = 1024          # frames per PortAudio block = per FIFO write (stereo: 4096 bytes)
 
@@ -61,14 +63,14 @@ def driver(device: str, rate: float, channels: list[dict[str, Any]], **raw: Any
     return SoundcardDriver(cfg)
 
 
-async def capture(d: SoundcardDriver, seconds: float) -> list[Any]:
-    blocks: list[Any] = []
+async def capture(d: SoundcardDriver, seconds: float) -> list[WaveformBlock]:
+    got: list[WaveformBlock] = []
     n = 0
     while n < seconds * d.cfg.sample_rate:
-        for b in await d.read():
-            blocks.append(b)
+        for b in await blocks(d):
+            got.append(b)
             n += b.n_samples
-    return blocks
+    return got
 
 
 def joined(blocks: list[Any], skip_s: float = 0.2) -> np.ndarray:
@@ -171,13 +173,13 @@ async def test_overrun_from_a_stalled_consumer_is_counted(rig: dict[str, Device]
         await d.open()
         await capture(d, 0.2)
         await asyncio.sleep(1.0)                # the consumer stalls: the 0.3 s ring laps
-        late = await d.read()
+        late = await blocks(d)
     finally:
         await d.close()
         feeder.close()
     assert late[0].metadata.get("gap_samples", 0) > 0
     snap = d.health().snapshot()
-    assert snap["overruns"] >= 1 and snap["errors"]["ring_overrun"] >= 1
+    assert num(snap, "overruns") >= 1 and sub(snap, "errors")["ring_overrun"] >= 1
 
 
 async def test_end_of_input_is_detected_and_the_device_reopened(rig: dict[str, Device]) -> None:

@@ -19,6 +19,7 @@ from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.modbus_server import FAIL_BASE, SLOW_BASE, MbServer, PtyLink, plant_map
 from tests.drivers.proxy import SilentUnitGateway
+from tests.drivers.typed import num, sub
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,7 +68,7 @@ async def test_illegal_address_blanks_only_that_point_and_splits_the_block(
     drv = create(tcp_config(server.port, server.map.points))
     await drv.open()
     try:
-        blocks_before = drv.health().detail["blocks"]
+        blocks_before = num(drv.health().detail, "blocks")
         for _ in range(2):  # the split persists: second poll is clean
             await asyncio.sleep(0.1)  # one poll interval: the device is due again
             got = by_id(await drv.read())
@@ -76,9 +77,9 @@ async def test_illegal_address_blanks_only_that_point_and_splits_the_block(
             assert "ILLEGAL_ADDRESS" in hole.metadata["reason"]
             assert got["h.before_hole"].value == 11.0 and got["h.after_hole"].value == 22.0
         h = drv.health().snapshot()
-        assert h["blocks"] > blocks_before
-        assert "ILLEGAL_ADDRESS" in h["bad_points"]["h.hole"]  # type: ignore[index]
-        assert h["errors"]["exception_illegal_address"] >= 2  # type: ignore[index]
+        assert num(h, "blocks") > blocks_before
+        assert "ILLEGAL_ADDRESS" in sub(h, "bad_points")["h.hole"]
+        assert sub(h, "errors")["exception_illegal_address"] >= 2
     finally:
         await drv.close()
 
@@ -97,8 +98,9 @@ async def test_exception_response_and_timeout_give_quality_zero_and_never_stop(
         assert got["i.slow"].metadata["reason"].startswith("timeout")
         assert got["i.temp"].quality == 1.0  # other blocks unaffected
         h = drv.health().snapshot()
-        assert set(h["bad_points"]) == {"i.failing", "i.slow", "h.hole"}  # type: ignore[arg-type]
-        assert h["errors"]["timeout"] == 1 and h["errors"]["exception_device_failure"] == 1  # type: ignore[index]
+        assert set(sub(h, "bad_points")) == {"i.failing", "i.slow", "h.hole"}
+        errs = sub(h, "errors")
+        assert errs["timeout"] == 1 and errs["exception_device_failure"] == 1
         # Device recovers: values and health come back; the late answer to the timed-out
         # request must not be taken for a later one.
         server.faults.device_failure = False
@@ -197,7 +199,7 @@ async def test_server_restarts_ten_times_without_leaks() -> None:
     await srv.stop()
     h = drv.health().snapshot()
     assert h["connected"] is False
-    assert h["errors"].get("DriverDisconnected", 0) >= 10  # type: ignore[union-attr]
+    assert sub(h, "errors").get("DriverDisconnected", 0) >= 10
     assert max(gaps) < 2.0, gaps
 
 

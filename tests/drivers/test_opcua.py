@@ -23,6 +23,7 @@ from edge_agent.settings import ConfigError, parse
 from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.opcua_server import N_SAMPLES, RATE, PlantServer, Security, nid
+from tests.drivers.typed import num, sub
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -121,8 +122,8 @@ async def test_scalars_polling_waveform_quality_and_missing_nodes(plant: PlantSe
     np.testing.assert_allclose(w.samples[:, 0], expected, atol=1e-9)
     assert math.isclose(w.end - w.start, N_SAMPLES / RATE, abs_tol=1e-5)
     h = drv.health().snapshot()
-    assert set(h["bad_points"]) == {"missing", "missing_bp", "text"}  # type: ignore[arg-type]
-    assert h["connected"] is False and h["reads"] > 10  # closed now
+    assert set(sub(h, "bad_points")) == {"missing", "missing_bp", "text"}
+    assert h["connected"] is False and num(h, "reads") > 10  # closed now
 
 
 async def test_node_turning_bad_or_deleted_affects_only_that_node(plant: PlantServer) -> None:
@@ -166,9 +167,9 @@ async def test_silent_subscription_is_rebuilt_without_reconnecting(plant: PlantS
                 break
             assert time.monotonic() - t0 < 5.0, "subscription never rebuilt"
         h = drv.health().snapshot()
-        assert h["errors"]["stale_subscription"] >= 1  # type: ignore[index]
-        assert "connection_lost" not in h["errors"]  # type: ignore[operator]
-        assert h["rebuilds"] >= 1  # type: ignore[operator]
+        assert sub(h, "errors")["stale_subscription"] >= 1
+        assert "connection_lost" not in sub(h, "errors")
+        assert num(h, "rebuilds") >= 1
     finally:
         await drv.close()
 
@@ -237,9 +238,9 @@ async def _restart_campaign(plant: PlantServer, cfg: Config, *, restarts: int,
         await collect_health_settle(drv)
         h = drv.health().snapshot()
         assert h["connected"] is True
-        assert "cannot monitor: BadNodeIdUnknown" in h["bad_points"]["doomed"]  # type: ignore[index]
-        assert "temp" not in h["bad_points"]  # type: ignore[operator]
-        assert h["errors"]["DriverDisconnected"] >= restarts  # type: ignore[index]
+        assert "cannot monitor: BadNodeIdUnknown" in sub(h, "bad_points")["doomed"]
+        assert "temp" not in sub(h, "bad_points")
+        assert sub(h, "errors")["DriverDisconnected"] >= restarts
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

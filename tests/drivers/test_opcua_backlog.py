@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
+from asyncua import Client
 
 from edge_agent.drivers import opcua_session
 from edge_agent.drivers.base import DriverHealth
@@ -22,7 +21,7 @@ def session() -> tuple[Session, DriverHealth]:
                                     "sample_rate": 10240.0}]})
     health = DriverHealth("ua", "opcua")
     # the client is never used by _push / next_batch; the session only sets a callback on it
-    return Session(cfg, types.SimpleNamespace(), health), health
+    return Session(cfg, Client(cfg.endpoint), health), health
 
 
 def block(i: int, n: int = 1024) -> WaveformBlock:

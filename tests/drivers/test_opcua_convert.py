@@ -23,6 +23,7 @@ from edge_agent.drivers.opcua_convert import (
     to_reading,
     to_waveform,
 )
+from tests.drivers.opcua_server import ua_time
 
 SPEC = NodeSpec("p1.temp", "temperature", "degC", "ns=2;s=T")
 T_SRC = datetime(2026, 11, 27, 10, 15, 1, 250000, tzinfo=UTC)
@@ -32,14 +33,15 @@ T_SRV = datetime(2026, 11, 27, 10, 15, 2, tzinfo=UTC)
 def dv(value: object, status: int = 0, src: datetime | None = None,
        srv: datetime | None = None) -> ua.DataValue:
     variant = ua.Variant(value, ua.VariantType.Double) if value == [] else ua.Variant(value)
-    return ua.DataValue(variant, StatusCode=ua.StatusCode(status),
-                        SourceTimestamp=src, ServerTimestamp=srv)
+    return ua.DataValue(variant, StatusCode=ua.StatusCode(ua.UInt32(status)),
+                        SourceTimestamp=None if src is None else ua_time(src),
+                        ServerTimestamp=None if srv is None else ua_time(srv))
 
 
 def test_quality_mapping() -> None:
-    assert quality_of(ua.StatusCode(ua.StatusCodes.Good)) == 1.0
-    assert quality_of(ua.StatusCode(ua.StatusCodes.UncertainSensorNotAccurate)) == 0.5
-    assert quality_of(ua.StatusCode(ua.StatusCodes.BadCommunicationError)) == 0.0
+    assert quality_of(ua.StatusCode(ua.UInt32(ua.StatusCodes.Good))) == 1.0
+    assert quality_of(ua.StatusCode(ua.UInt32(ua.StatusCodes.UncertainSensorNotAccurate))) == 0.5
+    assert quality_of(ua.StatusCode(ua.UInt32(ua.StatusCodes.BadCommunicationError))) == 0.0
     assert quality_of(None) == 1.0
 
 

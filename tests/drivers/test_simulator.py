@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import signal, stats
 
+from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.simulator import Config, SimulatedPlant
 from edge_agent.records import Reading, WaveformBlock
 from edge_agent.settings import parse
@@ -19,8 +20,14 @@ def plant(**over: object) -> SimulatedPlant:
     return SimulatedPlant(parse(Config, raw), start=1_800_000_000.0)
 
 
-def run(p: SimulatedPlant, seconds: float) -> list[list[object]]:
+def run(p: SimulatedPlant, seconds: float) -> list[DriverOutput]:
     return [p.next_block() for _ in range(int(seconds / 0.5))]
+
+
+def wave(out: DriverOutput) -> WaveformBlock:
+    """The waveform block a simulator step starts with."""
+    assert isinstance(out[0], WaveformBlock)
+    return out[0]
 
 
 def test_deterministic_under_seed() -> None:
@@ -47,9 +54,9 @@ def test_blocks_are_contiguous_and_timestamped() -> None:
 
 def test_outer_race_fault_shows_at_bpfo_in_envelope_after_onset() -> None:
     p = plant()
-    healthy = np.concatenate([o[0].samples[:, 0] for o in run(p, 4)])  # type: ignore[union-attr]
+    healthy = np.concatenate([wave(o).samples[:, 0] for o in run(p, 4)])
     run(p, 6)
-    faulty = np.concatenate([o[0].samples[:, 0] for o in run(p, 4)])  # type: ignore[union-attr]
+    faulty = np.concatenate([wave(o).samples[:, 0] for o in run(p, 4)])
     assert stats.kurtosis(healthy) < 1.0 < 5.0 < stats.kurtosis(faulty)
     fs = 20_000
     from edge_agent.bearing import defect_frequencies
@@ -73,7 +80,8 @@ def test_process_values_are_plausible_and_drift_with_fault() -> None:
               and r.sensor_id.endswith("shaft_speed")]
     assert all(t is not None and 30 < t < 90 for t in temps)
     assert all(s is not None and math.isclose(s, 1800, rel_tol=0.01) for s in speeds)
-    assert temps[-1] > temps[0]  # heats up as the defect grows
+    first, last = temps[0], temps[-1]
+    assert first is not None and last is not None and last > first  # heats up as the defect grows
 
 
 def test_config_problems_named() -> None:

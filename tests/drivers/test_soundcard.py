@@ -20,7 +20,9 @@ import pytest
 
 from edge_agent.drivers.base import Driver, DriverDisconnected, DriverError
 from edge_agent.drivers.soundcard import Channel, Config, SoundcardDriver, create, level_dbfs
+from edge_agent.records import WaveformBlock
 from edge_agent.settings import ConfigError, parse
+from tests.drivers.typed import blocks, num
 
 SR = 8000.0
 
@@ -42,6 +44,7 @@ class FakeStream:
 
     clock: VirtualClock | None = None
     pace = 1.0                          # > 1: the device delivers faster than real time
+    hang: threading.Event | None = None  # set: stop() blocks until it is (a hung device)
 
     def __init__(self, callback: Any, channels: int, blocksize: int, **kw: Any) -> None:
         self.callback, self.channels, self.blocksize, self.kw = callback, channels, blocksize, kw
@@ -56,6 +59,9 @@ class FakeStream:
         self.started = True
 
     def stop(self) -> None:
+        if self.hang is not None:
+            self.hang.wait(5)
+            return
         self.stopped = True
 
     def close(self) -> None:
@@ -106,9 +112,9 @@ async def test_blocks_are_contiguous_and_exact() -> None:
     assert s.started and s.kw["samplerate"] == SR and s.kw["dtype"] == "float32"
     s.feed(ramp(0, 100))
     s.feed(ramp(100, 100))
-    b1 = (await d.read())[0]
+    b1 = (await blocks(d))[0]
     s.feed(ramp(200, 100))
-    b2 = (await d.read())[0]
+    b2 = (await blocks(d))[0]
     assert b1.n_samples == 200 and b2.n_samples == 100
     np.testing.assert_allclose(np.concatenate([b1.samples, b2.samples]), ramp(0, 300),
                                rtol=1e-6)
@@ -124,11 +130,11 @@ async def test_ring_overrun_is_counted_and_leaves_a_time_gap() -> None:
     s = made[0]
     for k in range(10):                               # 1000 frames unread: 200 overwritten
         s.feed(ramp(k * 100, 100))
-    b = (await d.read())[0]
+    b = (await blocks(d))[0]
     assert b.n_samples == 800 and b.metadata == {"gap_samples": 200}
     np.testing.assert_allclose(b.samples, ramp(200, 800), rtol=1e-6)   # the newest 800
     s.feed(ramp(1000, 100))
-    b2 = (await d.read())[0]
+    b2 = (await blocks(d))[0]
     assert b2.start == pytest.approx(b.end, abs=1e-9)
     snap = d.health().snapshot()
     assert snap["overruns"] == 1 and snap["overrun_samples"] == 200
@@ -142,7 +148,7 @@ async def test_one_callback_larger_than_the_ring() -> None:
     d, made = make()
     await d.open()
     made[0].feed(ramp(0, 1000))
-    b = (await d.read())[0]
+    b = (await blocks(d))[0]
     assert b.metadata == {"gap_samples": 200}
     np.testing.assert_allclose(b.samples, ramp(200, 800), rtol=1e-6)
 
@@ -154,8 +160,8 @@ async def test_input_overflow_reanchors_on_the_adc_clock() -> None:
     s.feed(ramp(0, 100), adc=50.0)
     s.feed(ramp(100, 100))
     s.feed(ramp(500, 100), overflow=True, adc=50.0 + 500 / SR)   # 300 frames lost in PortAudio
-    a = (await d.read())[0]
-    b = (await d.read())[0]
+    a = (await blocks(d))[0]
+    b = (await blocks(d))[0]
     assert a.n_samples == 200 and not a.metadata
     assert b.metadata == {"input_overflow": True} and b.n_samples == 100
     assert b.start == pytest.approx(a.start + 500 / SR, abs=1e-9)     # the gap is in time
@@ -171,10 +177,10 @@ async def test_calibration_per_channel() -> None:
     d, made = make(chans)
     await d.open()
     made[0].feed(np.full((100, 2), 0.5))
-    b = (await d.read())[0]
+    b = (await blocks(d))[0]
     assert b.unit == "Pa"
     # 0.5 FS * 1 V / 50 mV/Pa = 10 Pa; 0.5 FS * 2 V / 10 (20 dB) / 10 mV/Pa = 10 Pa
-    np.testing.assert_allclose(b.samples[0], [10.0, 10.0])
+    np.testing.assert_allclose(b.samples[0], np.array([10.0, 10.0]))
     acc = Channel(name="x", calibration="iepe", sensitivity=100.0, full_scale_volts=5.0,
                   unit="m/s2")
     assert acc.scale_and_unit() == (pytest.approx(50.0 * 9.80665), "m/s2")
@@ -195,7 +201,7 @@ async def test_stall_is_a_disconnect() -> None:
 async def test_read_waits_for_the_callback() -> None:
     d, made = make()
     await d.open()
-    task = asyncio.ensure_future(d.read())
+    task = asyncio.ensure_future(blocks(d))
     await asyncio.sleep(0.05)
     assert not task.done()
     made[0].feed(ramp(0, 100))
@@ -257,25 +263,25 @@ async def test_crystal_drift_is_slewed_toward_the_stream_clock() -> None:
     await d.open()
     s = made[0]
     # the card's crystal runs 1000 ppm slow: 100 frames take 100/SR * 1.001 s of stream clock
-    blocks = []
+    got_blocks: list[WaveformBlock] = []
     for k in range(2400):                       # 30 s of audio
         s.feed(ramp(0, 100))
         s.adc += 100 / SR * 1e-3
         if k % 8 == 7:
-            blocks += await d.read()
+            got_blocks += await blocks(d)
     adc_end = s.adc                             # stream-clock time of the next frame
-    last = blocks[-1]
-    t0 = blocks[0].start
+    last = got_blocks[-1]
+    t0 = got_blocks[0].start
     # without discipline the counter would be 30 ms behind; slewed, it stays within ~tolerance
     assert abs(last.end - (t0 + (adc_end - 1000.0))) < 0.0125
     snap = d.health().snapshot()
-    assert snap["clock_corrections"] > 0 and abs(float(snap["clock_error_s"])) < 0.012
+    assert num(snap, "clock_corrections") > 0 and abs(num(snap, "clock_error_s")) < 0.012
     # corrections are small steps: the windower sees one continuous stream
     w = Windower(400, 200)
-    for b in blocks:
+    for b in got_blocks:
         w.push(b)
     assert not w.resets and w.windows > 1000
-    steps = [b.start - a.end for a, b in itertools.pairwise(blocks)]
+    steps = [b.start - a.end for a, b in itertools.pairwise(got_blocks)]
     assert max(abs(x) for x in steps) <= 0.0011
     await d.close()
 
@@ -288,7 +294,7 @@ async def test_no_drift_no_correction() -> None:
     for k in range(400):
         s.feed(ramp(0, 100))
         if k % 40 == 39:
-            n += sum(b.n_samples for b in await d.read())
+            n += sum(b.n_samples for b in await blocks(d))
     assert n == 40000 and d.health().snapshot()["clock_corrections"] == 0
     await d.close()
 
@@ -301,8 +307,8 @@ async def test_without_a_stream_clock_the_wall_clock_disciplines() -> None:
     for _ in range(40):
         s.feed(ramp(0, 100), adc=0.0)   # PortAudio gives no ADC time
     snap = d.health().snapshot()
-    assert snap["clock_corrections"] > 0 and float(snap["clock_error_s"]) > 0.05
-    bl = [b for _ in range(50) if d._written > d._read for b in await d.read()]
+    assert num(snap, "clock_corrections") > 0 and num(snap, "clock_error_s") > 0.05
+    bl = [b for _ in range(50) if d._written > d._read for b in await blocks(d)]
     assert sum(b.n_samples for b in bl) == 4000                     # corrections lose nothing
     steps = [b.start - a.end for a, b in itertools.pairwise(bl)]
     assert all(-0.0011 <= x < 0 for x in steps)                     # slewed back, 1 ms a step
@@ -314,12 +320,12 @@ async def test_a_device_faster_than_real_time_is_refused_not_stamped_in_the_futu
     await d.open()
     s = made[0]
     s.pace = 200.0                      # an unpaced device: 2 s of audio in 10 ms of wall time
-    got: list[Any] = []
+    got: list[WaveformBlock] = []
     with pytest.raises(DriverError, match="faster than its nominal rate"):
         for k in range(160):
             s.feed(ramp(k * 100, 100))
             if k % 10 == 9:
-                got += await d.read()
+                got += await blocks(d)
     wall = made[0].clock.t if made[0].clock else 0.0
     assert got and max(b.end for b in got) <= wall + 0.5     # never beyond the lead limit
     assert d.health().errors["too_fast"] == 1 and d.health().snapshot()["too_fast"] == 1
@@ -336,10 +342,10 @@ async def test_non_finite_samples_become_a_counted_hole_never_nan(
     bad[5, 1] = np.nan
     s.feed(bad)
     s.feed(ramp(200, 100))
-    blocks = [b for _ in range(3) if d._written > d._read for b in await d.read()]
-    assert [b.n_samples for b in blocks] == [100, 100]
-    assert all(np.isfinite(b.samples).all() for b in blocks)
-    assert blocks[1].start == pytest.approx(blocks[0].end + 100 / SR)   # the hole shows
+    bl = [b for _ in range(3) if d._written > d._read for b in await blocks(d)]
+    assert [b.n_samples for b in bl] == [100, 100]
+    assert all(np.isfinite(b.samples).all() for b in bl)
+    assert bl[1].start == pytest.approx(bl[0].end + 100 / SR)   # the hole shows
     snap = d.health().snapshot()
     assert snap["invalid_blocks"] == 1 and snap["invalid_frames"] == 100
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
@@ -354,7 +360,7 @@ async def test_close_is_bounded_when_the_device_hangs(monkeypatch: pytest.Monkey
     d, made = make()
     await d.open()
     release = threading.Event()
-    made[0].stop = lambda: release.wait(5)  # type: ignore[method-assign]
+    made[0].hang = release
     t = _time.monotonic()
     await d.close()
     assert _time.monotonic() - t < 1.0

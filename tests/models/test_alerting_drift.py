@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -85,7 +86,7 @@ def test_psi_and_ks_basics() -> None:
 
 
 @pytest.mark.parametrize("method", ["psi", "ks"])
-def test_drift_event_raised_and_cleared(bundle_dir: Path, method: str) -> None:
+def test_drift_event_raised_and_cleared(bundle_dir: Path, method: Literal["psi", "ks"]) -> None:
     m = load_bundle(bundle_dir).manifest
     cfg = DriftConfig(method=method, window=300, every=10,
                       threshold=0.25 if method == "psi" else 0.2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pytest
 
@@ -27,7 +29,8 @@ def manifest(X: np.ndarray) -> Manifest:
 
 
 @pytest.mark.parametrize("method", ["psi", "ks"])
-def test_same_distribution_discrete_features_do_not_drift(method: str) -> None:
+def test_same_distribution_discrete_features_do_not_drift(method: Literal["psi", "ks"]
+                                                         ) -> None:
     rng = np.random.default_rng(3)
     m = manifest(sample(5000, rng))
     cfg = DriftConfig(method=method, window=300, every=10,
@@ -45,7 +48,7 @@ def test_same_distribution_discrete_features_do_not_drift(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["psi", "ks"])
-def test_zone_moving_to_1_is_drift(method: str) -> None:
+def test_zone_moving_to_1_is_drift(method: Literal["psi", "ks"]) -> None:
     rng = np.random.default_rng(3)
     m = manifest(sample(5000, rng))
     cfg = DriftConfig(method=method, window=300, every=10,

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -288,10 +289,10 @@ async def test_unwritable_existing_database_is_not_moved_aside(
     if how == "read_only":
         real = sqlite3.connect
 
-        def ro(p: str, *a: object, **k: object) -> sqlite3.Connection:
+        def ro(p: str, *a: Any, **k: Any) -> sqlite3.Connection:
             if str(p) == str(path):
-                return real(f"file:{p}?mode=ro", *a, uri=True, **k)  # type: ignore[arg-type]
-            return real(p, *a, **k)  # type: ignore[arg-type]
+                return real(f"file:{p}?mode=ro", *a, uri=True, **k)
+            return real(p, *a, **k)
 
         monkeypatch.setattr(schema.sqlite3, "connect", ro)
     else:

@@ -33,7 +33,7 @@ async def test_outage_then_drain_in_order(buffer: Buffer, rx: IngestReceiver) ->
     assert len(rx.readings) == 10_000 and len(rx.events) == 1
     assert rx.duplicates == 0 and rx.conflicts == 0 and rx.rows_stored == 10_001
     ok = [q for q in rx.requests if q.status == 200]
-    seqs = [q.batch_seq for q in ok]
+    seqs = [q.seq for q in ok]
     assert seqs == sorted(seqs)
     firsts = [q.first_reading[0] for q in ok if q.first_reading]
     assert firsts == sorted(firsts)  # oldest first

@@ -129,7 +129,8 @@ async def test_each_sink_resumes_independently_across_restarts(tmp_path: Path) -
     await b2.start()
     again = await c2.next_batch(50, 1 << 20)
     assert again is not None and (again.key, rows_of([again])) == (taken.key, rows_of([taken]))
-    got_a, got_c = [first], []
+    got_a: list[Batch] = [first]
+    got_c: list[Batch] = []
     for h, got in ((a2, got_a), (c2, got_c)):
         while (batch := await h.next_batch(40, 1 << 20)) is not None:
             got.append(batch)

@@ -59,7 +59,7 @@ async def test_delivers_everything_once_events_first(buffer: Buffer, rx: IngestR
     assert r["metadata"] == {"node": "ns=2;s=X"} and r["unit"] == "degC"
     feat = next(iter(rx.features.values()))
     assert feat["values"] == {"rms": 0.41, "kurt": None}  # non-finite never leaves the agent
-    seqs = [q.batch_seq for q in rx.requests]
+    seqs = [q.seq for q in rx.requests]
     assert seqs == sorted(seqs)  # oldest first
     assert len({q.request_id for q in rx.requests}) == len(rx.requests)
     assert st["batches_sent"] == {"accepted": 3} and st["rows_sent"] == 1202
@@ -162,7 +162,7 @@ async def test_413_splits_into_new_batches(tmp_path: Path) -> None:
             assert up.failed["http_413"] >= 3
         assert rx.rows_stored == 500 and rx.conflicts == 0
         ok = [q for q in rx.requests if q.status == 200]
-        firsts = [q.first_reading for q in ok]
+        firsts = [q.first for q in ok]
         assert firsts == sorted(firsts)  # still oldest first
         assert all(q.n_readings <= 70 for q in ok)
         await b.close()
@@ -301,7 +301,6 @@ def test_gateway_id_checked(tmp_path: Path) -> None:
     b = Buffer(tmp_path / "b.db", BufferConfig())
     with pytest.raises(ValueError, match="gateway_id"):
         Uploader(b, UploaderConfig(), "has space")
-    assert db_rows  # imported helper used elsewhere
 
 
 async def test_413_splits_across_chunks_and_sources_in_order(tmp_path: Path) -> None:
@@ -341,7 +340,7 @@ async def test_next_batch_is_prepared_while_one_is_in_flight(buffer: Buffer,
         assert len(pending) == 2 and pending[1][1] == 0  # the next one: assigned, not sent
         assert len(rx.requests) == 0  # ... and only one request is in flight
         assert await up.wait_until(lambda u: u.rows_sent == 3000, 20)
-    seqs = [q.batch_seq for q in rx.requests]
+    seqs = [q.seq for q in rx.requests]
     assert seqs == sorted(seqs) and len(seqs) == 3 and rx.duplicates == 0
     assert list(rx.readings) == sorted(rx.readings)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import subprocess
@@ -163,6 +164,9 @@ async def test_pushdown_campaign(mlflow_server: MlflowServer, proxy: Proxy, keys
     agent.start()
     plant = agent.plant
 
+    def grown(n: int) -> bool:
+        return len(plant.vectors) > n
+
     # v1 good → deployed (and the deployment reported as a tag on the version)
     assert await publish(url, name, make_bundle("r1")) == "1"
     await wait_for(lambda: ev("model_deployed", "1"), what="v1 deployed")
@@ -181,7 +185,8 @@ async def test_pushdown_campaign(mlflow_server: MlflowServer, proxy: Proxy, keys
     vs = [v for v in plant.vectors if v.model is not None]
     swap = next(i for i, v in enumerate(vs) if v.model and v.model.version == "r2")
     around = vs[swap - 50: swap + 50]
-    assert vs[swap - 1].model is not None and vs[swap - 1].model.version == "r1"
+    before = vs[swap - 1].model
+    assert before is not None and before.version == "r1"
     assert contiguous(around) and all(v.score is not None for v in around)
     assert contiguous(plant.vectors)
 
@@ -197,11 +202,11 @@ async def test_pushdown_campaign(mlflow_server: MlflowServer, proxy: Proxy, keys
     for i, (step, bundle) in enumerate(bad.items(), start=3):
         v = await publish(url, name, bundle)
         assert v == str(i)
-        refused = await wait_for(lambda v=v: ev("model_refused", v), what=f"v{v} refused")
+        refused = await wait_for(functools.partial(ev, "model_refused", v), what=f"v{v} refused")
         assert refused.details["step"] == step, refused.details
         assert refused.details["kept"] == "2"
         n = len(plant.vectors)
-        await wait_for(lambda n=n: len(plant.vectors) > n + 10)
+        await wait_for(functools.partial(grown, n + 10))
         assert plant.version() == "r2"
         assert all(v.model and v.model.version == "r2" and v.score is not None
                    for v in plant.vectors[n:])
