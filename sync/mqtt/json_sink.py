@@ -46,12 +46,12 @@ def _dumps(obj: Any) -> bytes:
 
 def alert_body(ev: dict[str, Any]) -> dict[str, Any]:
     """``{event_id, kind, severity, source_id, score, threshold, model, timestamp}`` (+ the
-    fault diagnosis and window count when the event has them)."""
+    fault diagnosis, the hysteresis time and the clear threshold when the event has them)."""
     d = ev.get("details") or {}
     out: dict[str, Any] = {k: ev.get(k) for k in ("event_id", "kind", "severity", "source_id")}
     out.update(score=d.get("score"), threshold=d.get("threshold"), model=d.get("model"),
                timestamp=ev.get("timestamp"))
-    for extra in ("diagnosis", "windows"):
+    for extra in ("diagnosis", "seconds", "clear_threshold"):
         if extra in d:
             out[extra] = d[extra]
     return out

@@ -50,7 +50,8 @@ def test_a_file_named_by_number_is_refused_without_a_rate(
     assert "105.mat" in err and "--sample-rate" in err and not out.exists()
     # the flag supplies it
     assert cli("models", "train", "--from-files", str(numbered), "--sample-rate", "48000",
-               "--spec", "vibration_cwru_de", "--out", str(out), "--name", "m") == 0
+               "--spec", "vibration_cwru_de", "--out", str(out), "--name", "m",
+               "--quantile", "0.995") == 0   # one 5 s file: fewer windows than a calibration
 
 
 async def test_replay_needs_sample_rate_for_a_numbered_file(numbered: Path) -> None:
@@ -88,7 +89,7 @@ def test_train_like_a_bundle_from_recordings(data_dir: Path, tmp_path: Path) -> 
     out = tmp_path / "like"
     assert cli("models", "train", "--from-files",
                str(data_dir / "cwru" / "48k_Drive_End_B007_0_122.mat"), "--like", str(shipped),
-               "--out", str(out), "--name", "like") == 0
+               "--out", str(out), "--name", "like", "--quantile", "0.995") == 0
     names, contract = names_contract(SPECS["vibration_cwru_de"])
     Scorer.load(out, expected_names=names, expected_contract=contract)
     # a sound bundle's contract rebuilds too
@@ -115,7 +116,8 @@ def test_wav_trains_on_the_core_install(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "fan"
     r = subprocess.run([sys.executable, "-c", code, "models", "train", "--from-files",
                         *map(str, clips), "--like", str(BUNDLES / "sound_mimii_fan"),
-                        "--channel", "0", "--out", str(out), "--name", "fan"],
+                        "--channel", "0", "--out", str(out), "--name", "fan",
+                        "--quantile", "0.995"],
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     names, contract = names_contract(SPECS["sound_mimii_fan"])

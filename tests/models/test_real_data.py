@@ -62,7 +62,7 @@ def test_cwru_baseline_learning_detects_real_faults(data_dir: Path, tmp_path: Pa
 def test_baseline_below_the_minimum_is_refused(data_dir: Path, tmp_path: Path) -> None:
     spec = SPECS["vibration_cwru_de"]
     names, contract = names_contract(spec)
-    x, _ = read_recording(data_dir / "cwru" / "normal_0_97.mat")
+    x, _ = read_recording(data_dir / "cwru" / "normal_0_97.mat", sample_rate=48000.0)
     X = features_of(spec, x[: 35 * 1024 + 2048])  # the 34-window baseline
     with pytest.raises(TrainingError, match=r"at least 200 finite feature vectors.*collect"):
         fit_baseline(X, names, contract, tmp_path / "b", name="b")

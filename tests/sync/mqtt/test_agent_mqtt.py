@@ -143,7 +143,8 @@ def test_agent_alarm_raised_then_cleared_when_the_part_is_replaced(mosq: Mosquit
     gw, p = "agent-clear", "edge/agent-clear"
     cfg = tmp_path / "agent.toml"
     cfg.write_text(CONFIG.format(gw=gw, state=tmp_path / "state", url=mosq.url, extra="")
-                   .replace('growth = "2s" }', 'growth = "2s", repaired_after = "6s" }'))
+                   .replace('growth = "2s" }', 'growth = "2s", repaired_after = "6s" }')
+                   .replace("clear_after = 10", 'clear_after = "1s", clear_ratio = 1.0'))
     scada = Scada(mosq.port, (f"{p}/alerts/#", f"{p}/alarms/#"))
     proc = start_agent(cfg)
     try:

@@ -59,11 +59,12 @@ def scored(alerter: AnomalyAlerter, scores: list[float], t0: float) -> list[Even
 async def test_hysteresis_alerts_through_the_buffer(mosq: Mosquitto, tmp_path: Path) -> None:
     gw, p = "gw-buf", "edge/gw-buf"
     scada = Scada(mosq.port, (f"{p}/#",))
-    alerter = AnomalyAlerter("pump-1.de_accel", AlertConfig(raise_after=3, clear_after=4))
+    alerter = AnomalyAlerter("pump-1.de_accel", AlertConfig(raise_after=2, clear_after=3))
     try:
         async with running(tmp_path, mosq.url, gw) as (buffer, pub):
             t0 = time.time()
-            # Two isolated windows over threshold raise nothing; three in a row do.
+            # Windows 1 s apart: isolated ones over threshold raise nothing; 2 s over in a row
+            # (three windows) do.
             events = scored(alerter, [0.9, 0.9, 0.1, 0.9, 0.9, 0.9, 0.8, 0.2, 0.9], t0)
             assert [e.kind for e in events] == ["anomaly_raised"]
             await buffer.put(events)
@@ -77,7 +78,7 @@ async def test_hysteresis_alerts_through_the_buffer(mosq: Mosquitto, tmp_path: P
         assert await scada.until(lambda g: any(b'"offline"' in b for _, _, b, _ in g))
         alerts = [b for _, b in scada.on(f"{p}/alerts/")]
         assert [a["kind"] for a in alerts] == ["anomaly_raised", "anomaly_cleared"]
-        assert alerts[0]["windows"] == 3 and alerts[1]["windows"] == 4
+        assert alerts[0]["seconds"] == 2 and alerts[1]["seconds"] == 3
         assert alerts[0]["model"] == {"name": "iforest", "version": "7"}
         alarms = [b["active"] for _, b in scada.on(f"{p}/alarms/pump-1.de_accel")]
         assert alarms == [True, False]
