@@ -215,9 +215,12 @@ class Pipeline:
             await asyncio.gather(*driver_tasks, return_exceptions=True)
             self.readings.close()
             self.waveforms.close()
+            # One deadline for the whole shutdown (drain, last event, last sync): a full or
+            # failing disk must not stretch it; the buffer's close() is bounded on its own.
             limit = float(self.cfg.agent.shutdown_timeout)
+            deadline = asyncio.get_running_loop().time() + 0.9 * limit
             try:
-                async with asyncio.timeout(limit):
+                async with asyncio.timeout_at(deadline):
                     await asyncio.gather(writer, analysis, *self._fitting.values(),
                                          return_exceptions=True)
             except TimeoutError:
@@ -229,11 +232,16 @@ class Pipeline:
                     t.cancel()
             for t in background:
                 t.cancel()
-        await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
-                               "info", {"uptime_s": round(time.time() - self.started)})])
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
+                                       "info", {"uptime_s": round(time.time() - self.started)})])
+        except TimeoutError:
+            log.error("could not record agent_stopped before shutdown_timeout")
         if self.uploader is not None:
             try:
-                await self.uploader.flush(float(self.cfg.agent.shutdown_timeout))
+                left = deadline - asyncio.get_running_loop().time()
+                await self.uploader.flush(max(0.0, left))
             except TimeoutError:
                 log.warning("final sync attempt timed out; data stays buffered")
 

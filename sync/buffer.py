@@ -17,6 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from . import schema
 from .convert import Converted, convert, event_body
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
+from .space import DiskRoom
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ class BufferConfig:
     synchronous: Literal["normal", "full"] = "normal"
     housekeeping_interval: Duration = field(Duration(10.0), gt=0)
     integrity_check: Literal["after_crash", "always", "never"] = "after_crash"
+    # Released on SQLITE_FULL so delivered rows can still be deleted and the WAL checkpointed
+    # (see sync/space.py); scaled down on a small file system. 0 disables it.
+    ballast_size: ByteSize = field(ByteSize(4 * 1024**2), ge=0)
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -109,6 +114,9 @@ class Buffer:
         self._used = 0
         self._dropped_snap: dict[str, int] = {}
         self._stopping = threading.Event()
+        self._room: DiskRoom | None = None
+        # Jobs taken off the queue while a failed write waited for its retry (see _wait_retry)
+        self._held: deque[object] = deque()
 
     # -- async API ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,14 +160,19 @@ class Buffer:
         self.data_event.set()
         return n
 
-    async def close(self) -> None:
-        """Commit everything queued, mark a clean shutdown and stop the writer."""
+    async def close(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Commit everything queued, mark a clean shutdown and stop the writer.
+
+        Bounded: on a failing disk each queued group gets one more try; after ``timeout`` the
+        writer thread (a daemon) is left behind with a warning."""
         if self._thread is None or self._closed:
             return
         self._closed = True
         self._stopping.set()
         self._q.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._thread.join, timeout)
+        if self._thread.is_alive():
+            log.warning("buffer writer did not stop in time", extra={"timeout_s": timeout})
 
     def stats(self) -> dict[str, object]:
         s = self._store
@@ -179,6 +192,7 @@ class Buffer:
             "quarantined": s.quarantined if s else 0, "disk_errors": self.disk_errors,
             "commits": self.commits, "rows_committed": self.rows_committed,
             "moved_aside": list(self.moved_aside),
+            **(self._room.stats() if self._room is not None else {}),
         }
 
     def _check(self) -> asyncio.AbstractEventLoop:
@@ -226,6 +240,12 @@ class Buffer:
             self._resolve(self._opened, exc=exc)
             return
         self._store = store
+        try:
+            self._room = DiskRoom(self.path, self.cfg.ballast_size)
+            self._room.tune(store.conn)
+            self._room.ensure_ballast()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("buffer runs without free-space awareness", extra={"error": str(exc)})
         self._dropped_snap = store.dropped_by_sensor()
         self._used = store.used_bytes()
         self._resolve(self._opened)
@@ -235,29 +255,26 @@ class Buffer:
                 job, carry = carry, None
             else:
                 try:
-                    job = self._q.get(timeout=self.cfg.housekeeping_interval)
+                    job = self._next(self.cfg.housekeeping_interval)
                 except queue.Empty:
                     self._housekeep(store, force=True)
                     continue
             if job is _STOP:
                 break
             if isinstance(job, _Call):
-                try:
-                    self._resolve(job.fut, job.fn(store))
-                except (sqlite3.Error, ValueError, TypeError, LookupError) as exc:
-                    self._resolve(job.fut, exc=exc)
+                self._call(store, job)
                 continue
             assert isinstance(job, _Put)
             group, n = [job], len(job.records)
             deadline = time.monotonic() + self.cfg.commit_interval
             while n < self.cfg.commit_rows:
                 try:
-                    nxt = self._q.get_nowait()  # everything already queued joins the group
+                    nxt = self._next(None)  # everything already queued joins the group
                 except queue.Empty:
                     if n >= _LINGER_BELOW:  # big enough: lingering would only add latency
                         break
                     try:
-                        nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                        nxt = self._next(max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         break
                 if not isinstance(nxt, _Put):
@@ -315,8 +332,9 @@ class Buffer:
                 store.insert(Converted(rows.readings, rows.features, rows.events + own))
             except sqlite3.Error as exc:
                 self._disk_error(store, exc)
-                # Back-pressure: puts wait while we retry; close() interrupts the wait.
-                if self._stopping.wait(delay):
+                # Back-pressure: puts wait while we retry (delivery goes on meanwhile);
+                # close() interrupts the wait.
+                if self._wait_retry(store, delay):
                     try:
                         store.insert(Converted(rows.readings, rows.features, rows.events + own))
                     except sqlite3.Error as again:
@@ -340,12 +358,67 @@ class Buffer:
             self._disk_episode = True
             self._emit("buffer_disk_error", "critical",
                        {"error": str(exc), "code": getattr(exc, "sqlite_errorname", "")})
-        if code == SQLITE_FULL:
+        if code != SQLITE_FULL:
+            return
+        before = self.dropped_total
+        if self._room is not None:
+            # Room to drop, vacuum and checkpoint (sync/space.py), used at once: the quota
+            # pass sees the disk's real limit.
+            self._room.release_ballast()
+            self._housekeep(store, flush=False)
+        if self.dropped_total == before:
             # Free pages inside the file for new rows: drop the oldest raw readings (counted).
             try:
                 self._drop_bulk(store, max(1000, store.rows["readings"] // 10), "disk_full")
             except sqlite3.Error as again:
                 log.warning("could not free space in the buffer: %s", again)
+
+    def _next(self, timeout: float | None) -> object:
+        """The next job: held ones first (see :meth:`_wait_retry`), then the queue
+        (``timeout`` None: do not wait; raises ``queue.Empty``)."""
+        if self._held:
+            return self._held.popleft()
+        if timeout is None:
+            return self._q.get_nowait()
+        return self._q.get(timeout=timeout)
+
+    def _wait_retry(self, store: Store, delay: float) -> bool:
+        """Wait ``delay`` before retrying a failed write, running the uploader's calls
+        meanwhile: delivering (and deleting) rows is what frees the space, so a full disk must
+        not stop it. Puts are held, in order, for after the retry. True once closing."""
+        end = time.monotonic() + delay
+        while not self._stopping.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                job = self._q.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(job, _Call):
+                self._call(store, job)
+            else:
+                self._held.append(job)
+        return self._stopping.is_set()
+
+    def _call(self, store: Store, job: _Call) -> None:
+        """Run one call; on SQLITE_FULL release the ballast and try it once more."""
+        for attempt in (1, 2):
+            try:
+                self._resolve(job.fut, job.fn(store))
+                return
+            except sqlite3.Error as exc:
+                store.recount()  # a failed commit may have left the row counters ahead
+                full = getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL
+                if attempt == 1 and full and self._room is not None:
+                    self.disk_errors += 1
+                    if self._room.release_ballast():
+                        continue
+                self._resolve(job.fut, exc=exc)
+                return
+            except (ValueError, TypeError, LookupError) as exc:
+                self._resolve(job.fut, exc=exc)
+                return
 
     def _emit(self, kind: str, severity: Severity, details: dict[str, Any]) -> None:
         ev = Event(kind=kind, source_id="buffer", timestamp=now(), severity=severity,
@@ -379,23 +452,41 @@ class Buffer:
                        {"reason": reason, "readings": got, "features": feats, "by_sensor": per})
         return got + feats
 
-    def _housekeep(self, store: Store, force: bool = False) -> None:
-        try:
-            self._space(store, force)
-        except sqlite3.Error as exc:
-            self.disk_errors += 1
-            log.warning("buffer housekeeping failed: %s", exc)
+    def _housekeep(self, store: Store, force: bool = False, flush: bool = True) -> None:
+        for attempt in (1, 2):
+            try:
+                self._space(store, force, flush)
+                return
+            except sqlite3.Error as exc:
+                self.disk_errors += 1
+                log.warning("buffer housekeeping failed: %s", exc)
+                full = getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL
+                # On SQLITE_FULL the ballast makes room to drop, vacuum and checkpoint now,
+                # before any new row can take that room.
+                if attempt == 2 or not full or self._room is None:
+                    return
+                if not self._room.release_ballast():
+                    return
 
-    def _space(self, store: Store, force: bool) -> None:
+    def _space(self, store: Store, force: bool, flush: bool = True) -> None:
         cfg = self.cfg
+        if self._room is not None:
+            self._room.checkpoint(store.conn)
         self._used = used = store.used_bytes()
         ev = store.events_bytes
-        bulk_limit = cfg.max_size - max(cfg.reserved_for_events, ev)
+        disk = self._room.limit() if self._room is not None else cfg.max_size
+        limit = min(cfg.max_size, disk)
+        # On a disk smaller than max_size the event reserve shrinks in proportion.
+        reserve = min(cfg.reserved_for_events, cfg.reserved_for_events * limit // cfg.max_size)
+        bulk_limit = limit - max(reserve, ev)
         if used - ev > bulk_limit and store.rows["readings"] + store.rows["features"]:
             per_row = (used - ev) / (store.rows["readings"] + store.rows["features"])
             n = int((used - ev - 0.9 * bulk_limit) / max(per_row, 1.0)) + 1
-            self._drop_bulk(store, n, "max_size")
-            store.vacuum(max_pages=1 << 30)
+            self._drop_bulk(store, n, "max_size" if limit < disk else "disk_space")
+            if self._room is not None:
+                self._room.shrink(store)
+            else:
+                store.vacuum(max_pages=1 << 30)
             self._used = store.used_bytes()
         t = time.monotonic()
         if force or t >= self._next_house:
@@ -408,7 +499,10 @@ class Buffer:
             if free * store.page_size > max(1024**2, total * store.page_size // 4):
                 store.vacuum(max_pages=(256 * 1024**2) // store.page_size)
             self._used = store.used_bytes()
-        self._own_flush(store)
+            if self._room is not None:
+                self._room.ensure_ballast()
+        if flush:
+            self._own_flush(store)
 
     # -- open / corruption ----------------------------------------------------------------
     def _open(self) -> Store:
