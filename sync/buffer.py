@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from edge_agent.confkit import ByteSize, Duration, field
 from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 
-from . import schema
+from . import quota, schema
 from .convert import Converted, convert, event_body
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
@@ -56,6 +56,14 @@ class BufferConfig:
     # Released on SQLITE_FULL so delivered rows can still be deleted and the WAL checkpointed
     # (see sync/space.py); scaled down on a small file system. 0 disables it.
     ballast_size: ByteSize = field(ByteSize(4 * 1024**2), ge=0)
+    # Over the quota (sync/quota.py): "thin" keeps every thin_factor-th reading of each sensor
+    # and feature vector of each source, sweeping the whole backlog oldest first, until it is
+    # thinned thin_max times; only then are the oldest spans dropped. "drop_oldest": oldest
+    # readings first, then features (the previous behaviour).
+    quota_policy: Literal["thin", "drop_oldest"] = "thin"
+    thin_factor: int = field(2, ge=2, le=1000)
+    thin_max: int = field(64, ge=1)
+    drop_event_interval: Duration = field(Duration(60.0), gt=0)  # one buffer_quota_drop each
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -111,8 +119,11 @@ class Buffer:
         self.commits = 0
         self.rows_committed = 0
         self.dropped_total = 0
+        self.dropped_thinned = 0  # of dropped_total: removed by thinning (sync/quota.py)
         self._used = 0
         self._dropped_snap: dict[str, int] = {}
+        self._dropped_kinds: dict[str, dict[str, int]] = {}
+        self._notices = quota.DropNotices(float(cfg.drop_event_interval))
         self._stopping = threading.Event()
         self._room: DiskRoom | None = None
         # Jobs taken off the queue while a failed write waited for its retry (see _wait_retry)
@@ -189,6 +200,8 @@ class Buffer:
             "oldest_unsent_age_s": max(0.0, now() - min(heads) / 1e6) if heads else 0.0,
             "dropped_total": self.dropped_total,
             "dropped_by_sensor": dict(self._dropped_snap),
+            "dropped_by_kind": {k: dict(v) for k, v in self._dropped_kinds.items()},
+            "dropped_thinned": self.dropped_thinned,
             "quarantined": s.quarantined if s else 0, "disk_errors": self.disk_errors,
             "commits": self.commits, "rows_committed": self.rows_committed,
             "moved_aside": list(self.moved_aside),
@@ -246,7 +259,9 @@ class Buffer:
             self._room.ensure_ballast()
         except (OSError, sqlite3.Error) as exc:
             log.warning("buffer runs without free-space awareness", extra={"error": str(exc)})
+        quota.ensure_tables(store)
         self._dropped_snap = store.dropped_by_sensor()
+        self._dropped_kinds = quota.dropped_by_kind(store)
         self._used = store.used_bytes()
         self._resolve(self._opened)
         carry: object | None = None
@@ -285,6 +300,7 @@ class Buffer:
             self._commit(store, group)
             self._housekeep(store)
         try:
+            self._notify_drops(final=True)
             self._own_flush(store)
             store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
         except sqlite3.Error as exc:  # left unclean: quick_check at the next start
@@ -438,19 +454,32 @@ class Buffer:
     # -- space ----------------------------------------------------------------------------
     def _drop_bulk(self, store: Store, n: int, reason: str,
                    older_than_us: int | None = None) -> int:
+        """Drop about ``n`` of the oldest rows whole (by age, or to get out of SQLITE_FULL)."""
         before = store.dropped_by_sensor()
         got = store.drop_oldest("readings", n, older_than_us)
-        feats = 0
+        out = quota.Dropped()
         if got < n:
-            feats = store.drop_oldest("features", n - got, older_than_us)
-        if got or feats:
-            after = store.dropped_by_sensor()
-            per = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-            self.dropped_total += got + feats
-            self._dropped_snap = after
-            self._emit("buffer_quota_drop", "warning",
-                       {"reason": reason, "readings": got, "features": feats, "by_sensor": per})
-        return got + feats
+            quota.drop_features(store, n - got, out, older_than_us)
+        after = store.dropped_by_sensor()
+        out.readings.update({k: v - before.get(k, 0) for k, v in after.items()
+                             if v != before.get(k, 0)})
+        self._dropped(store, reason, out)
+        return got + sum(out.features.values())
+
+    def _dropped(self, store: Store, reason: str, out: quota.Dropped) -> None:
+        """Count what was given up; the event is coalesced (one per drop_event_interval)."""
+        if out.total:
+            self.dropped_total += out.total
+            self.dropped_thinned += out.thinned
+            self._dropped_snap = store.dropped_by_sensor()
+            self._dropped_kinds = quota.dropped_by_kind(store)
+            self._notices.add(reason, out)
+        self._notify_drops()
+
+    def _notify_drops(self, final: bool = False) -> None:
+        details = self._notices.due(final=final)
+        if details is not None:
+            self._emit("buffer_quota_drop", "warning", details)
 
     def _housekeep(self, store: Store, force: bool = False, flush: bool = True) -> None:
         for attempt in (1, 2):
@@ -460,6 +489,7 @@ class Buffer:
             except sqlite3.Error as exc:
                 self.disk_errors += 1
                 log.warning("buffer housekeeping failed: %s", exc)
+                store.recount()  # a failed drop may have left the row counters behind
                 full = getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL
                 # On SQLITE_FULL the ballast makes room to drop, vacuum and checkpoint now,
                 # before any new row can take that room.
@@ -480,9 +510,9 @@ class Buffer:
         reserve = min(cfg.reserved_for_events, cfg.reserved_for_events * limit // cfg.max_size)
         bulk_limit = limit - max(reserve, ev)
         if used - ev > bulk_limit and store.rows["readings"] + store.rows["features"]:
-            per_row = (used - ev) / (store.rows["readings"] + store.rows["features"])
-            n = int((used - ev - 0.9 * bulk_limit) / max(per_row, 1.0)) + 1
-            self._drop_bulk(store, n, "max_size" if limit < disk else "disk_space")
+            need = int(used - ev - 0.9 * max(bulk_limit, 0)) + 1
+            self._dropped(store, "max_size" if limit < disk else "disk_space", quota.make_room(
+                store, need, cfg.quota_policy, cfg.thin_factor, cfg.thin_max))
             if self._room is not None:
                 self._room.shrink(store)
             else:
@@ -501,6 +531,8 @@ class Buffer:
             self._used = store.used_bytes()
             if self._room is not None:
                 self._room.ensure_ballast()
+            quota.reset_if_empty(store)
+            self._notify_drops()
         if flush:
             self._own_flush(store)
 
