@@ -216,9 +216,11 @@ class Pipeline:
             self.readings.close()
             self.waveforms.close()
             # One deadline for the whole shutdown (drain, last event, last sync): a full or
-            # failing disk must not stretch it; the buffer's close() is bounded on its own.
+            # failing disk must not stretch it. The rest of shutdown_timeout (>= 1 s, or half
+            # of it) is left for closing the buffer and the process's own exit (~0.5 s).
             limit = float(self.cfg.agent.shutdown_timeout)
-            deadline = asyncio.get_running_loop().time() + 0.9 * limit
+            deadline = asyncio.get_running_loop().time() + max(0.5 * limit,
+                                                               limit - max(1.0, 0.1 * limit))
             try:
                 async with asyncio.timeout_at(deadline):
                     await asyncio.gather(writer, analysis, *self._fitting.values(),

@@ -374,7 +374,7 @@ class Buffer:
             self._disk_episode = True
             self._emit("buffer_disk_error", "critical",
                        {"error": str(exc), "code": getattr(exc, "sqlite_errorname", "")})
-        if code != SQLITE_FULL:
+        if code != SQLITE_FULL or self._stopping.is_set():  # closing: one try, no recovery
             return
         before = self.dropped_total
         if self._room is not None:

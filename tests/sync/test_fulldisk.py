@@ -222,5 +222,6 @@ def test_sigterm_on_full_disk_stops_in_time(small_fs: Path, tmp_path: Path) -> N
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    print(f"SIGTERM on a full disk: exited in {took:.2f} s (shutdown_timeout {timeout} s)")
     assert proc.returncode == 0, err[-3000:]
-    assert took < timeout + 1.5, took
+    assert took < timeout, took
