@@ -57,9 +57,9 @@ class BufferConfig:
     # (see sync/space.py); scaled down on a small file system. 0 disables it.
     ballast_size: ByteSize = field(ByteSize(4 * 1024**2), ge=0)
     # Over the quota (sync/quota.py): "thin" keeps every thin_factor-th reading of each sensor
-    # and feature vector of each source, sweeping the whole backlog oldest first, until it is
-    # thinned thin_max times; only then are the oldest spans dropped. "drop_oldest": oldest
-    # readings first, then features (the previous behaviour).
+    # and feature vector of each source, densest spans first (so the resolution stays even
+    # across the outage), until the backlog is thin_max times sparser than it came in; only
+    # then are the oldest spans dropped. "drop_oldest": oldest readings first, then features.
     quota_policy: Literal["thin", "drop_oldest"] = "thin"
     thin_factor: int = field(2, ge=2, le=1000)
     thin_max: int = field(64, ge=1)
@@ -126,6 +126,7 @@ class Buffer:
         self._notices = quota.DropNotices(float(cfg.drop_event_interval))
         self._stopping = threading.Event()
         self._room: DiskRoom | None = None
+        self._emergency = False  # recovering from SQLITE_FULL: the quota drops, never thins
         # Jobs taken off the queue while a failed write waited for its retry (see _wait_retry)
         self._held: deque[object] = deque()
 
@@ -379,9 +380,14 @@ class Buffer:
         before = self.dropped_total
         if self._room is not None:
             # Room to drop, vacuum and checkpoint (sync/space.py), used at once: the quota
-            # pass sees the disk's real limit.
+            # pass sees the disk's real limit. It drops whole spans (deleting needs little WAL;
+            # thinning rewrites chunks, which a full disk may not have room for).
             self._room.release_ballast()
-            self._housekeep(store, flush=False)
+            self._emergency = True
+            try:
+                self._housekeep(store, flush=False)
+            finally:
+                self._emergency = False
         if self.dropped_total == before:
             # Free pages inside the file for new rows: drop the oldest raw readings (counted).
             try:
@@ -482,8 +488,10 @@ class Buffer:
             self._emit("buffer_quota_drop", "warning", details)
 
     def _housekeep(self, store: Store, force: bool = False, flush: bool = True) -> None:
+        emergency = self._emergency
         for attempt in (1, 2):
             try:
+                self._emergency = emergency or attempt == 2  # after SQLITE_FULL: drop only
                 self._space(store, force, flush)
                 return
             except sqlite3.Error as exc:
@@ -495,8 +503,9 @@ class Buffer:
                 # before any new row can take that room.
                 if attempt == 2 or not full or self._room is None:
                     return
-                if not self._room.release_ballast():
-                    return
+                self._room.release_ballast()  # then try again, dropping only
+            finally:
+                self._emergency = emergency
 
     def _space(self, store: Store, force: bool, flush: bool = True) -> None:
         cfg = self.cfg
@@ -511,8 +520,9 @@ class Buffer:
         bulk_limit = limit - max(reserve, ev)
         if used - ev > bulk_limit and store.rows["readings"] + store.rows["features"]:
             need = int(used - ev - 0.9 * max(bulk_limit, 0)) + 1
+            policy = "drop_oldest" if self._emergency else cfg.quota_policy
             self._dropped(store, "max_size" if limit < disk else "disk_space", quota.make_room(
-                store, need, cfg.quota_policy, cfg.thin_factor, cfg.thin_max))
+                store, need, policy, cfg.thin_factor, cfg.thin_max))
             if self._room is not None:
                 self._room.shrink(store)
             else:

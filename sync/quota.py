@@ -97,26 +97,25 @@ class _Group:
     gone: Counter[int] = field(default_factory=Counter)  # readings removed per source id
 
 
-def _thin_into(g: _Group, row: tuple[Any, ...], k: int) -> None:
+def _add_chunk(g: _Group, row: tuple[Any, ...]) -> None:
     cid, n, ts, ts_max, srcs, idx, body = row
     ids = [int(x) for x in str(srcs).split(",")]
-    tails = unpack(body).split("\n")
-    ix = unpack_idx(idx, int(n))
-    keep = _keep_mask(list(ix), k) if int(n) >= 2 else [True] * int(n)
-    for t, i, m in zip(tails, ix, keep, strict=True):
-        if m:
-            g.tails.append(t)
-            g.srcs.append(ids[i])
-        else:
-            g.gone[ids[i]] += 1
+    g.tails += unpack(body).split("\n")
+    g.srcs += [ids[i] for i in unpack_idx(idx, int(n))]
     g.ts = min(g.ts, int(ts)) if g.ids else int(ts)
     g.ts_max = max(g.ts_max, int(ts_max))
     g.ids.append(int(cid))
     g.old_bytes += len(body) + len(idx)
 
 
-def _write_group(store: StoreBase, g: _Group) -> int:
-    """Store the merged group in its first row, delete the others; returns bytes freed."""
+def _write_group(store: StoreBase, g: _Group, k: int) -> int:
+    """Keep every k-th reading of each sensor across the group (so chunks holding one reading
+    per sensor, one poll each, thin too), store the rest in the group's first row, delete the
+    others; returns the bytes freed."""
+    keep = _keep_mask(g.srcs, k)
+    g.gone = Counter(s for s, m in zip(g.srcs, keep, strict=True) if not m)
+    g.tails = [t for t, m in zip(g.tails, keep, strict=True) if m]
+    g.srcs = [s for s, m in zip(g.srcs, keep, strict=True) if m]
     table = sorted(set(g.srcs))
     pos = {src: i for i, src in enumerate(table)}
     ix = array("H" if len(table) <= 0xFFFF else "I", (pos[s] for s in g.srcs))
@@ -192,7 +191,7 @@ def thin(store: StoreBase, need: int, k: int, thin_max: int, out: Dropped) -> in
     freed = 0
     groups: list[list[_Chunk]] = [[]]
     for ch in chunks:  # runs of adjacent chunks of the densest level
-        if ch.density >= tier and ch.n >= 2:
+        if ch.density >= tier:
             groups[-1].append(ch)
         elif groups[-1]:
             groups.append([])
@@ -220,8 +219,8 @@ def _thin_group(store: StoreBase, group: list[_Chunk], k: int, out: Dropped) -> 
         for ch in group:
             row = c.execute("SELECT id, n, ts, ts_max, srcs, idx, body FROM readings "
                             "WHERE id = ?", (ch.id,)).fetchone()
-            _thin_into(grp, tuple(row), k)
-        freed = _write_group(store, grp)
+            _add_chunk(grp, tuple(row))
+        freed = _write_group(store, grp, k)
         freed += _thin_features_between(store, grp.ts, grp.ts_max, k, feats)
     # committed: now the counters in memory (a failed commit, e.g. SQLITE_FULL, changes none)
     for src, cnt in grp.gone.items():
