@@ -50,15 +50,17 @@ def hour_of(ts: str) -> int:
     return int((us_of(ts) / 1e6 - T0) // 3600)
 
 
-async def campaign(tmp_path: Path, policy: str) -> tuple[Buffer, Path, float]:
+async def campaign(tmp_path: Path, policy: str, hours: int = HOURS
+                   ) -> tuple[Buffer, Path, float]:
     path = tmp_path / "b.db"
     cfg = BufferConfig(max_size=ByteSize(1024**2), reserved_for_events=ByteSize(128 * 1024),
-                       housekeeping_interval=Duration(0.1), quota_policy=policy)  # type: ignore[arg-type]
+                       housekeeping_interval=Duration(0.1), commit_interval=Duration(0),
+                       quota_policy=policy)  # type: ignore[arg-type]
     b = Buffer(path, cfg)
     await b.start()
     rng = random.Random(3)
     t_start = time.monotonic()
-    for m in range(HOURS * 60):
+    for m in range(hours * 60):
         await b.put(minute(m, rng))
     return b, path, time.monotonic() - t_start
 
@@ -134,7 +136,7 @@ def await_counts(path: Path) -> dict[str, dict[str, int]]:
 
 
 async def test_drop_oldest_policy_loses_the_first_hours(tmp_path: Path) -> None:
-    b, path, _ = await campaign(tmp_path, "drop_oldest")
+    b, path, _ = await campaign(tmp_path, "drop_oldest", hours=4)  # ~2 MB into 1 MiB
     await b.close()
     conn = sqlite3.connect(path)
     readings, _ = hours_kept(conn)
@@ -147,7 +149,7 @@ async def test_thinning_works_for_one_reading_per_sensor_per_commit(tmp_path: Pa
     once, so thinning must work across chunks (they are merged, then every k-th kept)."""
     path = tmp_path / "b.db"
     cfg = BufferConfig(max_size=ByteSize(1024**2), reserved_for_events=ByteSize(64 * 1024),
-                       housekeeping_interval=Duration(0.1))
+                       housekeeping_interval=Duration(0.1), commit_interval=Duration(0))
     b = Buffer(path, cfg)
     await b.start()
     rng = random.Random(5)
