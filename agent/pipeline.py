@@ -72,6 +72,7 @@ class Pipeline:
         self.running = asyncio.Event()  # set once the drivers and stages are started
         self.lock = asyncio.Lock()  # a reload and the shutdown never interleave
         self.stopping = False
+        self.stop_by: float | None = None  # loop time by which a stop must be done
         self._tg: asyncio.TaskGroup | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._registry_tasks: dict[str, asyncio.Task[None]] = {}
@@ -239,10 +240,15 @@ class Pipeline:
             await asyncio.gather(*driver_tasks, return_exceptions=True)
             self.readings.close()
             self.waveforms.close()
+            # One deadline for the whole shutdown (drain, last event, last sync): a full or
+            # failing disk must not stretch it. The rest of shutdown_timeout (>= 1 s, or half
+            # of it) is left for closing the buffer and the process's own exit (~0.5 s).
             limit = float(self.cfg.agent.shutdown_timeout)
-            drain_start = time.monotonic()
+            now = asyncio.get_running_loop().time()
+            self.stop_by = now + limit  # what closing the buffer may use (close_budget)
+            deadline = now + max(0.5 * limit, limit - max(1.0, 0.1 * limit))
             try:
-                async with asyncio.timeout(limit):
+                async with asyncio.timeout_at(deadline):
                     await asyncio.gather(writer, analysis, *self._fitting.values(),
                                          return_exceptions=True)
             except TimeoutError:
@@ -258,12 +264,22 @@ class Pipeline:
             for t in self._sink_tasks.values():
                 t.cancel()
         self.lock.release()
-        await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
-                               "info", {"uptime_s": round(time.time() - self.started)})])
-        # Draining and the final sync share one shutdown_timeout, so a stop stays within
-        # systemd's TimeoutStopSec (the final sync gets at least a second).
-        left = max(1.0, limit - (time.monotonic() - drain_start))
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
+                                       "info", {"uptime_s": round(time.time() - self.started)})])
+        except TimeoutError:
+            log.error("could not record agent_stopped before shutdown_timeout")
+        # The final sync (uploader and MQTT alike) shares the same deadline.
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
         await asyncio.gather(self._flush_uploader(left), self._flush_mqtt(left))
+
+    def close_budget(self) -> float:
+        """Seconds the buffer's close may take: what is left of shutdown_timeout (less
+        ~0.5 s for the process's exit), at least 0.5 s; all of it before a stop began."""
+        if self.stop_by is None:
+            return float(self.cfg.agent.shutdown_timeout)
+        return max(0.5, self.stop_by - 0.5 - asyncio.get_running_loop().time())
 
     async def _flush_uploader(self, left: float) -> None:
         if self.uploader is not None:
