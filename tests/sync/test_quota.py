@@ -18,6 +18,8 @@ from pathlib import Path
 
 from edge_agent.records import FeatureVector, Reading
 from edge_agent.sync.buffer import Buffer, BufferConfig
+from edge_agent.sync.delivery import Delivered
+from edge_agent.sync.sinks import SinkHandle
 from tests.receiver import IngestReceiver
 
 from .conftest import Running, fast_uploader_cfg, stored_readings
@@ -166,3 +168,59 @@ async def test_thinning_works_for_one_reading_per_sensor_per_commit(tmp_path: Pa
                     if us_of(r["timestamp"]) < (T0 + 600) * 1e6)  # the first 10 minutes
     conn.close()
     assert set(first) == set(tags) and min(first.values()) >= 600 // 64, first
+
+
+async def drain(h: SinkHandle) -> tuple[Counter[tuple[str, str]], int]:
+    """Take and deliver every batch of sink ``h``: (readings received, feature vectors)."""
+    got: Counter[tuple[str, str]] = Counter()
+    nfeat = 0
+    while (batch := await h.next_batch(5000, 1 << 24)) is not None:
+        for chunk in batch.readings:
+            got.update((r["sensor_id"], r["timestamp"]) for r in json.loads(f"[{chunk}]"))
+        nfeat += len(batch.features)
+        await h.settle(batch, Delivered(note="test"))
+    return got, nfeat
+
+
+async def test_thinning_never_touches_rows_handed_to_a_sink(tmp_path: Path) -> None:
+    """Two sinks: ``fast`` has taken the first 20 minutes in one pending batch, ``slow`` the
+    first 1000 readings. Thinning rewrites only what no sink has been handed: both pending
+    batches come back identical (key and rows), the handed-out span keeps every reading, and
+    afterwards each sink gets every kept reading exactly once (kept + counted = put)."""
+    path = tmp_path / "b.db"
+    cfg = BufferConfig(max_size=1024**2, reserved_for_events=128 * 1024,
+                       housekeeping_interval=0.1, commit_interval=0)
+    b = Buffer(path, cfg)
+    fast = b.sink("fast", ("features", "readings"))
+    slow = b.sink("slow", ("features", "readings"))
+    await b.start()
+    rng = random.Random(9)
+    for m in range(20):
+        await b.put(minute(m, rng))
+    fast_b = await fast.next_batch(100_000, 1 << 26)
+    slow_b = await slow.next_batch(1000, 1 << 26)
+    assert fast_b is not None and slow_b is not None
+    assert fast_b.n_readings == 20 * 60 * len(SENSORS) and slow_b.n_rows == 1000
+    for m in range(20, 300):  # ~3 MB more into 1 MiB
+        await b.put(minute(m, rng))
+    st = b.stats()
+    assert int(st["dropped_thinned"]) > 0  # type: ignore[call-overload]
+    assert st["dropped_thinned"] == st["dropped_total"]
+    again_fast = await fast.next_batch(100_000, 1 << 26)
+    again_slow = await slow.next_batch(1000, 1 << 26)
+    assert again_fast == fast_b and again_slow == slow_b  # same key, same rows
+    conn = sqlite3.connect(path)
+    early = Counter(r["sensor_id"] for r in stored_readings(conn)
+                    if hour_of(r["timestamp"]) == 0 and us_of(r["timestamp"]) < (T0 + 1200) * 1e6)
+    conn.close()
+    assert all(early[s] == 20 * 60 for s in SENSORS), early  # the handed-out span is whole
+    kinds = st["dropped_by_kind"]
+    assert isinstance(kinds, dict)
+    for h in (fast, slow):
+        got, nfeat = await drain(h)
+        assert all(v == 1 for v in got.values())  # exactly once
+        per = Counter(s for s, _ in got)
+        for s in SENSORS:
+            assert per[s] + kinds["readings"][s] == 300 * 60, (h.name, s, per[s])
+        assert nfeat + sum(kinds["features"].values()) == 300 * 6 * len(SOURCES)
+    await b.close()
