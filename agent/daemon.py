@@ -192,7 +192,9 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
     finally:
         if service is not None:
             service.close()
-        await asyncio.shield(buffer.close())
+        # bounded by what is left of shutdown_timeout (a failing disk must not stretch it)
+        await asyncio.shield(buffer.close(service.pipeline.close_budget() if service is not None
+                                          else float(cfg.agent.shutdown_timeout)))
         os.close(lock)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

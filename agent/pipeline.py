@@ -75,6 +75,7 @@ class Pipeline:
         self.running = asyncio.Event()  # set once the drivers and stages are started
         self.lock = asyncio.Lock()  # a reload and the shutdown never interleave
         self.stopping = False
+        self.stop_by: float | None = None  # loop time by which a stop must be done
         self._tg: asyncio.TaskGroup | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._registry_tasks: dict[str, asyncio.Task[None]] = {}
@@ -239,9 +240,14 @@ class Pipeline:
             self.stopping = True
             await self.lock.acquire()  # a reload in progress finishes first; none starts after
             log.info("stopping: closing drivers and draining queues")
+            # One deadline for the whole shutdown (drivers, drain, last event, last sync): a
+            # loaded CPU or a full disk must not stretch it. The rest of shutdown_timeout
+            # (>= 1 s, or half of it) is left for closing the buffer and the process's exit.
             limit = float(self.cfg.agent.shutdown_timeout)
-            deadline = Deadline(limit)
-            drain_by = Deadline(limit - min(1.0, limit / 4))  # the rest: the last sync's
+            self.stop_by = asyncio.get_running_loop().time() + limit  # see close_budget
+            sync_s = max(0.5 * limit, limit - max(1.0, 0.1 * limit))
+            deadline = Deadline(sync_s)
+            drain_by = Deadline(sync_s - min(1.0, sync_s / 4))  # the rest: the last sync's
             driver_tasks = list(self._driver_tasks.values())
             if not await cancel_until_done(driver_tasks, drain_by.left(STOP_FLOOR_S)):
                 log.error("drivers did not stop before shutdown_timeout")
@@ -261,12 +267,22 @@ class Pipeline:
             background = [health, *self._registry_tasks.values(), *self._sink_tasks.values()]
             await cancel_until_done(background, STOP_FLOOR_S)
         self.lock.release()
-        await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
-                               "info", {"uptime_s": round(time.time() - self.started)})])
-        # Draining and the final sync share one shutdown_timeout, so a stop stays within
-        # systemd's TimeoutStopSec (agent/shutdown.py).
+        try:
+            async with asyncio.timeout(deadline.left(STOP_FLOOR_S)):
+                await self._put([Event("agent_stopped", self.cfg.agent.gateway_id, time.time(),
+                                       "info", {"uptime_s": round(time.time() - self.started)})])
+        except TimeoutError:
+            log.error("could not record agent_stopped before shutdown_timeout")
+        # The final sync (uploader and MQTT alike) shares the same deadline.
         left = deadline.left(STOP_FLOOR_S)
         await asyncio.gather(self._flush_uploader(left), self._flush_mqtt(left))
+
+    def close_budget(self) -> float:
+        """Seconds the buffer's close may take: what is left of shutdown_timeout (less
+        ~0.5 s for the process's exit), at least 0.5 s; all of it before a stop began."""
+        if self.stop_by is None:
+            return float(self.cfg.agent.shutdown_timeout)
+        return max(0.5, self.stop_by - 0.5 - asyncio.get_running_loop().time())
 
     async def _flush_uploader(self, left: float) -> None:
         if self.uploader is not None:

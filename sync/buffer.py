@@ -18,6 +18,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,14 @@ from edge_agent.errors import BufferClosed as BufferClosed
 from edge_agent.records import Event, FeatureVector, Reading, Severity, now
 from edge_agent.settings import ByteSize, Duration, Model
 
-from . import schema
+from . import quota, schema
 from .convert import Converted, convert, event_body
 from .delivery import Table
+from .diskroom import DiskRoom
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
 from .sinks import SinkHandle, check_sink
+from .space import Call as _Call
 from .space import SpaceMixin
 from .store import Store
 
@@ -59,6 +62,17 @@ class BufferConfig(Model):
     synchronous: Literal["normal", "full"] = "normal"
     housekeeping_interval: Duration = Field(10.0, gt=0)
     integrity_check: Literal["after_crash", "always", "never"] = "after_crash"
+    # Released on SQLITE_FULL so delivered rows can still be deleted and the WAL checkpointed
+    # (see sync/diskroom.py); scaled down on a small file system. 0 disables it.
+    ballast_size: ByteSize = Field(4 * 1024**2, ge=0)
+    # Over the quota (sync/quota.py): "thin" keeps every thin_factor-th reading of each sensor
+    # and feature vector of each source, densest spans first (so the resolution stays even
+    # across the outage), until the backlog is thin_max times sparser than it came in; only
+    # then are the oldest spans dropped. "drop_oldest": oldest readings first, then features.
+    quota_policy: Literal["thin", "drop_oldest"] = "thin"
+    thin_factor: int = Field(2, ge=2, le=1000)
+    thin_max: int = Field(64, ge=1)
+    drop_event_interval: Duration = Field(60.0, gt=0)  # one buffer_quota_drop event each
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -71,12 +85,6 @@ class BufferConfig(Model):
 class _Put:
     records: Sequence[object]
     fut: asyncio.Future[None]
-
-
-@dataclass
-class _Call:
-    fn: Callable[[Store], Any]
-    fut: asyncio.Future[Any]
 
 
 _STOP = object()
@@ -111,9 +119,16 @@ class Buffer(SpaceMixin):
         self.commits = 0
         self.rows_committed = 0
         self.dropped_total = 0
+        self.dropped_thinned = 0  # of dropped_total: removed by thinning (sync/quota.py)
         self._used = 0
         self._dropped_snap: dict[str, int] = {}
+        self._dropped_kinds: dict[str, dict[str, int]] = {}
+        self._notices = quota.DropNotices(float(cfg.drop_event_interval))
         self._stopping = threading.Event()
+        self._room: DiskRoom | None = None
+        self._emergency = False  # recovering from SQLITE_FULL: the quota drops, never thins
+        # Jobs taken off the queue while a failed write waited for its retry (_wait_retry)
+        self._held: deque[object] = deque()
 
     # -- async API ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -205,14 +220,19 @@ class Buffer(SpaceMixin):
         self.wake()
         return n
 
-    async def close(self) -> None:
-        """Commit everything queued, mark a clean shutdown and stop the writer."""
+    async def close(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Commit everything queued, mark a clean shutdown and stop the writer.
+
+        Bounded: on a failing disk each queued group gets one more try; after ``timeout`` the
+        writer thread (a daemon) is left behind with a warning."""
         if self._thread is None or self._closed:
             return
         self._closed = True
         self._stopping.set()
         self._q.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._thread.join, timeout)
+        if self._thread.is_alive():
+            log.warning("buffer writer did not stop in time", extra={"timeout_s": timeout})
 
     def stats(self) -> dict[str, object]:
         s = self._store
@@ -229,9 +249,12 @@ class Buffer(SpaceMixin):
             "oldest_unsent_age_s": max(0.0, now() - min(heads) / 1e6) if heads else 0.0,
             "dropped_total": self.dropped_total,
             "dropped_by_sensor": dict(self._dropped_snap),
+            "dropped_by_kind": {k: dict(v) for k, v in self._dropped_kinds.items()},
+            "dropped_thinned": self.dropped_thinned,
             "quarantined": s.quarantined if s else 0, "disk_errors": self.disk_errors,
             "commits": self.commits, "rows_committed": self.rows_committed,
             "moved_aside": list(self.moved_aside),
+            **(self._room.stats() if self._room is not None else {}),
         }
 
     def _check(self) -> asyncio.AbstractEventLoop:
@@ -279,8 +302,15 @@ class Buffer(SpaceMixin):
             self._resolve(self._opened, exc=exc)
             return
         self._store = store
+        try:
+            self._room = DiskRoom(self.path, self.cfg.ballast_size)
+            self._room.tune(store.conn)
+            self._room.ensure_ballast()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("buffer runs without free-space awareness", extra={"error": str(exc)})
         self._last_ts = store.last_timestamps()
         self._dropped_snap = store.dropped_by_sensor()
+        self._dropped_kinds = quota.dropped_by_kind(store)
         self._used = store.used_bytes()
         self._resolve(self._opened)
         carry: object | None = None
@@ -289,29 +319,26 @@ class Buffer(SpaceMixin):
                 job, carry = carry, None
             else:
                 try:
-                    job = self._q.get(timeout=self.cfg.housekeeping_interval)
+                    job = self._next(self.cfg.housekeeping_interval)
                 except queue.Empty:
                     self._housekeep(store, force=True)
                     continue
             if job is _STOP:
                 break
             if isinstance(job, _Call):
-                try:
-                    self._resolve(job.fut, job.fn(store))
-                except (sqlite3.Error, ValueError, TypeError, LookupError) as exc:
-                    self._resolve(job.fut, exc=exc)
+                self._call(store, job)
                 continue
             assert isinstance(job, _Put)
             group, n = [job], len(job.records)
             deadline = time.monotonic() + self.cfg.commit_interval
             while n < self.cfg.commit_rows:
                 try:
-                    nxt = self._q.get_nowait()  # everything already queued joins the group
+                    nxt = self._next(None)  # everything already queued joins the group
                 except queue.Empty:
                     if n >= _LINGER_BELOW:  # big enough: lingering would only add latency
                         break
                     try:
-                        nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                        nxt = self._next(max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         break
                 if not isinstance(nxt, _Put):
@@ -322,6 +349,7 @@ class Buffer(SpaceMixin):
             self._commit(store, group)
             self._housekeep(store)
         try:
+            self._notify_drops(final=True)
             self._own_flush(store)
             store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
         except sqlite3.Error as exc:  # left unclean: quick_check at the next start
@@ -372,8 +400,9 @@ class Buffer(SpaceMixin):
                 store.insert(Converted(rows.readings, rows.features, rows.events + own))
             except sqlite3.Error as exc:
                 self._disk_error(store, exc)
-                # Back-pressure: puts wait while we retry; close() interrupts the wait.
-                if self._stopping.wait(retrier.next_delay()):
+                # Back-pressure: puts wait while we retry (delivery goes on meanwhile,
+                # _wait_retry); close() interrupts the wait.
+                if self._wait_retry(store, retrier.next_delay()):
                     try:
                         store.insert(Converted(rows.readings, rows.features, rows.events + own))
                     except sqlite3.Error as again:

@@ -3,8 +3,9 @@
 ``PRAGMA user_version`` holds the schema version. :func:`migrate` applies every step above it in
 one transaction each; a database newer than this code is refused (never rewritten).
 
-Layout (v3; v1 differed in ``readings``, one row per reading, see :func:`_v2`; v2 had one
-implicit consumer and a ``batch`` column in ``events``/``features``, see :func:`_v3`):
+Layout (v4; v1 differed in ``readings``, one row per reading, see :func:`_v2`; v2 had one
+implicit consumer and a ``batch`` column in ``events``/``features``, see :func:`_v3`; v3
+lacked ``dropped_kind``):
 
 * ``meta(key, value)`` — ``epoch``: a random id minted when the file is created, part of every
   idempotency key so that a replaced (corrupt, deleted) database can never reuse a key.
@@ -35,6 +36,8 @@ implicit consumer and a ``batch`` column in ``events``/``features``, see :func:`
   dropped before it is stored again.
 * ``quarantine(id, batch_key, status, reason, body, ...)`` — batches the receiver refused (400/422).
 * ``dropped(src, n)`` — readings dropped by the quota, per source (persistent counter).
+* ``dropped_kind(kind, source, n)`` (v4) — other rows dropped or thinned by the quota
+  (``kind`` ``features``: per feature source; see :mod:`.quota`), persistent counters.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from collections.abc import Callable
 
 from edge_agent.errors import SchemaTooNew as SchemaTooNew
 
-LATEST = 3
+LATEST = 4
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -108,8 +111,18 @@ def _v3(conn: sqlite3.Connection) -> None:
     per_sink_cursors(conn)
 
 
+DROPPED_KIND = """CREATE TABLE dropped_kind(
+    kind TEXT NOT NULL, source TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY(kind, source))
+    WITHOUT ROWID"""
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    """Persistent drop counters of kinds other than readings (thinned or dropped features)."""
+    conn.execute(DROPPED_KIND)
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3)]
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4)]
 
 
 def version(conn: sqlite3.Connection) -> int:

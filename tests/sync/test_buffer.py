@@ -169,7 +169,8 @@ async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
 async def test_size_quota_drops_oldest_readings_keeps_events(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     # packed readings take ~6 bytes each: 240k readings overflow 1 MiB
-    cfg = BufferConfig(max_size=1024**2, reserved_for_events=128 * 1024)
+    cfg = BufferConfig(max_size=1024**2, reserved_for_events=128 * 1024,
+                       quota_policy="drop_oldest")  # the thinning default: tests/sync/test_quota
     b = Buffer(path, cfg)
     await b.start()
     await b.put([Event("anomaly_raised", "pump", T0, "critical", {"n": i}) for i in range(50)])

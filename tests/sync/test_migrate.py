@@ -3,7 +3,9 @@ keeps its key and exactly its rows, everything is delivered once afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 from edge_agent.records import format_us
@@ -59,7 +61,7 @@ async def test_v1_database_migrates_and_delivers_exactly_once(tmp_path: Path,
     await b.start()
     assert b.stats()["rows_queued"] == {"events": 1, "features": 1, "readings": 1000}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST == 4
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'readings_v1'"
                         ).fetchone()[0] == 0
     conn.close()
@@ -149,7 +151,7 @@ async def test_v2_database_migrates_to_sinks_and_delivers_exactly_once(
     await b.start()
     assert b.stats()["rows_queued"] == {"events": 3, "features": 2, "readings": 1500}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     assert [r[1] for r in conn.execute("PRAGMA table_info(events)")] == ["id", "ts", "body"]
     assert conn.execute("SELECT name, ev, ft, rc, ro FROM sinks").fetchall() == [
         ("uploader", 2, 1, 1, 300)]
@@ -163,4 +165,56 @@ async def test_v2_database_migrates_to_sinks_and_delivers_exactly_once(
     assert rx.requests[1].n_events == 1 and rx.requests[1].n_features == 1
     assert rx.duplicates == 0 and rx.conflicts == 0 and rx.rows_stored == 1505
     assert len(rx.readings) == 1500 and b.stats()["rows_queued_total"] == 0
+    await b.close()
+
+
+def make_v3(path: Path) -> str:
+    """A v3 database: the uploader's pending batch (sent once) holds feature 1; features 2 and
+    3 are unassigned, 1 and 2 are old. Returns the batch's key."""
+    conn = schema.connect(str(path))
+    for ver, step in schema.MIGRATIONS[:3]:
+        conn.execute("BEGIN")
+        step(conn)
+        conn.execute(f"PRAGMA user_version = {ver}")
+        conn.execute("COMMIT")
+    for i, us in enumerate((US0, US0 + 1, int(time.time() * 1e6))):
+        ws = format_us(us)
+        conn.execute("INSERT INTO features(ts, body) VALUES (?, ?)", (us, (
+            f'{{"source_id":"p{i}","window_start":"{ws}","window_end":"{ws}",'
+            '"values":{"rms":0.5}}')))
+    key = "gw-test:" + schema.epoch(conn) + ":1"
+    conn.execute("INSERT INTO batches(id, sink, key, state, created_us, attempts, n_readings, "
+                 "n_features, n_events, lo_features, hi_features) VALUES "
+                 "(1, 'uploader', ?, 'pending', 0, 1, 0, 1, 0, 1, 1)", (key,))
+    conn.execute("UPDATE sinks SET ft = 1")
+    conn.close()
+    return key
+
+
+async def test_v3_database_gets_kind_counters_and_keeps_pending_rows(
+        tmp_path: Path, rx: IngestReceiver) -> None:
+    path = tmp_path / "buffer.db"
+    key = make_v3(path)
+    cfg = BufferConfig(max_age=1800.0, housekeeping_interval=0.1)
+    b = Buffer(path, cfg)
+    await b.start()
+    for _ in range(100):  # housekeeping drops the old unassigned feature, not the pending one
+        if b.stats()["dropped_total"]:
+            break
+        await asyncio.sleep(0.05)
+    assert b.stats()["dropped_by_kind"] == {"readings": {}, "features": {"p1": 1}}
+    await b.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("SELECT id FROM features ORDER BY id").fetchall() == [(1,), (3,)]
+    conn.close()
+    b = Buffer(path, cfg)  # the counters persist
+    await b.start()
+    assert b.stats()["dropped_by_kind"] == {"readings": {}, "features": {"p1": 1}}
+    async with Running(b, fast_uploader_cfg(rx.url)) as up:
+        assert await up.wait_until(lambda u: b.stats()["rows_queued_total"] == 0, 20)
+    assert rx.requests[0].idempotency_key == key and rx.requests[0].n_features == 1
+    assert sum(r.n_features for r in rx.requests) == 2  # 1 and 3, each once
+    assert rx.duplicates == 0 and rx.conflicts == 0
+    assert [e["kind"] for e in rx.events.values()] == ["buffer_quota_drop"]
     await b.close()
