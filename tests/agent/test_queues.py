@@ -56,8 +56,8 @@ async def test_close_drains_then_returns_empty() -> None:
 
 async def test_put_many_is_put_of_each_item_under_every_policy() -> None:
     for policy in ("drop_oldest", "drop_newest"):
-        one: BoundedQueue[int] = BoundedQueue("one", 5, policy)  # type: ignore[arg-type]
-        many: BoundedQueue[int] = BoundedQueue("many", 5, policy)  # type: ignore[arg-type]
+        one: BoundedQueue[int] = BoundedQueue("one", 5, policy)
+        many: BoundedQueue[int] = BoundedQueue("many", 5, policy)
         for batch in ([1, 2, 3], [4, 5, 6, 7], [8], list(range(9, 20))):
             for x in batch:
                 await one.put(x)

@@ -85,8 +85,12 @@ def test_sigterm_exits_within_shutdown_timeout_under_saturating_load(tmp_path: P
                                          stderr=subprocess.STDOUT)
                 try:
                     start = len(rx.readings)
-                    assert rx.wait_for(lambda r, s=start: len(r.readings) >= s + 2 * registers,
-                                       60), "the agent never delivered under load"
+                    want = start + 2 * registers
+
+                    def delivered(r: IngestReceiver, want: int = want) -> bool:
+                        return len(r.readings) >= want
+
+                    assert rx.wait_for(delivered, 60), "the agent never delivered under load"
                     time.sleep(2.0)
                     t0 = time.monotonic()
                     agent.send_signal(signal.SIGTERM)

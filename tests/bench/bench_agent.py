@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from _measure import start_server_child  # tests/bench/_measure.py
 
@@ -84,7 +85,8 @@ async def serve_opcua(port: int, n: int, interval: float) -> None:
     while True:
         tick += 1
         now = datetime.now(UTC)
-        dv = ua.DataValue(ua.Variant(float(tick)), SourceTimestamp=now, ServerTimestamp=now)
+        stamp = cast(ua.DateTime, now)  # asyncua types it as its DateTime subclass
+        dv = ua.DataValue(ua.Variant(float(tick)), SourceTimestamp=stamp, ServerTimestamp=stamp)
         for nodeid in ids:
             await s.write_attribute_value(nodeid, dv)
         print(f"TICK {now.timestamp():.6f}", flush=True)

@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _measure import cpu_s
 
+from edge_agent.records import WaveformBlock
 from tests.drivers.alsa_rig import Device, Feeder, looped, tone, write_config
+from tests.drivers.typed import num
 
 PERIOD = 1024
 SECONDS = 10.0
@@ -68,6 +70,7 @@ async def capture(dev: Device, seconds: float, analyse: bool, ring_s: float = 4.
         while time.monotonic() - t0 < seconds:
             for b in await d.read():
                 if analyse:
+                    assert isinstance(b, WaveformBlock), b
                     vectors, _ = chain.process(b)
                     now = time.time()
                     lat += [now - v.window_end for v in vectors]
@@ -77,9 +80,9 @@ async def capture(dev: Device, seconds: float, analyse: bool, ring_s: float = 4.
         await d.close()
         feeder.join()
     snap = d.health().snapshot()
-    out = {"cpu_per_s": cpu / wall, "overruns": float(snap["overruns"]),
-           "overrun_samples": float(snap["overrun_samples"]),
-           "input_overflows": float(snap["input_overflows"])}
+    out = {"cpu_per_s": cpu / wall, "overruns": num(snap, "overruns"),
+           "overrun_samples": num(snap, "overrun_samples"),
+           "input_overflows": num(snap, "input_overflows")}
     if lat:
         out["lat_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
         out["lat_p99_ms"] = float(np.percentile(lat, 99) * 1e3)

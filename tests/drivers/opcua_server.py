@@ -153,7 +153,7 @@ class PlantServer:
         await plant.add_variable(node("Vib", idx), f"{idx}:Vib", [0.0] * N_SAMPLES,
                                  varianttype=ua.VariantType.Double)
         # an array nobody updates: one notification (its initial value) per subscription
-        await plant.add_variable(ua.NodeId("Still", idx), f"{idx}:Still", [0.0] * 256,
+        await plant.add_variable(node("Still", idx), f"{idx}:Still", [0.0] * 256,
                                  varianttype=ua.VariantType.Double)
         if self.wave is not None:
             await plant.add_variable(node("Wave.Rate", idx), f"{idx}:Wave.Rate",
@@ -161,7 +161,7 @@ class PlantServer:
             await plant.add_variable(node("Wave", idx), f"{idx}:Wave",
                                      [0.0] * self.wave.n, varianttype=ua.VariantType.Double)
         if self.deleted:
-            await s.delete_nodes([s.get_node(ua.NodeId("Doomed", idx))])
+            await s.delete_nodes([s.get_node(node("Doomed", idx))])
         await s.start()
         self.server = s
         self.generation += 1
@@ -213,7 +213,7 @@ class PlantServer:
                 self.overflows += 1
                 oldest = queue[mid][0].Value
                 code = oldest.StatusCode.value if oldest.StatusCode is not None else 0
-                oldest.StatusCode = ua.StatusCode(code | 0x0480)
+                oldest.StatusCode = ua.StatusCode(ua.UInt32(code | 0x0480))
 
         sub._enqueue_event = enqueue_marking
 
@@ -242,8 +242,7 @@ class PlantServer:
     async def delete_doomed(self) -> None:
         assert self.server is not None
         self.deleted = True
-        await self.server.delete_nodes([self.server.get_node(ua.NodeId("Doomed",
-                                                                      self.ns_index))])
+        await self.server.delete_nodes([self.server.get_node(node("Doomed", self.ns_index))])
 
     def silence_subscriptions(self) -> int:
         """Stop every server-side publishing loop without deleting anything: the session stays
@@ -262,9 +261,10 @@ class PlantServer:
                      vtype: ua.VariantType | None = None) -> None:
         assert self.server is not None
         dv = ua.DataValue(ua.Variant(value, vtype) if vtype else ua.Variant(value),
-                          StatusCode=ua.StatusCode(status),
-                          SourceTimestamp=datetime.now(UTC), ServerTimestamp=datetime.now(UTC))
-        await self.server.write_attribute_value(ua.NodeId(name, self.ns_index), dv)
+                          StatusCode=ua.StatusCode(ua.UInt32(status)),
+                          SourceTimestamp=ua_time(datetime.now(UTC)),
+                          ServerTimestamp=ua_time(datetime.now(UTC)))
+        await self.server.write_attribute_value(node(name, self.ns_index), dv)
 
     async def _update_loop(self) -> None:
         while True:
@@ -295,6 +295,6 @@ class PlantServer:
             dv = ua.DataValue(ua.Variant(block, ua.VariantType.Double),
                               SourceTimestamp=ua_time(end), ServerTimestamp=ua_time(end))
             assert self.server is not None
-            await self.server.write_attribute_value(ua.NodeId("Wave", self.ns_index), dv)
+            await self.server.write_attribute_value(node("Wave", self.ns_index), dv)
             self.wave_blocks += 1
             await asyncio.sleep(w.n / w.rate / w.speed)

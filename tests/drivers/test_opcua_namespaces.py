@@ -50,7 +50,7 @@ async def wait_values(got: list[Reading], sensors: set[str], since: float,
 
 async def test_nsu_node_ids_resolve_and_follow_a_restart(plant: PlantServer) -> None:
     assert plant.ns_index == 4
-    nodes = [{"sensor_id": "temp", "node_id": f"nsu={NS};s=Temp", **FAST},
+    nodes: list[dict[str, Any]] = [{"sensor_id": "temp", "node_id": f"nsu={NS};s=Temp", **FAST},
              {"sensor_id": "speed", "node_id": f"nsu={NS};s=Speed", "mode": "polling",
               "poll_interval": "100ms"},
              {"sensor_id": "vib", "node_id": f"nsu={NS};s=Vib", "waveform": True,
@@ -93,7 +93,7 @@ async def test_a_node_the_server_chokes_on_costs_that_node_only(
     """The server answers a CreateMonitoredItems request naming "Flaky" with a fault (at once,
     or after longer than the request timeout): every other node is still monitored."""
     plant.refuse, plant.refuse_delay = {"Flaky"}, delay
-    nodes = [{"sensor_id": "temp", "node_id": f"nsu={NS};s=Temp", **FAST},
+    nodes: list[dict[str, Any]] = [{"sensor_id": "temp", "node_id": f"nsu={NS};s=Temp", **FAST},
              {"sensor_id": "flaky", "node_id": f"nsu={NS};s=Flaky", **FAST},
              {"sensor_id": "unc", "node_id": f"nsu={NS};s=Unc", **FAST}]
     drv = create(config(plant.url, nodes))

@@ -39,11 +39,11 @@ def test_default_queue_size_follows_the_interval_ratio() -> None:
 
 
 def test_overflow_bit() -> None:
-    assert overflowed(ua.StatusCode(0x00000480))
-    assert not overflowed(ua.StatusCode(0x00000080))          # InfoType not DataValue
-    assert not overflowed(ua.StatusCode(0)) and not overflowed(None)
-    assert status_name(ua.StatusCode(0x00000480)) == "Good"
-    assert status_name(ua.StatusCode(0x40900480)) == "UncertainLastUsableValue"
+    assert overflowed(ua.StatusCode(ua.UInt32(0x00000480)))
+    assert not overflowed(ua.StatusCode(ua.UInt32(0x00000080)))          # InfoType not DataValue
+    assert not overflowed(ua.StatusCode(ua.UInt32(0))) and not overflowed(None)
+    assert status_name(ua.StatusCode(ua.UInt32(0x00000480))) == "Good"
+    assert status_name(ua.StatusCode(ua.UInt32(0x40900480))) == "UncertainLastUsableValue"
 
 
 @pytest.fixture

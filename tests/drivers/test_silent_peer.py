@@ -9,7 +9,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -75,12 +75,12 @@ class Attempts(logging.Handler):
 
 
 @pytest.fixture
-def attempts() -> AsyncIterator[Attempts]:
+def attempts() -> Iterator[Attempts]:
     logger = logging.getLogger("edge_agent.supervisor")
     handler, level = Attempts(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    yield handler  # type: ignore[misc]
+    yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
 

@@ -53,8 +53,9 @@ def test_deadband_is_not_clear() -> None:
 
 
 def test_alerter_events_carry_score_threshold_model() -> None:
-    al = AnomalyAlerter("pump.de", AlertConfig(raise_after=1, clear_after="1s", clear_ratio=0.8,
-                                               severity="critical"))
+    cfg = AlertConfig.model_validate({"raise_after": 1, "clear_after": "1s", "clear_ratio": 0.8,
+                                      "severity": "critical"})
+    al = AnomalyAlerter("pump.de", cfg)
     ref = ModelRef("vib", "3")
     # 0.45 is under the threshold 0.5 but above the clear level 0.4: it clears nothing
     scores = [0.9, None, float("nan"), 0.8, 0.45, 0.95, 0.45, 0.45, 0.1, 0.2]

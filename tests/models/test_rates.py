@@ -21,6 +21,7 @@ from edge_agent.models.cli import add_commands
 from edge_agent.models.onnx_score import Scorer
 from edge_agent.models.spec import spec_from_contract
 from edge_agent.recordings import RateUnknown, read, read_recording
+from edge_agent.records import WaveformBlock
 from edge_agent.settings import parse
 
 
@@ -60,7 +61,7 @@ async def test_replay_needs_sample_rate_for_a_numbered_file(numbered: Path) -> N
         await create(parse(Config, raw)).open()
     d = create(parse(Config, {**raw, "sample_rate": 12000.0}))
     await d.open()
-    blocks = [r for r in await d.read() if hasattr(r, "samples")]
+    blocks = [r for r in await d.read() if isinstance(r, WaveformBlock)]
     assert blocks[0].sample_rate == 12000.0
     await d.close()
 

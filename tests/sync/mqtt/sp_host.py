@@ -27,7 +27,7 @@ class NodeView:
 
     bdseq: int | None = None
     births: int = 0
-    deaths: list[int] = field(default_factory=list)
+    deaths: list[int | None] = field(default_factory=list)
     seq: int | None = None
     aliases: dict[str, dict[int, str]] = field(default_factory=dict)  # device -> alias -> name
     values: dict[tuple[str, str], list[tuple[Any, bool]]] = field(default_factory=dict)

@@ -157,7 +157,7 @@ async def test_wrong_password_one_clear_line_per_attempt_and_retries(
     assert len(reasons) >= 3 and sink.stats()["connect_failures"] == len(reasons)
     assert all("refused the credentials" in r for r in reasons), reasons
     assert not any("wrong-password" in r.getMessage() + str(r.__dict__) for r in caplog.records)
-    delays = [r.retry_in_s for r in caplog.records if r.message == "mqtt connect failed"]
+    delays = [vars(r)["retry_in_s"] for r in caplog.records if r.message == "mqtt connect failed"]
     assert all(d > 0 for d in delays)  # backoff between attempts
     assert sink.stats()["connected"] is False and "credentials" in sink.stats()["last_error"]
     t0 = time.monotonic()

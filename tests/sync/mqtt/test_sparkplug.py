@@ -116,6 +116,7 @@ async def test_ndeath_will_pairs_bdseq_and_bdseq_survives_restart(mosq: Mosquitt
         async with node(mosq, tmp_path, "g-bd") as sink:
             assert await host.until_kind("NBIRTH")
             first = host.check().bdseq
+            assert first is not None
             # The connection breaks without DISCONNECT: the broker publishes the will.
             s = sink.link.session
             assert s is not None
@@ -242,7 +243,9 @@ async def test_connection_dropped_mid_burst_loses_no_ddata(mosq: Mosquitto,
             assert await host.until_kind("DDATA", 5)
             s = sink.link.session
             assert s is not None
-            s.client.socket().shutdown(2)  # QoS 0 data in flight when the connection drops
+            sock = s.client.socket()
+            assert isinstance(sock, socket.socket)
+            sock.shutdown(2)  # QoS 0 data in flight when the connection drops
             assert await host.until_kind("NBIRTH", 2)
             assert await eventually(lambda: h.backlog == 0, 30)
         assert any(isinstance(o, RetryAfter) for o in h.outcomes)  # it did hit a batch
