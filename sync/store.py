@@ -27,6 +27,8 @@ from .storebase import TABLES, Cursors, Pos, StoreBase
 
 __all__ = ["TABLES", "Pos", "Store"]
 log = logging.getLogger(__name__)
+# Share of a batch (rows and bytes) feature vectors may take while readings wait as well.
+FEATURE_SHARE = 0.5
 _RANGE = "id BETWEEN ? AND ?"
 _EMPTY = (-1, -2)
 RSlice = tuple[Pos, Pos, int]  # first position, end position, number of readings
@@ -195,18 +197,24 @@ class Store(StoreBase):
             budget_rows, budget_bytes = max_rows, max_bytes
             picked: dict[str, list[str]] = {}
             ids: dict[str, list[int]] = {}
+            # Events first (few, and what the control room waits for). Feature vectors take at
+            # most FEATURE_SHARE of a batch while readings wait too, so after an outage
+            # neither kind drains only after the other (no kind starves).
+            share = FEATURE_SHARE if "readings" in tables and self._readings_after(cur.r) else 1.0
             for table, after_id in (("events", cur.ev), ("features", cur.ft)):
                 if budget_rows <= 0 or budget_bytes <= 0 or table not in tables:
                     continue
+                cap_rows = budget_rows if table == "events" else max(1, int(budget_rows * share))
+                cap_bytes = budget_bytes if table == "events" else int(budget_bytes * share)
                 for rid, body in c.execute(f"SELECT id, body FROM {table} WHERE id > ? "
-                                           "ORDER BY id LIMIT ?", (after_id, budget_rows)):
-                    if ids and len(body) + 2 > budget_bytes:
-                        budget_bytes = 0
+                                           "ORDER BY id LIMIT ?", (after_id, cap_rows)):
+                    if ids and len(body) + 2 > cap_bytes:
                         break
                     picked.setdefault(table, []).append(body)
                     ids.setdefault(table, []).append(rid)
                     budget_rows -= 1
                     budget_bytes -= len(body) + 2
+                    cap_bytes -= len(body) + 2
             rslice, rnext, readings = None, cur.r, []
             if budget_rows > 0 and budget_bytes > 0 and "readings" in tables:
                 took = self._take(cur.r, budget_rows, budget_bytes, not picked)
@@ -220,6 +228,11 @@ class Store(StoreBase):
                                      (ids.get("features") or [cur.ft])[-1], rnext))
         return Batch(sink, bid, key, 0, picked.get("events", []), picked.get("features", []),
                      readings, rslice[2] if rslice else 0)
+
+    def _readings_after(self, at: Pos) -> bool:
+        """Readings wait beyond position ``at`` (a sink's reading cursor)."""
+        return self.conn.execute("SELECT 1 FROM readings WHERE id > ? OR (id = ? AND n > ?) "
+                                 "LIMIT 1", (at[0], at[0], at[1])).fetchone() is not None
 
     def _take(self, at: Pos, max_rows: int, max_bytes: int,
               need_one: bool) -> tuple[RSlice, Pos] | None:

@@ -292,3 +292,17 @@ async def test_a_sink_removed_for_good_is_retired_and_its_rows_freed(tmp_path: P
     await b2.retire_sink("mqtt")
     assert b2.stats()["rows_queued_total"] == 0 and b2.known_sinks == ["uploader"]
     await b2.close()
+
+
+async def test_after_an_outage_readings_and_features_drain_side_by_side(buffer: Buffer) -> None:
+    """A backlog of both kinds: each batch gives feature vectors at most half of its rows while
+    readings wait, so readings do not wait for every feature vector (no kind starves); once one
+    kind is gone the other takes whole batches."""
+    up, run = sink_runner(buffer, "uploader", ALL)
+    await buffer.put([*features(200), *readings(400)])
+    assert await run.flush(10.0)
+    first = up.got[0]
+    assert len(first.features) <= 20 and first.n_readings >= 20   # FAST: 40 rows a batch
+    mixed = [b for b in up.got if b.features and b.n_readings]
+    assert len(mixed) >= 5
+    assert len(up.delivered_rows()) == 600 == len(set(up.delivered_rows()))
