@@ -18,7 +18,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.pipeline import Pipeline
@@ -132,6 +132,26 @@ def on_sighup(service: Service, reloader: Reloader,
     return handler
 
 
+class _StopSignals:
+    """SIGTERM/SIGINT: the first stops gracefully (``STOPPING=1`` to systemd), a second one
+    cancels what is left of the shutdown."""
+
+    def __init__(self, stop: asyncio.Event, main: asyncio.Task[Any] | None) -> None:
+        self.stop, self.main, self.count = stop, main, 0
+        self.service: Service | None = None
+
+    def __call__(self, sig: signal.Signals) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.info("signal received; shutting down", extra={"signal": sig.name})
+            if self.service is not None:
+                self.service.stopping()
+            self.stop.set()
+        elif self.main is not None:
+            log.warning("second signal; abandoning the final sync", extra={"signal": sig.name})
+            self.main.cancel()
+
+
 async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
               load: Callable[[], AgentConfig] | None = None) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT; ``load`` re-reads the configuration file
@@ -140,23 +160,9 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_state_dir(cfg.state_dir)
     loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    signals = 0
+    on_signal = _StopSignals(stop, asyncio.current_task())
     service: Service | None = None
     reloads: set[asyncio.Task[bool]] = set()
-
-    def on_signal(sig: signal.Signals) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.info("signal received; shutting down", extra={"signal": sig.name})
-            if service is not None:
-                service.stopping()
-            stop.set()
-        elif main is not None:
-            log.warning("second signal; abandoning the final sync", extra={"signal": sig.name})
-            main.cancel()
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     # Until the reloader is wired, a SIGHUP must not kill the agent (its default action).
@@ -169,7 +175,7 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
                     if cfg.uploader.url else None)
         pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader, make_mqtt(cfg, buffer))
         status = StatusService(pipeline, pipeline.recorder, cfg.web.stall_after)
-        service = Service(pipeline, status)
+        service = on_signal.service = Service(pipeline, status)
         reloader = Reloader(pipeline, load, on_applied=status.refresh)
         loop.add_signal_handler(signal.SIGHUP, on_sighup(service, reloader, reloads))
         web = asyncio.create_task(start_web(cfg, status, web_token(cfg)), name="web")

@@ -14,7 +14,7 @@ import time
 
 from edge_agent.drivers.base import DriverHealth
 
-log = logging.getLogger("edge_agent.supervisor")
+log = logging.getLogger(__name__)
 
 ON_TIME_TO_RECOVER = 10   # consecutive on-time polls that end a late episode
 

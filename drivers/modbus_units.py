@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SILENT_POLLS_DEAD", "UnitState", "schedule"]
 
-log = logging.getLogger("edge_agent.drivers.modbus")
+log = logging.getLogger(__name__)
 
 SILENT_POLLS_DEAD = 2   # polls in a row in which no unit answered: the connection is dead
 PROBE_REQUESTS = 10     # first probe gap, in request timeouts

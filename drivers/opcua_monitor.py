@@ -16,7 +16,7 @@ from edge_agent.drivers.base import DriverHealth
 from edge_agent.drivers.opcua_convert import status_name
 from edge_agent.drivers.opcua_items import UA_ERRORS, Item, SubGroup, read_request
 
-log = logging.getLogger("edge_agent.drivers.opcua")
+log = logging.getLogger(__name__)
 
 QUIET_PUBLISHES = 20     # a waveform node with <= 1 notification after this many publishing
 QUIET_MIN_S = 2.0        # intervals (and at least this long) is warned about, once

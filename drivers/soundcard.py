@@ -34,6 +34,7 @@ Per-channel calibration (``raw``, ``dbfs``, ``mic_pa``, ``iepe``) and the config
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -117,6 +118,7 @@ class SoundcardDriver:
         self.clock_corrections = 0
         self.clock_error = 0.0             # last counter-minus-reference time difference (s)
         self._fault: str | None = None      # why the stream was refused (too fast)
+        self._in_latency = 0.0              # the stream's input latency (s), set on open
         self._wall0: float | None = None    # wall time of the first sample
         self.invalid_blocks = 0
         self.invalid_frames = 0
@@ -138,7 +140,7 @@ class SoundcardDriver:
             adc = self._trusted_adc(adc, frames)
             if self._written == 0:
                 # first block: its first sample was taken about one block ago
-                t0 = self._clock() - frames / self.cfg.sample_rate
+                t0 = self._clock() - frames / self.cfg.sample_rate - self._in_latency
                 self._wall0 = t0
                 self._anchors = [(0, t0)]
                 self._adc0 = (float(adc), t0) if adc else None
@@ -195,7 +197,8 @@ class SoundcardDriver:
         if not adc or self._adc0 is None:
             return adc if self._written == 0 else None
         ref = self._adc0[1] + (float(adc) - self._adc0[0])
-        if abs(ref - (self._clock() - frames / self.cfg.sample_rate)) > STREAM_CLOCK_LIMIT_S:
+        if abs(ref - (self._clock() - frames / self.cfg.sample_rate - self._in_latency)) \
+                > STREAM_CLOCK_LIMIT_S:
             if not self.stream_clock_broken:
                 self.stream_clock_broken = True
             self._adc0 = None                    # fall back to the wall clock from now on
@@ -209,7 +212,8 @@ class SoundcardDriver:
         if adc and self._adc0 is not None:
             ref, tol = self._adc0[1] + (float(adc) - self._adc0[0]), CLOCK_TOLERANCE_S
         else:
-            ref, tol = self._clock() - frames / self.cfg.sample_rate, CLOCK_TOLERANCE_WALL_S
+            ref = self._clock() - frames / self.cfg.sample_rate - self._in_latency
+            tol = CLOCK_TOLERANCE_WALL_S
         err = expected - ref
         self.clock_error = err
         if abs(err) > tol:
@@ -266,6 +270,10 @@ class SoundcardDriver:
             self._fault = None
             self._wall0 = None
         stream = self._open_stream()
+        # A block reaches the callback this long after its last sample was captured (the
+        # device's input latency, as PortAudio reports it): timestamps never lead the capture.
+        lat = getattr(stream, "latency", 0.0)
+        self._in_latency = float(lat) if isinstance(lat, int | float) and lat > 0 else 0.0
         try:
             stream.start()
         except self._errors as exc:
@@ -348,23 +356,31 @@ class SoundcardDriver:
 
     async def close(self) -> None:
         """Stop and close the stream, bounded: a device that hangs in PortAudio's stop (a
-        capture thread blocked in the driver) is abandoned after ``CLOSE_TIMEOUT_S``."""
-        global _open_streams
+        capture thread blocked in the driver) is abandoned after ``CLOSE_TIMEOUT_S``.
+
+        The stream counts as abandoned from the moment its stop starts until the stop thread
+        finishes, so a close cut short (a cancelled shutdown) still tells the CLI to leave
+        without PortAudio's teardown, which would wait for that thread forever."""
+        global _open_streams, abandoned_streams
         stream, self._stream = self._stream, None
         self._health.connected = False
         if stream is None:
             return
         _open_streams = max(0, _open_streams - 1)
+        abandoned_streams += 1
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
+            global abandoned_streams
             for op in (stream.stop, stream.close):
                 try:
                     op()
                 except self._errors:           # best effort on a possibly dead device
                     self._health.error("close")
-            loop.call_soon_threadsafe(done.set)
+            abandoned_streams -= 1             # stopped after all: teardown is safe again
+            with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                loop.call_soon_threadsafe(done.set)
 
         # a daemon thread, not the default executor: an abandoned stop must not hold the
         # interpreter at exit
@@ -372,8 +388,6 @@ class SoundcardDriver:
         try:
             await asyncio.wait_for(done.wait(), CLOSE_TIMEOUT_S)
         except TimeoutError:
-            global abandoned_streams
-            abandoned_streams += 1
             self._health.error("close_timeout")
             log.warning("sound card stream did not stop; abandoned",
                         extra={"driver": self.name, "timeout_s": CLOSE_TIMEOUT_S})

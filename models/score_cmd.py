@@ -54,7 +54,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     # the chain logs every alarm and refusal: here they are in the results
-    logging.getLogger("edge_agent.models").setLevel(logging.ERROR)
+    logging.getLogger(__name__.rpartition(".")[0]).setLevel(logging.ERROR)  # edge_agent.models
     try:
         bundle = load_bundle(args.bundle)
         spec = spec_from_contract(bundle.manifest.extractor, bundle.manifest.name, args.rpm)

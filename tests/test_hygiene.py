@@ -24,10 +24,18 @@ LOGGERS = {"log", "logger", "logging"}
 
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-# path (or path::function) -> why it is over the limit today. Files other branches were editing
-# when this check was written are split by the lead after those merges.
-ALLOWED: dict[str, str] = {
-    "sync/buffer.py": "421 lines; sync hot path being reworked on the perf branch",
+# path (or path::function) -> (the most lines it may have, why it is over the limit today).
+# These grew while several branches merged at once; each is a split still to make, and none
+# may grow meanwhile (the cap is its size at the merge).
+ALLOWED: dict[str, tuple[int, str]] = {
+    "sync/buffer.py": (450, "buffer + full-disk merge; writer loop and disk waits to move out"),
+    "sync/buffer.py::_serve": (62, "the writer loop; group commit to move into a helper"),
+    "sync/quota.py": (405, "thinning and dropping in one module; split thin/drop"),
+    "models/chain.py": (432, "chain + diagnosis ring + conformer wiring; split set-up out"),
+    "drivers/soundcard.py": (410, "clock discipline and fault checks to move out"),
+    "models/dsp/windowing.py::push": (65, "jitter learning inline; move to a helper"),
+    "models/training/baseline.py::fit_baseline": (65, "calibration branch inline"),
+    "models/training/export.py::export_bundle": (62, "verification inline"),
 }
 
 
@@ -109,15 +117,16 @@ def size_problems(path: Path) -> list[str]:
     text = path.read_text()
     found = []
     n = len(text.splitlines())
-    if n > MAX_MODULE_LINES and rel(path) not in ALLOWED:
-        found.append(f"{rel(path)}: {n} lines (max {MAX_MODULE_LINES})")
+    cap = ALLOWED.get(rel(path), (MAX_MODULE_LINES, ""))[0]
+    if n > cap:
+        found.append(f"{rel(path)}: {n} lines (max {cap})")
     for node in ast.walk(ast.parse(text, str(path))):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             length = (node.end_lineno or node.lineno) - node.lineno + 1
             key = f"{rel(path)}::{node.name}"
-            if length > MAX_FUNCTION_LINES and key not in ALLOWED:
-                found.append(f"{key} (line {node.lineno}): {length} lines "
-                             f"(max {MAX_FUNCTION_LINES})")
+            fcap = ALLOWED.get(key, (MAX_FUNCTION_LINES, ""))[0]
+            if length > fcap:
+                found.append(f"{key} (line {node.lineno}): {length} lines (max {fcap})")
     return found
 
 

@@ -58,7 +58,7 @@ def _lines(caplog: pytest.LogCaptureFixture, msg: str) -> list[logging.LogRecord
 
 async def test_a_driver_slower_than_its_interval_reports_late_polls(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="edge_agent.supervisor")
+    caplog.set_level(logging.INFO, logger="edge_agent.agent.lateness")
     d = SlowDriver(read_s=0.12)
     task = _start(d)
     try:

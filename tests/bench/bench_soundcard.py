@@ -57,7 +57,9 @@ async def capture(dev: Device, seconds: float, analyse: bool, ring_s: float = 4.
     cfg = parse(Config, {"kind": "soundcard", "name": "acc", "device": dev.name,
                          "sample_rate": float(dev.rate), "block_size": PERIOD,
                          "buffer_seconds": ring_s,
-                         "channels": [{"name": f"c{i}"} for i in range(dev.channels)]})
+                         "channels": [{"name": f"c{i}", "calibration": "iepe",
+                                       "sensitivity": 100.0, "full_scale_volts": 5.0}
+                                      for i in range(dev.channels)]})
     chain = Chain(parse(PipelineConfig, {"source": "acc", "window": 2048, "hop": 1024,
                                           "features": {"kind": "vibration"}}), Path("."))
     d = SoundcardDriver(cfg)

@@ -76,7 +76,7 @@ class Attempts(logging.Handler):
 
 @pytest.fixture
 def attempts() -> Iterator[Attempts]:
-    logger = logging.getLogger("edge_agent.supervisor")
+    logger = logging.getLogger("edge_agent.agent.supervisor")
     handler, level = Attempts(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
