@@ -20,6 +20,7 @@ Two kinds of device:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -78,6 +79,26 @@ def write_config(home: Path, devices: list[Device]) -> Path:
     path = home / ".asoundrc"
     path.write_text("".join(d.stanza() for d in devices))
     return path
+
+
+def unblock_all(seconds: float = 5.0) -> int:
+    """Feed silence into every FIFO until no sound-card stream is left stuck in a stop.
+
+    A stream stopped while its device delivered nothing (the end-of-input and gone-device
+    tests) has its capture thread blocked reading the FIFO; the driver abandons that stop after
+    its timeout, but PortAudio's teardown at interpreter exit would wait for the thread forever.
+    Data in the FIFO lets the read — and so the stop — finish. Returns the streams still stuck.
+    """
+    from edge_agent.drivers import soundcard
+
+    end = time.monotonic() + seconds
+    while soundcard.abandoned_streams > 0 and time.monotonic() < end:
+        for fd in _holders.values():
+            with contextlib.suppress(BlockingIOError):
+                os.set_blocking(fd, False)
+                os.write(fd, bytes(PIPE_BUF))
+        time.sleep(0.05)
+    return int(soundcard.abandoned_streams)
 
 
 def to_s16(x: npt.ArrayLike) -> bytes:

@@ -25,7 +25,15 @@ from edge_agent.drivers.base import DriverDisconnected, DriverError
 from edge_agent.drivers.soundcard import Config, SoundcardDriver, level_dbfs
 from edge_agent.records import WaveformBlock
 from edge_agent.settings import parse as build
-from tests.drivers.alsa_rig import Device, Feeder, looped, to_s16, tone, write_config
+from tests.drivers.alsa_rig import (
+    Device,
+    Feeder,
+    looped,
+    to_s16,
+    tone,
+    unblock_all,
+    write_config,
+)
 from tests.drivers.typed import blocks, num, sub
 
 PERIOD = 1024          # frames per PortAudio block = per FIFO write (stereo: 4096 bytes)
@@ -51,6 +59,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Device]]
     except OSError as exc:
         pytest.fail(f"PortAudio is missing (apt-get install libportaudio2): {exc}")
     yield devs
+    # streams whose stop was abandoned (a silent device) must finish before the interpreter
+    # exits: PortAudio's teardown would wait for them forever
+    assert unblock_all() == 0, "a sound-card stream is still stuck in its stop"
     if old is not None:
         os.environ["HOME"] = old
 
