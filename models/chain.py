@@ -269,11 +269,11 @@ class Chain:
 
     def process(self, block: WaveformBlock, shaft_rpm: float | None = None
                 ) -> tuple[list[FeatureVector], list[Event]]:
+        rpm = shaft_rpm if shaft_rpm is not None else \
+            getattr(self.cfg.features, "shaft_speed_rpm", None)
         if self.ring is not None:
             self.ring.push(block.samples, block.sample_rate)
-            feats = self.cfg.features
-            self._rpm = shaft_rpm if shaft_rpm is not None else \
-                getattr(feats, "shaft_speed_rpm", None)
+            self._rpm = rpm
         windows, X, events = self.extract(block, shaft_rpm)
         if not windows or self.extractor is None:
             return [], events
@@ -290,10 +290,8 @@ class Chain:
         events += self.speed.missing_events(why, [names[i] for i in absent], scorer is not None,
                                             vectors[-1].window_end)
         if why is not None:
-            pass  # features the model (or the baseline) needs are absent: stored, not scored
-        elif scorer is not None:
-            rpm = shaft_rpm if shaft_rpm is not None else \
-                getattr(self.cfg.features, "shaft_speed_rpm", None)
+            return vectors, events  # features the model (or baseline) needs are absent: not scored
+        if scorer is not None:
             events += self.speed.range_events(scorer, rpm, vectors[-1].window_end)
             events += self._score(scorer, X, vectors)
         elif self.commissioner is not None and not self.commissioner.done:
