@@ -162,7 +162,8 @@ class SoundcardDriver:
             self._written += frames
         loop, ev = self._loop, self._event
         if loop is not None and ev is not None:
-            loop.call_soon_threadsafe(ev.set)
+            with contextlib.suppress(RuntimeError):   # the loop closed while the stream ran
+                loop.call_soon_threadsafe(ev.set)
 
     def _too_fast(self, frames: int) -> bool:
         """Refuse a stream whose frames run ahead of the wall clock (lock held)."""
@@ -366,6 +367,7 @@ class SoundcardDriver:
         self._health.connected = False
         if stream is None:
             return
+        self._loop = None                  # callbacks until the stop finishes wake no one
         _open_streams = max(0, _open_streams - 1)
         abandoned_streams += 1
         done = asyncio.Event()

@@ -9,8 +9,8 @@ Two kinds of device:
 
 * **paced** — the infile is a FIFO fed by :class:`Feeder` at real time in whole periods: the
   plugin's read blocks until the next period is written, so the device delivers at its nominal
-  rate, like a real converter (a partial period would be padded by the plugin, so the feeder
-  always writes exactly ``period`` frames, one ``write`` each, ≤ PIPE_BUF bytes);
+  rate, like a real converter (see :class:`Feeder` for how the writes must match the plugin's
+  reads, or the device inserts junk or drops a period);
 * **unpaced** — the infile is a regular file: everything comes back at once, the way the
   issue's raw-file device behaved (a device "faster than its nominal rate").
 
@@ -21,7 +21,10 @@ Two kinds of device:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -113,16 +116,41 @@ def tone(rate: int, seconds: float, amps: list[float], freq: float = 1000.0,
     return np.stack([a * np.sin(2 * np.pi * freq * n / rate) for a in amps], axis=1)
 
 
+def queued(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD)."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
 class Feeder:
     """Writes a signal into a paced device's FIFO at real time, ``period`` frames per write.
 
     ``signal(k)`` returns the k-th period (frames x channels, full scale) or None at the end.
     Opened read-write, so the writer never blocks on open and never sees EPIPE while PortAudio
-    probes or reopens the device."""
+    probes or reopens the device.
+
+    The writes follow how ALSA's file plugin reads its infile in mmap mode (the mode PortAudio
+    uses; alsa-lib 1.2.8 ``snd_pcm_file_mmap_begin``): one ``read()`` per mmap cycle for the
+    whole contiguous area on offer, and a short read leaves the rest of that area as it was
+    (zeros or stale memory) while the caller still commits it. PortAudio's first cycle on a
+    started stream takes two periods (strace: a 2-period read, then alternately 2-period reads
+    at the buffer's start and 1-period reads at its middle), so:
+
+    * the first write after a start or a resume carries ``PRIME`` periods at once (fed one
+      period at a time, the first cycle read one period and passed one period of junk on as
+      audio, shifting everything after it by a period);
+    * a period is written only once the pipe is empty: with two periods waiting, a 2-period
+      read can take both while PortAudio commits one, and the next read overwrites the other
+      (a period lost). A feeder running late catches up one period at a time, as fast as the
+      device reads.
+
+    ``log`` holds ``(frames written so far, time.time() just after the write)`` per write: the
+    feeder's real-time clock for the device's samples."""
+
+    PRIME = 2
 
     def __init__(self, dev: Device, period: int, signal: object, speed: float = 1.0) -> None:
         assert dev.paced
-        assert period * dev.channels * 2 <= PIPE_BUF, "a period must fit one atomic pipe write"
+        assert period * dev.channels * 2 * self.PRIME <= 1 << 16, "the first write fits a pipe"
         self.dev, self.period, self.signal, self.speed = dev, period, signal, speed
         self.fd = os.open(dev.infile, os.O_RDWR | os.O_NONBLOCK)
         os.set_blocking(self.fd, True)
@@ -131,27 +159,43 @@ class Feeder:
         self._stop = threading.Event()
         self.periods = 0
         self.t_start: float | None = None
+        self.log: list[tuple[int, float]] = []
         self._thread = threading.Thread(target=self._loop, name=f"feeder:{dev.name}",
                                         daemon=True)
         self._thread.start()
 
+    def _next(self, primed: bool) -> list[npt.NDArray[np.float64]] | None:
+        out = []
+        for i in range(1 if primed else self.PRIME):
+            block = self.signal(self.periods + i)  # type: ignore[operator]
+            if block is None:
+                break
+            out.append(block)
+        return out or None
+
     def _loop(self) -> None:
         t0 = time.monotonic()
         k = 0
+        primed = False
         dt = self.period / self.dev.rate / self.speed
         while not self._stop.is_set():
             if not self._run.is_set():
                 self._run.wait(0.05)
-                t0, k = time.monotonic(), 0
+                t0, k, primed = time.monotonic(), 0, False
                 continue
-            block = self.signal(self.periods)  # type: ignore[operator]
-            if block is None:
+            blocks = self._next(primed)
+            if blocks is None:
                 return
+            while queued(self.fd) and not self._stop.is_set():
+                time.sleep(0.001)              # the device has not read the last period yet
             if self.t_start is None:
                 self.t_start = time.time()
-            os.write(self.fd, to_s16(block))
-            self.periods += 1
+            # one write: the first (PRIME periods, <= 64 KiB) goes into an empty pipe whole
+            os.write(self.fd, b"".join(to_s16(b) for b in blocks))
+            self.periods += len(blocks)
+            self.log.append((self.periods * self.period, time.time()))
             k += 1
+            primed = True
             time.sleep(max(0.0, t0 + k * dt - time.monotonic()))
 
     def pause(self) -> None:
