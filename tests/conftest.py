@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.drivers.alsa_clock import soundcard_clock_run  # noqa: F401 - session fixture
+
 REPO = Path(__file__).resolve().parent.parent
 
 
