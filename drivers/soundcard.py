@@ -200,8 +200,7 @@ class SoundcardDriver:
         ref = self._adc0[1] + (float(adc) - self._adc0[0])
         if abs(ref - (self._clock() - frames / self.cfg.sample_rate - self._in_latency)) \
                 > STREAM_CLOCK_LIMIT_S:
-            if not self.stream_clock_broken:
-                self.stream_clock_broken = True
+            self.stream_clock_broken = True
             self._adc0 = None                    # fall back to the wall clock from now on
             return None
         return adc
@@ -364,10 +363,9 @@ class SoundcardDriver:
         without PortAudio's teardown, which would wait for that thread forever."""
         global _open_streams, abandoned_streams
         stream, self._stream = self._stream, None
-        self._health.connected = False
+        self._health.connected, self._loop = False, None   # a late callback wakes no one
         if stream is None:
             return
-        self._loop = None                  # callbacks until the stop finishes wake no one
         _open_streams = max(0, _open_streams - 1)
         abandoned_streams += 1
         done = asyncio.Event()
