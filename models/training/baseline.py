@@ -49,8 +49,8 @@ ESTIMATORS = ("isolation_forest", "band_alarm")
 CROSS_FOLDS = 5
 
 LEGACY_MIN_ROWS = 32
-"""Floor of the old quantile rule (kept to reproduce the shipped CWRU demonstration bundle,
-trained on 5 s of healthy data); commissioning cannot use it (``min_windows`` >= 200)."""
+"""Floor of the old quantile rule (``--quantile``, kept for comparisons); commissioning cannot
+use it (``min_windows`` >= 200)."""
 
 
 def window_period(contract: Mapping[str, object]) -> float | None:
