@@ -27,7 +27,8 @@ def resolve_model(spec: str) -> Path:
 SPECS: dict[str, Spec] = {
     "vibration_cwru_de": Spec("vibration_cwru_de", VibrationConfig(), 2048, 1024, 48000.0,
                               ("de",)),
-    "sound_mimii_fan": Spec("sound_mimii_fan", SoundConfig(), 16000, 8000, 16000.0, ("mic",)),
+    "sound_mimii_fan": Spec("sound_mimii_fan", SoundConfig(include=("bands",), bands_per_octave=1),
+                            16000, 4000, 16000.0, ("mic",)),
     "vibration_simulator": Spec("vibration_simulator", VibrationConfig(), 2048, 1024, 20000.0,
                                 ("h", "v")),
     "sound_simulator": Spec("sound_simulator", SoundConfig(), 8192, 4096, 16000.0, ("mic",)),

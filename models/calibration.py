@@ -49,6 +49,10 @@ MIN_DECISIONS = 20
 MAX_CHECK_EXCEEDANCE = 0.02
 DEFAULT_FALSE_ALARMS_PER_HOUR = 0.1
 DEFAULT_PERSISTENCE_S = 2.0   # the alerts' default raise_after
+DEFAULT_MIN_SD = 2.0
+"""Band alarm's floor of a feature's baseline deviation, in dB for band levels: a level moving
+less than this between recording sessions is not a machine change (engineering-grade sound
+measurements repeat within about 1.5-2 dB)."""
 
 
 def split(n: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from edge_agent.errors import ModelError, StorageError
 from edge_agent.models.bundle import load_bundle, pack
+from edge_agent.models.calibration import DEFAULT_MIN_SD
 from edge_agent.models.spec import Spec
 from edge_agent.records import parse_ts
 
@@ -44,7 +45,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--tol", type=float, default=1e-5, help="max |onnx - sklearn| (1e-5)")
     ex.set_defaults(func=cmd_export)
 
-    tr = sub.add_parser("train", help="fit a baseline (scaler + IsolationForest) -> bundle")
+    tr = sub.add_parser("train", help="fit a baseline (scaler + IsolationForest, or a band "
+                                      "alarm) -> bundle")
     src = tr.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", help="source_id whose feature vectors to read from the buffer")
     src.add_argument("--from-files", nargs="+", metavar="FILE",
@@ -62,6 +64,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _contract_args(tr)
     _bundle_args(tr)
     tr.add_argument("--n-estimators", type=int, default=100)
+    _estimator_args(tr)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=cmd_train)
 
@@ -97,6 +100,15 @@ def _recording_args(p: argparse.ArgumentParser) -> None:
                    help="shaft speed (rpm) of the recordings, where a file does not give it")
 
 
+def _estimator_args(tr: argparse.ArgumentParser) -> None:
+    tr.add_argument("--estimator", choices=("isolation_forest", "band_alarm"),
+                    help="model (default: the --like bundle's, else isolation_forest; "
+                         "band_alarm for band levels)")
+    tr.add_argument("--min-sd", type=float, default=None,
+                    help="band alarm: floor of each feature's baseline deviation (default: "
+                         "the --like bundle's, else 2, in dB for band levels)")
+
+
 def _bundle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="bundle directory or .tar.gz/.zip to write")
     p.add_argument("--name", required=True)
@@ -122,6 +134,14 @@ def read_feature_file(path: Path | str) -> tuple[F64, tuple[str, ...]]:
         header = fh.readline().strip().split(",")
     X = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
     return X, tuple(h.strip() for h in header)
+
+
+def _estimator(args: argparse.Namespace) -> dict[str, Any]:
+    """``estimator`` and ``min_sd`` from the flags, else from the ``--like`` bundle."""
+    score = dict(load_bundle(args.like).manifest.score) if args.like else {}
+    like = "band_alarm" if score.get("estimator") == "BandAlarm" else "isolation_forest"
+    min_sd = args.min_sd if args.min_sd is not None else score.get("min_sd", DEFAULT_MIN_SD)
+    return {"estimator": args.estimator or like, "min_sd": float(min_sd)}
 
 
 def _contract(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict[str, Any] | None]:
@@ -284,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             false_alarms_per_hour=args.false_alarms_per_hour,
                             decision_seconds=args.decision_seconds,
                             n_estimators=args.n_estimators, version=args.version,
-                            kind=args.kind, source=src)
+                            kind=args.kind, source=src, **_estimator(args))
     except (ModelError, StorageError, OSError, ValueError, KeyError) as exc:
         return _fail(str(exc))
     return _summary(path)

@@ -15,13 +15,14 @@ import importlib.util
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.errors import TrainExtraMissing
-from edge_agent.models.calibration import DEFAULT_FALSE_ALARMS_PER_HOUR, MIN_ROWS
+from edge_agent.models.calibration import DEFAULT_FALSE_ALARMS_PER_HOUR, DEFAULT_MIN_SD, MIN_ROWS
 from edge_agent.records import Event, FeatureVector
 from edge_agent.settings import Duration, Model
 
@@ -71,6 +72,10 @@ class CommissioningConfig(Model):
     quantile: float | None = Field(None, ge=0.5, lt=1.0)
     """Old rule, for comparison only: this quantile of the fit rows' scores."""
     n_estimators: int = Field(100, ge=10, le=1000)
+    estimator: Literal["isolation_forest", "band_alarm"] = "isolation_forest"
+    """band_alarm: each feature's rise over its baseline (for sound band levels)."""
+    min_sd: float = Field(DEFAULT_MIN_SD, gt=0)
+    """band_alarm: floor of a feature's baseline deviation (dB for band levels)."""
     seed: int = 0
     out_dir: str = "/var/lib/edge-agent/models"
 
@@ -137,6 +142,7 @@ class Commissioner:
                             false_alarms_per_hour=self.cfg.false_alarms_per_hour,
                             decision_seconds=self.cfg.decision_seconds,
                             n_estimators=self.cfg.n_estimators, version=version,
+                            estimator=self.cfg.estimator, min_sd=self.cfg.min_sd,
                             source={"source_id": self.source_id, "skipped": self.skipped,
                                     "window_from": self._start, "window_to": self._last})
 

@@ -47,8 +47,9 @@ def names_contract(spec: Spec) -> tuple[tuple[str, ...], dict[str, object]]:
 
 _VIB_KEYS = ("include", "high_freq_cut", "spectrum_dtype", "accel_unit", "envelope_harmonics",
              "envelope_tolerance", "shaft_speed_rpm", "shaft_speed_tag")
-_SOUND_KEYS = {"n_mfcc": "n_mfcc", "n_mels": "n_mels", "n_fft": "n_fft", "mfcc_hop": "hop",
-               "fmin": "fmin", "fmax": "fmax", "top_db": "top_db"}
+_SOUND_KEYS = {"include": "include", "bands_per_octave": "bands_per_octave",
+               "band_fmin": "band_fmin", "n_mfcc": "n_mfcc", "n_mels": "n_mels", "n_fft": "n_fft",
+               "mfcc_hop": "hop", "fmin": "fmin", "fmax": "fmax", "top_db": "top_db"}
 
 
 def spec_from_contract(contract: Mapping[str, Any], name: str = "like",
@@ -63,6 +64,8 @@ def spec_from_contract(contract: Mapping[str, Any], name: str = "like",
     feats: dict[str, Any]
     if c.get("kind") == "sound":
         feats = {"kind": "sound", **{mine: c[k] for k, mine in _SOUND_KEYS.items() if k in c}}
+        if "include" in feats:
+            feats["include"] = tuple(feats["include"])
         cfg: VibrationConfig | SoundConfig = parse(SoundConfig, feats, "contract")
     else:
         feats = {k: c[k] for k in _VIB_KEYS if c.get(k) is not None}

@@ -7,7 +7,9 @@ names are ``f"{channel}_{feature}"``; per channel, in order:
   ``include``; then ``iso_velocity_rms`` (mm/s, 10-1000 Hz) and, when a class or limits are
   set, ``iso_zone`` (0..3 = A..D) for ``"iso"``; then ``env_bpfo, env_bpfi, env_bsf, env_ftf``
   for ``"envelope"``.
-* sound: ``mfcc_mean_0..N-1`` then ``mfcc_std_0..N-1``.
+* sound: ``mfcc_mean_0..N-1`` then ``mfcc_std_0..N-1`` for ``"mfcc"`` in ``include``; then the
+  octave or third-octave band levels ``band_<centre>hz`` (dB re 1 unit², :mod:`.bands`) for
+  ``"bands"``.
 
 ``extractor(window)`` returns a dict; ``extractor.batch(windows)`` returns an
 ``(n_windows, n_features)`` array in :meth:`names` order (fast path; rows of windows holding
@@ -21,24 +23,22 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.bearing import BearingGeometry
 from edge_agent.errors import FeatureError
 from edge_agent.models.dsp import features as ft
 from edge_agent.models.dsp.envelope import ENVELOPE_NAMES, envelope_energies
-from edge_agent.models.dsp.mfcc import MFCC
-from edge_agent.models.dsp.spectrum import scratch
+from edge_agent.models.dsp.extractbase import F64, Extractor, _Base
+from edge_agent.models.dsp.sound import SoundConfig, SoundExtractor
 from edge_agent.models.dsp.windowing import Window
 from edge_agent.settings import Model
 
 __all__ = ["Extractor", "FeatureError", "SoundConfig", "VibrationConfig", "make_extractor"]
 
-F64 = npt.NDArray[np.float64]
 FeatureGroup = Literal["basic", "iso", "envelope"]
 
 
@@ -90,101 +90,6 @@ class VibrationConfig(Model):
         if self.iso_zones is not None and len(self.iso_zones) == 3:
             return (self.iso_zones[0], self.iso_zones[1], self.iso_zones[2])
         return None
-
-
-class SoundConfig(Model):
-    kind: Literal["sound"] = "sound"
-    n_mfcc: int = Field(20, ge=1)
-    n_mels: int = Field(128, ge=1)
-    n_fft: int = Field(2048, ge=16)
-    hop: int = Field(512, ge=1)
-    fmin: float = Field(0.0, ge=0)
-    fmax: float | None = Field(None, gt=0)
-    top_db: float | None = Field(80.0, ge=0)
-
-    def problems(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        if self.n_mfcc > self.n_mels:
-            out.append(("n_mfcc", "must not exceed n_mels"))
-        if self.fmax is not None and self.fmax <= self.fmin:
-            out.append(("fmax", "must be above fmin"))
-        return out
-
-
-class Extractor(Protocol):
-    def names(self) -> tuple[str, ...]: ...
-
-    def contract(self) -> dict[str, object]: ...
-
-    def absent(self, shaft_rpm: float | None) -> tuple[str | None, tuple[int, ...]]: ...
-
-    def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]: ...
-
-    def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64: ...
-
-
-class _Base:
-    kind = ""
-
-    def __init__(self, sample_rate: float, channels: tuple[str, ...], window: int,
-                 hop: int) -> None:
-        if not (sample_rate > 0 and math.isfinite(sample_rate)):
-            raise ValueError(f"sample rate must be > 0, got {sample_rate}")
-        if not channels or len(set(channels)) != len(channels):
-            raise ValueError(f"channels must be distinct and non-empty, got {channels}")
-        if window < 2 or hop < 1:
-            raise ValueError(f"window must be >= 2 and hop >= 1, got {window}, {hop}")
-        self.sample_rate, self.channels = float(sample_rate), tuple(channels)
-        self.window, self.hop = int(window), int(hop)
-        self._names: tuple[str, ...] = ()
-
-    def names(self) -> tuple[str, ...]:
-        return self._names
-
-    def absent(self, shaft_rpm: float | None) -> tuple[str | None, tuple[int, ...]]:
-        """Feature columns that cannot be computed with ``shaft_rpm`` and why (none here)."""
-        return None, ()
-
-    def _check(self, windows: Sequence[Window]) -> None:
-        for w in windows:
-            if (w.samples.shape != (self.window, len(self.channels)) or
-                    w.sample_rate != self.sample_rate or w.channels != self.channels):
-                raise FeatureError(
-                    f"{w.source_id}: window {w.samples.shape} @ {w.sample_rate} Hz {w.channels} "
-                    f"does not match the extractor ({self.window}, {len(self.channels)}) @ "
-                    f"{self.sample_rate} Hz {self.channels}")
-
-    def _channel(self, windows: Sequence[Window], ci: int) -> F64:
-        """One channel of the windows as a contiguous ``(n_windows, window)`` scratch array."""
-        out: F64 = scratch("gather", len(windows), self.window)
-        for i, w in enumerate(windows):
-            out[i] = w.samples[:, ci]
-        return out
-
-    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
-        raise NotImplementedError
-
-    def batch(self, windows: Sequence[Window], shaft_rpm: float | None = None) -> F64:
-        """One row per window; a row with any non-finite feature is all NaN (a bad window)."""
-        with np.errstate(over="ignore", invalid="ignore"):  # such rows are marked bad below
-            return _mark_bad(self._rows(windows, shaft_rpm))
-
-    def __call__(self, window: Window, shaft_rpm: float | None = None) -> dict[str, float]:
-        if not np.isfinite(window.samples).all():
-            raise FeatureError(f"{window.source_id}: window at {window.start} holds NaN/Inf "
-                               "samples")
-        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-            row = self._rows([window], shaft_rpm)[0]
-        if not np.isfinite(row).all():
-            which = [n for n, v in zip(self._names, row, strict=True) if not math.isfinite(v)]
-            raise FeatureError(f"{window.source_id}: window at {window.start} gives non-finite "
-                               f"features ({', '.join(which[:4])}); samples out of range?")
-        return dict(zip(self._names, (float(v) for v in row), strict=True))
-
-
-def _mark_bad(rows: F64) -> F64:
-    rows[~np.isfinite(rows).all(axis=1)] = np.nan
-    return rows
 
 
 class VibrationExtractor(_Base):
@@ -338,45 +243,6 @@ class VibrationExtractor(_Base):
             elif "envelope" in c.include:
                 o[:, j:] = np.nan             # no usable shaft speed: absent
         out[bad] = np.nan
-        return out
-
-
-class SoundExtractor(_Base):
-    kind = "sound"
-
-    def __init__(self, cfg: SoundConfig, sample_rate: float, channels: tuple[str, ...],
-                 window: int, hop: int) -> None:
-        super().__init__(sample_rate, channels, window, hop)
-        probs = cfg.problems()
-        if probs:
-            raise ValueError("; ".join(f"{k}: {m}" for k, m in probs))
-        if cfg.fmax is not None and cfg.fmax > self.sample_rate / 2:
-            raise ValueError(f"fmax {cfg.fmax} Hz exceeds Nyquist {self.sample_rate / 2} Hz")
-        self.cfg = cfg
-        self.mfcc = MFCC(self.sample_rate, cfg.n_mfcc, cfg.n_mels, cfg.n_fft, cfg.hop, cfg.fmin,
-                         cfg.fmax, cfg.top_db)
-        per = [f"mfcc_mean_{i}" for i in range(cfg.n_mfcc)] + \
-              [f"mfcc_std_{i}" for i in range(cfg.n_mfcc)]
-        self.per_channel = tuple(per)
-        self._names = tuple(f"{c}_{n}" for c in self.channels for n in per)
-
-    def contract(self) -> dict[str, object]:
-        c = self.cfg
-        return {"kind": "sound", "sample_rate": self.sample_rate, "window": self.window,
-                "hop": self.hop, "channels": list(self.channels), "n_mfcc": c.n_mfcc,
-                "n_mels": c.n_mels, "n_fft": c.n_fft, "mfcc_hop": c.hop, "fmin": c.fmin,
-                "fmax": c.fmax, "top_db": c.top_db, "features": list(self._names)}
-
-    def _rows(self, windows: Sequence[Window], shaft_rpm: float | None) -> F64:
-        self._check(windows)
-        per = len(self.per_channel)
-        out = np.empty((len(windows), per * len(self.channels)))
-        for wi, w in enumerate(windows):
-            if not np.isfinite(w.samples).all():
-                out[wi] = np.nan
-                continue
-            for ci in range(len(self.channels)):
-                out[wi, ci * per:(ci + 1) * per] = self.mfcc.summary(w.samples[:, ci])
         return out
 
 

@@ -1,7 +1,8 @@
 """sklearn outlier pipeline -> verified model bundle (``edge-agent models export``).
 
 Supported: ``IsolationForest`` and ``OneClassSVM``, alone or at the end of a ``Pipeline`` whose
-other steps skl2onnx converts (typically ``StandardScaler``). An IsolationForest behind at most
+other steps skl2onnx converts (typically ``StandardScaler``), and the band alarm of
+:mod:`.bandalarm` (its own three-node graph). An IsolationForest behind at most
 one ``StandardScaler`` becomes the single-operator graph of :mod:`.fastforest`; everything else
 goes through skl2onnx with a final node turning its output into the bundle's score.
 
@@ -36,7 +37,7 @@ from edge_agent.models.bundle import (
 )
 from edge_agent.timestamps import compact, now, second_text
 
-SUPPORTED = ("IsolationForest", "OneClassSVM")
+SUPPORTED = ("IsolationForest", "OneClassSVM", "BandAlarm")
 QUANTILE_LEVELS: tuple[float, ...] = tuple(round(i / 20, 2) for i in range(21))
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -138,7 +139,8 @@ def check_supported(est: Any) -> str:
 
 def sklearn_scores(est: Any, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """The bundle's score from sklearn: higher = more anomalous."""
-    if check_supported(est) == "IsolationForest":
+    kind = check_supported(est)
+    if kind in ("IsolationForest", "BandAlarm"):
         return -np.asarray(est.score_samples(X), dtype=np.float64)
     return -np.asarray(est.decision_function(X), dtype=np.float64).reshape(-1)
 
@@ -191,6 +193,14 @@ def to_score_onnx(est: Any, n_features: int, *, fast: bool = True) -> tuple[byte
     )
 
     kind = check_supported(est)
+    if kind == "BandAlarm":
+        from edge_agent.models.training.bandalarm import to_onnx
+
+        band = final_step(est)
+        return to_onnx(band).SerializeToString(), {
+            "semantics": "higher_is_more_anomalous", "estimator": kind, "graph": "band_alarm",
+            "rule": "max over features of (x - baseline mean) / baseline sd",
+            "min_sd": band.min_sd}
     out = "-score_samples" if kind == "IsolationForest" else "-decision_function"
     info: dict[str, Any] = {"semantics": "higher_is_more_anomalous", "estimator": kind,
                             "sklearn_output": out}

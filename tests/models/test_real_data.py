@@ -81,7 +81,7 @@ def test_roc_auc_matches_sklearn() -> None:
 def test_shipped_bundles_load_under_their_pipeline_settings(name: str) -> None:
     names, contract = names_contract(SPECS[name])
     sc = Scorer.load(BUNDLES / name, expected_names=names, expected_contract=contract)
-    graph = "skl2onnx" if name == "sound_mimii_fan" else "fast_tree_ensemble"  # OneClassSVM
+    graph = "band_alarm" if name == "sound_mimii_fan" else "fast_tree_ensemble"
     assert sc.ref.name == name and sc.manifest.score["graph"] == graph
     assert sc.manifest.score["verified_max_abs_diff"] <= 1e-5
     assert (BUNDLES / name / "model.onnx").stat().st_size < 600_000
