@@ -71,6 +71,27 @@ def start_agent(cfg: Path) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env={**os.environ})
 
 
+def _scrape(port: int, proc: subprocess.Popen[str], until: str = "") -> str:
+    """The agent's /metrics text; with ``until``, the first one holding it (within 60 s)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text: str = r.read().decode()
+            if until in text:
+                return text
+        except (urllib.error.URLError, OSError):
+            if not until:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the agent's metrics never showed {until!r}")
+        time.sleep(0.2)
+
+
 def test_agent_end_to_end(tmp_path: Path) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text("e2e-secret-key\n")
@@ -81,12 +102,9 @@ def test_agent_end_to_end(tmp_path: Path) -> None:
                                      metrics_port=metrics_port, block=BLOCK_S))
         proc = start_agent(cfg)
         try:
-            time.sleep(RUN_S)
-            import urllib.request
-
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
-                                        timeout=5) as r:
-                metrics = r.read().decode()
+            _scrape(metrics_port, proc, until='edge_agent_driver_connected{driver="sim"} 1.0')
+            time.sleep(RUN_S)                 # running: start-up time does not count
+            metrics = _scrape(metrics_port, proc)
             assert proc.poll() is None, proc.communicate()
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
