@@ -36,6 +36,12 @@ hop = 4000
 features = { kind = "sound", include = ["bands"], bands_per_octave = 1 }
 model = { path = "builtin:sound_mimii_fan" }
 alerts = { raise_after = 3, clear_after = 10 }
+
+[[pipelines]]
+source = "fan_mfcc"
+window = 16000
+hop = 4000
+features = { kind = "sound" }
 """
 HEAD = """
 [agent]
@@ -48,8 +54,8 @@ listen = "127.0.0.1:{port}"
 SOUNDCARD = """
 [[drivers]]
 kind = "soundcard"
-name = "fan"
-device = "edgetest_fan"
+name = "{name}"
+device = "edgetest_{name}"
 sample_rate = 16000.0
 block_size = {period}
 stall_timeout = 10.0
@@ -58,7 +64,7 @@ channels = [ {{ name = "mic", calibration = "raw" }} ]
 REPLAY = """
 [[drivers]]
 kind = "replay"
-name = "fan"
+name = "{name}"
 path = "{rec}"
 columns = ["0"]
 channels = ["mic"]
@@ -83,7 +89,8 @@ def wait_connected(port: int, within: float = 60.0) -> None:
                 status = json.load(r)
             # opened: the driver reports its device and ring (it counts as connected only
             # after its first good read, and no audio flows until the test feeds the FIFO)
-            if any(d.get("capacity") for d in status.get("drivers", [])):
+            drivers = status.get("drivers", [])
+            if drivers and all(d.get("capacity") for d in drivers):
                 return
         except (OSError, ValueError):
             pass
@@ -112,6 +119,14 @@ WINDOWS = SECOND + PER_CLIP
 SETTLED = 20            # the model decides on 5 s means: 20 windows into a clip, all of it
 
 
+SOURCES = ("fan", "fan_mfcc")   # the fan model's band levels, and MFCC (no model)
+
+
+def by_source(feats: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    return sorted((f for f in feats if f["source_id"] == source),
+                  key=lambda f: f["window_start"])
+
+
 def stop(p: subprocess.Popen[str], limit: float) -> float:
     t = time.monotonic()
     p.send_signal(signal.SIGTERM)
@@ -136,18 +151,20 @@ def test_soundcard_capture_alarms_like_replay(data_dir: Path, tmp_path: Path) ->
     rec.mkdir()
     wavfile.write(rec / "fan.wav", 16000, pcm)
     ref_cfg = tmp_path / "replay.toml"
+    # two replays as fast as they can fill the waveform queue: block instead of dropping
     ref_cfg.write_text(HEAD.format(state=tmp_path / "ref", port=free_port())
-                       + REPLAY.format(rec=rec) + PIPELINE)
+                       + '[queues]\nwaveforms = { size = 256, overflow = "block" }\n'
+                       + "".join(REPLAY.format(name=n, rec=rec) for n in SOURCES) + PIPELINE)
     p = agent(ref_cfg, {**os.environ})
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(features_in(tmp_path / "ref")) < WINDOWS:
+    while time.monotonic() < deadline and len(features_in(tmp_path / "ref")) < 2 * WINDOWS:
         time.sleep(0.5)                        # the replay runs as fast as it can
     stop(p, 20)
     ref_feats, ref_alarms = results(tmp_path / "ref")
     # the sound card, fed at real time with the same samples
     home = tmp_path / "home"
-    dev = Device("edgetest_fan", 16000, 1, home / "fan.fifo")
-    write_config(home, [dev])
+    devs = [Device(f"edgetest_{n}", 16000, 1, home / f"{n}.fifo") for n in SOURCES]
+    write_config(home, devs)
     audio = pcm / 32768.0
     # Padded with silence to whole periods, plus one: the last window needs the clips' tail,
     # and PortAudio hands this device's periods on one period late (a period reaches the
@@ -161,19 +178,31 @@ def test_soundcard_capture_alarms_like_replay(data_dir: Path, tmp_path: Path) ->
     cfg = tmp_path / "card.toml"
     port = free_port()
     cfg.write_text(HEAD.format(state=tmp_path / "card", port=port)
-                   + SOUNDCARD.format(period=PERIOD) + PIPELINE)
+                   + "".join(SOUNDCARD.format(name=n, period=PERIOD) for n in SOURCES)
+                   + PIPELINE)
     p = agent(cfg, {**os.environ, "HOME": str(home)})
     wait_connected(port)                       # opened and waiting on the FIFO
-    feeder = Feeder(dev, PERIOD, signal_k)
+    feeders = [Feeder(d, PERIOD, signal_k) for d in devs]
     try:
         deadline = time.monotonic() + 40
-        while feeder.periods < n_periods and time.monotonic() < deadline:
+        while min(f.periods for f in feeders) < n_periods and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(1.5)                         # the last windows; the device is now silent
         took = stop(p, 5 + 10)                  # shutdown_timeout + margin
     finally:
-        feeder.close()
+        for f in feeders:
+            f.close()
     feats, alarms = results(tmp_path / "card")
+    # The second device, the same samples: MFCC summaries equal the replay's window by window.
+    mfcc, ref_mfcc = (by_source(f, "fan_mfcc") for f in (feats, ref_feats))
+    assert len(mfcc) >= WINDOWS and len(ref_mfcc) >= WINDOWS, (len(mfcc), len(ref_mfcc))
+    for i in range(WINDOWS):
+        assert "mic_mfcc_mean_0" in mfcc[i]["values"] and mfcc[i].get("score") is None
+        keys = sorted(ref_mfcc[i]["values"])
+        np.testing.assert_allclose([mfcc[i]["values"][k] for k in keys],
+                                   [ref_mfcc[i]["values"][k] for k in keys], rtol=1e-5,
+                                   atol=1e-5, err_msg=f"MFCC window {i}")
+    feats, ref_feats = by_source(feats, "fan"), by_source(ref_feats, "fan")
     assert feats and all(f["score"] is not None for f in feats), "every window scored"
     assert all(np.isfinite(list(f["values"].values())).all() for f in feats)
     assert len(feats) >= WINDOWS and len(ref_feats) >= WINDOWS, (len(feats), len(ref_feats))
