@@ -6,11 +6,13 @@ the shipped models, the status page on), with the issue's goal (<= 90 MB peak RS
    60 s, so the alert and diagnosis path is included); prints the peak (VmHWM), RSS at a few
    points, anonymous vs file-backed pages and the threads. When 127.0.0.1:8080 (the default
    ``[web].listen``) is taken, the same configuration runs with port 0 and the line says so.
+   ``--unit-env`` runs it a second time with the ``Environment=`` of the systemd unit
+   (``systemd/edge-agent.service``: its glibc malloc thresholds keep freed memory).
 2. The breakdown, in a fresh interpreter: RSS added by each top-level package in the order the
    agent imports them, by the two onnxruntime sessions of the shipped models, and by SQLite
    (the buffer started, then 10,000 rows written: its page cache fills with what is written).
 
-    .venv/bin/python tests/bench/bench_memory.py [--seconds 90] [--no-breakdown]
+    .venv/bin/python tests/bench/bench_memory.py [--seconds 90] [--unit-env] [--no-breakdown]
 """
 
 from __future__ import annotations
@@ -74,7 +76,18 @@ def port_free(addr: tuple[str, int]) -> bool:
     return True
 
 
-def run_default(seconds: float) -> None:
+def unit_env() -> dict[str, str]:
+    """``Environment=`` assignments of the shipped systemd unit."""
+    env: dict[str, str] = {}
+    for line in (ROOT / "systemd" / "edge-agent.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in line.removeprefix("Environment=").split():
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def run_default(seconds: float, extra_env: dict[str, str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [AGENT, "run", "--state-dir", str(Path(tmp) / "state")]
         how = "edge-agent run --state-dir <tmp> (embedded default config)"
@@ -84,7 +97,11 @@ def run_default(seconds: float) -> None:
             cfg.write_text('[web]\nlisten = "127.0.0.1:0"\n\n' + text, encoding="utf-8")
             cmd += ["-c", str(cfg)]
             how = "embedded default config with [web].listen port 0 (8080 is taken)"
-        agent = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL)
+        if extra_env:
+            how += " under the systemd unit's Environment= (" + " ".join(
+                f"{k}={v}" for k, v in extra_env.items() if k.startswith("MALLOC")) + ")"
+        agent = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL,
+                                 env={**os.environ, **(extra_env or {})})
         samples: list[tuple[float, float]] = []
         t0 = time.monotonic()
         try:
@@ -166,6 +183,8 @@ async def sqlite_part(buf_cfg: BufferConfig, tmp: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=90.0)
+    ap.add_argument("--unit-env", action="store_true",
+                    help="also run with the systemd unit's Environment=")
     ap.add_argument("--no-breakdown", action="store_true")
     ap.add_argument("--breakdown-child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -173,6 +192,8 @@ def main() -> None:
         breakdown()
         return
     run_default(a.seconds)
+    if a.unit_env:
+        run_default(a.seconds, unit_env())
     if not a.no_breakdown:
         subprocess.run([sys.executable, __file__, "--breakdown-child"], check=True)
 
