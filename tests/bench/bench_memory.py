@@ -123,23 +123,36 @@ def run_default(seconds: float, extra_env: dict[str, str] | None = None) -> None
           f"load {os.getloadavg()[0]:.2f}")
     print(f"  peak RSS {end['VmHWM']:.1f} MB  (goal <= {GOAL_MIB:g} MB: {verdict}; "
           f"before: {BEFORE_MIB:g} MB)")
-    marks = [m for m in (5, 30, 60, 90) if m <= seconds]
+    marks = [m for m in (5, 30, 60, 90, 120, 300, 600) if m <= seconds]
     print("  RSS by time: " + ", ".join(f"<= {m} s {at(m):.1f} MB" for m in marks))
     print(f"  at the end: anonymous {end['RssAnon']:.1f} MB, file-backed (code of shared "
           f"libraries) {end['RssFile']:.1f} MB, {end['Threads']:.0f} threads")
 
 
 # -- breakdown (fresh interpreter) --------------------------------------------------------------
-def breakdown() -> None:
+# The child measures the bare interpreter before this script's own imports, then runs it.
+BOOT = ("import runpy, sys\n"
+        "bare = [int(x.split()[1]) / 1024 for x in open('/proc/self/status') "
+        "if x.startswith('VmRSS:')][0]\n"
+        "sys.argv = [{path!r}, '--breakdown-child', str(bare)]\n"
+        "sys.path.insert(0, {path!r}.rsplit('/', 1)[0])\n"
+        "runpy.run_path({path!r}, run_name='__main__')\n")
+
+
+def breakdown(bare: float) -> None:
     """Runs in its own interpreter (``--breakdown-child``) so nothing is imported before."""
     base = rss_mib()
-    print(f"breakdown (fresh interpreter; python itself {base:.1f} MB):")
+    print(f"breakdown (fresh interpreter): python itself {bare:.1f} MB; the standard library "
+          f"the agent also uses (asyncio, argparse, subprocess, ...) +{base - bare:.1f} MB")
+    floor = base
     for label, mods in IMPORT_STEPS:
         before, n0 = rss_mib(), len(sys.modules)
         for m in mods:
             importlib.import_module(m)
         print(f"  import {label:32} +{rss_mib() - before:5.1f} MB "
               f"({len(sys.modules) - n0} modules)")
+        if not label.startswith("edge_agent"):
+            floor += rss_mib() - before
     print(f"  imports total {rss_mib():.1f} MB, {len(sys.modules)} modules; not imported: "
           + ", ".join(sorted(m for m in ("scipy", "httpx", "asyncua", "pymodbus", "paho",
                                          "google.protobuf", "sklearn", "sounddevice")
@@ -153,8 +166,10 @@ def breakdown() -> None:
     before = rss_mib()
     scorers = [Scorer.from_bundle(load_bundle(resolve_model(p.model.path)))
                for p in cfg.pipelines if p.model is not None]
-    print(f"  onnxruntime sessions ({len(scorers)} shipped models)        "
-          f"+{rss_mib() - before:5.1f} MB")
+    sessions = rss_mib() - before
+    print(f"  onnxruntime sessions ({len(scorers)} shipped models)        +{sessions:5.1f} MB")
+    print(f"  floor of the libraries the default config runs (python, numpy, pydantic, "
+          f"onnxruntime + its sessions, aiohttp, prometheus_client): {floor + sessions:.1f} MB")
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(sqlite_part(cfg.buffer, Path(tmp)))
     print(f"  threads of the default run: main, buffer-writer, asyncio's default executor "
@@ -186,16 +201,17 @@ def main() -> None:
     ap.add_argument("--unit-env", action="store_true",
                     help="also run with the systemd unit's Environment=")
     ap.add_argument("--no-breakdown", action="store_true")
-    ap.add_argument("--breakdown-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--breakdown-child", type=float, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.breakdown_child:
-        breakdown()
+    if a.breakdown_child is not None:
+        breakdown(a.breakdown_child)
         return
     run_default(a.seconds)
     if a.unit_env:
         run_default(a.seconds, unit_env())
     if not a.no_breakdown:
-        subprocess.run([sys.executable, __file__, "--breakdown-child"], check=True)
+        subprocess.run([sys.executable, "-c", BOOT.format(path=str(Path(__file__).resolve()))],
+                       check=True)
 
 
 if __name__ == "__main__":
