@@ -211,8 +211,10 @@ def main() -> None:
     if a.unit_env:
         run_default(a.seconds, unit_env())
     if not a.no_breakdown:
-        subprocess.run([sys.executable, "-c", BOOT.format(path=str(Path(__file__).resolve()))],
-                       check=True)
+        here = Path(__file__).resolve()
+        # cwd: not the repository root, whose edge_agent/ would shadow an installed package
+        subprocess.run([sys.executable, "-c", BOOT.format(path=str(here))], check=True,
+                       cwd=here.parent)
 
 
 if __name__ == "__main__":
