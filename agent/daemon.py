@@ -28,7 +28,6 @@ from edge_agent.agent.status import StatusService
 from edge_agent.agent.webconfig import MIN_TOKEN_CHARS
 from edge_agent.drivers.base import Driver
 from edge_agent.sync.buffer import Buffer
-from edge_agent.sync.uploader import Uploader
 
 if TYPE_CHECKING:
     from edge_agent.agent.web import WebServer
@@ -171,8 +170,11 @@ async def run(cfg: AgentConfig, stop: asyncio.Event | None = None,
     buffer = Buffer(buffer_path(cfg), cfg.buffer)
     await buffer.start()
     try:
-        uploader = (Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
-                    if cfg.uploader.url else None)
+        uploader = None
+        if cfg.uploader.url:
+            from edge_agent.sync.uploader import Uploader  # httpx: only with an uploader
+
+            uploader = Uploader(buffer, cfg.uploader, cfg.agent.gateway_id)
         pipeline = Pipeline(cfg, make_drivers(cfg), buffer, uploader, make_mqtt(cfg, buffer))
         status = StatusService(pipeline, pipeline.recorder, cfg.web.stall_after)
         service = on_signal.service = Service(pipeline, status)

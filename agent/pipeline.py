@@ -27,13 +27,13 @@ from edge_agent.agent.shutdown import Deadline, cancel_until_done
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverOutput
 from edge_agent.models.builtin import resolve_model
-from edge_agent.models.registry.poller import RegistryPoller
 from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
 from edge_agent.sync.buffer import Buffer
-from edge_agent.sync.uploader import Uploader
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # httpx (uploader, registry client): imported only when configured
+    from edge_agent.models.registry.poller import RegistryPoller
     from edge_agent.sync.mqtt.publisher import MqttPublisher
+    from edge_agent.sync.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +364,8 @@ class Pipeline:
     def registry_poller(self, p: PipelineConfig) -> RegistryPoller | None:
         if p.registry is None:
             return None
+        from edge_agent.models.registry.poller import RegistryPoller
+
         return RegistryPoller(
             p.registry, self.analyses[p.source], self.cfg.state_dir,
             self.cfg.agent.gateway_id, self._put,

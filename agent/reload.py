@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import DRIVER_MODULES, AgentConfig
@@ -27,7 +27,9 @@ from edge_agent.agent.supervisor import Backoff
 from edge_agent.drivers.base import Driver
 from edge_agent.errors import ConfigError, ConfigProblem, EdgeAgentError
 from edge_agent.records import Event
-from edge_agent.sync.uploader import Uploader
+
+if TYPE_CHECKING:
+    from edge_agent.sync.uploader import Uploader
 
 __all__ = ["NEEDS_RESTART", "ReloadPlan", "Reloader", "make_driver", "plan"]
 log = logging.getLogger(__name__)
@@ -190,6 +192,8 @@ class Reloader:
                     for s in (*change.pipelines_rebuilt, *change.pipelines_added)}
         uploader = None
         if change.uploader_restarted and cfg.uploader.url:
+            from edge_agent.sync.uploader import Uploader  # httpx: only with an uploader
+
             uploader = Uploader(self.pipeline.buffer, cfg.uploader, cfg.agent.gateway_id)
         return drivers, analyses, uploader
 

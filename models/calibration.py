@@ -32,11 +32,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import norm
 
 from edge_agent.errors import TrainingError
 
@@ -99,7 +99,7 @@ def calibrate(scores: F64, *, window_period: float, false_alarms_per_hour: float
             f"{decision_seconds:g} s ({k} windows each); collect a longer baseline")
     span = max(persistence, k * window_period)
     p = min(0.5, false_alarms_per_hour * span / 3600.0)
-    z = float(norm.isf(p))
+    z = -NormalDist().inv_cdf(p)  # = scipy.stats.norm.isf(p), without importing scipy.stats
     mu, sd = float(d.mean()), float(d.std(ddof=1))
     thr = max(mu + z * sd, float(d.max()))
     return Calibration(thr, {

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sfft
 
 from edge_agent.bearing import BearingGeometry, defect_frequencies
 
@@ -68,7 +67,7 @@ def _kurtogram_band(spec: npt.NDArray[np.complex128], fs: float, n: int, min_wid
                 b = min(len(spec) - 1, math.floor((i + 1) * width / df))
                 if b - a < 16:
                     continue
-                p = np.abs(sfft.ifft(spec[a:b])) ** 2
+                p = np.abs(np.fft.ifft(spec[a:b])) ** 2
                 k = float(np.mean(p ** 2) / max(np.mean(p) ** 2, 1e-300) - 2.0)
                 if k > best[2]:
                     best = (a * df, b * df, k)
@@ -78,16 +77,16 @@ def _kurtogram_band(spec: npt.NDArray[np.complex128], fs: float, n: int, min_wid
 def envelope_spectrum(x: F64, fs: float, lo: float, hi: float) -> tuple[F64, F64]:
     """(frequencies, amplitude) of the squared-envelope spectrum of band [lo, hi]."""
     n = len(x)
-    spec = sfft.rfft(x)
+    spec = np.fft.rfft(x)
     df = fs / n
     a, b = max(1, math.ceil(lo / df)), min(len(spec) - 1, math.floor(hi / df))
-    env = np.abs(sfft.ifft(spec[a:b])) ** 2           # complex envelope, rate = b - a bins / T
+    env = np.abs(np.fft.ifft(spec[a:b])) ** 2           # complex envelope, rate = b - a bins / T
     rate = (b - a) / (n / fs)
     env = env - env.mean()
     seg = len(env) if len(env) < 2 * SEGMENT_S * rate else int(SEGMENT_S * rate)
     win = np.hanning(seg)
     starts = range(0, len(env) - seg + 1, max(1, seg // 2))
-    power = np.mean([np.abs(sfft.rfft(env[s:s + seg] * win)) ** 2 for s in starts], axis=0)
+    power = np.mean([np.abs(np.fft.rfft(env[s:s + seg] * win)) ** 2 for s in starts], axis=0)
     return np.arange(len(power)) * rate / seg, np.sqrt(power)
 
 
@@ -181,7 +180,7 @@ def diagnose(samples: npt.ArrayLike, sample_rate: float, shaft_hz: float,
     f_max = HARMONICS * max(fd["bpfo"], fd["bpfi"], fd["bsf"]) + shaft_hz + FLOOR_HZ
     if 2 * f_max >= sample_rate / 2:
         return _verdict("undetermined", 0.0, {"reason": "sample rate too low for the orders"})
-    lo, hi, kurt = _kurtogram_band(sfft.rfft(x), sample_rate, len(x), 1.2 * f_max)
+    lo, hi, kurt = _kurtogram_band(np.fft.rfft(x), sample_rate, len(x), 1.2 * f_max)
     f, amp = envelope_spectrum(x, sample_rate, lo, hi)
     judge = _Judge(f, amp, shaft_hz)
     fams = {FAMILIES[k]: _family(k, fd, judge) for k in FAMILIES}

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from pydantic import Field
 
 from edge_agent.settings import ByteSize, Duration, Model, SecretField
 
 from .delivery import Delivered, Outcome, Rejected, RetryAfter, Split
+
+if TYPE_CHECKING:  # annotations only: httpx is imported by the uploader, when one runs
+    import httpx
 
 INGEST_PATH = "/api/v1/data/ingest"
 

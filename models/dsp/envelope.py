@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sfft
 
 from edge_agent.bearing import BearingGeometry, defect_frequencies
 
@@ -41,7 +40,7 @@ def envelope_spectrum(frames: npt.ArrayLike, sample_rate: float, band_lo: float,
     if not (0 <= band_lo < band_hi <= sample_rate / 2):
         raise ValueError(f"envelope band [{band_lo}, {band_hi}] Hz must lie in "
                          f"[0, {sample_rate / 2}] (Nyquist)")
-    spec = sfft.rfft(x, axis=1)
+    spec = np.fft.rfft(x, axis=1)
     freqs = np.arange(spec.shape[1]) * (sample_rate / n)
     keep = (freqs >= band_lo) & (freqs <= band_hi) & (freqs > 0)
     if not keep.any():
@@ -52,9 +51,9 @@ def envelope_spectrum(frames: npt.ArrayLike, sample_rate: float, band_lo: float,
     full[:, idx] = 2.0 * spec[:, idx]
     if n % 2 == 0 and keep[-1]:
         full[:, n // 2] = spec[:, n // 2]      # Nyquist is not doubled
-    env = np.abs(sfft.ifft(full, axis=1, overwrite_x=True))
+    env = np.abs(np.fft.ifft(full, axis=1))
     env -= env.mean(axis=1, keepdims=True)
-    amp = np.abs(sfft.rfft(env, axis=1))
+    amp = np.abs(np.fft.rfft(env, axis=1))
     amp *= 2.0 / n
     out: F64 = amp
     return out

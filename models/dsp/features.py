@@ -49,7 +49,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sfft
 
 from edge_agent.models.dsp.spectrum import (
     CHUNK,
@@ -250,7 +249,7 @@ def time_features(frames: npt.ArrayLike) -> F64:
 def amplitude_spectrum(frames: npt.ArrayLike) -> F64:
     """``np.abs(np.fft.rfft(x)) / n * 2`` per row."""
     x = _as_frames(frames)
-    spec = np.abs(sfft.rfft(x, axis=1))
+    spec = np.abs(np.fft.rfft(x, axis=1))
     spec *= 2.0 / x.shape[1]
     out: F64 = spec
     return out

@@ -1,4 +1,4 @@
-"""MFCC equal to ``librosa.feature.mfcc`` (defaults) in numpy/scipy.fft only, no numba.
+"""MFCC equal to ``librosa.feature.mfcc`` (defaults) in numpy only (no scipy, no numba).
 
 What :class:`MFCC` computes, step by step, is exactly librosa 0.10/0.11's default chain:
 
@@ -29,7 +29,6 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sfft
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -154,8 +153,7 @@ class MFCC:
         view = self._padded_view(y)
         out = np.empty((view.shape[0], self.n_fft // 2 + 1), dtype=np.complex64)
         for i in range(0, view.shape[0], self.chunk):
-            out[i:i + self.chunk] = sfft.rfft(view[i:i + self.chunk] * self.window, axis=1,
-                                              overwrite_x=True)
+            out[i:i + self.chunk] = np.fft.rfft(view[i:i + self.chunk] * self.window, axis=1)
         return out
 
     def mel_db(self, y: npt.ArrayLike) -> F32:
@@ -167,7 +165,7 @@ class MFCC:
         for i in range(0, view.shape[0], self.chunk):
             fr = view[i:i + self.chunk]
             frames = np.multiply(fr, self.window, out=fbuf[:fr.shape[0]])
-            spec = sfft.rfft(frames, axis=1, overwrite_x=True)
+            spec = np.fft.rfft(frames, axis=1)
             power = np.abs(spec, out=pbuf[:fr.shape[0]])
             np.square(power, out=power)
             m = mel[i:i + self.chunk]

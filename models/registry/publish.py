@@ -33,7 +33,6 @@ from edge_agent.models.bundle import (
     load_bundle,
     sign_manifest,
 )
-from edge_agent.models.registry.client import RegistryClient, RegistryFailure, artifact_path
 from edge_agent.models.registry.deploy import Store
 from edge_agent.records import format_ts, now
 
@@ -157,6 +156,8 @@ async def publish_bundle(bundle: Path | str, tracking_uri: str, name: str, *,
     if b.signature is not None:
         files[SIGNATURE_FILE] = b.signature
     m = b.manifest
+    from edge_agent.models.registry.client import RegistryClient, artifact_path  # httpx
+
     async with RegistryClient(tracking_uri, username=username, password=password) as c:
         run_id, art_uri = await c.create_run(experiment_id, f"bundle {m.name} v{m.version}")
         base = artifact_path(art_uri)
@@ -174,6 +175,8 @@ async def publish_bundle(bundle: Path | str, tracking_uri: str, name: str, *,
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from edge_agent.models.registry.client import RegistryFailure  # httpx: not for the parser
+
     if is_archive_name(Path(args.bundle)) and not Path(args.bundle).is_file():
         return _fail(f"{args.bundle} does not exist", 2)
     try:
