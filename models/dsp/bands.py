@@ -22,7 +22,6 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sfft
 
 F64 = npt.NDArray[np.float64]
 
@@ -75,7 +74,7 @@ class BandLevels:
 
     def batch(self, X: F64) -> F64:
         """``(n, window)`` samples -> ``(n, n_bands)`` levels in dB re 1 unit²."""
-        spec = sfft.rfft(np.asarray(X, dtype=np.float64) * self._taper, axis=-1, workers=1)
+        spec = np.fft.rfft(np.asarray(X, dtype=np.float64) * self._taper, axis=-1)
         p = (spec.real ** 2 + spec.imag ** 2) * self._scale
         c = np.cumsum(p, axis=-1)
         c = np.concatenate([np.zeros((c.shape[0], 1)), c], axis=-1)
