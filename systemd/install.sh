@@ -12,7 +12,9 @@
 # new version is installed, `check-config` must pass on the existing config with it, then a
 # running service is restarted; if the check fails the service is not restarted and the
 # script exits 78 (the running agent keeps the version it started with until its next restart).
-# Overridable (tests): PREFIX, ETC, UNIT_DIR, STATE_DIR, SYSTEMCTL, PIP_INSTALL, CREATE_USER, PYTHON.
+# A sound-card source also gets PortAudio (apt-get install libportaudio2) when it is missing.
+# Overridable (tests): PREFIX, ETC, UNIT_DIR, STATE_DIR, SYSTEMCTL, PIP_INSTALL, CREATE_USER, PYTHON,
+# LDCONFIG, APT_GET.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 prefix="${PREFIX:-/opt/edge-agent}"
@@ -49,6 +51,19 @@ extras_for() {
   if grep -Eq '^[[:space:]]*\[pipelines\.commissioning\]' "$cfg" \
      && grep -Eq '^[[:space:]]*enabled[[:space:]]*=[[:space:]]*true' "$cfg"; then extras+=(train); fi
   (IFS=,; echo "${extras[*]:-}")
+}
+
+# A sound-card source also needs PortAudio itself (Debian: libportaudio2), which pip cannot
+# install: installed with apt-get when missing, otherwise named.
+ensure_portaudio() {
+  if "${LDCONFIG:-/sbin/ldconfig}" -p 2>/dev/null | grep -q 'libportaudio\.so\.2'; then return; fi
+  local apt="${APT_GET:-apt-get}"
+  if command -v "$apt" >/dev/null 2>&1; then
+    say "installing libportaudio2 (PortAudio, for the sound-card source)"
+    DEBIAN_FRONTEND=noninteractive "$apt" install -y -q libportaudio2
+  else
+    say "the sound-card source needs PortAudio: install libportaudio2 (or your system's package)"
+  fi
 }
 
 install_program() {
@@ -98,6 +113,7 @@ main() {
   local extras
   extras="$(extras_for "$cfg")"
   install_program "$extras"
+  case ",$extras," in *,audio,*) ensure_portaudio ;; esac
   install_config
   install -d -m 0755 "$unit_dir" "$unit_dir/$unit.d"
   install -m 0644 "$src/systemd/edge-agent.service" "$unit_dir/$unit"

@@ -24,6 +24,14 @@ if [ "$1" = is-active ]; then [ -f "{active}" ]; exit $?; fi
 exit 0
 """
 
+APT = """#!/bin/sh
+echo "$*" >> "{log}"
+"""
+
+NO_LIBS = """#!/bin/sh
+echo "0 libs found in cache"
+"""
+
 PIP = """#!/bin/sh
 echo "$1" >> "{log}"
 mkdir -p "{prefix}/venv/bin"
@@ -45,11 +53,14 @@ class Rig:
         self.prefix, self.etc = tmp / "opt", tmp / "etc"
         self.units, self.state = tmp / "units", tmp / "state"
         self.calls, self.pips, self.active = tmp / "calls.log", tmp / "pip.log", tmp / "active"
+        self.apt = tmp / "apt.log"
         exe = Path(sys.executable).with_name("edge-agent")
-        for name, text in (("systemctl", SYSTEMCTL), ("pip", PIP)):
+        logs = {"systemctl": self.calls, "pip": self.pips, "apt-get": self.apt, "ldconfig": None}
+        for name, text in (("systemctl", SYSTEMCTL), ("pip", PIP), ("apt-get", APT),
+                           ("ldconfig", NO_LIBS)):
             p = tmp / name
-            p.write_text(text.format(log=self.calls if name == "systemctl" else self.pips,
-                                     active=self.active, prefix=self.prefix, exe=exe))
+            p.write_text(text.format(log=logs[name], active=self.active, prefix=self.prefix,
+                                     exe=exe))
             p.chmod(0o755)
         self.state.mkdir()
         (self.state / "buffer.db").write_text("x")
@@ -58,7 +69,8 @@ class Rig:
         env = {**os.environ, "PREFIX": str(self.prefix), "ETC": str(self.etc),
                "UNIT_DIR": str(self.units), "STATE_DIR": str(self.state),
                "SYSTEMCTL": str(self.tmp / "systemctl"), "PIP_INSTALL": str(self.tmp / "pip"),
-               "CREATE_USER": "0", "PYTHON": sys.executable, "VENV_ARGS": "--without-pip"}
+               "CREATE_USER": "0", "PYTHON": sys.executable, "VENV_ARGS": "--without-pip",
+               "APT_GET": str(self.tmp / "apt-get"), "LDCONFIG": str(self.tmp / "ldconfig")}
         env.pop("EDGE_API_KEY", None)
         return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                               env=env, timeout=120)
@@ -107,5 +119,8 @@ def test_installs_the_extras_the_config_needs(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.etc.mkdir()
     (rig.etc / "config.toml").write_text(GOOD + '[[drivers]]\nkind = "soundcard"\nname = "m"\n')
-    rig.run()
+    r = rig.run()
     assert rig.pips.read_text().splitlines() == [f"{REPO}[audio]"]
+    # PortAudio itself is a system library: installed when ldconfig does not know it
+    assert rig.apt.read_text().splitlines() == ["install -y -q libportaudio2"], r.stdout
+    assert "installing libportaudio2" in r.stdout
