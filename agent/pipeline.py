@@ -28,7 +28,7 @@ from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverOutput
 from edge_agent.models.builtin import resolve_model
 from edge_agent.models.registry.poller import RegistryPoller
-from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
+from edge_agent.records import Event, FeatureVector, Reading, ReadingBlock, WaveformBlock
 from edge_agent.sync.buffer import Buffer
 from edge_agent.sync.uploader import Uploader
 
@@ -42,6 +42,11 @@ STOP_FLOOR_S = 0.2  # each shutdown stage gets at least this, even past shutdown
 DRIVER_STOP_S = 10.0  # a driver stopped by a reload closes its connection within this
 
 
+def _weight(rec: Reading | ReadingBlock) -> int:
+    """Queue size counts readings: a block weighs its rows."""
+    return len(rec) if type(rec) is ReadingBlock else 1
+
+
 class Pipeline:
     def __init__(self, cfg: AgentConfig, drivers: Sequence[Driver], buffer: Buffer,
                  uploader: Uploader | None, mqtt: MqttPublisher | None = None) -> None:
@@ -51,8 +56,8 @@ class Pipeline:
         self.uploader = uploader
         self.mqtt = mqtt  # [mqtt]: a second sink of the buffer (the status page reads stats())
         q = cfg.queues
-        self.readings: BoundedQueue[Reading] = BoundedQueue(
-            "readings", q.readings.size, q.readings.overflow)
+        self.readings: BoundedQueue[Reading | ReadingBlock] = BoundedQueue(
+            "readings", q.readings.size, q.readings.overflow, _weight)
         self.waveforms: BoundedQueue[WaveformBlock] = BoundedQueue(
             "waveforms", q.waveforms.size, q.waveforms.overflow)
         self.analyses = {p.source: Analysis(p, cfg.state_dir) for p in cfg.pipelines}
@@ -84,7 +89,7 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------
     async def emit(self, out: DriverOutput) -> None:
-        readings: list[Reading] = []
+        readings: list[Reading | ReadingBlock] = []
         for rec in out:
             if isinstance(rec, WaveformBlock):
                 await self.waveforms.put(rec)

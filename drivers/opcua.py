@@ -38,7 +38,7 @@ from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
 from edge_agent.drivers.opcua_items import UA_ERRORS
 from edge_agent.drivers.opcua_probe import describe_peer, pinned_mismatch
 from edge_agent.drivers.opcua_session import Session, SessionFailed
-from edge_agent.records import Reading, WaveformBlock
+from edge_agent.records import Reading
 from edge_agent.settings import Duration, Model, SecretField
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class OpcUaDriver:
         if session is None:
             raise DriverDisconnected(f"opcua {self.name}: not open")
         try:
-            out: list[Reading | WaveformBlock] = await session.next_batch()
+            out: DriverOutput = list(await session.next_batch())
         except SessionFailed as exc:
             self._health.connected = False
             raise DriverDisconnected(f"opcua {self.name}: {exc}") from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,8 +22,8 @@ import numpy.typing as npt
 from edge_agent.timestamps import format_ts, format_us, from_us, now, parse_ts, to_us
 
 __all__ = ["QUALITY_BAD", "QUALITY_GOOD", "QUALITY_UNCERTAIN", "Event", "FeatureVector",
-           "ModelRef", "Reading", "Record", "Severity", "WaveformBlock", "format_ts", "format_us",
-           "from_us", "now", "parse_ts", "to_us"]
+           "ModelRef", "Reading", "ReadingBlock", "Record", "Sensor", "Severity", "WaveformBlock",
+           "expand", "format_ts", "format_us", "from_us", "now", "parse_ts", "to_us"]
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -68,6 +69,73 @@ class Reading:
         meta["reason"] = f"non-finite value {fv!r}"
         return Reading(self.sensor_id, self.sensor_type, None, self.unit, self.timestamp,
                        QUALITY_BAD, meta)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Sensor:
+    """What stays the same across one sensor's readings: ids, unit and static metadata.
+
+    Made once per configured point by a driver and shared by all its :class:`ReadingBlock` rows,
+    so the gate and the buffer can cache per sensor (compared by identity). ``metadata`` must
+    not be changed once the sensor exists."""
+
+    sensor_id: str
+    sensor_type: str
+    unit: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (type(self.sensor_id) is str and self.sensor_id and type(self.sensor_type) is str
+                and type(self.unit) is str and isinstance(self.metadata, Mapping)):
+            raise TypeError(f"bad sensor fields: {self.sensor_id!r}, {self.sensor_type!r}, "
+                            f"{self.unit!r}")
+
+
+@dataclass(slots=True)
+class ReadingBlock:
+    """Scalar readings of one driver read as columns: row ``i`` is ``sensors[i]``'s value at
+    ``timestamps[i]`` with ``quality[i]``. A row listed in ``metadata`` carries its own
+    metadata (replacing the sensor's, e.g. with the ``reason`` of a ``None`` value).
+
+    The hot path (gate, buffer) handles a block without one Python object per reading; a row
+    that is not a clean float, finite timestamp and quality is handled as a :class:`Reading`
+    (:meth:`row`), so a bad row costs itself only."""
+
+    sensors: list[Sensor]
+    values: list[float | None]
+    timestamps: list[float]
+    quality: list[float]
+    metadata: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sensors)
+
+    def row(self, i: int) -> Reading:
+        s = self.sensors[i]
+        meta = self.metadata.get(i)
+        return Reading(s.sensor_id, s.sensor_type, self.values[i], s.unit, self.timestamps[i],
+                       self.quality[i], dict(s.metadata) if meta is None else meta)
+
+    def readings(self) -> list[Reading]:
+        return [self.row(i) for i in range(len(self.sensors))]
+
+    def take(self, rows: Sequence[int]) -> ReadingBlock:
+        """The block of ``rows`` only (in that order)."""
+        meta = {k: self.metadata[i] for k, i in enumerate(rows) if i in self.metadata}
+        return ReadingBlock([self.sensors[i] for i in rows], [self.values[i] for i in rows],
+                            [self.timestamps[i] for i in rows], [self.quality[i] for i in rows],
+                            meta)
+
+
+def expand(records: Sequence[Any]) -> list[Any]:
+    """``records`` with every :class:`ReadingBlock` replaced by its readings, in order."""
+    out: list[Any] = []
+    for r in records:
+        if isinstance(r, ReadingBlock):
+            out.extend(r.readings())
+        else:
+            out.append(r)
+    return out
 
 
 @dataclass(slots=True)
@@ -126,4 +194,4 @@ class Event:
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-Record = Reading | WaveformBlock | FeatureVector | Event
+Record = Reading | ReadingBlock | WaveformBlock | FeatureVector | Event

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from edge_agent.records import Reading
+from edge_agent.records import Reading, ReadingBlock, Sensor
 
 CHUNK_MAX = 4096            # readings per chunk (bounds the work of splitting one)
 LEVEL = 1                   # zlib level: fast (~0.5 µs per reading), ~10x smaller
@@ -42,7 +42,7 @@ class Run:
     """Readings in order: the tail of each one's JSON object (after ``"value":``), its
     timestamp (µs) and the index of its source in ``table``."""
 
-    __slots__ = ("frags", "idx", "ix", "table", "us")
+    __slots__ = ("frags", "idx", "ix", "sx", "table", "us")
 
     def __init__(self) -> None:
         self.frags: list[str] = []
@@ -50,6 +50,7 @@ class Run:
         self.idx: list[int] = []
         self.table: list[Key] = []
         self.ix: dict[Key, int] = {}
+        self.sx: dict[Sensor, int] = {}  # Packer.block: a block's sensor -> its index here
 
     def __len__(self) -> int:
         return len(self.frags)
@@ -66,6 +67,14 @@ class Run:
         self.frags.append(frag)
         self.us.append(us)
         self.idx.append(self.source(key))
+
+    def truncate(self, n: int, sources: int) -> None:
+        """Back to the first ``n`` readings and ``sources`` sources."""
+        del self.frags[n:], self.us[n:], self.idx[n:]
+        for key in self.table[sources:]:
+            del self.ix[key]
+        del self.table[sources:]
+        self.sx = {s: i for s, i in self.sx.items() if i < sources}
 
     def extend(self, other: Run) -> None:
         remap = [self.source(k) for k in other.table]
@@ -113,6 +122,7 @@ class Packer:
         self._ts_pre: dict[str, str] = {}
         self._q_tail: dict[float, str] = {}
         self._q_meta: dict[float, str] = {}
+        self._sensors: dict[Sensor, tuple[Key, str, str]] = {}
 
     def ts_text(self, us: int) -> str:
         """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` for integer µs (seconds part cached)."""
@@ -167,7 +177,10 @@ class Packer:
         others: list[object] = []
         for rec in records:
             if type(rec) is not Reading:
-                others.append(rec)
+                if type(rec) is ReadingBlock:
+                    self.block(rec, run)
+                else:
+                    others.append(rec)
                 continue
             v, q, ts = rec.value, rec.quality, rec.timestamp
             if not (type(v) is float and v - v == 0.0 and type(q) is float and 0.0 <= q <= 1.0
@@ -190,6 +203,61 @@ class Packer:
             uss.append(us)
             idx.append(i)
         return others
+
+    def block(self, b: ReadingBlock, run: Run) -> None:
+        """Append a block's rows to ``run``: one tight loop over the columns, the timestamp
+        text made once per distinct timestamp and each sensor's key and metadata JSON once per
+        packer; rows that are not clean floats (or carry their own metadata) take the
+        :class:`Reading` path."""
+        n = len(b.sensors)
+        if not len(b.values) == len(b.timestamps) == len(b.quality) == n:
+            raise ValueError("reading block columns of different lengths")
+        ts_pre, sens = self._ts_pre, self._sensors
+        frags, uss, idx, sx = run.frags, run.us, run.idx, run.sx
+        own = b.metadata
+        last_ts: float | None = None
+        us, mid = 0, ""
+        for i, (s, v, ts, q) in enumerate(zip(b.sensors, b.values, b.timestamps, b.quality,
+                                               strict=True)):
+            if not (type(v) is float and v - v == 0.0 and type(ts) is float
+                    and 1.0 <= ts < _MAX_TS and type(s) is Sensor) or (own and i in own):
+                self._slow(b.row(i), run)
+                continue
+            if ts != last_ts:
+                last_ts, us = ts, round(ts * 1_000_000)
+                u = str(us)
+                mid = (ts_pre.get(u[:-6]) or self._second(u[:-6])) + u[-6:]
+            hit = sens.get(s) or self._sensor(s)
+            j = sx.get(s)
+            if j is None:
+                j = sx[s] = run.source(hit[0])
+            if q == 1.0 and type(q) is float:
+                frags.append(f"{v!r}{mid}{hit[1]}")
+            elif type(q) is float and 0.0 <= q <= 1.0:
+                frags.append(f"{v!r}{mid}{self._quality_tail(q, hit[2])}")
+            else:
+                self._slow(b.row(i), run)
+                continue
+            uss.append(us)
+            idx.append(j)
+
+    def _sensor(self, s: Sensor) -> tuple[Key, str, str]:
+        """A sensor's source key, the end of its JSON objects at quality 1.0 (after the
+        timestamp's digits) and its metadata JSON (``""``: none); cached per sensor."""
+        hit = self._sensors.get(s)
+        if hit is not None:
+            return hit
+        if len(self._sensors) > _META_CACHE_MAX:
+            self._sensors.clear()
+        key = (s.sensor_id, s.sensor_type, s.unit)
+        _check_key(key)
+        meta = dumps(dict(s.metadata)) if s.metadata else ""
+        hit = self._sensors[s] = (key, self._quality_tail(1.0, meta), meta)
+        return hit
+
+    def _quality_tail(self, q: float, meta: str) -> str:
+        tail, with_meta = self._quality(q)
+        return f"{with_meta}{meta}}}" if meta else tail
 
     def _second(self, secs: str) -> str:
         """``,"timestamp":"YYYY-MM-DDTHH:MM:SS.`` for a number of seconds (text), cached."""

@@ -15,7 +15,7 @@ import pytest
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.opcua_server import NS, PlantServer
@@ -61,7 +61,7 @@ async def test_nsu_node_ids_resolve_and_follow_a_restart(plant: PlantServer) -> 
     blocks: list[object] = []
 
     async def emit(out: DriverOutput) -> None:
-        got.extend(r for r in out if isinstance(r, Reading))
+        got.extend(r for r in expand(out) if isinstance(r, Reading))
         blocks.extend(b for b in out if not isinstance(b, Reading))
 
     task = asyncio.create_task(run_driver(drv, emit, poll_interval=None,
