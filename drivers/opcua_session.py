@@ -28,10 +28,12 @@ from asyncua.common.subscription import (
     Subscription,
 )
 
-from edge_agent.drivers.base import DriverHealth
+from edge_agent.drivers.base import DriverHealth, DriverOutput
 from edge_agent.drivers.opcua_convert import (
+    ScalarRows,
     WaveformError,
     bad_reading,
+    count_overflow,
     group_by,
     overflowed,
     status_name,
@@ -89,6 +91,7 @@ class Session:
         self._pending: deque[Reading | WaveformBlock] = deque()
         self._pending_values = 0           # waveform values in _pending
         self.pending_max = max(1000, 4 * sum(queue_size_of(it.node) for it in self._items))
+        self._rows = ScalarRows(self.pending_max, health)  # Good scalar values, as columns
         self._wake = asyncio.Event()
         self._failure: str | None = None
         self._next_handle = 1
@@ -224,14 +227,13 @@ class Session:
         self._fail(f"connection lost: {exc!r}")
 
     def deliver(self, it: Item, dv: ua.DataValue) -> None:
+        if self._rows.add(it, dv):  # the usual Good scalar value: a row, no Reading
+            self._wake.set()
+            return
         now = time.time()
         sid = it.spec.sensor_id
-        if overflowed(dv.StatusCode):
-            # the server's queue for this node was full: it discarded values before this one
-            self.health.error("overflow")
-            overflows = self.health.detail.setdefault("overflows", {})
-            assert isinstance(overflows, dict)
-            overflows[sid] = overflows.get(sid, 0) + 1
+        if overflowed(dv.StatusCode):  # the server's queue for the node was full
+            count_overflow(self.health, sid)
         if it.rate_for is not None:
             it.rate_for.rate = to_rate(dv)
             return
@@ -354,10 +356,10 @@ class Session:
         except UA_ERRORS as exc:
             self._fail(f"re-subscribing missing nodes failed: {exc!r}")
 
-    async def next_batch(self) -> list[Reading | WaveformBlock]:
+    async def next_batch(self) -> DriverOutput:
         while True:
-            if self._pending:
-                out = list(self._pending)
+            if self._pending or len(self._rows):
+                out: DriverOutput = [*self._pending, *self._rows.take()]
                 self._pending.clear()
                 self._pending_values = 0
                 return out

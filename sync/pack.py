@@ -24,7 +24,7 @@ import time
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from edge_agent.records import Reading, ReadingBlock, Sensor
@@ -304,11 +304,12 @@ def _check_key(key: Key) -> None:
 ChunkRow = tuple[int, int, int, int, str, bytes, bytes | str]
 
 
-def chunk_rows(run: Run, source_id: Callable[[Key], int]) -> list[ChunkRow]:
-    """Rows for the packed ``readings`` table: one per CHUNK_MAX readings, in order."""
+def chunk_rows(run: Run, ids: Sequence[int]) -> list[ChunkRow]:
+    """Rows for the packed ``readings`` table: one per CHUNK_MAX readings, in order (``ids``:
+    the stored source id of each of ``run.table``)."""
     rows: list[ChunkRow] = []
     frags, uss, idx = run.frags, run.us, run.idx
-    srcs = ",".join(str(source_id(k)) for k in run.table)
+    srcs = ",".join(map(str, ids))
     plens = [len(prefix(k)) + 1 for k in run.table]
     code = "H" if len(run.table) <= 0xFFFF else "I"
     for i in range(0, len(frags), CHUNK_MAX):

@@ -39,8 +39,9 @@ class Store(StoreBase):
 
     def insert(self, rows: Converted) -> None:
         run = rows.readings
-        chunks = chunk_rows(run, self.source_id) if len(run) else []
-        gate = self.gate_rows(run) if chunks else []
+        ids = list(map(self.source_id, run.table)) if len(run) else []
+        chunks = chunk_rows(run, ids) if len(run) else []
+        gate = self.gate_rows(run, ids) if chunks else []
         with self.tx(full=bool(rows.events)) as c:
             if chunks:
                 c.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "

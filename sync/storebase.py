@@ -81,13 +81,13 @@ class StoreBase:
             if bump:
                 self.conn.execute(f"PRAGMA synchronous = {self.sync}")
 
-    def gate_rows(self, run: Run) -> list[tuple[int, int]]:
+    def gate_rows(self, run: Run, ids: list[int]) -> list[tuple[int, int]]:
         """(source id, µs) of each source's last reading in ``run``, merged into the gate rows
         not written yet; returns them when they are due (then forgotten), else ``[]``. One pass
         in C per run (a later reading of a source overwrites its earlier ones)."""
-        table, pend = run.table, self._gate
+        pend = self._gate
         for i, us in dict(zip(run.idx, run.us, strict=True)).items():
-            src = self.source_id(table[i])
+            src = ids[i]
             if us > pend.get(src, -1):
                 pend[src] = us
         now = time.monotonic()
