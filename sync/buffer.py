@@ -251,6 +251,7 @@ class Buffer(SpaceMixin):
             "dropped_thinned": self.dropped_thinned,
             "quarantined": s.quarantined if s else 0, "disk_errors": self.disk_errors,
             "commits": self.commits, "rows_committed": self.rows_committed,
+            "commit_lag_ms": s.lag.summary() if s else {},
             "moved_aside": list(self.moved_aside),
             **(self._room.stats() if self._room is not None else {}),
         }

@@ -51,6 +51,7 @@ class Store(StoreBase):
                 c.executemany("INSERT INTO features(ts, body) VALUES (?, ?)", rows.features)
             if rows.events:
                 c.executemany("INSERT INTO events(ts, body) VALUES (?, ?)", rows.events)
+        self.lag.observe(run.us)
         firsts: dict[str, tuple[int, int]] = {}
         if chunks:
             firsts["readings"] = (sum(ch[0] for ch in chunks), chunks[0][1])

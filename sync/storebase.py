@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import schema
+from .lag import CommitLag
 from .pack import Key, Packer, Run, per_source, prefix
 
 TABLES = ("events", "features", "readings")
@@ -59,6 +60,7 @@ class StoreBase:
         self.rtotal = 0
         self._gate: dict[int, int] = {}  # source id -> newest µs not yet in the gate table
         self._gate_due = 0.0
+        self.lag = CommitLag()  # reading timestamp -> commit, per committed reading
         self._load_sinks()
         self.recount()
 
