@@ -14,12 +14,12 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.timestamps import format_ts, format_us, from_us, now, parse_ts, to_us
+from edge_agent.timestamps import MAX_TS, format_ts, format_us, from_us, now, parse_ts, to_us
 
 __all__ = ["QUALITY_BAD", "QUALITY_GOOD", "QUALITY_UNCERTAIN", "Event", "FeatureVector",
            "ModelRef", "Reading", "ReadingBlock", "Record", "Sensor", "Severity", "WaveformBlock",
@@ -119,12 +119,32 @@ class ReadingBlock:
     def readings(self) -> list[Reading]:
         return [self.row(i) for i in range(len(self.sensors))]
 
+    def plain(self) -> bool:
+        """Every row is the usual one — a :class:`Sensor`, a finite float, quality exactly
+        1.0, a float timestamp from 1970-01-01T00:00:01 to before the year 10000 — and none
+        has metadata of its own. Checked column by column in C (``set``/``map``/``sum``), so
+        the gate and the buffer can then handle the block without a Python loop per row."""
+        v, ts, q = self.values, self.timestamps, self.quality
+        if not v or self.metadata or not len(v) == len(ts) == len(q) == len(self.sensors):
+            return False
+        if set(map(type, v)) != _FLOAT or set(map(type, ts)) != _FLOAT or set(q) != _ONE \
+                or set(map(type, q)) != _FLOAT or set(map(type, self.sensors)) != _SENSOR:
+            return False
+        # NaN or Inf anywhere make the sum non-finite (an overflow only costs the fast path)
+        total = sum(cast(list[float], v))
+        return total - total == 0.0 and 1.0 <= min(ts) and max(ts) < MAX_TS
+
     def take(self, rows: Sequence[int]) -> ReadingBlock:
         """The block of ``rows`` only (in that order)."""
         meta = {k: self.metadata[i] for k, i in enumerate(rows) if i in self.metadata}
         return ReadingBlock([self.sensors[i] for i in rows], [self.values[i] for i in rows],
                             [self.timestamps[i] for i in rows], [self.quality[i] for i in rows],
                             meta)
+
+
+_FLOAT: set[type] = {float}
+_ONE: set[float] = {1.0}
+_SENSOR: set[type] = {Sensor}
 
 
 def expand(records: Sequence[Any]) -> list[Any]:

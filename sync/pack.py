@@ -25,7 +25,9 @@ import zlib
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from itertools import compress, repeat
+from operator import is_, itemgetter
+from typing import Any, cast
 
 from edge_agent.records import Reading, ReadingBlock, Sensor
 
@@ -212,6 +214,8 @@ class Packer:
         n = len(b.sensors)
         if not len(b.values) == len(b.timestamps) == len(b.quality) == n:
             raise ValueError("reading block columns of different lengths")
+        if b.plain():
+            return self._plain(b, run)
         ts_pre, sens = self._ts_pre, self._sensors
         frags, uss, idx, sx = run.frags, run.us, run.idx, run.sx
         own = b.metadata
@@ -240,6 +244,32 @@ class Packer:
                 continue
             uss.append(us)
             idx.append(j)
+
+    def _plain(self, b: ReadingBlock, run: Run) -> None:
+        """A :meth:`ReadingBlock.plain` block: the same fragments as :meth:`block` makes,
+        column by column (``map``/``zip`` in C); Python code per sensor or timestamp not seen
+        before only."""
+        got = list(map(self._sensors.get, b.sensors))
+        hits = (cast(list[tuple[Key, str, str]], got) if None not in got else
+                [h or self._sensor(s) for h, s in zip(got, b.sensors, strict=True)])
+        keys = list(map(itemgetter(0), hits))  # Sensor checked its fields: no _check_key
+        js = list(map(run.ix.get, keys))
+        if None in js:  # sources new to this run, in order of first appearance
+            new = list(dict.fromkeys(compress(keys, map(is_, js, repeat(None)))))
+            run.ix.update(zip(new, range(len(run.table), len(run.table) + len(new)), strict=True))
+            run.table.extend(new)
+            js = list(map(run.ix.__getitem__, keys))
+        us_of: dict[float, int] = {}
+        mid_of: dict[float, str] = {}
+        for t in set(b.timestamps):
+            us = us_of[t] = round(t * 1_000_000)
+            u = str(us)
+            mid_of[t] = (self._ts_pre.get(u[:-6]) or self._second(u[:-6])) + u[-6:]
+        ts = b.timestamps
+        run.frags.extend(map("".join, zip(map(repr, b.values), map(mid_of.__getitem__, ts),
+                                          map(itemgetter(1), hits), strict=True)))
+        run.us.extend(map(us_of.__getitem__, ts))
+        run.idx.extend(cast(list[int], js))
 
     def _sensor(self, s: Sensor) -> tuple[Key, str, str]:
         """A sensor's source key, the end of its JSON objects at quality 1.0 (after the

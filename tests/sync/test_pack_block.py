@@ -58,3 +58,32 @@ async def test_blocks_are_committed_and_counted_like_readings(tmp_path: Path) ->
     db.close()
     assert n == 10
     assert gate == {"a": round((T0 + 0.2) * 1e6), "b": round((T0 + 0.1) * 1e6)}
+
+
+def test_a_plain_block_takes_the_column_path_to_the_same_bytes() -> None:
+    c = Sensor("c", "t", "u", {"node": "ns=2;s=c"})
+    plain = ReadingBlock([A, B, c, A], [1.5, -2.0, 1e300, 0.1],
+                         [T0, T0, T0 + 0.000001, T0 + 0.5], [1.0, 1.0, 1.0, 1.0])
+    assert plain.plain() and not block().plain()
+    assert not ReadingBlock([A], [1e308 * 10], [T0], [1.0]).plain()  # inf
+    assert not ReadingBlock([A], [1.0], [T0], [0.5]).plain()
+    by_block, by_rows, packer = Run(), Run(), Packer()
+    packer.block(plain, by_block)
+    packer.block(plain, by_block)  # second time: every sensor and timestamp cached
+    Packer().readings(plain.readings() * 2, by_rows)
+    assert by_block.frags == by_rows.frags and by_block.us == by_rows.us
+    assert by_block.idx == by_rows.idx and by_block.table == by_rows.table
+
+
+def test_value_texts_are_exact_in_every_block() -> None:
+    """Repeated and new values, 0.0 and -0.0: the same fragments as reading by reading."""
+    packer = Packer()
+    sensors = [Sensor(f"s{i}", "t", "u") for i in range(8)]
+    for values in ([1.0, 2.5, 0.0, -0.0, 1.0, 2.5, 3.0, 1e-7],
+                   [1.0, 2.5, -0.0, 0.0, 1.0, 2.5, 3.0, 1e-7],  # zeros swapped
+                   [float(i) + 0.125 for i in range(8)]):
+        run, ref = Run(), Run()
+        blk = ReadingBlock(list(sensors), list[float | None](values), [T0] * 8, [1.0] * 8)
+        packer.block(blk, run)
+        Packer().readings(blk.readings(), ref)
+        assert run.frags == ref.frags
