@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-from _measure import start_server_child  # tests/bench/_measure.py
+from _measure import readme_block, start_server_child  # tests/bench/_measure.py
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -280,6 +280,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="workload names")
     ap.add_argument("--upload-every", type=float, default=None,
                     help="[uploader] interval, s (default: as shipped)")
+    ap.add_argument("--readme", action="store_true",
+                    help="also write the table into README.md (block bench_agent)")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="opcua", help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -292,12 +294,14 @@ def main() -> None:
             asyncio.run(serve_modbus(a.serve, a.count))
         return
     every = "as shipped" if a.upload_every is None else f"{a.upload_every:g} s"
+    load = os.getloadavg()[0]
     print(f"whole agent, {a.seconds:g} s windows after {a.warmup:g} s warm-up, uploader on "
           f"(contract receiver, interval {every}), {os.cpu_count()} cores; "
-          f"load {os.getloadavg()[0]:.1f}; goal p99 tick -> commit <= 250 ms")
+          f"load {load:.1f}; goal p99 tick -> commit <= 250 ms")
     print(f"{'':56} {'tick->commit':>15} {'tick->receipt':>15}")
     print(f"{'workload':20} {'coverage':>9} {'CPU %':>7} {'us/value':>8} {'peak RSS':>9} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'p50 ms':>7} {'p99 ms':>7} {'stop s':>6}  goal")
+    rows = []
     results = {}
     for w in WORKLOADS:
         if a.only and w.name not in a.only:
@@ -307,10 +311,19 @@ def main() -> None:
               f"{r['rss']:7.0f}MB {r['c50']:7.0f} {r['c99']:7.0f} "
               f"{r['p50']:7.0f} {r['p99']:7.0f} {r['stop']:6.1f}  {w.goal}  "
               f"({r['received']:.0f}/{r['produced']:.0f} values)", flush=True)
+        rows.append(f"| {w.name} | {r['coverage']:.2f} % | {r['cpu']:.1f} % | "
+                    f"{r['us_per_value']:.1f} | {r['rss']:.0f} MB | {r['c99']:.0f} ms | "
+                    f"{r['p99']:.0f} ms | {r['stop']:.1f} s | {w.goal} |")
     if "opcua-1000x1s" in results and "opcua-5000x1s" in results:
         ratio = results["opcua-5000x1s"]["cpu"] / max(1e-9, results["opcua-1000x1s"]["cpu"])
         print(f"OPC-UA 5,000 x 1 s costs {ratio:.1f}x the CPU of 1,000 x 1 s (goal <= 5x)")
-
+    if a.readme:
+        readme_block("bench_agent", "\n".join([
+            f"`bench_agent.py` ({a.seconds:g} s windows, uploader interval {every}, load "
+            f"average {load:.1f} at the start):", "",
+            "| workload | coverage | CPU (one core) | µs/value | peak RSS | p99 tick → commit "
+            "| p99 tick → receipt | SIGTERM → exit | goal |",
+            "|---|---|---|---|---|---|---|---|---|", *rows]))
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _measure import rss_mib  # tests/bench/_measure.py
+from _measure import readme_block, rss_mib  # tests/bench/_measure.py
 
 from edge_agent.records import Reading
 from edge_agent.settings import Secret
@@ -63,6 +63,7 @@ async def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--batch-rows", type=int, default=5000)
     shipped = UploaderConfig().gzip_level
+    ap.add_argument("--readme", action="store_true", help="also write README.md's figures")
     ap.add_argument("--gzip-level", type=int, default=shipped,
                     help=f"default: the shipped [uploader] gzip_level ({shipped})")
     args = ap.parse_args()
@@ -104,6 +105,14 @@ async def main() -> None:
         print(f"RSS during drain (MB): start {r0:.0f}, quartiles " +
               " / ".join(f"{x:.0f}" for x in q) + f", max {max(rss):.0f}")
         assert st["readings"] == args.rows
+        if args.readme:
+            readme_block("bench_drain", "\n".join([
+                "| `bench_drain.py`: backlog to the loopback receiver | readings/s | RSS | "
+                "gzip level | checks |", "|---|---|---|---|---|",
+                f"| {args.rows:,} readings, batches of {args.batch_rows:,} | "
+                f"{st['readings'] / dt:,.0f} | {min(rss):.0f} to {max(rss):.0f} MB | "
+                f"{args.gzip_level}{' (shipped)' if args.gzip_level == shipped else ''} | "
+                f"duplicates {st['duplicates']}, conflicts {st['conflicts']} |"]))
     finally:
         rx.terminate()
         rx.wait(10)

@@ -19,7 +19,7 @@ import logging
 import subprocess
 import time
 
-from _measure import cpu_s, rss_mib, start_server_child  # tests/bench/_measure.py
+from _measure import cpu_s, readme_block, rss_mib, start_server_child  # tests/bench/_measure.py
 
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
@@ -44,7 +44,7 @@ def start_server(registers: int) -> tuple[subprocess.Popen[str], int]:
 
 
 async def bench(child: subprocess.Popen[str], port: int, registers: int, interval: float,
-                seconds: float, data_type: str) -> None:
+                seconds: float, data_type: str, readme: bool) -> None:
     try:
         await asyncio.sleep(0.3)
         width = 2 if data_type == "float32" else 1
@@ -83,6 +83,14 @@ async def bench(child: subprocess.Popen[str], port: int, registers: int, interva
               f" = {1e6 * (c1 - c0) / max(1, v1 - v0):.1f} us per value")
         print(f"  RSS                {rss_mib():10.1f} MiB (before driver {rss0:.1f} MiB)")
         print(f"  health             {drv.health().snapshot()['errors']}")
+        if readme:
+            readme_block("bench_modbus", "\n".join([
+                "| `bench_modbus.py`: the driver alone | registers/s | values/s | CPU | "
+                "µs/value | RSS |", "|---|---|---|---|---|---|",
+                f"| {regs_per_poll:,} {data_type} registers every {interval * 1000:g} ms in "
+                f"{blocks} block reads | {(r1 - r0) * regs_per_poll / wall:,.0f} | "
+                f"{(v1 - v0) / wall:,.0f} | {(c1 - c0) / wall:.3f} CPU-s/s | "
+                f"{1e6 * (c1 - c0) / max(1, v1 - v0):.1f} | {rss_mib():.0f} MiB |"]))
     finally:
         child.terminate()
         child.wait(5)
@@ -94,13 +102,15 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.1)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--data-type", choices=("uint16", "float32"), default="uint16")
+    ap.add_argument("--readme", action="store_true", help="also write README.md's figures")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
         asyncio.run(serve(a.serve, a.registers))
     else:
         child, port = start_server(a.registers)
-        asyncio.run(bench(child, port, a.registers, a.interval, a.seconds, a.data_type))
+        asyncio.run(bench(child, port, a.registers, a.interval, a.seconds, a.data_type,
+                          a.readme))
 
 
 if __name__ == "__main__":
