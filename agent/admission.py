@@ -18,6 +18,11 @@ refuses a whole put that holds a malformed record). :class:`ReadingGate`:
 
 Drop counts are kept per sensor for metrics; the first drop of each kind per sensor is returned
 as an event, so one misbehaving tag does not flood the event table.
+
+A :class:`~edge_agent.records.ReadingBlock` (a driver read as columns) gets the same checks
+without a Reading per row: a plain block of distinct sensors, each newer than its newest
+admitted sample, passes whole after a few passes in C; otherwise one tight loop keeps the clean
+rows as a block and sends the others through the per-reading checks (same counts, same events).
 """
 
 from __future__ import annotations
