@@ -10,7 +10,7 @@ Pure functions (no client, no I/O), unit tested on their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -203,6 +203,13 @@ def group_by(items: Sequence[Any], key: Any) -> dict[Any, list[Any]]:
     return out
 
 
+def count_dropped(health: DriverHealth, n: int) -> None:
+    """``n`` pending values dropped for a stalled consumer (the oldest); 0: nothing."""
+    if n:
+        health.errors["dropped_backlog"] += n
+        health.detail["dropped_backlog"] = health.errors["dropped_backlog"]
+
+
 def count_overflow(health: DriverHealth, sensor_id: str) -> None:
     """The server discarded values of the node before this one (its queue was full)."""
     health.error("overflow")
@@ -252,9 +259,15 @@ class ScalarRows:
         if len(b.sensors) > self.limit:
             over = len(b.sensors) - self.limit
             del b.sensors[:over], b.values[:over], b.timestamps[:over], b.quality[:over]
-            self.health.errors["dropped_backlog"] += over
-            self.health.detail["dropped_backlog"] = self.health.errors["dropped_backlog"]
+            count_dropped(self.health, over)
         return True
+
+    def close_into(self, pending: MutableSequence[Any]) -> None:
+        """Append the rows so far to ``pending`` as one block (before a record that came after
+        them); the next rows start a new block."""
+        if self.block.sensors:
+            pending.append(self.block)
+            self.block = ReadingBlock([], [], [], [])
 
     def take(self) -> list[ReadingBlock]:
         """The rows so far as one block (``[]`` if none); the next rows start a new one."""

@@ -33,6 +33,7 @@ from edge_agent.drivers.opcua_convert import (
     ScalarRows,
     WaveformError,
     bad_reading,
+    count_dropped,
     count_overflow,
     group_by,
     overflowed,
@@ -61,7 +62,7 @@ from edge_agent.drivers.opcua_monitor import (
     warn_quiet_waveforms,
 )
 from edge_agent.errors import DriverError
-from edge_agent.records import Reading, WaveformBlock
+from edge_agent.records import Reading, ReadingBlock, WaveformBlock
 
 if TYPE_CHECKING:
     from edge_agent.drivers.opcua import Config
@@ -88,7 +89,7 @@ class Session:
         self._subs: list[SubGroup] = []
         self._polls: list[PollGroup] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending: deque[Reading | WaveformBlock] = deque()
+        self._pending: deque[Reading | ReadingBlock | WaveformBlock] = deque()
         self._pending_values = 0           # waveform values in _pending
         self.pending_max = max(1000, 4 * sum(queue_size_of(it.node) for it in self._items))
         self._rows = ScalarRows(self.pending_max, health)  # Good scalar values, as columns
@@ -201,6 +202,7 @@ class Session:
             self._fail(f"internal task failed: {exc!r}")
 
     def _push(self, rec: Reading | WaveformBlock) -> None:
+        self._rows.close_into(self._pending)  # values that came first stay first
         self._pending.append(rec)
         if isinstance(rec, WaveformBlock):
             self._pending_values += rec.samples.size
@@ -210,10 +212,8 @@ class Session:
             old = self._pending.popleft()
             if isinstance(old, WaveformBlock):
                 self._pending_values -= old.samples.size
-            dropped += 1
-        if dropped:
-            self.health.errors["dropped_backlog"] += dropped
-            self.health.detail["dropped_backlog"] = self.health.errors["dropped_backlog"]
+            dropped += len(old) if isinstance(old, ReadingBlock) else 1
+        count_dropped(self.health, dropped)
         self._wake.set()
 
     def _fail(self, reason: str) -> None:

@@ -13,7 +13,7 @@ from edge_agent.drivers import opcua_session
 from edge_agent.drivers.base import DriverHealth
 from edge_agent.drivers.opcua import Config
 from edge_agent.drivers.opcua_session import Session
-from edge_agent.records import Reading, ReadingBlock, WaveformBlock
+from edge_agent.records import Reading, ReadingBlock, WaveformBlock, expand
 from edge_agent.settings import parse
 
 
@@ -84,3 +84,19 @@ async def test_good_scalar_values_travel_as_one_block_bounded_like_readings() ->
                                          "status": "Good", "ts_source": "source"}
     singles = [r for r in got if isinstance(r, Reading)]
     assert [r.value for r in singles] == [7.0] and health.detail["overflows"] == {"t": 1}
+
+
+async def test_values_keep_their_order_around_other_records() -> None:
+    """A value that came after a Good row (here a Bad one, as a Reading) stays after it: the
+    rows so far are closed into a block before it, so "the last value of t" is the last one."""
+    s, _ = session()
+    item = next(it for it in s._items if it.spec.sensor_id == "t")
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    bad = ua.StatusCode(ua.UInt32(0x80000000))  # Bad
+    good = ua.StatusCode(ua.UInt32(0))
+    for i, status in enumerate([good, good, bad, good]):
+        s.deliver(item, ua.DataValue(ua.Variant(float(i)), StatusCode=status, SourceTimestamp=cast(
+            ua.DateTime, t0 + timedelta(milliseconds=i))))
+    got = await s.next_batch()
+    assert [type(r).__name__ for r in got] == ["ReadingBlock", "Reading", "ReadingBlock"]
+    assert [r.value for r in expand(got)] == [0.0, 1.0, None, 3.0]
