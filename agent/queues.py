@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Generic, Literal, TypeVar
 
 from pydantic import Field
@@ -31,21 +32,32 @@ class QueueConfig(Model):
     overflow: Overflow = "block"
 
 
+def _one(item: object) -> int:
+    return 1
+
+
 class BoundedQueue(Generic[T]):
-    def __init__(self, name: str, size: int, overflow: Overflow) -> None:
+    """``size``, ``dropped`` and ``put_total`` count weight: 1 per item, or what ``weight``
+    says (e.g. the readings in a block of them). An item heavier than the room left waits (or
+    is dropped) whole; one heavier than ``size`` is let into an empty queue alone."""
+
+    def __init__(self, name: str, size: int, overflow: Overflow,
+                 weight: Callable[[T], int] = _one) -> None:
         self.name = name
         self.size = size
         self.overflow = overflow
+        self.weight = weight
         self.dropped = 0
         self.put_total = 0
-        self._items: collections.deque[T] = collections.deque()
+        self._w = 0  # weight queued
+        self._items: collections.deque[tuple[T, int]] = collections.deque()
         self._not_empty = asyncio.Event()
         self._not_full = asyncio.Event()
         self._not_full.set()
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._w
 
     @property
     def closed(self) -> bool:
@@ -57,68 +69,67 @@ class BoundedQueue(Generic[T]):
         self._not_empty.set()
         self._not_full.set()
 
-    async def put(self, item: T) -> None:
+    def _offer(self, item: T, w: int) -> bool:
+        """Queue ``item`` (or drop by the policy); False: the producer must wait for room."""
         if self._closed:
             raise RuntimeError(f"queue {self.name} is closed")
-        while len(self._items) >= self.size:
+        while self._items and self._w + w > self.size:
             if self.overflow == "drop_newest":
-                self.dropped += 1
-                return
-            if self.overflow == "drop_oldest":
-                self._items.popleft()
-                self.dropped += 1
-                break
+                self.dropped += w
+                return True
+            if self.overflow == "block":
+                return False
+            _, old = self._items.popleft()  # drop_oldest
+            self._w -= old
+            self.dropped += old
+        self._items.append((item, w))
+        self._w += w
+        self.put_total += w
+        self._not_empty.set()
+        return True
+
+    async def put(self, item: T) -> None:
+        w = self.weight(item)
+        while not self._offer(item, w):
             self._not_full.clear()
             await self._not_full.wait()
-            if self._closed:
-                raise RuntimeError(f"queue {self.name} is closed")
-        self._items.append(item)
-        self.put_total += 1
-        self._not_empty.set()
 
     async def put_many(self, items: list[T]) -> None:
-        """``put`` of each item in order, with the same overflow policy, done in slices (one
-        driver read is one call, not one coroutine per reading)."""
-        i, n = 0, len(items)
-        while i < n:
-            if self._closed:
-                raise RuntimeError(f"queue {self.name} is closed")
-            room = self.size - len(self._items)
-            if room <= 0 and self.overflow == "drop_newest":
-                self.dropped += n - i
-                return
-            if room <= 0 and self.overflow == "block":
+        """``put`` of each item in order, with the same overflow policy (one driver read is
+        one call, not one coroutine per reading)."""
+        weight, offer = self.weight, self._offer
+        for item in items:
+            w = weight(item)
+            while not offer(item, w):
                 self._not_full.clear()
                 await self._not_full.wait()
-                continue
-            take = items[i:] if self.overflow == "drop_oldest" else items[i:i + room]
-            self._items.extend(take)
-            i += len(take)
-            self.put_total += len(take)
-            excess = len(self._items) - self.size
-            for _ in range(excess):          # drop_oldest only: room made for the new ones
-                self._items.popleft()
-            self.dropped += max(0, excess)
-            self._not_empty.set()
 
     async def get_batch(self, max_items: int) -> list[T]:
-        """Wait for at least one item (or close), then return up to ``max_items``."""
+        """Wait for at least one item (or close), then return items weighing up to
+        ``max_items`` together (at least one)."""
         while not self._items:
             if self._closed:
                 return []
             self._not_empty.clear()
             await self._not_empty.wait()
-        n = min(max_items, len(self._items))
-        if n == len(self._items):
-            out = list(self._items)
-            self._items.clear()
+        items = self._items
+        if self._w <= max_items:
+            out = [it for it, _ in items]
+            items.clear()
+            self._w = 0
         else:
-            out = [self._items.popleft() for _ in range(n)]
-        if not self._items:
+            out = []
+            taken = 0
+            while items and (not out or taken + items[0][1] <= max_items):
+                it, w = items.popleft()
+                out.append(it)
+                taken += w
+            self._w -= taken
+        if not items:
             self._not_empty.clear()
         self._not_full.set()
         return out
 
     def stats(self) -> dict[str, object]:
-        return {"depth": len(self._items), "size": self.size, "overflow": self.overflow,
+        return {"depth": self._w, "size": self.size, "overflow": self.overflow,
                 "dropped": self.dropped, "put_total": self.put_total}

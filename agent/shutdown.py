@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from typing import Any
 
 RECANCEL_S = 0.05   # how often a task that survived its cancellation is cancelled again
 
@@ -24,6 +25,13 @@ class Deadline:
     def left(self, floor: float = 0.0) -> float:
         """Seconds left (at least ``floor``: a stage that must run gets that much)."""
         return max(floor, self.end - time.monotonic())
+
+
+async def cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has finished, whatever it raised."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def cancel_until_done(tasks: Iterable[asyncio.Task[object]], within: float) -> bool:

@@ -21,9 +21,9 @@ from typing import Protocol, runtime_checkable
 
 from edge_agent.errors import DriverDisconnected as DriverDisconnected
 from edge_agent.errors import DriverError as DriverError
-from edge_agent.records import Reading, WaveformBlock
+from edge_agent.records import Reading, ReadingBlock, WaveformBlock
 
-DriverOutput = list[Reading | WaveformBlock]
+DriverOutput = list[Reading | ReadingBlock | WaveformBlock]
 
 
 @dataclass

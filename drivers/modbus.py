@@ -42,11 +42,11 @@ from edge_agent.drivers.modbus_codec import (
     Table,
     bit_width,
     coalesce,
-    decode_point,
-    slice_for,
+    decode_members,
+    fast_format,
 )
 from edge_agent.drivers.modbus_units import SILENT_POLLS_DEAD, UnitState, schedule
-from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, Reading, WaveformBlock
+from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, ReadingBlock, Sensor
 from edge_agent.settings import Duration, Model
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,12 @@ class ModbusDriver:
             gap = cfg.max_gap if dev.max_gap is None else dev.max_gap
             blocks = coalesce(specs, max_gap=gap, max_registers=cfg.max_registers,
                               max_bits=cfg.max_bits)
-            self._devices.append(UnitState(dev, specs, blocks,
-                                              float(dev.poll_interval or cfg.poll_interval)))
+            unit = UnitState(dev, specs, blocks, float(dev.poll_interval or cfg.poll_interval))
+            unit.sensors = [Sensor(p.sensor_id, p.sensor_type, p.unit, {
+                "source": "modbus", "device": dev.name, "unit_id": dev.unit_id,
+                "register": f"{p.table}:{p.address}"}) for p in dev.points]
+            unit.fast = [fast_format(sp) for sp in specs]
+            self._devices.append(unit)
         self._health.detail["blocks"] = sum(len(d.blocks) for d in self._devices)
         self._health.detail["points"] = sum(len(d.specs) for d in self._devices)
 
@@ -247,25 +251,24 @@ class ModbusDriver:
         # A device is due when its slot has come, with half a driver tick of tolerance so the
         # scheduler's jitter never makes it skip a whole tick.
         slack = float(self.cfg.poll_interval) / 2
-        out: list[Reading | WaveformBlock] = []
+        out = ReadingBlock([], [], [], [])  # every point read, as columns
         answered = polled = 0
         for d in self._devices:
             if now + slack < d.next_due:
                 continue
-            readings, n = await self._poll_device(client, d)
-            out.extend(readings)
+            n = await self._poll_device(client, d, out)
             answered += n
             polled += 1
             self._schedule(d, n, now, slack)
         if answered:
             # A good read is one the peer answered (values or exception responses); a poll in
             # which every request timed out is not, so the supervisor's backoff keeps growing.
-            self._health.ok(sum(1 for r in out if isinstance(r, Reading) and r.value is not None))
+            self._health.ok(len(out) - out.values.count(None))
         elif polled and all(d.silent >= SILENT_POLLS_DEAD for d in self._devices):
             self._health.error("no_answer")
             raise DriverDisconnected(f"modbus {self.name}: no unit answered the last "
                                      f"{SILENT_POLLS_DEAD} polls (connection accepted but silent)")
-        return out
+        return [out] if len(out) else []
 
     def _schedule(self, d: UnitState, answered: int, now: float, slack: float) -> None:
         c = self.cfg
@@ -275,11 +278,10 @@ class ModbusDriver:
         self._health.detail["silent_units"] = sorted(x.device.name for x in self._devices
                                                      if x.silent)
 
-    async def _poll_device(self, client: Any, d: UnitState) -> tuple[list[Reading], int]:
-        """The device's readings and how many of its requests were answered. A unit that did
-        not answer its last poll gets one request (a probe); its other points are reported
-        quality 0 without asking until it answers."""
-        out: list[Reading] = []
+    async def _poll_device(self, client: Any, d: UnitState, out: ReadingBlock) -> int:
+        """Add the device's readings to ``out``; how many of its requests were answered. A unit
+        that did not answer its last poll gets one request (a probe); its other points are
+        reported quality 0 without asking until it answers."""
         answered = 0
         i = 0
         while i < len(d.blocks):
@@ -287,7 +289,7 @@ class ModbusDriver:
             ts = time.time()
             if d.silent and i > 0 and not answered:
                 reason = f"timeout: unit {d.device.unit_id} not answering (probed less often)"
-                out.extend(self._decode_block(d, block, None, reason, ts))
+                self._decode_block(d, block, None, reason, ts, out)
                 i += 1
                 continue
             words, reason, code = await self._read_block(client, d.device.unit_id, block)
@@ -304,9 +306,9 @@ class ModbusDriver:
                 d.blocks[i:i + 1] = singles
                 self._health.detail["blocks"] = sum(len(x.blocks) for x in self._devices)
                 continue
-            out.extend(self._decode_block(d, block, words, reason, ts))
+            self._decode_block(d, block, words, reason, ts, out)
             i += 1
-        return out, answered
+        return answered
 
     async def _read_block(self, client: Any, unit: int, block: Block
                           ) -> tuple[list[int] | list[bool] | None, str, int | None]:
@@ -342,38 +344,38 @@ class ModbusDriver:
         return words, "", None
 
     def _decode_block(self, d: UnitState, block: Block,
-                      words: list[int] | list[bool] | None, reason: str, ts: float
-                      ) -> list[Reading]:
-        out: list[Reading] = []
-        for m in block.members:
+                      words: list[int] | list[bool] | None, reason: str, ts: float,
+                      out: ReadingBlock) -> None:
+        """Append the block's points to ``out`` (one row each; strings go to health)."""
+        decoded = (decode_members(block, d.specs, d.fast, words) if words is not None
+                   else [None] * len(block.members))
+        health = self._health
+        for m, value in zip(block.members, decoded, strict=True):
+            if type(value) is float:
+                if health.bad_points:
+                    health.bad_points.pop(d.device.points[m].sensor_id, None)
+                out.sensors.append(d.sensors[m])
+                out.values.append(value)
+                out.timestamps.append(ts)
+                out.quality.append(QUALITY_GOOD)
+                continue
             p = d.device.points[m]
-            spec = d.specs[m]
-            meta: dict[str, Any] = {"source": "modbus", "device": d.device.name,
-                                    "unit_id": d.device.unit_id,
-                                    "register": f"{p.table}:{p.address}"}
-            value: float | str | None = None
-            why = reason
-            if words is not None:
-                try:
-                    value = decode_point(spec, slice_for(block, spec, words))
-                except DecodeError as exc:
-                    self._health.error("decode")
-                    why = f"decode error: {exc}"
             if isinstance(value, str):
                 # Strings (serial numbers, firmware) are not measurements: kept in health.
-                texts = self._health.detail.setdefault("text", {})
+                texts = health.detail.setdefault("text", {})
                 assert isinstance(texts, dict)
                 texts[p.sensor_id] = value
                 continue
-            if value is None:
-                self._health.bad_points[p.sensor_id] = why
-                meta["reason"] = why
-                out.append(Reading(p.sensor_id, p.sensor_type, None, p.unit, ts, QUALITY_BAD,
-                                   meta))
-                continue
-            self._health.bad_points.pop(p.sensor_id, None)
-            out.append(Reading(p.sensor_id, p.sensor_type, value, p.unit, ts, QUALITY_GOOD, meta))
-        return out
+            why = reason
+            if isinstance(value, DecodeError):
+                health.error("decode")
+                why = f"decode error: {value}"
+            health.bad_points[p.sensor_id] = why
+            out.metadata[len(out.sensors)] = {**d.sensors[m].metadata, "reason": why}
+            out.sensors.append(d.sensors[m])
+            out.values.append(None)
+            out.timestamps.append(ts)
+            out.quality.append(QUALITY_BAD)
 
 
 __all__ = ["Config", "Device", "DriverError", "ModbusDriver", "Point", "create"]

@@ -224,3 +224,40 @@ def slice_for(block: Block, spec: PointSpec, words: Sequence[int] | Sequence[boo
         raise DecodeError(f"point {spec.table}:{spec.address} outside the block read "
                           f"({block.start}+{len(words)})")
     return words[lo:hi]
+
+
+def fast_format(spec: PointSpec) -> str | None:
+    """The ``struct`` format that reads ``spec`` straight from its block's big-endian bytes,
+    or None when it needs :func:`decode_point` (bits, strings, bitfields, swapped orders)."""
+    code, n = _NUMERIC.get(spec.data_type, ("", 0))
+    if (not code or spec.bit is not None or spec.table in BIT_TABLES
+            or spec.byte_order != "big" or (spec.word_order != "big" and n > 1)):
+        return None
+    return ">" + code
+
+
+def decode_members(block: Block, specs: Sequence[PointSpec], fast: Sequence[str | None],
+                   words: Sequence[int] | Sequence[bool]) -> list[float | str | DecodeError]:
+    """Every member of ``block`` decoded from the words read for it (in member order): the
+    block's registers are packed once and plain numbers unpacked from them in place; the
+    others (and any point outside the words) go through :func:`decode_point`."""
+    data = b""
+    if block.table not in BIT_TABLES:
+        try:
+            data = struct.pack(f">{len(words)}H", *words)
+        except struct.error:  # a word outside 0..65535: decode_point says which
+            data = b""
+    out: list[float | str | DecodeError] = []
+    unpack = struct.unpack_from
+    for m in block.members:
+        spec, fmt = specs[m], fast[m]
+        lo = 2 * (spec.address - block.start)
+        if fmt is not None and data and 0 <= lo <= len(data) - 2 * spec.count:
+            out.append(float(unpack(fmt, data, lo)[0]) * spec.scale + spec.offset)
+            continue
+        try:
+            out.append(decode_point(spec, slice_for(block, spec, words)))
+        except DecodeError as exc:
+            out.append(exc)
+    return out
+

@@ -11,11 +11,12 @@ goes on until :data:`SILENT_POLLS_DEAD` silent polls make the driver reconnect.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edge_agent.backoff import Backoff
 from edge_agent.drivers.modbus_codec import Block, PointSpec
+from edge_agent.records import Sensor
 
 if TYPE_CHECKING:
     from edge_agent.drivers.modbus import Device
@@ -36,6 +37,8 @@ class UnitState:
     interval: float
     next_due: float = 0.0
     silent: int = 0              # consecutive polls in which the unit answered nothing
+    sensors: list[Sensor] = field(default_factory=list)  # per point: ids and static metadata
+    fast: list[str | None] = field(default_factory=list)  # per point: codec.fast_format
 
 
 def schedule(units: list[UnitState], d: UnitState, answered: int, now: float, slack: float,

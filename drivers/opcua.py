@@ -38,7 +38,7 @@ from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI
 from edge_agent.drivers.opcua_items import UA_ERRORS
 from edge_agent.drivers.opcua_probe import describe_peer, pinned_mismatch
 from edge_agent.drivers.opcua_session import Session, SessionFailed
-from edge_agent.records import Reading, WaveformBlock
+from edge_agent.records import Reading, ReadingBlock
 from edge_agent.settings import Duration, Model, SecretField
 
 log = logging.getLogger(__name__)
@@ -351,13 +351,14 @@ class OpcUaDriver:
         if session is None:
             raise DriverDisconnected(f"opcua {self.name}: not open")
         try:
-            out: list[Reading | WaveformBlock] = await session.next_batch()
+            out: DriverOutput = list(await session.next_batch())
         except SessionFailed as exc:
             self._health.connected = False
             raise DriverDisconnected(f"opcua {self.name}: {exc}") from exc
         if out:
-            self._health.ok(sum(1 for r in out if not isinstance(r, Reading)
-                                or r.value is not None))
+            self._health.ok(sum(len(r) - r.values.count(None) if isinstance(r, ReadingBlock)
+                                else int(not isinstance(r, Reading) or r.value is not None)
+                                for r in out))
         return out
 
     async def close(self) -> None:

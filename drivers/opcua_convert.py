@@ -10,10 +10,10 @@ Pure functions (no client, no I/O), unit tested on their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from asyncua import ua
@@ -24,8 +24,14 @@ from edge_agent.records import (
     QUALITY_GOOD,
     QUALITY_UNCERTAIN,
     Reading,
+    ReadingBlock,
+    Sensor,
     WaveformBlock,
 )
+
+if TYPE_CHECKING:
+    from edge_agent.drivers.base import DriverHealth
+    from edge_agent.drivers.opcua_items import Item
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # OPC-UA "no timestamp" is the FILETIME epoch (1601) or None; treat anything before 1980 as unset.
@@ -195,3 +201,78 @@ def group_by(items: Sequence[Any], key: Any) -> dict[Any, list[Any]]:
     for it in items:
         out.setdefault(key(it), []).append(it)
     return out
+
+
+def count_dropped(health: DriverHealth, n: int) -> None:
+    """``n`` pending values dropped for a stalled consumer (the oldest); 0: nothing."""
+    if n:
+        health.errors["dropped_backlog"] += n
+        health.detail["dropped_backlog"] = health.errors["dropped_backlog"]
+
+
+def count_overflow(health: DriverHealth, sensor_id: str) -> None:
+    """The server discarded values of the node before this one (its queue was full)."""
+    health.error("overflow")
+    overflows = health.detail.setdefault("overflows", {})
+    assert isinstance(overflows, dict)
+    overflows[sensor_id] = overflows.get(sensor_id, 0) + 1
+
+
+class ScalarRows:
+    """The usual scalar notification — status exactly Good, a number, a source timestamp — as
+    a row of one :class:`ReadingBlock` (no Reading, no metadata dict per value); everything
+    else goes through :func:`to_reading`. At most ``limit`` rows wait for the consumer: beyond
+    that the oldest are dropped and counted in ``dropped_backlog`` like other records."""
+
+    def __init__(self, limit: int, health: DriverHealth) -> None:
+        self.limit = limit
+        self.health = health
+        self.block = ReadingBlock([], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.block.sensors)
+
+    def add(self, it: Item, dv: ua.DataValue) -> bool:
+        if it.rate_for is not None or it.spec.waveform:
+            return False
+        st = dv.StatusCode
+        if st is not None and st.value != 0:  # not plain Good (info bits such as Overflow too)
+            return False
+        v = None if dv.Value is None else dv.Value.Value
+        if type(v) is not float and type(v) is not int:  # bool, None, arrays, text: slow path
+            return False
+        ts = _posix(dv.SourceTimestamp)
+        if ts is None:
+            return False
+        s = it.sensor
+        if s is None:
+            sp = it.spec
+            s = it.sensor = Sensor(sp.sensor_id, sp.sensor_type, sp.unit, {
+                "source": "opcua", "node": sp.node, "status": "Good", "ts_source": "source"})
+        b = self.block
+        b.sensors.append(s)
+        b.values.append(float(v))
+        b.timestamps.append(ts)
+        b.quality.append(QUALITY_GOOD)
+        if self.health.bad_points:
+            self.health.bad_points.pop(s.sensor_id, None)
+        if len(b.sensors) > self.limit:
+            over = len(b.sensors) - self.limit
+            del b.sensors[:over], b.values[:over], b.timestamps[:over], b.quality[:over]
+            count_dropped(self.health, over)
+        return True
+
+    def close_into(self, pending: MutableSequence[Any]) -> None:
+        """Append the rows so far to ``pending`` as one block (before a record that came after
+        them); the next rows start a new block."""
+        if self.block.sensors:
+            pending.append(self.block)
+            self.block = ReadingBlock([], [], [], [])
+
+    def take(self) -> list[ReadingBlock]:
+        """The rows so far as one block (``[]`` if none); the next rows start a new one."""
+        if not self.block.sensors:
+            return []
+        out, self.block = self.block, ReadingBlock([], [], [], [])
+        return [out]
+

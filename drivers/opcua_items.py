@@ -16,6 +16,7 @@ from asyncua import ua
 from asyncua.common.subscription import Subscription
 
 from edge_agent.drivers.opcua_convert import NodeSpec
+from edge_agent.records import Sensor
 
 if TYPE_CHECKING:
     from edge_agent.drivers.opcua import Config, Node
@@ -32,6 +33,7 @@ class Item:
     rate: float | None = None          # waveform items: current sample rate
     rate_for: Item | None = None       # hidden sample-rate items: the waveform they serve
     notifications: int = 0             # values delivered in this session
+    sensor: Sensor | None = None       # scalar items: ids and metadata of a Good value's row
 
 
 @dataclass(eq=False)

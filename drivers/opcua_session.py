@@ -28,10 +28,13 @@ from asyncua.common.subscription import (
     Subscription,
 )
 
-from edge_agent.drivers.base import DriverHealth
+from edge_agent.drivers.base import DriverHealth, DriverOutput
 from edge_agent.drivers.opcua_convert import (
+    ScalarRows,
     WaveformError,
     bad_reading,
+    count_dropped,
+    count_overflow,
     group_by,
     overflowed,
     status_name,
@@ -59,7 +62,7 @@ from edge_agent.drivers.opcua_monitor import (
     warn_quiet_waveforms,
 )
 from edge_agent.errors import DriverError
-from edge_agent.records import Reading, WaveformBlock
+from edge_agent.records import Reading, ReadingBlock, WaveformBlock
 
 if TYPE_CHECKING:
     from edge_agent.drivers.opcua import Config
@@ -86,9 +89,10 @@ class Session:
         self._subs: list[SubGroup] = []
         self._polls: list[PollGroup] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending: deque[Reading | WaveformBlock] = deque()
+        self._pending: deque[Reading | ReadingBlock | WaveformBlock] = deque()
         self._pending_values = 0           # waveform values in _pending
         self.pending_max = max(1000, 4 * sum(queue_size_of(it.node) for it in self._items))
+        self._rows = ScalarRows(self.pending_max, health)  # Good scalar values, as columns
         self._wake = asyncio.Event()
         self._failure: str | None = None
         self._next_handle = 1
@@ -198,6 +202,7 @@ class Session:
             self._fail(f"internal task failed: {exc!r}")
 
     def _push(self, rec: Reading | WaveformBlock) -> None:
+        self._rows.close_into(self._pending)  # values that came first stay first
         self._pending.append(rec)
         if isinstance(rec, WaveformBlock):
             self._pending_values += rec.samples.size
@@ -207,10 +212,8 @@ class Session:
             old = self._pending.popleft()
             if isinstance(old, WaveformBlock):
                 self._pending_values -= old.samples.size
-            dropped += 1
-        if dropped:
-            self.health.errors["dropped_backlog"] += dropped
-            self.health.detail["dropped_backlog"] = self.health.errors["dropped_backlog"]
+            dropped += len(old) if isinstance(old, ReadingBlock) else 1
+        count_dropped(self.health, dropped)
         self._wake.set()
 
     def _fail(self, reason: str) -> None:
@@ -224,14 +227,13 @@ class Session:
         self._fail(f"connection lost: {exc!r}")
 
     def deliver(self, it: Item, dv: ua.DataValue) -> None:
+        if self._rows.add(it, dv):  # the usual Good scalar value: a row, no Reading
+            self._wake.set()
+            return
         now = time.time()
         sid = it.spec.sensor_id
-        if overflowed(dv.StatusCode):
-            # the server's queue for this node was full: it discarded values before this one
-            self.health.error("overflow")
-            overflows = self.health.detail.setdefault("overflows", {})
-            assert isinstance(overflows, dict)
-            overflows[sid] = overflows.get(sid, 0) + 1
+        if overflowed(dv.StatusCode):  # the server's queue for the node was full
+            count_overflow(self.health, sid)
         if it.rate_for is not None:
             it.rate_for.rate = to_rate(dv)
             return
@@ -354,10 +356,10 @@ class Session:
         except UA_ERRORS as exc:
             self._fail(f"re-subscribing missing nodes failed: {exc!r}")
 
-    async def next_batch(self) -> list[Reading | WaveformBlock]:
+    async def next_batch(self) -> DriverOutput:
         while True:
-            if self._pending:
-                out = list(self._pending)
+            if self._pending or len(self._rows):
+                out: DriverOutput = [*self._pending, *self._rows.take()]
                 self._pending.clear()
                 self._pending_values = 0
                 return out

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.timestamps import format_ts, format_us, from_us, now, parse_ts, to_us
+from edge_agent.timestamps import MAX_TS, format_ts, format_us, from_us, now, parse_ts, to_us
 
 __all__ = ["QUALITY_BAD", "QUALITY_GOOD", "QUALITY_UNCERTAIN", "Event", "FeatureVector",
-           "ModelRef", "Reading", "Record", "Severity", "WaveformBlock", "format_ts", "format_us",
-           "from_us", "now", "parse_ts", "to_us"]
+           "ModelRef", "Reading", "ReadingBlock", "Record", "Sensor", "Severity", "WaveformBlock",
+           "expand", "format_ts", "format_us", "from_us", "now", "parse_ts", "to_us"]
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -68,6 +69,93 @@ class Reading:
         meta["reason"] = f"non-finite value {fv!r}"
         return Reading(self.sensor_id, self.sensor_type, None, self.unit, self.timestamp,
                        QUALITY_BAD, meta)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Sensor:
+    """What stays the same across one sensor's readings: ids, unit and static metadata.
+
+    Made once per configured point by a driver and shared by all its :class:`ReadingBlock` rows,
+    so the gate and the buffer can cache per sensor (compared by identity). ``metadata`` must
+    not be changed once the sensor exists."""
+
+    sensor_id: str
+    sensor_type: str
+    unit: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (type(self.sensor_id) is str and self.sensor_id and type(self.sensor_type) is str
+                and type(self.unit) is str and isinstance(self.metadata, Mapping)):
+            raise TypeError(f"bad sensor fields: {self.sensor_id!r}, {self.sensor_type!r}, "
+                            f"{self.unit!r}")
+
+
+@dataclass(slots=True)
+class ReadingBlock:
+    """Scalar readings of one driver read as columns: row ``i`` is ``sensors[i]``'s value at
+    ``timestamps[i]`` with ``quality[i]``. A row listed in ``metadata`` carries its own
+    metadata (replacing the sensor's, e.g. with the ``reason`` of a ``None`` value).
+
+    The hot path (gate, buffer) handles a block without one Python object per reading; a row
+    that is not a clean float, finite timestamp and quality is handled as a :class:`Reading`
+    (:meth:`row`), so a bad row costs itself only."""
+
+    sensors: list[Sensor]
+    values: list[float | None]
+    timestamps: list[float]
+    quality: list[float]
+    metadata: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sensors)
+
+    def row(self, i: int) -> Reading:
+        s = self.sensors[i]
+        meta = self.metadata.get(i)
+        return Reading(s.sensor_id, s.sensor_type, self.values[i], s.unit, self.timestamps[i],
+                       self.quality[i], dict(s.metadata) if meta is None else meta)
+
+    def readings(self) -> list[Reading]:
+        return [self.row(i) for i in range(len(self.sensors))]
+
+    def plain(self) -> bool:
+        """Every row is the usual one — a :class:`Sensor`, a finite float, quality exactly
+        1.0, a float timestamp from 1970-01-01T00:00:01 to before the year 10000 — and none
+        has metadata of its own. Checked column by column in C (``set``/``map``/``sum``), so
+        the gate and the buffer can then handle the block without a Python loop per row."""
+        v, ts, q = self.values, self.timestamps, self.quality
+        if not v or self.metadata or not len(v) == len(ts) == len(q) == len(self.sensors):
+            return False
+        if set(map(type, v)) != _FLOAT or set(map(type, ts)) != _FLOAT or set(q) != _ONE \
+                or set(map(type, q)) != _FLOAT or set(map(type, self.sensors)) != _SENSOR:
+            return False
+        # NaN or Inf anywhere make the sum non-finite (an overflow only costs the fast path)
+        total = sum(cast(list[float], v))
+        return total - total == 0.0 and 1.0 <= min(ts) and max(ts) < MAX_TS
+
+    def take(self, rows: Sequence[int]) -> ReadingBlock:
+        """The block of ``rows`` only (in that order)."""
+        meta = {k: self.metadata[i] for k, i in enumerate(rows) if i in self.metadata}
+        return ReadingBlock([self.sensors[i] for i in rows], [self.values[i] for i in rows],
+                            [self.timestamps[i] for i in rows], [self.quality[i] for i in rows],
+                            meta)
+
+
+_FLOAT: set[type] = {float}
+_ONE: set[float] = {1.0}
+_SENSOR: set[type] = {Sensor}
+
+
+def expand(records: Sequence[Any]) -> list[Any]:
+    """``records`` with every :class:`ReadingBlock` replaced by its readings, in order."""
+    out: list[Any] = []
+    for r in records:
+        if isinstance(r, ReadingBlock):
+            out.extend(r.readings())
+        else:
+            out.append(r)
+    return out
 
 
 @dataclass(slots=True)
@@ -126,4 +214,4 @@ class Event:
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-Record = Reading | WaveformBlock | FeatureVector | Event
+Record = Reading | ReadingBlock | WaveformBlock | FeatureVector | Event

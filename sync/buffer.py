@@ -28,11 +28,11 @@ from pydantic import Field
 
 from edge_agent.backoff import Backoff
 from edge_agent.errors import BufferClosed as BufferClosed
-from edge_agent.records import Event, FeatureVector, Reading, Severity, now
+from edge_agent.records import Event, FeatureVector, Reading, ReadingBlock, Severity, now
 from edge_agent.settings import ByteSize, Duration, Model
 
 from . import quota, schema
-from .convert import Converted, convert, event_body
+from .convert import BAD_RECORD, Converted, convert, event_body
 from .delivery import Table
 from .diskroom import DiskRoom
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
@@ -88,9 +88,6 @@ class _Put:
 
 
 _STOP = object()
-# What serializing a bad record can raise (wrong types, NaN timestamps, circular or too deep
-# details, out-of-range times).
-_BAD_RECORD = (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError, OSError)
 # A commit group linger (commit_interval) for more puts only while it holds fewer rows than this:
 # small puts share one commit (one fsync at FULL), big ones are committed at once. Producers
 # waiting for their ack cannot add to a group, so lingering then is pure idle time.
@@ -188,7 +185,8 @@ class Buffer(SpaceMixin):
         """The newest reading timestamp (µs) committed per sensor_id, as read at start."""
         return dict(self._last_ts)
 
-    async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
+    async def put(self, records: Sequence[Reading | ReadingBlock | FeatureVector | Event]
+                  ) -> None:
         """Commit ``records``; returns once they are durable in the buffer (the ack)."""
         if not records:
             return
@@ -253,6 +251,7 @@ class Buffer(SpaceMixin):
             "dropped_thinned": self.dropped_thinned,
             "quarantined": s.quarantined if s else 0, "disk_errors": self.disk_errors,
             "commits": self.commits, "rows_committed": self.rows_committed,
+            "commit_lag_ms": s.lag.summary() if s else {},
             "moved_aside": list(self.moved_aside),
             **(self._room.stats() if self._room is not None else {}),
         }
@@ -351,7 +350,7 @@ class Buffer(SpaceMixin):
         try:
             self._notify_drops(final=True)
             self._own_flush(store)
-            store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
+            store.mark_clean()
         except sqlite3.Error as exc:  # left unclean: quick_check at the next start
             log.warning("buffer closed without marking a clean shutdown", extra={"error": str(exc)})
         finally:
@@ -361,8 +360,8 @@ class Buffer(SpaceMixin):
         rows, ok = Converted(), []
         for put in group:
             try:
-                rows.merge(convert(put.records, store.packer))
-            except _BAD_RECORD as exc:  # that put fails alone; the writer goes on
+                convert(put.records, store.packer, rows)  # a bad put leaves rows as they were
+            except BAD_RECORD as exc:  # that put fails alone; the writer goes on
                 self._resolve(put.fut, exc=ValueError(f"not buffered: {exc}"))
                 continue
             ok.append(put)

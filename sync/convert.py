@@ -13,6 +13,9 @@ from edge_agent.records import Event, FeatureVector, Reading, format_us, to_us
 from .pack import Packer, Run, dumps
 
 _MAX_US = 253_402_300_800_000_000  # year 10000
+# What serializing a bad record can raise (wrong types, NaN timestamps, circular or too deep
+# details, out-of-range times).
+BAD_RECORD = (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError, OSError)
 
 
 @dataclass
@@ -73,18 +76,28 @@ def event_body(e: Event) -> tuple[int, str]:
     return us, dumps(body)
 
 
-def convert(records: Sequence[object], packer: Packer) -> Converted:
-    """Records to stored form; raises TypeError/ValueError naming the first bad record."""
-    out = Converted()
-    others = packer.readings(records, out.readings)
-    for rec in others:
-        if isinstance(rec, Reading):
-            packer.reading(rec, out.readings)
-        elif isinstance(rec, FeatureVector):
-            out.features.append(feature_body(rec))
-        elif isinstance(rec, Event):
-            out.events.append(event_body(rec))
-        else:
-            raise TypeError(f"cannot buffer {type(rec).__name__}: expected Reading, "
-                            "FeatureVector or Event")
+def convert(records: Sequence[object], packer: Packer, out: Converted | None = None
+            ) -> Converted:
+    """Records to stored form, appended to ``out`` (a new one by default). Raises
+    TypeError/ValueError naming the first bad record; ``out`` is then left as it was."""
+    out = Converted() if out is None else out
+    mark = (len(out.readings), len(out.readings.table), len(out.features), len(out.events))
+    done = False
+    try:
+        others = packer.readings(records, out.readings)
+        for rec in others:
+            if isinstance(rec, Reading):
+                packer.reading(rec, out.readings)
+            elif isinstance(rec, FeatureVector):
+                out.features.append(feature_body(rec))
+            elif isinstance(rec, Event):
+                out.events.append(event_body(rec))
+            else:
+                raise TypeError(f"cannot buffer {type(rec).__name__}: expected Reading, "
+                                "ReadingBlock, FeatureVector or Event")
+        done = True
+    finally:
+        if not done:  # this put's rows out again; the others' stay
+            out.readings.truncate(mark[0], mark[1])
+            del out.features[mark[2]:], out.events[mark[3]:]
     return out

@@ -32,7 +32,7 @@ def _insert(conn: sqlite3.Connection, run: Run, src_of: dict[Key, int]
             ) -> tuple[int, int, int] | None:
     """Insert chunks; returns (first id, last id, n of the last chunk) or None if empty."""
     first = last = last_n = -1
-    for row in chunk_rows(run, src_of.__getitem__):
+    for row in chunk_rows(run, [src_of[k] for k in run.table]):
         cur = conn.execute(INSERT, row)
         last, last_n = int(cur.lastrowid or 0), row[0]
         if first < 0:

@@ -24,10 +24,12 @@ import time
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
+from operator import is_, itemgetter
+from typing import Any, cast
 
-from edge_agent.records import Reading
+from edge_agent.records import Reading, ReadingBlock, Sensor
 
 CHUNK_MAX = 4096            # readings per chunk (bounds the work of splitting one)
 LEVEL = 1                   # zlib level: fast (~0.5 µs per reading), ~10x smaller
@@ -42,7 +44,7 @@ class Run:
     """Readings in order: the tail of each one's JSON object (after ``"value":``), its
     timestamp (µs) and the index of its source in ``table``."""
 
-    __slots__ = ("frags", "idx", "ix", "table", "us")
+    __slots__ = ("frags", "idx", "ix", "sx", "table", "us")
 
     def __init__(self) -> None:
         self.frags: list[str] = []
@@ -50,6 +52,7 @@ class Run:
         self.idx: list[int] = []
         self.table: list[Key] = []
         self.ix: dict[Key, int] = {}
+        self.sx: dict[Sensor, int] = {}  # Packer.block: a block's sensor -> its index here
 
     def __len__(self) -> int:
         return len(self.frags)
@@ -66,6 +69,14 @@ class Run:
         self.frags.append(frag)
         self.us.append(us)
         self.idx.append(self.source(key))
+
+    def truncate(self, n: int, sources: int) -> None:
+        """Back to the first ``n`` readings and ``sources`` sources."""
+        del self.frags[n:], self.us[n:], self.idx[n:]
+        for key in self.table[sources:]:
+            del self.ix[key]
+        del self.table[sources:]
+        self.sx = {s: i for s, i in self.sx.items() if i < sources}
 
     def extend(self, other: Run) -> None:
         remap = [self.source(k) for k in other.table]
@@ -113,6 +124,7 @@ class Packer:
         self._ts_pre: dict[str, str] = {}
         self._q_tail: dict[float, str] = {}
         self._q_meta: dict[float, str] = {}
+        self._sensors: dict[Sensor, tuple[Key, str, str]] = {}
 
     def ts_text(self, us: int) -> str:
         """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` for integer µs (seconds part cached)."""
@@ -167,7 +179,10 @@ class Packer:
         others: list[object] = []
         for rec in records:
             if type(rec) is not Reading:
-                others.append(rec)
+                if type(rec) is ReadingBlock:
+                    self.block(rec, run)
+                else:
+                    others.append(rec)
                 continue
             v, q, ts = rec.value, rec.quality, rec.timestamp
             if not (type(v) is float and v - v == 0.0 and type(q) is float and 0.0 <= q <= 1.0
@@ -190,6 +205,89 @@ class Packer:
             uss.append(us)
             idx.append(i)
         return others
+
+    def block(self, b: ReadingBlock, run: Run) -> None:
+        """Append a block's rows to ``run``: one tight loop over the columns, the timestamp
+        text made once per distinct timestamp and each sensor's key and metadata JSON once per
+        packer; rows that are not clean floats (or carry their own metadata) take the
+        :class:`Reading` path."""
+        n = len(b.sensors)
+        if not len(b.values) == len(b.timestamps) == len(b.quality) == n:
+            raise ValueError("reading block columns of different lengths")
+        if b.plain():
+            return self._plain(b, run)
+        ts_pre, sens = self._ts_pre, self._sensors
+        frags, uss, idx, sx = run.frags, run.us, run.idx, run.sx
+        own = b.metadata
+        last_ts: float | None = None
+        us, mid = 0, ""
+        for i, (s, v, ts, q) in enumerate(zip(b.sensors, b.values, b.timestamps, b.quality,
+                                               strict=True)):
+            if not (type(v) is float and v - v == 0.0 and type(ts) is float
+                    and 1.0 <= ts < _MAX_TS and type(s) is Sensor) or (own and i in own):
+                self._slow(b.row(i), run)
+                continue
+            if ts != last_ts:
+                last_ts, us = ts, round(ts * 1_000_000)
+                u = str(us)
+                mid = (ts_pre.get(u[:-6]) or self._second(u[:-6])) + u[-6:]
+            hit = sens.get(s) or self._sensor(s)
+            j = sx.get(s)
+            if j is None:
+                j = sx[s] = run.source(hit[0])
+            if q == 1.0 and type(q) is float:
+                frags.append(f"{v!r}{mid}{hit[1]}")
+            elif type(q) is float and 0.0 <= q <= 1.0:
+                frags.append(f"{v!r}{mid}{self._quality_tail(q, hit[2])}")
+            else:
+                self._slow(b.row(i), run)
+                continue
+            uss.append(us)
+            idx.append(j)
+
+    def _plain(self, b: ReadingBlock, run: Run) -> None:
+        """A :meth:`ReadingBlock.plain` block: the same fragments as :meth:`block` makes,
+        column by column (``map``/``zip`` in C); Python code per sensor or timestamp not seen
+        before only."""
+        got = list(map(self._sensors.get, b.sensors))
+        hits = (cast(list[tuple[Key, str, str]], got) if None not in got else
+                [h or self._sensor(s) for h, s in zip(got, b.sensors, strict=True)])
+        keys = list(map(itemgetter(0), hits))  # Sensor checked its fields: no _check_key
+        js = list(map(run.ix.get, keys))
+        if None in js:  # sources new to this run, in order of first appearance
+            new = list(dict.fromkeys(compress(keys, map(is_, js, repeat(None)))))
+            run.ix.update(zip(new, range(len(run.table), len(run.table) + len(new)), strict=True))
+            run.table.extend(new)
+            js = list(map(run.ix.__getitem__, keys))
+        us_of: dict[float, int] = {}
+        mid_of: dict[float, str] = {}
+        for t in set(b.timestamps):
+            us = us_of[t] = round(t * 1_000_000)
+            u = str(us)
+            mid_of[t] = (self._ts_pre.get(u[:-6]) or self._second(u[:-6])) + u[-6:]
+        ts = b.timestamps
+        run.frags.extend(map("".join, zip(map(repr, b.values), map(mid_of.__getitem__, ts),
+                                          map(itemgetter(1), hits), strict=True)))
+        run.us.extend(map(us_of.__getitem__, ts))
+        run.idx.extend(cast(list[int], js))
+
+    def _sensor(self, s: Sensor) -> tuple[Key, str, str]:
+        """A sensor's source key, the end of its JSON objects at quality 1.0 (after the
+        timestamp's digits) and its metadata JSON (``""``: none); cached per sensor."""
+        hit = self._sensors.get(s)
+        if hit is not None:
+            return hit
+        if len(self._sensors) > _META_CACHE_MAX:
+            self._sensors.clear()
+        key = (s.sensor_id, s.sensor_type, s.unit)
+        _check_key(key)
+        meta = dumps(dict(s.metadata)) if s.metadata else ""
+        hit = self._sensors[s] = (key, self._quality_tail(1.0, meta), meta)
+        return hit
+
+    def _quality_tail(self, q: float, meta: str) -> str:
+        tail, with_meta = self._quality(q)
+        return f"{with_meta}{meta}}}" if meta else tail
 
     def _second(self, secs: str) -> str:
         """``,"timestamp":"YYYY-MM-DDTHH:MM:SS.`` for a number of seconds (text), cached."""
@@ -236,11 +334,12 @@ def _check_key(key: Key) -> None:
 ChunkRow = tuple[int, int, int, int, str, bytes, bytes | str]
 
 
-def chunk_rows(run: Run, source_id: Callable[[Key], int]) -> list[ChunkRow]:
-    """Rows for the packed ``readings`` table: one per CHUNK_MAX readings, in order."""
+def chunk_rows(run: Run, ids: Sequence[int]) -> list[ChunkRow]:
+    """Rows for the packed ``readings`` table: one per CHUNK_MAX readings, in order (``ids``:
+    the stored source id of each of ``run.table``)."""
     rows: list[ChunkRow] = []
     frags, uss, idx = run.frags, run.us, run.idx
-    srcs = ",".join(str(source_id(k)) for k in run.table)
+    srcs = ",".join(map(str, ids))
     plens = [len(prefix(k)) + 1 for k in run.table]
     code = "H" if len(run.table) <= 0xFFFF else "I"
     for i in range(0, len(frags), CHUNK_MAX):

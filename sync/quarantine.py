@@ -113,7 +113,7 @@ def requeue_conn(conn: sqlite3.Connection, qid: int) -> int:
                     us, key)
         conn.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         chunk_rows(run, lambda k: _source(conn, k)))
+                         chunk_rows(run, [_source(conn, k) for k in run.table]))
         conn.executemany("INSERT INTO features(ts, body) VALUES (?, ?)",
                          [(_us(f["window_start"]), dumps(f)) for f in feats])
         conn.executemany("INSERT INTO events(ts, body) VALUES (?, ?)",

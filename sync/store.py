@@ -22,7 +22,7 @@ from typing import Any
 from edge_agent.sync.delivery import Batch
 
 from .convert import Converted
-from .pack import Run, chunk_rows, unpack, unpack_idx, wire
+from .pack import chunk_rows, unpack, unpack_idx, wire
 from .storebase import TABLES, Cursors, Pos, StoreBase
 
 __all__ = ["TABLES", "Pos", "Store"]
@@ -39,18 +39,19 @@ class Store(StoreBase):
 
     def insert(self, rows: Converted) -> None:
         run = rows.readings
-        chunks = chunk_rows(run, self.source_id) if len(run) else []
-        gate = self._last_per_source(run) if chunks else []
+        ids = list(map(self.source_id, run.table)) if len(run) else []
+        chunks = chunk_rows(run, ids) if len(run) else []
+        gate = self.gate_rows(run, ids) if chunks else []
         with self.tx(full=bool(rows.events)) as c:
             if chunks:
                 c.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
                               "VALUES (?, ?, ?, ?, ?, ?, ?)", chunks)
-                c.executemany("INSERT INTO gate(src, us) VALUES (?, ?) ON CONFLICT(src) DO "
-                              "UPDATE SET us = max(us, excluded.us)", gate)
+            self.write_gate(gate)
             if rows.features:
                 c.executemany("INSERT INTO features(ts, body) VALUES (?, ?)", rows.features)
             if rows.events:
                 c.executemany("INSERT INTO events(ts, body) VALUES (?, ?)", rows.events)
+        self.lag.observe(run.us)
         firsts: dict[str, tuple[int, int]] = {}
         if chunks:
             firsts["readings"] = (sum(ch[0] for ch in chunks), chunks[0][1])
@@ -64,13 +65,6 @@ class Store(StoreBase):
             self.rows[table] += n
         self.rtotal += firsts.get("readings", (0, 0))[0]
         self.events_bytes += sum(len(b) + 40 for _, b in rows.events)
-
-    def _last_per_source(self, run: Run) -> list[tuple[int, int]]:
-        """(source id, timestamp µs) of each source's last reading in ``run`` (for the gate):
-        one pass in C, a later reading of a source overwriting its earlier ones (searching
-        backwards per source was quadratic in the number of sources)."""
-        table, last = run.table, dict(zip(run.idx, run.us, strict=True))
-        return [(self.source_id(table[i]), us) for i, us in last.items()]
 
     def last_timestamps(self) -> dict[str, int]:
         """The newest reading timestamp (µs) ever committed per sensor_id."""

@@ -6,14 +6,22 @@ Used only by the buffer's single writer thread, like :class:`.store.Store` (its 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import schema
-from .pack import Key, Packer, per_source, prefix
+from .lag import CommitLag
+from .pack import Key, Packer, Run, per_source, prefix
 
 TABLES = ("events", "features", "readings")
+# The gate table (newest timestamp per source, for the reading gate after a restart) is written
+# at most this often, inside a commit of readings, and at a clean close: rewriting one row per
+# source on every commit cost more than packing the readings. A crash loses at most this much
+# of it: a sample re-delivered after the crash may then reach the backend twice (answered 409,
+# split down to the row, never stored twice).
+GATE_WRITE_S = 1.0
 Pos = tuple[int, int]  # (chunk id, offset in the chunk)
 
 
@@ -50,6 +58,9 @@ class StoreBase:
         self.cursors: dict[str, Cursors] = {}
         self.consumers: dict[str, frozenset[str]] = {}  # sinks registered in this run
         self.rtotal = 0
+        self._gate: dict[int, int] = {}  # source id -> newest µs not yet in the gate table
+        self._gate_due = 0.0
+        self.lag = CommitLag()  # reading timestamp -> commit, per committed reading
         self._load_sinks()
         self.recount()
 
@@ -71,6 +82,35 @@ class StoreBase:
         finally:
             if bump:
                 self.conn.execute(f"PRAGMA synchronous = {self.sync}")
+
+    def gate_rows(self, run: Run, ids: list[int]) -> list[tuple[int, int]]:
+        """(source id, µs) of each source's last reading in ``run``, merged into the gate rows
+        not written yet; returns them when they are due (then forgotten), else ``[]``. One pass
+        in C per run (a later reading of a source overwrites its earlier ones)."""
+        pend = self._gate
+        for i, us in dict(zip(run.idx, run.us, strict=True)).items():
+            src = ids[i]
+            if us > pend.get(src, -1):
+                pend[src] = us
+        now = time.monotonic()
+        if now < self._gate_due:
+            return []
+        self._gate_due = now + GATE_WRITE_S
+        rows, self._gate = list(pend.items()), {}
+        return rows
+
+    def write_gate(self, rows: list[tuple[int, int]]) -> None:
+        """Upsert gate rows (in the caller's transaction)."""
+        if rows:
+            self.conn.executemany("INSERT INTO gate(src, us) VALUES (?, ?) ON CONFLICT(src) DO "
+                                  "UPDATE SET us = max(us, excluded.us)", rows)
+
+    def mark_clean(self) -> None:
+        """At close: the gate rows not written yet, then the clean-shutdown mark."""
+        rows, self._gate = list(self._gate.items()), {}
+        with self.tx() as c:
+            self.write_gate(rows)
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
 
     def _head(self, table: str) -> int | None:
         row = self.conn.execute(f"SELECT ts FROM {table} ORDER BY id LIMIT 1").fetchone()

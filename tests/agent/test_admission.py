@@ -14,7 +14,7 @@ from edge_agent.agent import config
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.pipeline import Pipeline
 from edge_agent.drivers.base import DriverHealth, DriverOutput
-from edge_agent.records import Reading
+from edge_agent.records import Reading, ReadingBlock, Sensor, expand
 from edge_agent.settings import parse
 from edge_agent.sync.buffer import Buffer, BufferConfig
 
@@ -30,7 +30,8 @@ def test_gate_drops_malformed_and_repeated_and_keeps_the_rest() -> None:
     batch = [r(ts=T0), r(ts=math.nan), r(sensor=""), r(sensor=7), r(ts=1e12), r(ts=T0),
              r(ts=T0 + 1, value=np.float32(2.5)), r(ts=T0 + 2, value=True),
              r(ts=T0 + 3, value="high"), r(ts=T0 + 4, value=math.inf), r(ts=T0 + 1)]
-    clean, events = gate.admit(batch, T0)
+    admitted, events = gate.admit(batch, T0)
+    clean = expand(admitted)
     assert [x.timestamp for x in clean] == [T0, T0 + 1, T0 + 2, T0 + 4]
     assert clean[1].value == 2.5 and clean[2].value == 1.0
     assert clean[3].value is None and clean[3].quality == 0.0  # Inf sanitised, not dropped
@@ -39,6 +40,35 @@ def test_gate_drops_malformed_and_repeated_and_keeps_the_rest() -> None:
     assert len(events) == 5  # one event per (reason, sensor), not per reading
     again, events2 = gate.admit([r(ts=math.nan)], T0)
     assert again == [] and events2 == []
+
+
+def test_a_block_is_checked_row_by_row_and_stays_a_block() -> None:
+    """A clean block passes as the same object; a block with bad rows keeps its clean rows as
+    a block, and each bad row costs itself only (sanitised, dropped or counted as a repeat),
+    exactly as the same readings one by one would."""
+    a, b, c = Sensor("a", "t", "u", {"k": 1}), Sensor("b", "t", "u"), Sensor("c", "t", "u")
+    gate = ReadingGate({"c": round(T0 * 1e6)})  # c's T0 was stored before a restart
+    clean = ReadingBlock([a, b], [1.0, 2.0], [T0, T0], [1.0, 1.0])
+    out, events = gate.admit([clean], T0)
+    assert out[0] is clean and events == [] and gate.latest == {"a": 1.0, "b": 2.0}
+
+    rows = ReadingBlock([a, b, c, a, b, c, a],
+                        [3.0, math.nan, 5.0, 1.0, 7.0, 8.0, 9.0],
+                        [T0 + 1, T0 + 1, T0, T0, math.inf, T0 + 1, T0 + 1],
+                        [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0],
+                        {6: {"reason": "own"}})
+    out, events = gate.admit([rows], T0)
+    by_gate = ReadingGate({"c": round(T0 * 1e6)})
+    by_gate.admit([clean.row(0), clean.row(1)], T0)
+    singles, _ = by_gate.admit(rows.readings(), T0)
+    assert isinstance(out[0], ReadingBlock) and out[0].sensors == [a]  # a@T0+1 only
+    got = {(x.sensor_id, x.timestamp, x.value, x.quality) for x in expand(out)}
+    assert got == {(x.sensor_id, x.timestamp, x.value, x.quality) for x in expand(singles)}
+    assert got == {("a", T0 + 1, 3.0, 1.0), ("b", T0 + 1, None, 0.0),  # NaN sanitised
+                   ("c", T0 + 1, 8.0, 1.0)}  # quality 2.0 clamped (Reading.sanitised)
+    assert gate.stats() == by_gate.stats() == {
+        "repeated_timestamp:c": 1, "repeated_timestamp:a": 2, "bad_timestamp:b": 1}
+    assert len(events) == 3
 
 
 class PollingPLC:

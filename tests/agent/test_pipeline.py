@@ -16,7 +16,7 @@ from edge_agent.agent import config
 from edge_agent.agent.analysis import Analysis, BaselineLearned
 from edge_agent.agent.pipeline import Pipeline
 from edge_agent.drivers.base import DriverHealth, DriverOutput
-from edge_agent.records import Event, FeatureVector, Reading, WaveformBlock
+from edge_agent.records import Event, FeatureVector, Reading, ReadingBlock, WaveformBlock
 from edge_agent.settings import parse
 from edge_agent.sync.buffer import Buffer, BufferConfig
 
@@ -32,7 +32,8 @@ class FakeBuffer(Buffer):
         self.features: list[FeatureVector] = []
         self.events: list[Event] = []
 
-    async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
+    async def put(self, records: Sequence[Reading | ReadingBlock | FeatureVector | Event]
+                  ) -> None:
         await asyncio.sleep(0.001)
         for r in records:
             lists: dict[type, list[Any]] = {Reading: self.readings,
@@ -153,7 +154,8 @@ async def test_waveform_queue_overflow_is_bounded_and_counted(tmp_path: Path) ->
     cfg = parse(config.AgentConfig, raw)
 
     class SlowBuffer(FakeBuffer):
-        async def put(self, records: Sequence[Reading | FeatureVector | Event]) -> None:
+        async def put(self, records: Sequence[Reading | ReadingBlock | FeatureVector | Event]
+                  ) -> None:
             await asyncio.sleep(0.05)
             await super().put(records)
 

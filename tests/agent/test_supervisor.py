@@ -8,7 +8,7 @@ import time
 
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverDisconnected, DriverHealth, DriverOutput
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 
 
 class FlakyDriver:
@@ -61,7 +61,7 @@ async def test_reconnects_after_failed_opens_and_drops() -> None:
     got: list[float] = []
 
     async def emit(out: DriverOutput) -> None:
-        got.extend(r.value for r in out if isinstance(r, Reading) and r.value is not None)
+        got.extend(r.value for r in expand(out) if isinstance(r, Reading) and r.value is not None)
 
     task = asyncio.create_task(run_driver(d, emit, poll_interval=0.01,
                                           backoff=Backoff(0.001, 0.01, 2.0, 0.5)))

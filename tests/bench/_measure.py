@@ -53,3 +53,18 @@ def start_server_child(script: str, *args: str) -> tuple[subprocess.Popen[str], 
     line = child.stdout.readline()
     assert line.strip() == "READY", line
     return child, port
+
+
+def readme_block(name: str, text: str) -> None:
+    """Replace what README.md holds between ``<!-- name -->`` and ``<!-- /name -->`` with
+    ``text`` (a benchmark's figures, as it printed them: never typed by hand)."""
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    doc = readme.read_text(encoding="utf-8")
+    begin, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
+    a, b = doc.find(begin), doc.find(end)
+    if a < 0 or b < a:
+        raise SystemExit(f"README.md has no {begin.strip()} ... {end} block")
+    readme.write_text(doc[:a + len(begin)] + text.rstrip("\n") + "\n" + doc[b:], encoding="utf-8")
+    print(f"README.md: {name} figures replaced")

@@ -9,7 +9,12 @@ receiver (``tests/receiver.py``), uploader on. Prints, per workload, with the is
 * CPU % of one core used by the agent process (all its threads) in the window, and that CPU
   per value received (µs/value: the figure that does not depend on what the server managed),
   peak RSS;
-* tick -> receipt latency p50/p99 (receipt = the receiver's arrival time of the HTTP request);
+* tick -> commit latency p50/p99: when each reading committed to the agent's buffer, from the
+  buffer's commit-lag histogram (sync/lag.py, 5 ms buckets; the agent runs through
+  ``_agent_child.py``, which only answers for that histogram), over the measuring window;
+* tick -> receipt latency p50/p99 (receipt = the receiver's arrival time of the HTTP request):
+  tick -> commit plus the uploader's ``interval`` (1 s as shipped: a batch fills up after the
+  buffer ran dry; ``--upload-every`` changes it);
 * shutdown: SIGTERM -> exit, seconds.
 
     .venv/bin/python tests/bench/bench_agent.py [--seconds 25] [--only opcua-1000x100ms ...]
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -36,13 +42,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-from _measure import start_server_child  # tests/bench/_measure.py
+from _measure import readme_block, start_server_child  # tests/bench/_measure.py
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from tests.receiver import IngestReceiver  # noqa: E402
 
-AGENT = str(Path(sys.executable).with_name("edge-agent"))
+CHILD = str(Path(__file__).with_name("_agent_child.py"))
 TICK = os.sysconf("SC_CLK_TCK")
 STOP_LIMIT = 30.0  # SIGTERM -> exit; beyond this the agent is killed and "inf" printed
 
@@ -106,7 +112,9 @@ async def serve_modbus(port: int, registers: int) -> None:
 
 
 # -- the agent ----------------------------------------------------------------------------------
-def config_toml(w: Workload, port: int, rx: IngestReceiver, state: Path) -> str:
+def config_toml(w: Workload, port: int, rx: IngestReceiver, state: Path,
+                upload_every: float | None = None) -> str:
+    interval = "" if upload_every is None else f'interval = "{upload_every * 1000:g}ms"\n'
     head = f"""
 [agent]
 gateway_id = "bench"
@@ -117,7 +125,7 @@ shutdown_timeout = "10s"
 [uploader]
 url = "{rx.url}"
 api_key = "{rx.api_key}"
-
+{interval}
 [web]
 enabled = false
 
@@ -175,6 +183,27 @@ def arrivals(rx: IngestReceiver) -> list[tuple[str, float]]:
     return out
 
 
+def commit_lag(agent: subprocess.Popen[str]) -> dict[int, int]:
+    """The agent's cumulative commit-lag histogram: 5 ms bucket -> readings."""
+    assert agent.stdin is not None and agent.stdout is not None
+    agent.stdin.write("LAG\n")
+    agent.stdin.flush()
+    while not (line := agent.stdout.readline()).startswith("LAG "):
+        if not line:
+            raise RuntimeError("the agent exited")
+    return {int(b): int(n) for b, n in json.loads(line[4:])}
+
+
+def hist_pct(hist: dict[int, int], q: float) -> float:
+    """The q-quantile (ms, upper edge of its 5 ms bucket) of a bucket -> count histogram."""
+    n, seen = sum(hist.values()), 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen >= q * n:
+            return 5.0 * (b + 1)
+    return float("nan")
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -182,7 +211,8 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run_workload(w: Workload, seconds: float, warmup: float) -> dict[str, float]:
+def run_workload(w: Workload, seconds: float, warmup: float,
+                 upload_every: float | None = None) -> dict[str, float]:
     args = ["--kind", w.kind, "--count", str(w.count), "--interval", str(w.interval)]
     server, port = start_server_child(__file__, *args)
     ticks: list[float] = []
@@ -197,15 +227,16 @@ def run_workload(w: Workload, seconds: float, warmup: float) -> dict[str, float]
     with tempfile.TemporaryDirectory() as tmp, IngestReceiver("bench-key",
                                                               keep_bodies=False) as rx:
         cfg = Path(tmp) / "agent.toml"
-        cfg.write_text(config_toml(w, port, rx, Path(tmp) / "state"))
-        agent = subprocess.Popen([AGENT, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL)
+        cfg.write_text(config_toml(w, port, rx, Path(tmp) / "state", upload_every))
+        agent = subprocess.Popen([sys.executable, CHILD, str(cfg)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
         try:
             if not rx.wait_for(lambda r: len(r.readings) >= w.count, 90):
                 raise RuntimeError(f"{w.name}: no data at the receiver after 90 s")
             time.sleep(warmup)
-            c0, t0 = proc_cpu_s(agent.pid), time.time()
+            c0, t0, h0 = proc_cpu_s(agent.pid), time.time(), commit_lag(agent)
             time.sleep(seconds)
-            c1, t1 = proc_cpu_s(agent.pid), time.time()
+            c1, t1, h1 = proc_cpu_s(agent.pid), time.time(), commit_lag(agent)
             hwm = proc_hwm_mib(agent.pid)
             time.sleep(3.0 + w.interval)  # what was read in the window reaches the receiver
             s0 = time.monotonic()
@@ -234,7 +265,9 @@ def run_workload(w: Workload, seconds: float, warmup: float) -> dict[str, float]
         produced = sum(1 for t in ticks if t0 <= t < t1) * w.count
     else:
         produced = round((t1 - t0) / w.interval) * w.count
+    window = {b: h1.get(b, 0) - h0.get(b, 0) for b in h1}
     return {"coverage": 100.0 * n_in / max(1, produced), "produced": produced,
+            "c50": hist_pct(window, 0.5), "c99": hist_pct(window, 0.99),
             "received": n_in, "cpu": 100.0 * (c1 - c0) / (t1 - t0), "rss": hwm,
             "us_per_value": 1e6 * (c1 - c0) / max(1, n_in),
             "p50": 1000 * pct(lat, 0.5), "p99": 1000 * pct(lat, 0.99), "stop": stop_s}
@@ -245,6 +278,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=25.0)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--only", nargs="*", default=None, help="workload names")
+    ap.add_argument("--upload-every", type=float, default=None,
+                    help="[uploader] interval, s (default: as shipped)")
+    ap.add_argument("--readme", action="store_true",
+                    help="also write the table into README.md (block bench_agent)")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="opcua", help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -256,23 +293,37 @@ def main() -> None:
         else:
             asyncio.run(serve_modbus(a.serve, a.count))
         return
+    every = "as shipped" if a.upload_every is None else f"{a.upload_every:g} s"
+    load = os.getloadavg()[0]
     print(f"whole agent, {a.seconds:g} s windows after {a.warmup:g} s warm-up, uploader on "
-          f"(contract receiver), {os.cpu_count()} cores")
+          f"(contract receiver, interval {every}), {os.cpu_count()} cores; "
+          f"load {load:.1f}; goal p99 tick -> commit <= 250 ms")
+    print(f"{'':56} {'tick->commit':>15} {'tick->receipt':>15}")
     print(f"{'workload':20} {'coverage':>9} {'CPU %':>7} {'us/value':>8} {'peak RSS':>9} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'stop s':>6}  goal")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'p50 ms':>7} {'p99 ms':>7} {'stop s':>6}  goal")
+    rows = []
     results = {}
     for w in WORKLOADS:
         if a.only and w.name not in a.only:
             continue
-        r = results[w.name] = run_workload(w, a.seconds, a.warmup)
+        r = results[w.name] = run_workload(w, a.seconds, a.warmup, a.upload_every)
         print(f"{w.name:20} {r['coverage']:8.2f}% {r['cpu']:7.1f} {r['us_per_value']:8.1f} "
-              f"{r['rss']:7.0f}MB "
+              f"{r['rss']:7.0f}MB {r['c50']:7.0f} {r['c99']:7.0f} "
               f"{r['p50']:7.0f} {r['p99']:7.0f} {r['stop']:6.1f}  {w.goal}  "
               f"({r['received']:.0f}/{r['produced']:.0f} values)", flush=True)
+        rows.append(f"| {w.name} | {r['coverage']:.2f} % | {r['cpu']:.1f} % | "
+                    f"{r['us_per_value']:.1f} | {r['rss']:.0f} MB | {r['c99']:.0f} ms | "
+                    f"{r['p99']:.0f} ms | {r['stop']:.1f} s | {w.goal} |")
     if "opcua-1000x1s" in results and "opcua-5000x1s" in results:
         ratio = results["opcua-5000x1s"]["cpu"] / max(1e-9, results["opcua-1000x1s"]["cpu"])
         print(f"OPC-UA 5,000 x 1 s costs {ratio:.1f}x the CPU of 1,000 x 1 s (goal <= 5x)")
-
+    if a.readme:
+        readme_block("bench_agent", "\n".join([
+            f"`bench_agent.py` ({a.seconds:g} s windows, uploader interval {every}, load "
+            f"average {load:.1f} at the start):", "",
+            "| workload | coverage | CPU (one core) | µs/value | peak RSS | p99 tick → commit "
+            "| p99 tick → receipt | SIGTERM → exit | goal |",
+            "|---|---|---|---|---|---|---|---|---|", *rows]))
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,9 @@
 """Drain benchmark: a backlog of N readings to a loopback receiver (separate process); RSS of
-the agent process sampled while it drains.
+the agent process sampled while it drains. Compresses at the shipped ``gzip_level`` unless
+``--gzip-level`` says otherwise (the line printed names the level and whether it is shipped).
 
     .venv/bin/python tests/bench/bench_drain.py [--rows 1000000] [--batch-rows 5000]
+                                                [--gzip-level N]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _measure import rss_mib  # tests/bench/_measure.py
+from _measure import readme_block, rss_mib  # tests/bench/_measure.py
 
 from edge_agent.records import Reading
 from edge_agent.settings import Secret
@@ -60,7 +62,10 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--batch-rows", type=int, default=5000)
-    ap.add_argument("--gzip-level", type=int, default=1)
+    shipped = UploaderConfig().gzip_level
+    ap.add_argument("--readme", action="store_true", help="also write README.md's figures")
+    ap.add_argument("--gzip-level", type=int, default=shipped,
+                    help=f"default: the shipped [uploader] gzip_level ({shipped})")
     args = ap.parse_args()
     rx = subprocess.Popen([sys.executable, "-m", "tests.receiver", "--port", "0", "--api-key",  # noqa: ASYNC220
                            "k", "--no-bodies"], cwd=REPO, stdout=subprocess.PIPE, text=True,
@@ -90,7 +95,8 @@ async def main() -> None:
         with urllib.request.urlopen(url + "/_admin/stats") as resp:  # noqa: ASYNC210
             st = json.loads(resp.read())
         print(f"drained {st['readings']:,} readings in {dt:.1f}s: {st['readings'] / dt:,.0f} "
-              f"readings/s, batches of {args.batch_rows}, gzip level {args.gzip_level}, "
+              f"readings/s, batches of {args.batch_rows}, gzip level {args.gzip_level}"
+              f"{' (shipped)' if args.gzip_level == shipped else ''}, "
               f"{up.bytes_sent / dt / 1e6:.1f} MB/s JSON; duplicates {st['duplicates']}, "
               f"conflicts {st['conflicts']}")
         rss = [m for _, m in sampler.samples] or [r0]
@@ -99,6 +105,14 @@ async def main() -> None:
         print(f"RSS during drain (MB): start {r0:.0f}, quartiles " +
               " / ".join(f"{x:.0f}" for x in q) + f", max {max(rss):.0f}")
         assert st["readings"] == args.rows
+        if args.readme:
+            readme_block("bench_drain", "\n".join([
+                "| `bench_drain.py`: backlog to the loopback receiver | readings/s | RSS | "
+                "gzip level | checks |", "|---|---|---|---|---|",
+                f"| {args.rows:,} readings, batches of {args.batch_rows:,} | "
+                f"{st['readings'] / dt:,.0f} | {min(rss):.0f} to {max(rss):.0f} MB | "
+                f"{args.gzip_level}{' (shipped)' if args.gzip_level == shipped else ''} | "
+                f"duplicates {st['duplicates']}, conflicts {st['conflicts']} |"]))
     finally:
         rx.terminate()
         rx.wait(10)

@@ -13,7 +13,7 @@ import pytest
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverDisconnected, DriverOutput
 from edge_agent.drivers.modbus import Config, ModbusDriver, create
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 from edge_agent.settings import ConfigError, parse
 from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
@@ -40,7 +40,7 @@ async def server() -> AsyncIterator[MbServer]:
 
 
 def by_id(out: DriverOutput) -> dict[str, Reading]:
-    return {r.sensor_id: r for r in out if isinstance(r, Reading)}
+    return {r.sensor_id: r for r in expand(out) if isinstance(r, Reading)}
 
 
 async def test_every_type_and_order_decodes_exactly(server: MbServer) -> None:
@@ -133,7 +133,7 @@ async def test_per_device_poll_intervals() -> None:
     try:
         t_end = time.monotonic() + 1.2
         while time.monotonic() < t_end:
-            for r in await drv.read():
+            for r in expand(await drv.read()):
                 assert isinstance(r, Reading)
                 counts[r.sensor_id] += 1
             await asyncio.sleep(0.1)
@@ -171,7 +171,7 @@ async def test_server_restarts_ten_times_without_leaks() -> None:
 
     async def emit(out: DriverOutput) -> None:
         t = time.monotonic()
-        got.extend((t, r) for r in out if isinstance(r, Reading) and r.value is not None)
+        got.extend((t, r) for r in expand(out) if isinstance(r, Reading) and r.value is not None)
         arrived.set()
 
     base = ResourceCount.now()
@@ -287,7 +287,7 @@ async def test_absent_unit_does_not_starve_a_healthy_one_on_the_same_connection(
     got: list[Reading] = []
 
     async def emit(out: DriverOutput) -> None:
-        got.extend(r for r in out if isinstance(r, Reading))
+        got.extend(r for r in expand(out) if isinstance(r, Reading))
 
     task = asyncio.create_task(run_driver(drv, emit, poll_interval=0.1,
                                           backoff=Backoff(initial=0.05, maximum=0.5)))

@@ -12,7 +12,7 @@ import pytest
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers import modbus, opcua
 from edge_agent.drivers.base import Driver, DriverOutput
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 from edge_agent.settings import parse
 from tests.conftest import free_port
 from tests.drivers.modbus_server import MbServer, plant_map
@@ -29,7 +29,7 @@ class Recorder:
 
     async def emit(self, out: DriverOutput) -> None:
         now = time.monotonic()
-        self.readings.extend((now, r) for r in out if isinstance(r, Reading))
+        self.readings.extend((now, r) for r in expand(out) if isinstance(r, Reading))
         self.arrived.set()
 
     async def until(self, cond: Callable[[], bool], bound: float, what: str) -> float:

@@ -18,7 +18,7 @@ from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import Driver, DriverDisconnected, DriverError, DriverOutput
 from edge_agent.drivers.opcua import Config, create
 from edge_agent.drivers.opcua_certs import DEFAULT_APPLICATION_URI, generate_client_certificate
-from edge_agent.records import Reading, WaveformBlock
+from edge_agent.records import Reading, ReadingBlock, WaveformBlock, expand
 from edge_agent.settings import ConfigError, parse
 from tests.conftest import free_port
 from tests.drivers.leaks import ResourceCount
@@ -72,8 +72,8 @@ async def plant(ua_shelf: Path) -> AsyncIterator[PlantServer]:
     await srv.stop()
 
 
-async def collect(drv: Driver, seconds: float) -> list[Reading | WaveformBlock]:
-    out: list[Reading | WaveformBlock] = []
+async def collect(drv: Driver, seconds: float) -> list[Reading | ReadingBlock | WaveformBlock]:
+    out: list[Reading | ReadingBlock | WaveformBlock] = []
     t_end = time.monotonic() + seconds
     while (left := t_end - time.monotonic()) > 0:
         try:
@@ -84,7 +84,7 @@ async def collect(drv: Driver, seconds: float) -> list[Reading | WaveformBlock]:
 
 
 def last_by_id(out: DriverOutput) -> dict[str, Reading]:
-    return {r.sensor_id: r for r in out if isinstance(r, Reading)}
+    return {r.sensor_id: r for r in expand(out) if isinstance(r, Reading)}
 
 
 async def test_scalars_polling_waveform_quality_and_missing_nodes(plant: PlantServer) -> None:
@@ -96,14 +96,14 @@ async def test_scalars_polling_waveform_quality_and_missing_nodes(plant: PlantSe
     finally:
         await drv.close()
     got = last_by_id(out)
-    temps = [r for r in out if isinstance(r, Reading) and r.sensor_id == "temp"]
+    temps = [r for r in expand(out) if isinstance(r, Reading) and r.sensor_id == "temp"]
     assert len({r.value for r in temps}) >= 5, "subscription values must change"
     t = got["temp"]
     assert t.quality == 1.0 and t.unit == "degC" and t.sensor_type == "temperature"
     assert t.metadata["status"] == "Good" and t.metadata["ts_source"] == "source"
     assert abs(t.timestamp - time.time()) < 5
     assert got["temp_bp"].value is not None  # browse path resolved
-    speeds = [r for r in out if isinstance(r, Reading) and r.sensor_id == "speed"]
+    speeds = [r for r in expand(out) if isinstance(r, Reading) and r.sensor_id == "speed"]
     assert 5 <= len(speeds) <= 10 and all(r.quality == 1.0 for r in speeds)  # 200 ms polls
     u = got["unc"]
     assert u.quality == 0.5 and u.metadata["status"] == "UncertainLastUsableValue"
@@ -143,7 +143,7 @@ async def test_node_turning_bad_or_deleted_affects_only_that_node(plant: PlantSe
         bad = drv.health().bad_points
         assert "flaky" in bad and "doomed_polled" in bad
         # everything else keeps flowing
-        late = [r for r in out[len(out) // 2:] if isinstance(r, Reading)]
+        late = [r for r in expand(out[len(out) // 2:]) if isinstance(r, Reading)]
         assert {"temp", "speed", "unc"} <= {r.sensor_id for r in late}
         assert any(isinstance(w, WaveformBlock) for w in out[len(out) // 2:])
         plant.bad = False
@@ -163,7 +163,7 @@ async def test_silent_subscription_is_rebuilt_without_reconnecting(plant: PlantS
         await collect(drv, 0.3)  # drain what was in flight
         while True:
             out = await collect(drv, 0.3)
-            if any(isinstance(r, Reading) and r.sensor_id == "temp" for r in out):
+            if any(isinstance(r, Reading) and r.sensor_id == "temp" for r in expand(out)):
                 break
             assert time.monotonic() - t0 < 5.0, "subscription never rebuilt"
         h = drv.health().snapshot()
@@ -200,7 +200,7 @@ async def _restart_campaign(plant: PlantServer, cfg: Config, *, restarts: int,
     arrived = asyncio.Event()
 
     async def emit(out: DriverOutput) -> None:
-        got.extend(r for r in out if isinstance(r, Reading) and r.value is not None)
+        got.extend(r for r in expand(out) if isinstance(r, Reading) and r.value is not None)
         arrived.set()
 
     async def fresh_temp(since: float, what: str) -> None:

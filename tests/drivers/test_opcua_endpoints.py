@@ -16,7 +16,7 @@ import pytest
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverDisconnected, DriverOutput
 from edge_agent.drivers.opcua import Config, create, parse_endpoint
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 from edge_agent.settings import ConfigError, parse
 from tests.drivers.leaks import ResourceCount
 from tests.drivers.opcua_server import PlantServer, nid
@@ -111,7 +111,7 @@ async def test_bad_endpoints_retry_forever_with_backoff(case: str, retries: Retr
     arrived = asyncio.Event()
 
     async def emit(out: DriverOutput) -> None:
-        got.extend(r for r in out if isinstance(r, Reading) and r.value is not None)
+        got.extend(r for r in expand(out) if isinstance(r, Reading) and r.value is not None)
         arrived.set()
 
     base = ResourceCount.now()

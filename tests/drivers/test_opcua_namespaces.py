@@ -15,7 +15,7 @@ import pytest
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.opcua_server import NS, PlantServer
@@ -61,7 +61,7 @@ async def test_nsu_node_ids_resolve_and_follow_a_restart(plant: PlantServer) -> 
     blocks: list[object] = []
 
     async def emit(out: DriverOutput) -> None:
-        got.extend(r for r in out if isinstance(r, Reading))
+        got.extend(r for r in expand(out) if isinstance(r, Reading))
         blocks.extend(b for b in out if not isinstance(b, Reading))
 
     task = asyncio.create_task(run_driver(drv, emit, poll_interval=None,
@@ -105,7 +105,7 @@ async def test_a_node_the_server_chokes_on_costs_that_node_only(
         got: list[Reading] = []
         t_end = time.monotonic() + 1.0
         while time.monotonic() < t_end:
-            got.extend(r for r in await asyncio.wait_for(drv.read(), 2)
+            got.extend(r for r in expand(await asyncio.wait_for(drv.read(), 2))
                        if isinstance(r, Reading))
         good = {r.sensor_id for r in got if r.value is not None}
         assert good == {"temp", "unc"}
@@ -132,7 +132,7 @@ async def test_a_polled_node_the_server_refuses_costs_that_node_only(
         got: list[Reading] = []
         t_end = time.monotonic() + 1.0
         while time.monotonic() < t_end:
-            got.extend(r for r in await asyncio.wait_for(drv.read(), 2)
+            got.extend(r for r in expand(await asyncio.wait_for(drv.read(), 2))
                        if isinstance(r, Reading))
         assert {r.sensor_id for r in got if r.value is not None} == {"temp", "speed"}
         assert sum(r.sensor_id == "temp" for r in got) >= 5

@@ -17,7 +17,7 @@ from asyncua import ua
 from edge_agent.drivers.opcua import Config, Node, create
 from edge_agent.drivers.opcua_convert import overflowed, status_name
 from edge_agent.drivers.opcua_items import queue_size_of
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.opcua_server import PlantServer, nid
@@ -69,7 +69,7 @@ async def _run(plant: PlantServer, **node: Any) -> tuple[int, int, dict[str, obj
         got: list[Reading] = []
         t_end = time.monotonic() + 2.6
         while time.monotonic() < t_end:
-            got.extend(r for r in await asyncio.wait_for(drv.read(), 2)
+            got.extend(r for r in expand(await asyncio.wait_for(drv.read(), 2))
                        if isinstance(r, Reading) and r.value is not None)
             if plant.tick - tick0 >= 80 and not ticks_at:
                 ticks_at.append((plant.tick - tick0, time.time()))

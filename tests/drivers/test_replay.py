@@ -17,7 +17,7 @@ from edge_agent.drivers.replay import Config, ReplayDriver, create
 from edge_agent.models.dsp.envelope import DEFECTS
 from edge_agent.models.dsp.extract import VibrationConfig, make_extractor
 from edge_agent.models.dsp.windowing import Windower
-from edge_agent.records import Reading, WaveformBlock, parse_ts
+from edge_agent.records import Reading, ReadingBlock, WaveformBlock, parse_ts
 from edge_agent.settings import ConfigError, parse
 from tests.drivers.typed import sub
 
@@ -31,8 +31,9 @@ def driver(**raw: object) -> ReplayDriver:
     return d
 
 
-async def drain(d: ReplayDriver, max_reads: int = 10_000) -> list[Reading | WaveformBlock]:
-    out: list[Reading | WaveformBlock] = []
+async def drain(d: ReplayDriver, max_reads: int = 10_000
+                ) -> list[Reading | ReadingBlock | WaveformBlock]:
+    out: list[Reading | ReadingBlock | WaveformBlock] = []
     for _ in range(max_reads):
         if d.finished:
             break
@@ -45,7 +46,7 @@ async def drain(d: ReplayDriver, max_reads: int = 10_000) -> list[Reading | Wave
     return out
 
 
-def blocks(recs: list[Reading | WaveformBlock]) -> list[WaveformBlock]:
+def blocks(recs: list[Reading | ReadingBlock | WaveformBlock]) -> list[WaveformBlock]:
     return [r for r in recs if isinstance(r, WaveformBlock)]
 
 

@@ -16,7 +16,7 @@ import pytest
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.modbus import Config, create
-from edge_agent.records import Reading
+from edge_agent.records import Reading, expand
 from edge_agent.settings import parse as build
 from tests.conftest import free_port
 from tests.drivers.modbus_server import MbServer, plant_map
@@ -153,7 +153,7 @@ async def test_device_that_goes_silent_is_one_disconnect(attempts: Attempts) -> 
     got: list[Reading] = []
 
     async def emit(out: DriverOutput) -> None:
-        got.extend(r for r in out if isinstance(r, Reading) and r.value is not None)
+        got.extend(r for r in expand(out) if isinstance(r, Reading) and r.value is not None)
 
     async def watch() -> None:
         was = False

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.drivers.base import Driver
-from edge_agent.records import Reading, WaveformBlock
+from edge_agent.records import Reading, WaveformBlock, expand
 
 
 async def blocks(driver: Driver) -> list[WaveformBlock]:
@@ -17,8 +17,9 @@ async def blocks(driver: Driver) -> list[WaveformBlock]:
 
 
 async def readings(driver: Driver) -> list[Reading]:
-    """One `read()` of a point driver, checked to hold only readings."""
-    out = await driver.read()
+    """One `read()` of a point driver (reading blocks expanded), checked to hold only
+    readings."""
+    out = expand(await driver.read())
     assert all(isinstance(r, Reading) for r in out), out
     return [r for r in out if isinstance(r, Reading)]
 

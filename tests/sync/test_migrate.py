@@ -123,7 +123,7 @@ def make_v2(path: Path) -> str:
                     (f"s{j % 3}", "temperature", "degC"))
         conn.executemany("INSERT INTO readings(n, ts, ts_max, size, srcs, idx, body) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         chunk_rows(run, lambda k: int(k[0][1]) + 1))
+                         chunk_rows(run, [int(k[0][1]) + 1 for k in run.table]))
     for i in range(3):
         conn.execute("INSERT INTO events(ts, body, batch) VALUES (?, ?, ?)", (US0, (
             f'{{"event_id":"e{i}","kind":"k","source_id":"x","timestamp":"{format_us(US0)}",'
