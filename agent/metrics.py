@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,6 +44,7 @@ class _Families:
 
     def __init__(self) -> None:
         self.fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        self.histograms: list[HistogramMetricFamily] = []
 
     def gauge(self, name: str, doc: str, labels: dict[str, str], value: Any) -> None:
         self._add(GaugeMetricFamily, name, doc, labels, value)
@@ -86,6 +92,7 @@ class SnapshotCollector(Collector):
         for src in s.get("sources", []):
             _source(m, src)
         yield from m.fams.values()
+        yield from m.histograms
 
 
 def _buffer(m: _Families, b: Mapping[str, Any]) -> None:
@@ -109,6 +116,21 @@ def _buffer(m: _Families, b: Mapping[str, Any]) -> None:
               "age quotas.", {}, b.get("dropped_total"))
     m.counter("edge_agent_buffer_disk_errors", "SQLite errors met by the buffer writer.", {},
               b.get("disk_errors"))
+    _commit_lag(m, b.get("commit_lag_ms") or {})
+
+
+def _commit_lag(m: _Families, lag: Mapping[str, Any]) -> None:
+    """Tick -> commit latency of every committed reading since start (sync/lag.py)."""
+    buckets = lag.get("buckets")
+    if not buckets:
+        return
+    h = HistogramMetricFamily(
+        "edge_agent_reading_commit_lag_seconds", "Time from a reading's timestamp (its source "
+        "tick) to its commit in the buffer, in 5 ms steps.",
+        buckets=[(f"{ms / 1000:g}", n) for ms, n in sorted((int(k), v)
+                                                            for k, v in buckets.items())]
+        + [("+Inf", lag.get("readings", 0))], sum_value=lag.get("sum_s", 0.0))
+    m.histograms.append(h)
 
 
 def _pipeline(m: _Families, p: Mapping[str, Any]) -> None:

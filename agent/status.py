@@ -161,7 +161,7 @@ class StatusService:
         s: Mapping[str, Any] = self.pipeline.buffer.stats()
         keep = ("rows_queued", "rows_queued_total", "bytes_queued", "file_bytes",
                 "oldest_unsent_age_s", "dropped_total", "quarantined", "disk_errors",
-                "commits", "rows_committed")
+                "commits", "rows_committed", "commit_lag_ms")
         return _jsonable({k: s.get(k) for k in keep if k in s})
 
     def _source(self, src: str, an: Any, drivers: list[dict[str, Any]],

@@ -19,23 +19,32 @@ import numpy.typing as npt
 STEP_MS = 5
 MAX_MS = 60_000
 _BINS = MAX_MS // STEP_MS + 1
+BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000)
+"""Upper bounds of the histogram /metrics exports (``edge_agent_reading_commit_lag_seconds``)."""
 
 
 class CommitLag:
     def __init__(self) -> None:
         self.counts: npt.NDArray[np.int64] = np.zeros(_BINS, dtype=np.int64)
+        self.total_us = 0   # sum of every observed lag (the histogram's _sum)
 
     def observe(self, us: Sequence[int], now_us: int | None = None) -> None:
         """Readings with timestamps ``us`` (µs) were committed at ``now_us`` (default: now)."""
         if not us:
             return
         now = time.time_ns() // 1000 if now_us is None else now_us
-        lag = (now - np.fromiter(us, dtype=np.int64, count=len(us))) // (1000 * STEP_MS)
-        hist = np.bincount(np.clip(lag, 0, _BINS - 1))
+        lag_us = np.maximum(now - np.fromiter(us, dtype=np.int64, count=len(us)), 0)
+        self.total_us += int(lag_us.sum())
+        hist = np.bincount(np.minimum(lag_us // (1000 * STEP_MS), _BINS - 1))
         self.counts[:len(hist)] += hist
 
-    def summary(self) -> dict[str, float | int]:
-        return percentiles(self.counts)
+    def summary(self) -> dict[str, object]:
+        """Percentiles (:func:`percentiles`), plus ``buckets`` (cumulative count at each of
+        :data:`BUCKETS_MS`, a lag counting in a bucket when its 5 ms bin lies under the bound)
+        and ``sum_s`` for a Prometheus histogram."""
+        cum = np.cumsum(self.counts)
+        return {**percentiles(self.counts), "sum_s": self.total_us / 1e6,
+                "buckets": {b: int(cum[b // STEP_MS - 1]) for b in BUCKETS_MS}}
 
 
 def percentiles(counts: npt.NDArray[np.int64]) -> dict[str, float | int]:

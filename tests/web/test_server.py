@@ -248,6 +248,11 @@ async def test_metrics_follow_prometheus_conventions(agent: Agent) -> None:
     assert by[("edge_agent_buffer_commits_total", ())] > 0
     assert fams["edge_agent_buffer_commits"].type == "counter"
     assert fams["edge_agent_buffer_oldest_unsent_age_seconds"].type == "gauge"
+    lag = fams["edge_agent_reading_commit_lag_seconds"]     # tick -> commit of every reading
+    assert lag.type == "histogram"
+    cum = [smp.value for smp in lag.samples if smp.name.endswith("_bucket")]
+    count = by[("edge_agent_reading_commit_lag_seconds_count", ())]
+    assert count > 0 and cum == sorted(cum) and cum[-1] == count
 
 
 async def test_api_paths_headers_and_404(agent: Agent) -> None:
