@@ -13,6 +13,7 @@ and the buffer is closed — all of it within one ``agent.shutdown_timeout`` (``
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
@@ -85,11 +86,12 @@ class Pipeline:
         self.sink_restarts: dict[str, dict[str, int]] = {"uploader": self.uploader_restarts}
 
     # -- stages -----------------------------------------------------------------------------
-    async def emit(self, out: DriverOutput) -> None:
+    async def emit(self, out: DriverOutput, *, recorded: bool = False) -> None:
+        """Queue a driver's output; a ``recorded`` source's waveforms wait for room."""
         readings: list[Reading | ReadingBlock] = []
         for rec in out:
             if isinstance(rec, WaveformBlock):
-                await self.waveforms.put(rec)
+                await self.waveforms.put(rec, wait=recorded)
             else:
                 readings.append(rec)
         if readings:
@@ -97,8 +99,9 @@ class Pipeline:
 
     async def _driver_task(self, driver: Driver) -> None:
         poll = getattr(getattr(driver, "cfg", None), "poll_interval", None)
+        emit = functools.partial(self.emit, recorded=getattr(driver, "recorded", False))
         await self._supervise(
-            lambda: run_driver(driver, self.emit, poll_interval=poll, backoff=self.backoff),
+            lambda: run_driver(driver, emit, poll_interval=poll, backoff=self.backoff),
             "driver_crashed", driver.name, self.driver_restarts)
 
     async def _supervise(self, run: Callable[[], Awaitable[None]], kind: str, source: str,

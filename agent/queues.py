@@ -69,16 +69,17 @@ class BoundedQueue(Generic[T]):
         self._not_empty.set()
         self._not_full.set()
 
-    def _offer(self, item: T, w: int) -> bool:
-        """Queue ``item`` (or drop by the policy); False: the producer must wait for room."""
+    def _offer(self, item: T, w: int, wait: bool = False) -> bool:
+        """Queue ``item`` (or drop by the policy; ``wait``: never drop); False: the producer
+        must wait for room."""
         if self._closed:
             raise RuntimeError(f"queue {self.name} is closed")
         while self._items and self._w + w > self.size:
+            if wait or self.overflow == "block":
+                return False
             if self.overflow == "drop_newest":
                 self.dropped += w
                 return True
-            if self.overflow == "block":
-                return False
             _, old = self._items.popleft()  # drop_oldest
             self._w -= old
             self.dropped += old
@@ -88,9 +89,11 @@ class BoundedQueue(Generic[T]):
         self._not_empty.set()
         return True
 
-    async def put(self, item: T) -> None:
+    async def put(self, item: T, *, wait: bool = False) -> None:
+        """Queue ``item`` by the overflow policy; ``wait``: wait for room whatever the policy
+        (a recording can wait, a live source cannot)."""
         w = self.weight(item)
-        while not self._offer(item, w):
+        while not self._offer(item, w, wait):
             self._not_full.clear()
             await self._not_full.wait()
 

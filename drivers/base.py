@@ -72,6 +72,9 @@ class DriverHealth:
 
 @runtime_checkable
 class Driver(Protocol):
+    """What the agent runs. A driver may also set ``recorded = True`` (replay): its data exists
+    already, so the agent makes it wait for room in the waveform queue instead of dropping."""
+
     name: str
     streaming: bool
 

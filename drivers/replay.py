@@ -137,6 +137,7 @@ class ReplayDriver:
     """A streaming driver yielding one :class:`WaveformBlock` per read."""
 
     streaming = True
+    recorded = True   # the data exists already: a full waveform queue makes it wait, not drop
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from edge_agent.agent.queues import BoundedQueue
+from edge_agent.agent.queues import BoundedQueue, Overflow
 
 
 async def test_drop_oldest_keeps_newest_and_counts() -> None:
@@ -42,6 +42,31 @@ async def test_block_applies_back_pressure_without_loss() -> None:
 
     await asyncio.wait_for(asyncio.gather(producer(), consumer()), 5)
     assert got == list(range(50)) and q.dropped == 0
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+async def test_a_waiting_put_never_drops_whatever_the_policy(policy: Overflow) -> None:
+    """A recorded source (replay) waits for room; live sources on the same queue still drop."""
+    q: BoundedQueue[int] = BoundedQueue("q", 2, policy)
+    got: list[int] = []
+
+    async def recorded() -> None:
+        for i in range(50):
+            await q.put(i, wait=True)
+        q.close()
+
+    async def consumer() -> None:
+        while batch := await q.get_batch(3):
+            assert len(q) <= 2
+            got.extend(batch)
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(asyncio.gather(recorded(), consumer()), 5)
+    assert got == list(range(50)) and q.dropped == 0
+    live: BoundedQueue[int] = BoundedQueue("q", 2, policy)
+    for i in range(5):
+        await live.put(i)
+    assert live.dropped == 3
 
 
 async def test_close_drains_then_returns_empty() -> None:

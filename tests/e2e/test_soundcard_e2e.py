@@ -151,9 +151,9 @@ def test_soundcard_capture_alarms_like_replay(data_dir: Path, tmp_path: Path) ->
     rec.mkdir()
     wavfile.write(rec / "fan.wav", 16000, pcm)
     ref_cfg = tmp_path / "replay.toml"
-    # two replays as fast as they can fill the waveform queue: block instead of dropping
+    # two replays as fast as they can: they fill the waveform queue (default drop_oldest), and
+    # a recorded source waits for room instead of losing blocks (63 of 77 windows before)
     ref_cfg.write_text(HEAD.format(state=tmp_path / "ref", port=free_port())
-                       + '[queues]\nwaveforms = { size = 256, overflow = "block" }\n'
                        + "".join(REPLAY.format(name=n, rec=rec) for n in SOURCES) + PIPELINE)
     p = agent(ref_cfg, {**os.environ})
     deadline = time.monotonic() + 60
