@@ -25,13 +25,13 @@ async def test_drop_newest_keeps_oldest_and_counts() -> None:
     assert await q.get_batch(10) == [0, 1, 2]
 
 
-async def test_block_applies_back_pressure_without_loss() -> None:
-    q: BoundedQueue[int] = BoundedQueue("q", 2, "block")
+async def _through(q: BoundedQueue[int], wait: bool) -> list[int]:
+    """50 items put (``wait``: waiting puts) while a consumer drains in batches of 3."""
     got: list[int] = []
 
     async def producer() -> None:
         for i in range(50):
-            await q.put(i)
+            await q.put(i, wait=wait)
         q.close()
 
     async def consumer() -> None:
@@ -41,28 +41,19 @@ async def test_block_applies_back_pressure_without_loss() -> None:
             await asyncio.sleep(0)
 
     await asyncio.wait_for(asyncio.gather(producer(), consumer()), 5)
-    assert got == list(range(50)) and q.dropped == 0
+    return got
+
+
+async def test_block_applies_back_pressure_without_loss() -> None:
+    q: BoundedQueue[int] = BoundedQueue("q", 2, "block")
+    assert await _through(q, wait=False) == list(range(50)) and q.dropped == 0
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 async def test_a_waiting_put_never_drops_whatever_the_policy(policy: Overflow) -> None:
     """A recorded source (replay) waits for room; live sources on the same queue still drop."""
     q: BoundedQueue[int] = BoundedQueue("q", 2, policy)
-    got: list[int] = []
-
-    async def recorded() -> None:
-        for i in range(50):
-            await q.put(i, wait=True)
-        q.close()
-
-    async def consumer() -> None:
-        while batch := await q.get_batch(3):
-            assert len(q) <= 2
-            got.extend(batch)
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(asyncio.gather(recorded(), consumer()), 5)
-    assert got == list(range(50)) and q.dropped == 0
+    assert await _through(q, wait=True) == list(range(50)) and q.dropped == 0
     live: BoundedQueue[int] = BoundedQueue("q", 2, policy)
     for i in range(5):
         await live.put(i)
