@@ -98,9 +98,7 @@ class VibrationExtractor(_Base):
     def __init__(self, cfg: VibrationConfig, sample_rate: float, channels: tuple[str, ...],
                  window: int, hop: int) -> None:
         super().__init__(sample_rate, channels, window, hop)
-        probs = cfg.problems()
-        if probs:
-            raise ValueError("; ".join(f"{k}: {m}" for k, m in probs))
+        self._refuse(cfg.problems())
         nyq = self.sample_rate / 2
         if "envelope" in cfg.include and cfg.envelope_band_hi > nyq:
             raise ValueError(f"envelope band up to {cfg.envelope_band_hi} Hz exceeds Nyquist "

@@ -49,6 +49,12 @@ class _Base:
     def names(self) -> tuple[str, ...]:
         return self._names
 
+    @staticmethod
+    def _refuse(problems: Sequence[tuple[str, str]]) -> None:
+        """``ValueError`` naming every problem of the extractor's settings, if any."""
+        if problems:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
+
     def absent(self, shaft_rpm: float | None) -> tuple[str | None, tuple[int, ...]]:
         """Feature columns that cannot be computed with ``shaft_rpm`` and why (none here)."""
         return None, ()

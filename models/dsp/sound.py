@@ -48,9 +48,7 @@ class SoundExtractor(_Base):
     def __init__(self, cfg: SoundConfig, sample_rate: float, channels: tuple[str, ...],
                  window: int, hop: int) -> None:
         super().__init__(sample_rate, channels, window, hop)
-        probs = cfg.problems()
-        if probs:
-            raise ValueError("; ".join(f"{k}: {m}" for k, m in probs))
+        self._refuse(cfg.problems())
         if cfg.fmax is not None and cfg.fmax > self.sample_rate / 2:
             raise ValueError(f"fmax {cfg.fmax} Hz exceeds Nyquist {self.sample_rate / 2} Hz")
         self.cfg = cfg
