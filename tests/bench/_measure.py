@@ -6,6 +6,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -53,6 +54,21 @@ def start_server_child(script: str, *args: str) -> tuple[subprocess.Popen[str], 
     line = child.stdout.readline()
     assert line.strip() == "READY", line
     return child, port
+
+
+def collect(child: subprocess.Popen[str], prefix: str) -> list[float]:
+    """The numbers a server child prints on ``prefix`` lines (``"TICK 1.5"``), gathered by a
+    daemon thread into the returned list as they come."""
+    got: list[float] = []
+
+    def read() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith(prefix + " "):
+                got.append(float(line.split()[1]))
+
+    threading.Thread(target=read, daemon=True).start()
+    return got
 
 
 def readme_block(name: str, text: str) -> None:

@@ -35,14 +35,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-from _measure import readme_block, start_server_child  # tests/bench/_measure.py
+from _measure import collect, readme_block, start_server_child  # tests/bench/_measure.py
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -215,15 +214,7 @@ def run_workload(w: Workload, seconds: float, warmup: float,
                  upload_every: float | None = None) -> dict[str, float]:
     args = ["--kind", w.kind, "--count", str(w.count), "--interval", str(w.interval)]
     server, port = start_server_child(__file__, *args)
-    ticks: list[float] = []
-
-    def read_ticks() -> None:
-        assert server.stdout is not None
-        for line in server.stdout:
-            if line.startswith("TICK "):
-                ticks.append(float(line.split()[1]))
-
-    threading.Thread(target=read_ticks, daemon=True).start()
+    ticks = collect(server, "TICK")
     with tempfile.TemporaryDirectory() as tmp, IngestReceiver("bench-key",
                                                               keep_bodies=False) as rx:
         cfg = Path(tmp) / "agent.toml"

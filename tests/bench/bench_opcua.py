@@ -24,12 +24,12 @@ import sys
 import time
 from datetime import UTC
 
-from _measure import cpu_s, rss_mib, start_server_child  # tests/bench/_measure.py
+from _measure import collect, cpu_s, rss_mib, start_server_child  # tests/bench/_measure.py
 
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
-from edge_agent.records import Reading
+from edge_agent.records import Reading, ReadingBlock, expand
 from edge_agent.settings import parse
 
 
@@ -73,15 +73,7 @@ def start_server(n: int, interval: float) -> tuple[subprocess.Popen[str], int]:
 async def bench(child: subprocess.Popen[str], port: int, n: int, seconds: float,
                 interval: float) -> None:
     try:
-        rates: list[float] = []
-
-        def read_rates() -> None:
-            assert child.stdout is not None
-            for text in child.stdout:
-                if text.startswith("RATE "):
-                    rates.append(float(text.split()[1]))
-
-        asyncio.get_running_loop().run_in_executor(None, read_rates)
+        rates = collect(child, "RATE")
         ms = f"{interval * 1000:g}ms"
         cfg = parse(Config, {"kind": "opcua", "name": "bench",
                              "endpoint": f"opc.tcp://127.0.0.1:{port}/",
@@ -95,7 +87,7 @@ async def bench(child: subprocess.Popen[str], port: int, n: int, seconds: float,
 
         async def emit(out: DriverOutput) -> None:
             nonlocal count
-            count += len(out)
+            count += sum(len(r) if isinstance(r, ReadingBlock) else 1 for r in out)
             if count >= n:
                 all_in.set()
 
@@ -164,7 +156,7 @@ async def bench_restarts(restarts: int) -> None:
 
         async def emit(out: DriverOutput) -> None:
             nonlocal latest
-            for r in out:
+            for r in expand(out):   # Good scalar values come as reading blocks
                 if isinstance(r, Reading) and r.timestamp > latest:
                     latest = r.timestamp
                     fresh.set()
