@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from asyncua import ua
-from asyncua.common.subscription import Subscription
 
+from edge_agent.drivers.opcua_batchsub import BatchSubscription
 from edge_agent.drivers.opcua_convert import NodeSpec
 from edge_agent.records import Sensor
 
@@ -40,7 +40,7 @@ class Item:
 class SubGroup:
     interval: float                    # publishing interval, seconds
     items: list[Item]
-    sub: Subscription | None = None
+    sub: BatchSubscription | None = None
     handles: dict[int, Item] = field(default_factory=dict)
     missing: list[Item] = field(default_factory=list)
     created: float = 0.0               # monotonic, of the last (re)build

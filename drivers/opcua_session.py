@@ -21,14 +21,9 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from asyncua import Client, ua
-from asyncua.common.subscription import (
-    DataChangeEvent,
-    OverflowPolicy,
-    StatusChangeEvent,
-    Subscription,
-)
 
 from edge_agent.drivers.base import DriverHealth, DriverOutput
+from edge_agent.drivers.opcua_batchsub import BatchSubscription, create_batch_subscription
 from edge_agent.drivers.opcua_convert import (
     ScalarRows,
     WaveformError,
@@ -175,9 +170,7 @@ class Session:
     async def _create_subscription(self, g: SubGroup) -> None:
         params = subscription_params(g.interval, self.cfg.keepalive_count)
         n_items = sum(queue_size_of(it.node) for it in g.items)
-        g.sub = await self.client.create_subscription(
-            params, None, queue_maxsize=max(1000, 4 * n_items),
-            overflow=OverflowPolicy.DROP_OLDEST)
+        g.sub = await create_batch_subscription(self.client, params, max(1000, 4 * n_items))
         g.created = time.monotonic()
         g.next_retry = g.created + float(self.cfg.missing_retry)
         await self._monitor(g, g.items)
@@ -255,21 +248,25 @@ class Session:
             self.health.bad_points.pop(sid, None)
         self._push(r)
 
-    async def _pump(self, g: SubGroup, sub: Subscription) -> None:
-        async for ev in sub:
-            if isinstance(ev, DataChangeEvent):
-                mi = ev.data.monitored_item
-                it = g.handles.get(mi.ClientHandle)
-                if it is not None:
-                    self.deliver(it, mi.Value)
-            elif isinstance(ev, StatusChangeEvent):
-                name = status_name(ev.notification.Status)
+    async def _pump(self, g: SubGroup, sub: BatchSubscription) -> None:
+        handles, deliver = g.handles, self.deliver
+        while True:
+            for notif in await sub.next():
+                if isinstance(notif, list):
+                    for mi in notif:
+                        it = handles.get(mi.ClientHandle)
+                        if it is not None:
+                            deliver(it, mi.Value)
+                    continue
+                name = status_name(notif.Status)
                 if name in _CONNECTION_GONE:
                     self._fail(f"subscription ended: {name}")
                     return
                 log.warning("subscription status changed; rebuilding",
                             extra={"driver": self.cfg.name, "status": name})
                 g.force_rebuild = True
+            count_dropped(self.health, sub.dropped)
+            sub.dropped = 0
 
     async def _poll_loop(self, p: PollGroup) -> None:
         params = read_request(p.items)
