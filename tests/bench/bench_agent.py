@@ -2,10 +2,11 @@
 receiver (``tests/receiver.py``), uploader on. Prints, per workload, with the issue's goals:
 
 * coverage — values that reached the receiver / values produced in the measuring window. The
-  OPC-UA server (a child process) writes every node every tick with the tick's SourceTimestamp
-  and reports each tick it completed, so "produced" is what the server really wrote; Modbus
-  registers are polled, so "produced" is registers x (window / poll interval): every poll that
-  should have happened;
+  OPC-UA server (a child process) writes the tick number to every node every tick, each value
+  stamped when it is written, and reports each tick it completed, so "produced" is what the
+  server really wrote in the ticks that started in the window, and "received" counts the values
+  of those ticks; Modbus registers are polled, so "produced" is registers x (window / poll
+  interval): every poll that should have happened;
 * CPU % of one core used by the agent process (all its threads) in the window, and that CPU
   per value received (µs/value: the figure that does not depend on what the server managed),
   peak RSS;
@@ -72,8 +73,10 @@ WORKLOADS = [
 
 # -- servers (child processes) ----------------------------------------------------------------
 async def serve_opcua(port: int, n: int, interval: float) -> None:
-    """Every node gets the tick number, stamped with the tick's time; prints ``TICK <epoch>``
-    once a tick's writes are all done."""
+    """Every node gets the tick number, stamped with the time it is written (as a PLC stamps a
+    change: writing 5,000 nodes takes this server most of a second, which a stamp taken once
+    per tick would count as agent latency); prints ``TICK <epoch of the tick's start>`` once a
+    tick's writes are all done."""
     from asyncua import Server, ua
     logging.disable(logging.CRITICAL)
     s = Server()
@@ -89,12 +92,15 @@ async def serve_opcua(port: int, n: int, interval: float) -> None:
     tick, next_t = 0, time.monotonic()
     while True:
         tick += 1
-        now = datetime.now(UTC)
-        stamp = cast(ua.DateTime, now)  # asyncua types it as its DateTime subclass
-        dv = ua.DataValue(ua.Variant(float(tick)), SourceTimestamp=stamp, ServerTimestamp=stamp)
-        for nodeid in ids:
-            await s.write_attribute_value(nodeid, dv)
-        print(f"TICK {now.timestamp():.6f}", flush=True)
+        start, value = time.time(), ua.Variant(float(tick))
+        for i, nodeid in enumerate(ids):
+            # asyncua types timestamps as its DateTime subclass
+            stamp = cast(ua.DateTime, datetime.now(UTC))
+            await s.write_attribute_value(nodeid, ua.DataValue(
+                value, SourceTimestamp=stamp, ServerTimestamp=stamp))
+            if i % 200 == 199:  # a write never waits: let the server publish meanwhile
+                await asyncio.sleep(0)
+        print(f"TICK {start:.6f}", flush=True)
         next_t += interval
         await asyncio.sleep(max(0.0, next_t - time.monotonic()))
 
@@ -166,19 +172,20 @@ def ts_epoch(s: str, cache: dict[str, float]) -> float:
     return v
 
 
-def arrivals(rx: IngestReceiver) -> list[tuple[str, float]]:
-    """(timestamp, receipt time) per stored reading: stored keys are in arrival order and each
-    accepted request stored ``n_readings`` of them (the uploader sends one request at a time)."""
+def arrivals(rx: IngestReceiver) -> list[tuple[str, float, object]]:
+    """(timestamp, receipt time, value or None) per stored reading: stored keys are in arrival
+    order and each accepted request stored ``n_readings`` of them (the uploader sends one
+    request at a time); values only when the receiver kept the bodies."""
     with rx.cond:
-        keys = list(rx.readings)
+        stored = list(rx.readings.items())
         logs = [r for r in rx.requests if r.outcome == "accepted"]
-    out: list[tuple[str, float]] = []
+    out: list[tuple[str, float, object]] = []
     i = 0
     for r in logs:
-        out += [(k[0], r.time) for k in keys[i:i + r.n_readings]]
+        out += [(k[0], r.time, body.get("value")) for k, body in stored[i:i + r.n_readings]]
         i += r.n_readings
-    if i != len(keys):
-        raise RuntimeError(f"{len(keys)} stored readings but {i} in accepted requests")
+    if i != len(stored):
+        raise RuntimeError(f"{len(stored)} stored readings but {i} in accepted requests")
     return out
 
 
@@ -215,8 +222,8 @@ def run_workload(w: Workload, seconds: float, warmup: float,
     args = ["--kind", w.kind, "--count", str(w.count), "--interval", str(w.interval)]
     server, port = start_server_child(__file__, *args)
     ticks = collect(server, "TICK")
-    with tempfile.TemporaryDirectory() as tmp, IngestReceiver("bench-key",
-                                                              keep_bodies=False) as rx:
+    with tempfile.TemporaryDirectory() as tmp, IngestReceiver(
+            "bench-key", keep_bodies=w.kind == "opcua") as rx:  # OPC-UA values: tick numbers
         cfg = Path(tmp) / "agent.toml"
         cfg.write_text(config_toml(w, port, rx, Path(tmp) / "state", upload_every))
         agent = subprocess.Popen([sys.executable, CHILD, str(cfg)], stdin=subprocess.PIPE,
@@ -247,13 +254,16 @@ def run_workload(w: Workload, seconds: float, warmup: float,
     cache: dict[str, float] = {}
     lat = []
     n_in = 0
-    for ts, at in got:
+    # OPC-UA: the values of the ticks that started in the window (value = tick number, the
+    # n-th TICK line is tick n); Modbus: the values stamped in the window
+    in_window = {float(i + 1) for i, t in enumerate(ticks) if t0 <= t < t1}
+    for ts, at, value in got:
         t = ts_epoch(ts, cache)
-        if t0 <= t < t1:
+        if (value in in_window) if w.kind == "opcua" else (t0 <= t < t1):
             n_in += 1
             lat.append(at - t)
     if w.kind == "opcua":
-        produced = sum(1 for t in ticks if t0 <= t < t1) * w.count
+        produced = len(in_window) * w.count
     else:
         produced = round((t1 - t0) / w.interval) * w.count
     window = {b: h1.get(b, 0) - h0.get(b, 0) for b in h1}
