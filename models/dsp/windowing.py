@@ -122,6 +122,32 @@ class Windower:
         gain = 1.0 / min(src.observed, self.LEARN_BLOCKS)
         src.spread += gain * (abs(err) - src.spread)
 
+    def _discontinuity(self, st: _Stream, src: SourceStats, block: WaveformBlock,
+                       n: int) -> str | None:
+        """Why a block of ``n`` samples does not continue ``st`` (the reset reason), or ``None``.
+
+        Owns the timestamp-jitter handling: a mismatch within tolerance re-anchors the stream
+        slowly toward the stamps, and the mismatch of every non-empty block (tolerated or not)
+        is offered to the source's spread learning.
+        """
+        if st.sample_rate != block.sample_rate:
+            return "sample_rate"
+        if st.channels != tuple(block.channels):
+            return "channels"
+        reason = None
+        expected = st.anchor + st.seen / st.sample_rate
+        err = float(block.start) - expected
+        block_s = max(st.last_n, n) / st.sample_rate
+        if abs(err) > self._tol(st.sample_rate, max(st.last_n, n), src.spread):
+            reason = "gap" if err > 0 else "overlap"
+        elif n:
+            lim = min(self.MAX_STEP_BLOCK * block_s,
+                      self.MAX_STEP_HOP * self.hop / st.sample_rate)
+            st.anchor += min(lim, max(-lim, err * self.SLEW_GAIN))
+        if n:
+            self._learn(src, err, block_s)
+        return reason
+
     def reset(self, source_id: str | None = None) -> None:
         """Forget one source (or all): the next block starts a fresh stream."""
         if source_id is None:
@@ -144,23 +170,7 @@ class Windower:
             src = self._sources[block.source_id] = SourceStats(Counter())
         st = self._streams.get(block.source_id)
         if st is not None:
-            reason = None
-            if st.sample_rate != block.sample_rate:
-                reason = "sample_rate"
-            elif st.channels != tuple(block.channels):
-                reason = "channels"
-            else:
-                expected = st.anchor + st.seen / st.sample_rate
-                err = float(block.start) - expected
-                block_s = max(st.last_n, x.shape[0]) / st.sample_rate
-                if abs(err) > self._tol(st.sample_rate, max(st.last_n, x.shape[0]), src.spread):
-                    reason = "gap" if err > 0 else "overlap"
-                elif x.shape[0]:
-                    lim = min(self.MAX_STEP_BLOCK * block_s,
-                              self.MAX_STEP_HOP * self.hop / st.sample_rate)
-                    st.anchor += min(lim, max(-lim, err * self.SLEW_GAIN))
-                if x.shape[0]:
-                    self._learn(src, err, block_s)
+            reason = self._discontinuity(st, src, block, x.shape[0])
             if reason is not None:
                 self.resets[reason] += 1
                 self.dropped_samples += st.pending.shape[0]
