@@ -84,19 +84,7 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
     the fit rows' scores; it does not transfer to new data) for comparisons; only then the
     last ``holdout_fraction`` of the rows is kept out of fitting (for the ONNX check).
     """
-    A = np.asarray(X, dtype=np.float64)
-    if A.ndim != 2 or A.shape[1] != len(names):
-        raise TrainingError(f"feature matrix must be (n, {len(names)}), got {A.shape}")
-    ok: npt.NDArray[np.bool_] = np.asarray(np.isfinite(A).all(axis=1))
-    A = A[ok]
-    floor = MIN_ROWS if quantile is None else LEGACY_MIN_ROWS
-    if len(A) < floor:
-        raise TrainingError(
-            f"baseline needs at least {floor} finite feature vectors, got {len(A)} (of "
-            f"{len(ok)}): below that the threshold does not hold on new normal data; collect "
-            f"longer (covering the machine's load and speed cycles)")
-    if quantile is not None and not 0.5 <= quantile < 1.0:
-        raise TrainingError("threshold quantile must be in [0.5, 1)")
+    A, dropped = _usable_rows(X, len(names), quantile)
     per = period if period is not None else window_period(contract)
     if quantile is None and per is None:
         raise TrainingError("the contract names no hop and sample_rate: give the window "
@@ -113,7 +101,7 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
         if quantile is None and per is not None:
             threshold, calibration = _calibrated(pipe, A[a:b], A[b:], per, false_alarms_per_hour,
                                                  decision_seconds, persistence)
-    src = _source(len(A), a, b, int((~ok).sum()), quantile, seed, estimator,
+    src = _source(len(A), a, b, dropped, quantile, seed, estimator,
                   {"n_estimators": n_estimators} if estimator == "isolation_forest"
                   else {"min_sd": min_sd})
     src.update(source or {})
@@ -122,6 +110,27 @@ def fit_baseline(X: npt.ArrayLike, names: Sequence[str], contract: Mapping[str, 
                          quantile=quantile if quantile is not None else 0.995,
                          X_holdout=A[a:] if a < len(A) else A, source=src, seed=seed,
                          private_key=private_key, calibration=calibration)
+
+
+def _usable_rows(X: npt.ArrayLike, n_features: int, quantile: float | None
+                 ) -> tuple[npt.NDArray[np.float64], int]:
+    """The rows a baseline learns from (the finite ones) and how many non-finite rows were
+    dropped; a :class:`TrainingError` for a matrix of the wrong shape, too few finite rows for
+    the threshold rule, or a legacy ``quantile`` out of range."""
+    A = np.asarray(X, dtype=np.float64)
+    if A.ndim != 2 or A.shape[1] != n_features:
+        raise TrainingError(f"feature matrix must be (n, {n_features}), got {A.shape}")
+    ok: npt.NDArray[np.bool_] = np.asarray(np.isfinite(A).all(axis=1))
+    A = A[ok]
+    floor = MIN_ROWS if quantile is None else LEGACY_MIN_ROWS
+    if len(A) < floor:
+        raise TrainingError(
+            f"baseline needs at least {floor} finite feature vectors, got {len(A)} (of "
+            f"{len(ok)}): below that the threshold does not hold on new normal data; collect "
+            f"longer (covering the machine's load and speed cycles)")
+    if quantile is not None and not 0.5 <= quantile < 1.0:
+        raise TrainingError("threshold quantile must be in [0.5, 1)")
+    return A, int((~ok).sum())
 
 
 def _source(n: int, a: int, b: int, dropped: int, quantile: float | None, seed: int,
