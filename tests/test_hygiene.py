@@ -33,7 +33,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "sync/quota.py": (405, "thinning and dropping in one module; split thin/drop"),
     "models/chain.py": (432, "chain + diagnosis ring + conformer wiring; split set-up out"),
     "drivers/soundcard.py": (410, "clock discipline and fault checks to move out"),
-    "models/training/export.py::export_bundle": (62, "verification inline"),
 }
 
 

@@ -304,12 +304,7 @@ def export_bundle(est: Any, X_train: npt.ArrayLike, names: Sequence[str],
     if kind not in KINDS:
         raise ModelError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
     onnx_bytes, score_info = to_score_onnx(est, len(names), fast=fast)
-    Xh = Xt if X_holdout is None else _finite_rows(np.asarray(X_holdout, np.float64),
-                                                   len(names), "held-out rows")
-    Xv = np.vstack([Xh, _stress_rows(Xt, seed)])
-    worst, _ = verify(est, onnx_bytes, Xv, tol)
-    score_info["verified_max_abs_diff"] = worst
-    score_info["verified_rows"] = len(Xv)
+    score_info.update(_verified(est, onnx_bytes, Xt, X_holdout, seed, tol))
     train_scores = onnx_scores(onnx_bytes, Xt)
     if threshold is None:
         threshold = float(np.quantile(train_scores, quantile))
@@ -338,6 +333,18 @@ def export_bundle(est: Any, X_train: npt.ArrayLike, names: Sequence[str],
 
     Scorer.from_bundle(load_bundle(path))  # re-read from disk: sha256 + reference vectors
     return path
+
+
+def _verified(est: Any, onnx_bytes: bytes, Xt: npt.NDArray[np.float64],
+              X_holdout: npt.ArrayLike | None, seed: int, tol: float) -> dict[str, Any]:
+    """The export's verification: ONNX against sklearn on the held-out rows (default: the
+    training sample ``Xt``) plus synthetic out-of-range rows; raises
+    :class:`VerificationFailed` beyond ``tol``, else returns the manifest's record of it."""
+    Xh = Xt if X_holdout is None else _finite_rows(np.asarray(X_holdout, np.float64),
+                                                   Xt.shape[1], "held-out rows")
+    Xv = np.vstack([Xh, _stress_rows(Xt, seed)])
+    worst, _ = verify(est, onnx_bytes, Xv, tol)
+    return {"verified_max_abs_diff": worst, "verified_rows": len(Xv)}
 
 
 def _finite_rows(X: npt.NDArray[np.float64], n_features: int, what: str
