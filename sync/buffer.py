@@ -7,7 +7,8 @@ commit is in flight are committed together (group commit: up to ``commit_rows`` 
 of fewer than 1000 rows lingers up to ``commit_interval`` for more), so the event loop never
 waits on fsync and many small puts share one transaction. The sinks' delivery transactions
 (:meth:`Buffer.sink`, :class:`.sinks.SinkHandle`) run on the same thread, so there is exactly
-one writer.
+one writer. The writer thread's loop, group commit and disk retries are in :mod:`.writer`;
+quotas and the full disk in :mod:`.space`.
 """
 
 from __future__ import annotations
@@ -17,37 +18,30 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field
 
-from edge_agent.backoff import Backoff
 from edge_agent.errors import BufferClosed as BufferClosed
-from edge_agent.records import Event, FeatureVector, Reading, ReadingBlock, Severity, now
+from edge_agent.records import Event, FeatureVector, Reading, ReadingBlock, now
 from edge_agent.settings import ByteSize, Duration, Model
 
 from . import quota, schema
-from .convert import BAD_RECORD, Converted, convert, event_body
 from .delivery import Table
 from .diskroom import DiskRoom
 from .files import BufferUnavailable, Corrupt, move_aside, open_store
 from .quarantine import requeue_conn
 from .sinks import SinkHandle, check_sink
-from .space import Call as _Call
-from .space import SpaceMixin
+from .space import Call
 from .store import Store
+from .writer import STOP, Put, WriterMixin
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 __all__ = ["Buffer", "BufferClosed", "BufferConfig", "BufferUnavailable"]
-
-# Retrying a failing disk (full, I/O errors): the agent's one backoff policy.
-DISK_RETRY = Backoff(initial=0.2, maximum=30.0)
 
 
 class BufferConfig(Model):
@@ -81,20 +75,7 @@ class BufferConfig(Model):
         return out
 
 
-@dataclass
-class _Put:
-    records: Sequence[object]
-    fut: asyncio.Future[None]
-
-
-_STOP = object()
-# A commit group linger (commit_interval) for more puts only while it holds fewer rows than this:
-# small puts share one commit (one fsync at FULL), big ones are committed at once. Producers
-# waiting for their ack cannot add to a group, so lingering then is pure idle time.
-_LINGER_BELOW = 1000
-
-
-class Buffer(SpaceMixin):
+class Buffer(WriterMixin):
     def __init__(self, path: Path, cfg: BufferConfig,
                  on_event: Callable[[Event], None] | None = None) -> None:
         self.path = Path(path)
@@ -193,7 +174,7 @@ class Buffer(SpaceMixin):
         fut = self._check().create_future()
         # Serialized by the writer thread (it holds the GIL for it instead of the event loop;
         # a bad record fails this put only, with ValueError).
-        self._q.put(_Put(tuple(records), fut))
+        self._q.put(Put(tuple(records), fut))
         await fut
 
     async def call(self, fn: Callable[[Store], T]) -> T:
@@ -205,7 +186,7 @@ class Buffer(SpaceMixin):
 
         Once queued it runs even if the caller stops waiting (e.g. ``asyncio.shield`` it)."""
         fut: asyncio.Future[T] = self._check().create_future()
-        self._q.put(_Call(fn, fut))
+        self._q.put(Call(fn, fut))
         return fut
 
     async def requeue(self, qid: int) -> int:
@@ -227,7 +208,7 @@ class Buffer(SpaceMixin):
             return
         self._closed = True
         self._stopping.set()
-        self._q.put(_STOP)
+        self._q.put(STOP)
         await asyncio.to_thread(self._thread.join, timeout)
         if self._thread.is_alive():
             log.warning("buffer writer did not stop in time", extra={"timeout_s": timeout})
@@ -263,43 +244,17 @@ class Buffer(SpaceMixin):
             raise BufferClosed("buffer is not running")
         return self._loop
 
-    # -- writer thread --------------------------------------------------------------------
-    def _resolve(self, fut: asyncio.Future[Any], result: Any = None,
-                 exc: BaseException | None = None) -> None:
-        def done() -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(done)
-        except RuntimeError:  # loop closed: nobody is waiting any more
-            pass
-
-    def _run(self) -> None:
-        try:
-            self._serve()
-        except Exception as exc:  # supervisor: a bug here must not hang every waiting put
-            log.exception("buffer writer failed")
-            self._dead = exc
-            while True:
-                try:
-                    job = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(job, _Put | _Call):
-                    self._resolve(job.fut, exc=BufferClosed(f"buffer writer failed: {exc!r}"))
-
-    def _serve(self) -> None:
+    # -- open / corruption ----------------------------------------------------------------
+    def _ready(self) -> Store | None:
+        """Open the store on the writer thread and load what the buffer keeps in memory (free
+        space awareness, last timestamps, drop counters, bytes used), then let ``start()``
+        return; ``None`` (``start()`` raises) when the database cannot be opened."""
         try:
             store = self._open()
         except (sqlite3.Error, OSError, schema.SchemaTooNew) as exc:
             self._dead = exc
             self._resolve(self._opened, exc=exc)
-            return
+            return None
         self._store = store
         try:
             self._room = DiskRoom(self.path, self.cfg.ballast_size)
@@ -312,127 +267,8 @@ class Buffer(SpaceMixin):
         self._dropped_kinds = quota.dropped_by_kind(store)
         self._used = store.used_bytes()
         self._resolve(self._opened)
-        carry: object | None = None
-        while True:
-            if carry is not None:
-                job, carry = carry, None
-            else:
-                try:
-                    job = self._next(self.cfg.housekeeping_interval)
-                except queue.Empty:
-                    self._housekeep(store, force=True)
-                    continue
-            if job is _STOP:
-                break
-            if isinstance(job, _Call):
-                self._call(store, job)
-                continue
-            assert isinstance(job, _Put)
-            group, n = [job], len(job.records)
-            deadline = time.monotonic() + self.cfg.commit_interval
-            while n < self.cfg.commit_rows:
-                try:
-                    nxt = self._next(None)  # everything already queued joins the group
-                except queue.Empty:
-                    if n >= _LINGER_BELOW:  # big enough: lingering would only add latency
-                        break
-                    try:
-                        nxt = self._next(max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                if not isinstance(nxt, _Put):
-                    carry = nxt
-                    break
-                group.append(nxt)
-                n += len(nxt.records)
-            self._commit(store, group)
-            self._housekeep(store)
-        try:
-            self._notify_drops(final=True)
-            self._own_flush(store)
-            store.mark_clean()
-        except sqlite3.Error as exc:  # left unclean: quick_check at the next start
-            log.warning("buffer closed without marking a clean shutdown", extra={"error": str(exc)})
-        finally:
-            store.conn.close()
+        return store
 
-    def _commit(self, store: Store, group: list[_Put]) -> None:
-        rows, ok = Converted(), []
-        for put in group:
-            try:
-                convert(put.records, store.packer, rows)  # a bad put leaves rows as they were
-            except BAD_RECORD as exc:  # that put fails alone; the writer goes on
-                self._resolve(put.fut, exc=ValueError(f"not buffered: {exc}"))
-                continue
-            ok.append(put)
-        if rows.n_rows:
-            err = self._write(store, rows)
-            if err is not None:
-                for put in ok:
-                    self._resolve(put.fut, exc=BufferClosed(
-                        f"closed while the disk kept failing ({err}); these records were not "
-                        "buffered"))
-                return
-            self.commits += 1
-            self.rows_committed += rows.n_rows
-        for put in ok:
-            self._resolve(put.fut)
-        if rows.n_rows and self._loop is not None:
-            tables = [t for t, n in (("events", len(rows.events)),
-                                     ("features", len(rows.features)),
-                                     ("readings", rows.n_readings)) if n]
-            try:
-                self._loop.call_soon_threadsafe(self.wake, tables)
-            except RuntimeError:
-                pass
-
-    def _write(self, store: Store, rows: Converted) -> sqlite3.Error | None:
-        """Insert, retrying disk errors (full disk, I/O) until it works or the buffer closes.
-
-        Returns the disk error only when closing while the disk still fails: once close() has
-        been called, each group gets one more try and is then given up (its puts fail, nothing
-        is acknowledged), so close() returns in bounded time."""
-        retrier = DISK_RETRY.retrier()
-        while True:
-            own = [event_body(e) for e in self._own_events]
-            try:
-                store.insert(Converted(rows.readings, rows.features, rows.events + own))
-            except sqlite3.Error as exc:
-                self._disk_error(store, exc)
-                # Back-pressure: puts wait while we retry (delivery goes on meanwhile,
-                # _wait_retry); close() interrupts the wait.
-                if self._wait_retry(store, retrier.next_delay()):
-                    try:
-                        store.insert(Converted(rows.readings, rows.features, rows.events + own))
-                    except sqlite3.Error as again:
-                        self.disk_errors += 1
-                        return again
-                    self._own_events.clear()
-                    return None
-                continue
-            self._own_events.clear()
-            if self._disk_episode:
-                self._disk_episode = False
-                self._emit("buffer_disk_recovered", "info", {"disk_errors": self.disk_errors})
-            return None
-
-    def _emit(self, kind: str, severity: Severity, details: dict[str, Any]) -> None:
-        ev = Event(kind=kind, source_id="buffer", timestamp=now(), severity=severity,
-                   details=details)
-        self._own_events.append(ev)
-        log.log(logging.WARNING if severity != "info" else logging.INFO, "buffer event",
-                extra={"kind": kind, "details": details})
-        if self.on_event is not None and self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self.on_event, ev)
-            except RuntimeError:
-                pass
-
-    def _own_flush(self, store: Store) -> None:
-        if self._own_events:
-            self._write(store, Converted())
-
-    # -- open / corruption ----------------------------------------------------------------
     def _open(self) -> Store:
         try:
             return open_store(self.path, self.cfg.synchronous, self.cfg.integrity_check)
