@@ -14,13 +14,15 @@ keeps buffering features, and an event says why. :meth:`Chain.swap_model` replac
 of a running chain between two blocks (the model registry's hot swap). In commissioning mode the
 vectors are collected and, when enough are in, :meth:`Chain.fit_baseline` (run in a worker
 thread by the pipeline) fits this asset's own model; :meth:`Chain.baseline_done` loads it.
+The set-up on the first block and the model's lifecycle (load, swap) are in
+:mod:`edge_agent.models.chain_setup`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,8 +32,8 @@ import numpy.typing as npt
 
 from edge_agent.errors import ModelError
 from edge_agent.models.alerting import AlertConfig, AnomalyAlerter
-from edge_agent.models.builtin import resolve_model
 from edge_agent.models.calibration import RollingMean
+from edge_agent.models.chain_setup import ChainSetup, analysis_rate
 from edge_agent.models.commissioning import (
     Commissioner,
     CommissioningConfig,
@@ -41,7 +43,7 @@ from edge_agent.models.commissioning import (
 from edge_agent.models.conform import Conformer
 from edge_agent.models.diagnosis import SampleRing, diagnose, label
 from edge_agent.models.drift import DriftConfig, DriftMonitor
-from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig, make_extractor
+from edge_agent.models.dsp.extract import Extractor, SoundConfig, VibrationConfig
 from edge_agent.models.dsp.windowing import Window, Windower
 from edge_agent.models.onnx_score import ModelSlot, Scorer, ScorerConfig
 from edge_agent.models.spec import Spec, names_contract
@@ -104,7 +106,7 @@ def feature_matrix(extractor: Extractor, windows: list[Window],
         return extractor.batch(windows, shaft_rpm)
 
 
-class Chain:
+class Chain(ChainSetup):
     def __init__(self, cfg: ChainConfig, state_dir: Path) -> None:
         self.cfg = cfg
         self.source = cfg.source
@@ -141,44 +143,6 @@ class Chain:
         self.score_watch: Callable[[F64 | Exception], None] | None = None
 
     @property
-    def threshold(self) -> float | None:
-        if self.slot is None or self.slot.current is None:
-            return None
-        return self.cfg.threshold if self.cfg.threshold is not None else \
-            self.slot.current.threshold
-
-    # -- set-up -----------------------------------------------------------------------------
-    def _setup(self, rate: float, channels: tuple[str, ...], ts: float) -> list[Event]:
-        if self._layout == (rate, channels):
-            return []
-        self._layout = (rate, channels)
-        try:
-            ext = make_extractor(self.cfg.features, rate, channels, self.cfg.window, self.cfg.hop)
-        except ValueError as exc:
-            self.broken = str(exc)
-            self.extractor = None
-            log.error("pipeline cannot analyse source", extra={"source": self.source,
-                                                                "reason": str(exc)})
-            return [Event("pipeline_misconfigured", self.source, ts, "warning",
-                          {"reason": str(exc)})]
-        self.broken = None
-        self.extractor = ext
-        mc = self.cfg.model
-        public_key = bytes.fromhex(mc.public_key_hex) if mc and mc.public_key_hex else None
-        self.slot = ModelSlot(ext.names(), ext.contract(), threads=mc.threads if mc else 1,
-                              public_key=public_key)
-        cc = self.cfg.commissioning
-        if cc is not None and cc.enabled:
-            out = Path(cc.out_dir).expanduser()
-            self.commissioner = Commissioner(cc, self.source, ext.names(), ext.contract(),
-                                             out_dir=out if out.is_absolute()
-                                             else self.state_dir / out)
-            self.model_status = "commissioning"
-        if mc is not None:
-            return [self.load_model(resolve_model(mc.path), ts)]
-        return []
-
-    @property
     def cannot_score(self) -> str | None:
         """Why windows are not scored right now (None: they are, or no model is configured)."""
         if self.input_problem is not None:
@@ -189,53 +153,6 @@ class Chain:
             st = self.model_status
             return st.removeprefix("refused: ") if st.startswith("refused: ") else None
         return self.speed.missing
-
-    def load_model(self, path: Path, ts: float) -> Event:
-        """Load and check a bundle; on refusal the previous model (or none) stays."""
-        if self.slot is None:
-            raise RuntimeError("load_model before the first block")
-        kept = self.slot.current
-        try:
-            scorer = self.slot.load(path)
-        except ModelError as exc:
-            reason = str(exc)
-            if "'sample_rate'" in reason and analysis_rate(self.cfg) is None:
-                reason += " (set sample_rate in [[pipelines]] to resample a faster source)"
-            self.model_status = f"refused: {reason}" if kept is None else self.model_status
-            return Event("model_refused", self.source, ts, "warning",
-                         {"path": str(path), "reason": reason,
-                          "kept": None if kept is None else
-                          {"name": kept.ref.name, "version": kept.ref.version}})
-        return self._activated(scorer, ts, {"path": str(path)})
-
-    def swap_model(self, scorer: Scorer, ts: float,
-                   origin: Mapping[str, Any] | None = None) -> Event:
-        """Make an already loaded and checked ``scorer`` the current model. Call it between two
-        :meth:`process` calls (the chain is not re-entrant): the next window is scored by the
-        new model, alert hysteresis and drift restart. The caller checks the scorer against
-        :attr:`slot`'s contract (``Scorer.load(..., expected_names=slot.expected_names,
-        expected_contract=slot.expected_contract)``)."""
-        if self.slot is None:
-            raise RuntimeError("swap_model before the first block")
-        self.slot.current = scorer
-        self.slot.last_error = None
-        return self._activated(scorer, ts, dict(origin) if origin is not None
-                               else {"path": str(scorer.bundle.path)})
-
-    def _activated(self, scorer: Scorer, ts: float, details: dict[str, Any]) -> Event:
-        self.alerter.reset()
-        cal = scorer.manifest.score.get("calibration")
-        span = float(cal.get("decision_seconds", 0.0)) if isinstance(cal, Mapping) else 0.0
-        self._decide = RollingMean(span) if span > 0 else None
-        self.drift = (DriftMonitor(self.source, scorer.manifest, self.cfg.drift)
-                      if self.cfg.drift.enabled else None)
-        self.model_status = f"{scorer.ref.name} v{scorer.ref.version}"
-        log.info("model loaded", extra={"source": self.source, "model": scorer.ref.name,
-                                        "version": scorer.ref.version,
-                                        "threshold": self.threshold})
-        return Event("model_loaded", self.source, ts, "info",
-                     {"model": {"name": scorer.ref.name, "version": scorer.ref.version},
-                      "threshold": self.threshold, **details})
 
     # -- the chain --------------------------------------------------------------------------
     def extract(self, block: WaveformBlock, shaft_rpm: float | None = None
@@ -403,13 +320,6 @@ class Chain:
         return {"resets": sum(resets.values()) if isinstance(resets, dict) else 0,
                 "resets_by_reason": resets, "dropped_samples": per.get("dropped_samples", 0),
                 "jitter_ms": per.get("jitter_ms", 0.0)}
-
-
-def analysis_rate(cfg: ChainConfig) -> float | None:
-    """The pipeline's analysis rate (``sample_rate`` in ``[[pipelines]]``; a :class:`Spec`'s
-    rate), or None: the source's own."""
-    rate = getattr(cfg, "sample_rate", None)
-    return float(rate) if rate is not None else None
 
 
 # -- offline: recordings → feature matrices through the same chain ---------------------------
