@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.drivers.soundcard import CLOCK_SLEW_S, CLOCK_TOLERANCE_S
+from edge_agent.drivers.soundcard_clock import CLOCK_SLEW_S, CLOCK_TOLERANCE_S
 from tests.drivers.alsa_clock import MARGIN_S, SECONDS, ClockRun
 
 DRIFT_BOUND_S = 2 * CLOCK_TOLERANCE_S
