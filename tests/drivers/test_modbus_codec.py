@@ -126,10 +126,10 @@ def test_a_planned_block_decodes_like_point_by_point() -> None:
              PointSpec("holding", 4, "float32"), PointSpec("holding", 6, "float32"),
              PointSpec("holding", 8, "int32", offset=-3.0), PointSpec("holding", 10, "float64"),
              PointSpec("holding", 14, "uint64", scale=2), PointSpec("holding", 20, "uint16")]
-    words = ([65535, 0x8001, 7, 7]                            # two gap registers (2, 3)
-             + encode_number(-0.0, "float32") + [0x7FC0, 0]   # -0.0 and a NaN
-             + encode_number(-5, "int32") + encode_number(1e300, "float64")
-             + encode_number(2**64 - 1, "uint64") + [9, 9, 123])
+    words = [65535, 0x8001, 7, 7,                            # two gap registers (2, 3)
+             *encode_number(-0.0, "float32"), 0x7FC0, 0,     # -0.0 and a NaN
+             *encode_number(-5, "int32"), *encode_number(1e300, "float64"),
+             *encode_number(2**64 - 1, "uint64"), 9, 9, 123]
     fast = [fast_format(s) for s in specs]
     [block] = coalesce(specs)
     plan = block_plan(block, specs, fast)
