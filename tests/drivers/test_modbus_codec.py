@@ -137,7 +137,7 @@ def test_a_planned_block_decodes_like_point_by_point() -> None:
     slow = [decode_point(s, slice_for(block, s, words)) for s in specs]
     got = decode_members(block, specs, fast, words, plan)
     assert list(map(repr, got)) == list(map(repr, slow))
-    assert got[:2] == [65535.0, -32767 * 0.5] and repr(got[2]) == "0.0" and math.isnan(got[3])
+    assert got[:2] == [65535.0, -32767 * 0.5] and repr(got[2]) == "0.0" and got[3] != got[3]
     assert decode_members(block, specs, fast, words[:20], plan)[-1].__class__ is DecodeError
     sub = [specs[0], specs[-1]]  # 20 registers apart: one block per point
     plans = [block_plan(b, sub, fast[:1] + fast[-1:]) for b in coalesce(sub, max_gap=0)]
