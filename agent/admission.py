@@ -35,7 +35,7 @@ from itertools import repeat
 from operator import attrgetter, gt, mul
 from typing import Any, cast
 
-from edge_agent.records import Event, Reading, ReadingBlock, Sensor
+from edge_agent.records import Event, Layouts, Reading, ReadingBlock, Sensor
 from edge_agent.timestamps import MAX_TS, MIN_TS
 
 _RECENT = 8                  # timestamps remembered per sensor for the repeat check
@@ -51,6 +51,7 @@ class ReadingGate:
         self._newest: dict[str, int] = dict(last_us or {})
         self.dropped: Counter[str] = Counter()       # "<reason>:<sensor_id>" -> count
         self.latest: dict[str, float] = {}           # last good value per sensor
+        self._layouts: Layouts[_Ids] = Layouts()  # a block's sensor ids and their deques
 
     def admit(self, batch: Sequence[Any], now: float
               ) -> tuple[list[Reading | ReadingBlock], list[Event]]:
@@ -141,17 +142,17 @@ class ReadingGate:
         """A :meth:`ReadingBlock.plain` block of distinct sensors, each newer than the newest
         sample admitted of it (no repeat possible): admitted column by column (``map`` in C).
         False, with nothing changed, when that does not hold (the row loop decides)."""
-        sids = list(map(_SENSOR_ID, b.sensors))
-        if len(set(sids)) != len(sids):
+        lay = self._layouts.get(b.sensors, _Ids)
+        if not lay.distinct:
             return False
-        uss = list(map(round, map(mul, b.timestamps, repeat(1_000_000))))
+        sids, uss = lay.sids, micros(b.timestamps)
         if not all(map(gt, uss, map(self._newest.get, sids, repeat(-1)))):
             return False
-        dqs = list(map(self._recent.get, sids))
-        if None in dqs:
-            dqs = [dq if dq is not None else self._recent.setdefault(sid, deque(maxlen=_RECENT))
-                   for dq, sid in zip(dqs, sids, strict=True)]
-        deque(map(deque.append, cast(list[deque[int]], dqs), uss), maxlen=0)  # consumed in C
+        dqs = lay.deques
+        if dqs is None:  # the same deques every time: _recent never replaces one
+            dqs = lay.deques = [self._recent.setdefault(sid, deque(maxlen=_RECENT))
+                                for sid in sids]
+        deque(map(deque.append, dqs, uss), maxlen=0)  # consumed in C
         self._newest.update(zip(sids, uss, strict=True))
         self.latest.update(zip(sids, cast(list[float], b.values), strict=True))
         return True
@@ -166,6 +167,27 @@ class ReadingGate:
 
     def stats(self) -> dict[str, int]:
         return dict(self.dropped)
+
+
+class _Ids:
+    """A block's sensor ids, whether they are distinct, and (once made) their deques."""
+
+    __slots__ = ("deques", "distinct", "sids")
+
+    def __init__(self, sensors: list[Sensor]) -> None:
+        self.sids: list[str] = list(map(_SENSOR_ID, sensors))
+        self.distinct = len(set(self.sids)) == len(self.sids)
+        self.deques: list[deque[int]] | None = None
+
+
+def micros(ts: list[float]) -> list[int]:
+    """``round(t * 1_000_000)`` of each timestamp; once per distinct one when they repeat (a
+    driver stamps a whole block read with one time)."""
+    distinct = set(ts)
+    if len(distinct) * 4 > len(ts):
+        return list(map(round, map(mul, ts, repeat(1_000_000))))
+    us_of = {t: round(t * 1_000_000) for t in distinct}
+    return list(map(us_of.__getitem__, ts))
 
 
 def _malformed(r: Any) -> str | None:

@@ -71,6 +71,34 @@ def test_a_block_is_checked_row_by_row_and_stays_a_block() -> None:
     assert len(events) == 3
 
 
+def test_a_bad_timestamp_behind_a_good_one_costs_its_row_only() -> None:
+    """min()/max() skip a NaN that is not first, so a block [T0, NaN] once looked plain and the
+    gate raised converting NaN to µs; it is now that row dropped (bad_timestamp), like a
+    reading. The same sensor list again (its ids and deques are cached per list) still finds
+    repeats, and an int quality 1 is admitted as 1.0, as a reading's is."""
+    a, b, c = Sensor("a", "t", "u"), Sensor("b", "t", "u"), Sensor("c", "t", "u")
+    for bad in (math.nan, math.inf):
+        block = ReadingBlock([a, b, c], [1.0, 2.0, 3.0], [T0, bad, T0], [1.0, 1.0, 1.0])
+        assert not block.plain()
+        gate = ReadingGate()
+        out, events = gate.admit([block], T0)
+        assert [(x.sensor_id, x.timestamp) for x in expand(out)] == [("a", T0), ("c", T0)]
+        assert gate.stats() == {"bad_timestamp:b": 1} and len(events) == 1
+    sensors = [a, b, c]
+    gate = ReadingGate()
+    first = ReadingBlock(sensors, [1.0, 2.0, 3.0], [T0] * 3, [1.0, 1, 1.0])
+    assert first.plain()
+    out, _ = gate.admit([first], T0)
+    assert out == [first] and gate.latest == {"a": 1.0, "b": 2.0, "c": 3.0}
+    again = ReadingBlock(sensors, [4.0, 5.0, 6.0], [T0 + 1, T0, T0 + 1], [1.0] * 3)
+    out, _ = gate.admit([again], T0)
+    assert [(x.sensor_id, x.value) for x in expand(out)] == [("a", 4.0), ("c", 6.0)]
+    assert gate.stats() == {"repeated_timestamp:b": 1}
+    out, _ = gate.admit([ReadingBlock(sensors, [7.0] * 3, [T0] * 3, [1.0] * 3)], T0)
+    assert out == [] and gate.stats() == {"repeated_timestamp:a": 1, "repeated_timestamp:b": 2,
+                                          "repeated_timestamp:c": 1}
+
+
 class PollingPLC:
     """A polled tag whose SourceTimestamp only moves when its value changes, plus a NaN stamp."""
 
