@@ -26,10 +26,10 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import compress, repeat
-from operator import is_, itemgetter
+from operator import is_
 from typing import Any, cast
 
-from edge_agent.records import Reading, ReadingBlock, Sensor
+from edge_agent.records import Layouts, Reading, ReadingBlock, Sensor
 
 CHUNK_MAX = 4096            # readings per chunk (bounds the work of splitting one)
 LEVEL = 1                   # zlib level: fast (~0.5 µs per reading), ~10x smaller
@@ -38,6 +38,7 @@ _META_CACHE_MAX = 32768      # >= the sensors of a big gateway: metadata is per 
 _FLAT = frozenset((str, int, float, bool, type(None)))
 
 Key = tuple[str, str, str]  # sensor_id, sensor_type, unit
+_Layout = tuple[list[Key], list[str], list[Key], list[int]]  # see Packer._layout
 
 
 class Run:
@@ -125,6 +126,7 @@ class Packer:
         self._q_tail: dict[float, str] = {}
         self._q_meta: dict[float, str] = {}
         self._sensors: dict[Sensor, tuple[Key, str, str]] = {}
+        self._layouts: Layouts[_Layout] = Layouts()
 
     def ts_text(self, us: int) -> str:
         """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` for integer µs (seconds part cached)."""
@@ -247,18 +249,21 @@ class Packer:
 
     def _plain(self, b: ReadingBlock, run: Run) -> None:
         """A :meth:`ReadingBlock.plain` block: the same fragments as :meth:`block` makes,
-        column by column (``map``/``zip`` in C); Python code per sensor or timestamp not seen
-        before only."""
-        got = list(map(self._sensors.get, b.sensors))
-        hits = (cast(list[tuple[Key, str, str]], got) if None not in got else
-                [h or self._sensor(s) for h, s in zip(got, b.sensors, strict=True)])
-        keys = list(map(itemgetter(0), hits))  # Sensor checked its fields: no _check_key
-        js = list(map(run.ix.get, keys))
-        if None in js:  # sources new to this run, in order of first appearance
-            new = list(dict.fromkeys(compress(keys, map(is_, js, repeat(None)))))
-            run.ix.update(zip(new, range(len(run.table), len(run.table) + len(new)), strict=True))
-            run.table.extend(new)
-            js = list(map(run.ix.__getitem__, keys))
+        column by column (``map``/``zip`` in C); Python code per sensor list (:class:`Layouts`)
+        or timestamp not seen before only."""
+        keys, tails, order, local = self._layouts.get(b.sensors, self._layout)
+        if not run.table:  # a fresh run (one per commit): the sources in the layout's order
+            run.table.extend(order)
+            run.ix.update(zip(order, range(len(order)), strict=True))
+            js: list[int | None] = list(local)
+        else:
+            js = list(map(run.ix.get, keys))
+            if None in js:  # sources new to this run, in order of first appearance
+                new = list(dict.fromkeys(compress(keys, map(is_, js, repeat(None)))))
+                run.ix.update(zip(new, range(len(run.table), len(run.table) + len(new)),
+                                  strict=True))
+                run.table.extend(new)
+                js = list(map(run.ix.get, keys))
         us_of: dict[float, int] = {}
         mid_of: dict[float, str] = {}
         for t in set(b.timestamps):
@@ -267,9 +272,18 @@ class Packer:
             mid_of[t] = (self._ts_pre.get(u[:-6]) or self._second(u[:-6])) + u[-6:]
         ts = b.timestamps
         run.frags.extend(map("".join, zip(map(repr, b.values), map(mid_of.__getitem__, ts),
-                                          map(itemgetter(1), hits), strict=True)))
+                                          tails, strict=True)))
         run.us.extend(map(us_of.__getitem__, ts))
         run.idx.extend(cast(list[int], js))
+
+    def _layout(self, sensors: list[Sensor]) -> _Layout:
+        """Per sensor list: each row's source key and JSON end at quality 1.0, the distinct
+        keys in order of first appearance, and each row's index among those."""
+        hits = [self._sensor(s) for s in sensors]
+        keys = [h[0] for h in hits]
+        order = list(dict.fromkeys(keys))
+        at = {k: i for i, k in enumerate(order)}
+        return keys, [h[1] for h in hits], order, [at[k] for k in keys]
 
     def _sensor(self, s: Sensor) -> tuple[Key, str, str]:
         """A sensor's source key, the end of its JSON objects at quality 1.0 (after the

@@ -87,3 +87,19 @@ def test_value_texts_are_exact_in_every_block() -> None:
         packer.block(blk, run)
         Packer().readings(blk.readings(), ref)
         assert run.frags == ref.frags
+
+
+def test_sensor_lists_alike_at_both_ends_keep_their_own_layout() -> None:
+    """The packer's per-list cache (records.Layouts) is keyed by length and first/last sensor
+    but confirmed by the whole list: [A, B, A] and [A, c, A] pack as their own readings, into
+    a fresh run and into one that already holds other sources."""
+    c = Sensor("c", "t", "u", {"node": "x"})
+    packer = Packer()
+    for sensors in ([A, B, A], [A, c, A], [A, B, A]):
+        blk = ReadingBlock(sensors, [1.0, 2.0, 3.0], [T0, T0, T0 + 1], [1.0] * 3)
+        assert blk.plain()
+        for before in ([], [Reading("z", "t", 0.5, "u", T0)]):
+            run, ref = Run(), Run()
+            packer.readings([*before, blk], run)
+            Packer().readings(before + blk.readings(), ref)
+            assert (run.frags, run.idx, run.table) == (ref.frags, ref.idx, ref.table)
