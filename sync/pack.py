@@ -24,12 +24,14 @@ import time
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
 from operator import is_
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from edge_agent.records import Layouts, Reading, ReadingBlock, Sensor
+
+from .run import Key, Run, check_key
 
 CHUNK_MAX = 4096            # readings per chunk (bounds the work of splitting one)
 LEVEL = 1                   # zlib level: fast (~0.5 µs per reading), ~10x smaller
@@ -37,56 +39,7 @@ _MAX_TS = 253402300800.0    # year 10000
 _META_CACHE_MAX = 32768      # >= the sensors of a big gateway: metadata is per sensor
 _FLAT = frozenset((str, int, float, bool, type(None)))
 
-Key = tuple[str, str, str]  # sensor_id, sensor_type, unit
 _Layout = tuple[list[Key], list[str], list[Key], list[int]]  # see Packer._layout
-
-
-class Run:
-    """Readings in order: the tail of each one's JSON object (after ``"value":``), its
-    timestamp (µs) and the index of its source in ``table``."""
-
-    __slots__ = ("frags", "idx", "ix", "sx", "table", "us")
-
-    def __init__(self) -> None:
-        self.frags: list[str] = []
-        self.us: list[int] = []
-        self.idx: list[int] = []
-        self.table: list[Key] = []
-        self.ix: dict[Key, int] = {}
-        self.sx: dict[Sensor, int] = {}  # Packer.block: a block's sensor -> its index here
-
-    def __len__(self) -> int:
-        return len(self.frags)
-
-    def source(self, key: Key) -> int:
-        i = self.ix.get(key)
-        if i is None:
-            _check_key(key)
-            i = self.ix[key] = len(self.table)
-            self.table.append(key)
-        return i
-
-    def add(self, frag: str, us: int, key: Key) -> None:
-        self.frags.append(frag)
-        self.us.append(us)
-        self.idx.append(self.source(key))
-
-    def truncate(self, n: int, sources: int) -> None:
-        """Back to the first ``n`` readings and ``sources`` sources."""
-        del self.frags[n:], self.us[n:], self.idx[n:]
-        for key in self.table[sources:]:
-            del self.ix[key]
-        del self.table[sources:]
-        self.sx = {s: i for s, i in self.sx.items() if i < sources}
-
-    def extend(self, other: Run) -> None:
-        remap = [self.source(k) for k in other.table]
-        self.frags += other.frags
-        self.us += other.us
-        if remap == list(range(len(remap))):  # same sources, same order: the usual case
-            self.idx += other.idx
-        else:
-            self.idx += [remap[i] for i in other.idx]
 
 
 def _clean(obj: Any) -> Any:
@@ -294,7 +247,7 @@ class Packer:
         if len(self._sensors) > _META_CACHE_MAX:
             self._sensors.clear()
         key = (s.sensor_id, s.sensor_type, s.unit)
-        _check_key(key)
+        check_key(key)
         meta = dumps(dict(s.metadata)) if s.metadata else ""
         hit = self._sensors[s] = (key, self._quality_tail(1.0, meta), meta)
         return hit
@@ -338,12 +291,6 @@ class Packer:
                               self.meta_text(r.metadata) if r.metadata else None), us, key)
 
 
-def _check_key(key: Key) -> None:
-    for part in key:
-        if type(part) is not str:
-            raise TypeError(f"reading source fields must be str, got {key!r}")
-
-
 # n, ts lo, ts hi, wire bytes, srcs, idx, body
 ChunkRow = tuple[int, int, int, int, str, bytes, bytes | str]
 
@@ -353,16 +300,37 @@ def chunk_rows(run: Run, ids: Sequence[int]) -> list[ChunkRow]:
     the stored source id of each of ``run.table``)."""
     rows: list[ChunkRow] = []
     frags, uss, idx = run.frags, run.us, run.idx
-    srcs = ",".join(map(str, ids))
-    plens = [len(prefix(k)) + 1 for k in run.table]
+    srcs = _memo(_SRCS, tuple(ids), lambda key: ",".join(map(str, key)), 64)
+    plens = list(map(_PLENS.get, run.table))  # wire bytes of each source's prefix and comma
+    if None in plens:
+        plens = [_memo(_PLENS, k, lambda key: len(prefix(key)) + 1, 65536) for k in run.table]
     code = "H" if len(run.table) <= 0xFFFF else "I"
     for i in range(0, len(frags), CHUNK_MAX):
         part, us, ix = frags[i:i + CHUNK_MAX], uss[i:i + CHUNK_MAX], idx[i:i + CHUNK_MAX]
         text = "\n".join(part)
-        size = len(text) + sum(map(plens.__getitem__, ix))
+        size = len(text) + sum(map(cast(list[int], plens).__getitem__, ix))
+        blob = array(code, ix).tobytes()  # the same indices commit after commit: packed once
         rows.append((len(part), min(us), max(us), size, srcs,
-                     zlib.compress(array(code, ix).tobytes(), LEVEL), pack_text(text)))
+                     _memo(_IDX, blob, lambda b: zlib.compress(b, LEVEL), 64), pack_text(text)))
     return rows
+
+
+# Per commit, chunk_rows meets the same sources (and the same indices of them) again: what it
+# derives from them is kept (pure functions of the key; a lost race recomputes).
+_SRCS: dict[tuple[int, ...], str] = {}
+_PLENS: dict[Key, int] = {}
+_IDX: dict[bytes, bytes] = {}
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _memo(cache: dict[K, V], key: K, make: Callable[[K], V], limit: int) -> V:
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= limit:
+            cache.clear()
+        hit = cache[key] = make(key)
+    return hit
 
 
 def pack_text(text: str) -> bytes | str:
