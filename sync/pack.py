@@ -360,4 +360,10 @@ def per_source(srcs: str, blob: bytes, n: int) -> dict[int, int]:
 
 def wire(srcs: list[str], idx: Sequence[int], tails: list[str]) -> str:
     """The readings as comma-separated JSON objects: each tail behind its source's prefix."""
-    return ",".join(map(str.__add__, map(srcs.__getitem__, idx), tails))
+    if len(idx) != len(tails):  # as many as both have (a damaged chunk)
+        n = min(len(idx), len(tails))
+        idx, tails = idx[:n], tails[:n]
+    parts = [","] * (3 * len(tails) - 1)  # prefix, tail, comma, prefix, tail, …, tail
+    parts[0::3] = map(srcs.__getitem__, idx)
+    parts[1::3] = tails
+    return "".join(parts)

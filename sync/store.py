@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from edge_agent.sync.delivery import Batch
 
@@ -39,7 +39,8 @@ class Store(StoreBase):
 
     def insert(self, rows: Converted) -> None:
         run = rows.readings
-        ids = list(map(self.source_id, run.table)) if len(run) else []
+        got = list(map(self.src_ids.get, run.table)) if len(run) else []
+        ids = cast(list[int], got) if None not in got else list(map(self.source_id, run.table))
         chunks = chunk_rows(run, ids) if len(run) else []
         gate = self.gate_rows(run, ids) if chunks else []
         with self.tx(full=bool(rows.events)) as c:
