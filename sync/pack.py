@@ -39,7 +39,7 @@ _MAX_TS = 253402300800.0    # year 10000
 _META_CACHE_MAX = 32768      # >= the sensors of a big gateway: metadata is per sensor
 _FLAT = frozenset((str, int, float, bool, type(None)))
 
-_Layout = tuple[list[Key], list[str], list[Key], list[int]]  # see Packer._layout
+_Layout = tuple[list[Key], list[str], dict[Key, int], list[int]]  # see Packer._layout
 
 
 def _clean(obj: Any) -> Any:
@@ -204,10 +204,10 @@ class Packer:
         """A :meth:`ReadingBlock.plain` block: the same fragments as :meth:`block` makes,
         column by column (``map``/``zip`` in C); Python code per sensor list (:class:`Layouts`)
         or timestamp not seen before only."""
-        keys, tails, order, local = self._layouts.get(b.sensors, self._layout)
+        keys, tails, at, local = self._layouts.get(b.sensors, self._layout)
         if not run.table:  # a fresh run (one per commit): the sources in the layout's order
-            run.table.extend(order)
-            run.ix.update(zip(order, range(len(order)), strict=True))
+            run.table.extend(at)
+            run.ix.update(at)  # from a dict: its stored hashes are reused, none computed
             js: list[int | None] = list(local)
         else:
             js = list(map(run.ix.get, keys))
@@ -231,12 +231,11 @@ class Packer:
 
     def _layout(self, sensors: list[Sensor]) -> _Layout:
         """Per sensor list: each row's source key and JSON end at quality 1.0, the distinct
-        keys in order of first appearance, and each row's index among those."""
+        keys in order of first appearance (-> their index), and each row's index among them."""
         hits = [self._sensor(s) for s in sensors]
         keys = [h[0] for h in hits]
-        order = list(dict.fromkeys(keys))
-        at = {k: i for i, k in enumerate(order)}
-        return keys, [h[1] for h in hits], order, [at[k] for k in keys]
+        at = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        return keys, [h[1] for h in hits], at, [at[k] for k in keys]
 
     def _sensor(self, s: Sensor) -> tuple[Key, str, str]:
         """A sensor's source key, the end of its JSON objects at quality 1.0 (after the
