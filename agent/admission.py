@@ -23,6 +23,9 @@ A :class:`~edge_agent.records.ReadingBlock` (a driver read as columns) gets the 
 without a Reading per row: a plain block of distinct sensors, each newer than its newest
 admitted sample, passes whole after a few passes in C; otherwise one tight loop keeps the clean
 rows as a block and sends the others through the per-reading checks (same counts, same events).
+Plain blocks of the same sensor list in a row (a driver polling the same points) are compared
+with the previous block's timestamps only; their timestamps join each sensor's recent ones
+when anything else is admitted.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from itertools import repeat
 from operator import attrgetter, gt, mul
 from typing import Any, cast
 
-from edge_agent.records import Event, Reading, ReadingBlock, Sensor
+from edge_agent.records import Event, Layouts, Reading, ReadingBlock, Sensor
 from edge_agent.timestamps import MAX_TS, MIN_TS
 
 _RECENT = 8                  # timestamps remembered per sensor for the repeat check
@@ -51,6 +54,12 @@ class ReadingGate:
         self._newest: dict[str, int] = dict(last_us or {})
         self.dropped: Counter[str] = Counter()       # "<reason>:<sensor_id>" -> count
         self.latest: dict[str, float] = {}           # last good value per sensor
+        self._layouts: Layouts[_Ids] = Layouts()  # a block's sensor ids and their deques
+        # The sensor list of the last plain blocks admitted whole, with their µs columns not
+        # yet added to _recent/_newest (oldest first): the next plain block of the same list
+        # only compares with the last column; any other admission applies them first.
+        self._pending: _Ids | None = None
+        self._pending_us: deque[list[int]] = deque(maxlen=_RECENT)
 
     def admit(self, batch: Sequence[Any], now: float
               ) -> tuple[list[Reading | ReadingBlock], list[Event]]:
@@ -67,6 +76,7 @@ class ReadingGate:
 
     def _admit_one(self, raw: Any, now: float, out: list[Reading | ReadingBlock],
                    events: list[Event]) -> None:
+        self._flush()
         reason = _malformed(raw)
         sensor = raw.sensor_id if isinstance(getattr(raw, "sensor_id", None), str) else "?"
         if reason is None:
@@ -99,6 +109,7 @@ class ReadingGate:
         if b.plain() and self._admit_plain(b):
             out.append(b)
             return
+        self._flush()
         recent, newest, latest, own = self._recent, self._newest, self.latest, b.metadata
         last_ts: float | None = None
         us = 0
@@ -141,20 +152,35 @@ class ReadingGate:
         """A :meth:`ReadingBlock.plain` block of distinct sensors, each newer than the newest
         sample admitted of it (no repeat possible): admitted column by column (``map`` in C).
         False, with nothing changed, when that does not hold (the row loop decides)."""
-        sids = list(map(_SENSOR_ID, b.sensors))
-        if len(set(sids)) != len(sids):
+        lay = self._layouts.get(b.sensors, _Ids)
+        if not lay.distinct:
             return False
-        uss = list(map(round, map(mul, b.timestamps, repeat(1_000_000))))
-        if not all(map(gt, uss, map(self._newest.get, sids, repeat(-1)))):
-            return False
-        dqs = list(map(self._recent.get, sids))
-        if None in dqs:
-            dqs = [dq if dq is not None else self._recent.setdefault(sid, deque(maxlen=_RECENT))
-                   for dq, sid in zip(dqs, sids, strict=True)]
-        deque(map(deque.append, cast(list[deque[int]], dqs), uss), maxlen=0)  # consumed in C
-        self._newest.update(zip(sids, uss, strict=True))
-        self.latest.update(zip(sids, cast(list[float], b.values), strict=True))
+        uss = micros(b.timestamps)
+        if lay is self._pending:  # its sensors' newest samples: the last column admitted
+            if not all(map(gt, uss, self._pending_us[-1])):
+                return False
+        else:
+            self._flush()
+            if not all(map(gt, uss, map(self._newest.get, lay.sids, repeat(-1)))):
+                return False
+            self._pending = lay
+        self._pending_us.append(uss)
+        self.latest.update(zip(lay.sids, cast(list[float], b.values), strict=True))
         return True
+
+    def _flush(self) -> None:
+        """Add the pending plain columns to each sensor's recent timestamps and newest one."""
+        lay, self._pending = self._pending, None
+        if lay is None:
+            return
+        dqs = lay.deques
+        if dqs is None:  # the same deques every time: _recent never replaces one
+            dqs = lay.deques = [self._recent.setdefault(sid, deque(maxlen=_RECENT))
+                                for sid in lay.sids]
+        for uss in self._pending_us:
+            deque(map(deque.append, dqs, uss), maxlen=0)  # consumed in C
+        self._newest.update(zip(lay.sids, self._pending_us[-1], strict=True))
+        self._pending_us.clear()
 
     def _drop(self, reason: str, sensor: str, now: float, events: list[Event]) -> None:
         key = f"{reason}:{sensor}"
@@ -166,6 +192,27 @@ class ReadingGate:
 
     def stats(self) -> dict[str, int]:
         return dict(self.dropped)
+
+
+class _Ids:
+    """A block's sensor ids, whether they are distinct, and (once made) their deques."""
+
+    __slots__ = ("deques", "distinct", "sids")
+
+    def __init__(self, sensors: list[Sensor]) -> None:
+        self.sids: list[str] = list(map(_SENSOR_ID, sensors))
+        self.distinct = len(set(self.sids)) == len(self.sids)
+        self.deques: list[deque[int]] | None = None
+
+
+def micros(ts: list[float]) -> list[int]:
+    """``round(t * 1_000_000)`` of each timestamp; once per distinct one when they repeat (a
+    driver stamps a whole block read with one time)."""
+    distinct = set(ts)
+    if len(distinct) * 4 > len(ts):
+        return list(map(round, map(mul, ts, repeat(1_000_000))))
+    us_of = {t: round(t * 1_000_000) for t in distinct}
+    return list(map(us_of.__getitem__, ts))
 
 
 def _malformed(r: Any) -> str | None:

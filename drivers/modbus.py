@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Literal
+from itertools import repeat
+from typing import Any, Literal, cast
 
 from pydantic import Field
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -35,16 +36,19 @@ from edge_agent.drivers.modbus_codec import (
     MAX_BITS,
     MAX_REGISTERS,
     Block,
+    BlockPlan,
     DataType,
     DecodeError,
     Order,
     PointSpec,
     Table,
     bit_width,
+    block_plan,
     coalesce,
     decode_members,
     fast_format,
 )
+from edge_agent.drivers.modbus_pdu import register as register_responses
 from edge_agent.drivers.modbus_units import SILENT_POLLS_DEAD, UnitState, schedule
 from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, ReadingBlock, Sensor
 from edge_agent.settings import Duration, Model
@@ -165,6 +169,9 @@ def create(cfg: Config) -> ModbusDriver:
     return ModbusDriver(cfg)
 
 
+_FLOAT = frozenset({float})
+
+
 def _exception_name(code: int) -> str:
     try:
         return ExcCodes(code).name
@@ -183,6 +190,8 @@ class ModbusDriver:
         self._health = DriverHealth(cfg.name, "modbus")
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._devices: list[UnitState] = []
+        # (device name, block) -> its decoding plan (codec.block_plan), made at first use
+        self._plans: dict[tuple[str, Block], BlockPlan | None] = {}
         for dev in cfg.devices:
             specs = [p.spec() for p in dev.points]
             gap = cfg.max_gap if dev.max_gap is None else dev.max_gap
@@ -214,6 +223,7 @@ class ModbusDriver:
     async def open(self) -> None:
         await self.close()
         client = self._new_client()
+        register_responses(client)  # FC 3/4 answers decoded in one struct call
         self._client = client
         where = (f"{self.cfg.host}:{self.cfg.port}" if self.cfg.transport == "tcp"
                  else self.cfg.serial_port)
@@ -347,18 +357,23 @@ class ModbusDriver:
                       words: list[int] | list[bool] | None, reason: str, ts: float,
                       out: ReadingBlock) -> None:
         """Append the block's points to ``out`` (one row each; strings go to health)."""
-        decoded = (decode_members(block, d.specs, d.fast, words) if words is not None
-                   else [None] * len(block.members))
         health = self._health
-        for m, value in zip(block.members, decoded, strict=True):
-            if type(value) is float:
-                if health.bad_points:
+        if words is None:
+            decoded: list[Any] = [None] * len(block.members)
+        else:
+            key = (d.device.name, block)
+            if key not in self._plans:
+                self._plans[key] = block_plan(block, d.specs, d.fast)
+            decoded = decode_members(block, d.specs, d.fast, words, self._plans[key])
+            if _FLOAT.issuperset(map(type, decoded)):  # every member a number: column-wise
+                for m in block.members if health.bad_points else ():
                     health.bad_points.pop(d.device.points[m].sensor_id, None)
-                out.sensors.append(d.sensors[m])
-                out.values.append(value)
-                out.timestamps.append(ts)
-                out.quality.append(QUALITY_GOOD)
-                continue
+                out.sensors.extend(map(d.sensors.__getitem__, block.members))
+                out.values.extend(cast(list[float], decoded))
+                out.timestamps.extend(repeat(ts, len(decoded)))
+                out.quality.extend(repeat(QUALITY_GOOD, len(decoded)))
+                return
+        for m, value in zip(block.members, decoded, strict=True):
             p = d.device.points[m]
             if isinstance(value, str):
                 # Strings (serial numbers, firmware) are not measurements: kept in health.
@@ -366,16 +381,20 @@ class ModbusDriver:
                 assert isinstance(texts, dict)
                 texts[p.sensor_id] = value
                 continue
-            why = reason
-            if isinstance(value, DecodeError):
-                health.error("decode")
-                why = f"decode error: {value}"
-            health.bad_points[p.sensor_id] = why
-            out.metadata[len(out.sensors)] = {**d.sensors[m].metadata, "reason": why}
+            if type(value) is float:
+                health.bad_points.pop(p.sensor_id, None)
+            else:  # None (no answer) or a DecodeError
+                why = reason
+                if isinstance(value, DecodeError):
+                    health.error("decode")
+                    why = f"decode error: {value}"
+                health.bad_points[p.sensor_id] = why
+                out.metadata[len(out.sensors)] = {**d.sensors[m].metadata, "reason": why}
+                value = None
             out.sensors.append(d.sensors[m])
-            out.values.append(None)
+            out.values.append(value)
             out.timestamps.append(ts)
-            out.quality.append(QUALITY_BAD)
+            out.quality.append(QUALITY_GOOD if value is not None else QUALITY_BAD)
 
 
 __all__ = ["Config", "Device", "DriverError", "ModbusDriver", "Point", "create"]

@@ -236,17 +236,58 @@ def fast_format(spec: PointSpec) -> str | None:
     return ">" + code
 
 
+@dataclass(frozen=True, slots=True)
+class BlockPlan:
+    """How to decode every member of one block in one go: a ``struct`` format over the block's
+    bytes (pad bytes for the gaps), then ``float(raw) * scale + offset`` column by column."""
+
+    layout: struct.Struct
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    ints: bool  # integers, scale 1, offset 0: ``float(raw)`` is the value
+
+
+def block_plan(block: Block, specs: Sequence[PointSpec], fast: Sequence[str | None]
+               ) -> BlockPlan | None:
+    """The plan of ``block`` when all its members are plain numbers (:func:`fast_format`)
+    that do not overlap, else None (:func:`decode_members` then decodes member by member)."""
+    if block.table in BIT_TABLES or not block.members:
+        return None
+    fmt, pos = [">"], block.start
+    for m in block.members:
+        spec, code = specs[m], fast[m]
+        if code is None or spec.address < pos:
+            return None
+        if spec.address > pos:
+            fmt.append(f"{2 * (spec.address - pos)}x")
+        fmt.append(code[1:])
+        pos = spec.address + spec.count
+    members = [specs[m] for m in block.members]
+    scales = tuple(float(s.scale) for s in members)
+    offsets = tuple(float(s.offset) for s in members)
+    ints = all(s.data_type in INTEGER_TYPES and s.scale == 1.0 and s.offset == 0.0
+               for s in members)
+    return BlockPlan(struct.Struct("".join(fmt)), scales, offsets, ints)
+
+
 def decode_members(block: Block, specs: Sequence[PointSpec], fast: Sequence[str | None],
-                   words: Sequence[int] | Sequence[bool]) -> list[float | str | DecodeError]:
+                   words: Sequence[int] | Sequence[bool], plan: BlockPlan | None = None
+                   ) -> list[float | str | DecodeError]:
     """Every member of ``block`` decoded from the words read for it (in member order): the
-    block's registers are packed once and plain numbers unpacked from them in place; the
-    others (and any point outside the words) go through :func:`decode_point`."""
+    block's registers are packed once and plain numbers unpacked from them in place (with
+    ``plan``, :func:`block_plan`, all at once); the others (and any point outside the words)
+    go through :func:`decode_point`."""
     data = b""
     if block.table not in BIT_TABLES:
         try:
             data = struct.pack(f">{len(words)}H", *words)
         except struct.error:  # a word outside 0..65535: decode_point says which
             data = b""
+    if plan is not None and data and len(data) >= plan.layout.size:
+        raw = map(float, plan.layout.unpack_from(data))
+        if plan.ints:  # float(raw) * 1.0 + 0.0 is float(raw) for an integer
+            return list(raw)
+        return list(map(float.__add__, map(float.__mul__, raw, plan.scales), plan.offsets))
     out: list[float | str | DecodeError] = []
     unpack = struct.unpack_from
     for m in block.members:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -22,8 +22,9 @@ import numpy.typing as npt
 from edge_agent.timestamps import MAX_TS, format_ts, format_us, from_us, now, parse_ts, to_us
 
 __all__ = ["QUALITY_BAD", "QUALITY_GOOD", "QUALITY_UNCERTAIN", "Event", "FeatureVector",
-           "ModelRef", "Reading", "ReadingBlock", "Record", "Sensor", "Severity", "WaveformBlock",
-           "expand", "format_ts", "format_us", "from_us", "now", "parse_ts", "to_us"]
+           "Layouts", "ModelRef", "Reading", "ReadingBlock", "Record", "Sensor", "Severity",
+           "WaveformBlock", "expand", "format_ts", "format_us", "from_us", "now", "parse_ts",
+           "to_us"]
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -120,19 +121,24 @@ class ReadingBlock:
         return [self.row(i) for i in range(len(self.sensors))]
 
     def plain(self) -> bool:
-        """Every row is the usual one — a :class:`Sensor`, a finite float, quality exactly
-        1.0, a float timestamp from 1970-01-01T00:00:01 to before the year 10000 — and none
-        has metadata of its own. Checked column by column in C (``set``/``map``/``sum``), so
-        the gate and the buffer can then handle the block without a Python loop per row."""
+        """Every row is the usual one — a :class:`Sensor`, a finite float, quality 1.0, a float
+        timestamp from 1970-01-01T00:00:01 to before the year 10000 — and none has metadata
+        of its own. Checked column by column in C (``set``/``map``/``sum``), so the gate and
+        the buffer can then handle the block without a Python loop per row. (A quality that
+        equals 1.0 without being a float, e.g. ``1``, is stored as 1.0 on either path.)"""
         v, ts, q = self.values, self.timestamps, self.quality
-        if not v or self.metadata or not len(v) == len(ts) == len(q) == len(self.sensors):
+        n = len(v)
+        if not n or self.metadata or not len(ts) == len(q) == len(self.sensors) == n \
+                or q.count(1.0) != n:
             return False
-        if set(map(type, v)) != _FLOAT or set(map(type, ts)) != _FLOAT or set(q) != _ONE \
-                or set(map(type, q)) != _FLOAT or set(map(type, self.sensors)) != _SENSOR:
+        if set(map(type, v)) != _FLOAT or set(map(type, ts)) != _FLOAT \
+                or set(map(type, self.sensors)) != _SENSOR:
             return False
-        # NaN or Inf anywhere make the sum non-finite (an overflow only costs the fast path)
-        total = sum(cast(list[float], v))
-        return total - total == 0.0 and 1.0 <= min(ts) and max(ts) < MAX_TS
+        # NaN or Inf anywhere make a sum non-finite (an overflow only costs the fast path)
+        total, distinct = sum(cast(list[float], v)), set(ts)
+        span = sum(distinct)
+        return (total - total == 0.0 and span - span == 0.0 and 1.0 <= min(distinct)
+                and max(distinct) < MAX_TS)
 
     def take(self, rows: Sequence[int]) -> ReadingBlock:
         """The block of ``rows`` only (in that order)."""
@@ -143,8 +149,30 @@ class ReadingBlock:
 
 
 _FLOAT: set[type] = {float}
-_ONE: set[float] = {1.0}
 _SENSOR: set[type] = {Sensor}
+T = TypeVar("T")
+
+
+class Layouts(Generic[T]):
+    """What a consumer derives from a block's sensor list (ids, JSON pieces…), made once per
+    distinct list: a driver sends the same sensors in the same order read after read. A hit
+    is confirmed by comparing the lists (identity per :class:`Sensor`, in C); the cached lists
+    keep their sensors alive, so an ``id`` is never reused while cached."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._cache: dict[tuple[int, int, int], tuple[list[Sensor], T]] = {}
+
+    def get(self, sensors: list[Sensor], make: Callable[[list[Sensor]], T]) -> T:
+        key = (len(sensors), id(sensors[0]), id(sensors[-1])) if sensors else (0, 0, 0)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == sensors:
+            return hit[1]
+        value = make(sensors)
+        if len(self._cache) >= self._size:
+            self._cache.clear()
+        self._cache[key] = (list(sensors), value)
+        return value
 
 
 def expand(records: Sequence[Any]) -> list[Any]:

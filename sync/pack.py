@@ -24,12 +24,14 @@ import time
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
-from operator import is_, itemgetter
-from typing import Any, cast
+from operator import is_
+from typing import Any, TypeVar, cast
 
-from edge_agent.records import Reading, ReadingBlock, Sensor
+from edge_agent.records import Layouts, Reading, ReadingBlock, Sensor
+
+from .run import Key, Run, check_key
 
 CHUNK_MAX = 4096            # readings per chunk (bounds the work of splitting one)
 LEVEL = 1                   # zlib level: fast (~0.5 µs per reading), ~10x smaller
@@ -37,55 +39,7 @@ _MAX_TS = 253402300800.0    # year 10000
 _META_CACHE_MAX = 32768      # >= the sensors of a big gateway: metadata is per sensor
 _FLAT = frozenset((str, int, float, bool, type(None)))
 
-Key = tuple[str, str, str]  # sensor_id, sensor_type, unit
-
-
-class Run:
-    """Readings in order: the tail of each one's JSON object (after ``"value":``), its
-    timestamp (µs) and the index of its source in ``table``."""
-
-    __slots__ = ("frags", "idx", "ix", "sx", "table", "us")
-
-    def __init__(self) -> None:
-        self.frags: list[str] = []
-        self.us: list[int] = []
-        self.idx: list[int] = []
-        self.table: list[Key] = []
-        self.ix: dict[Key, int] = {}
-        self.sx: dict[Sensor, int] = {}  # Packer.block: a block's sensor -> its index here
-
-    def __len__(self) -> int:
-        return len(self.frags)
-
-    def source(self, key: Key) -> int:
-        i = self.ix.get(key)
-        if i is None:
-            _check_key(key)
-            i = self.ix[key] = len(self.table)
-            self.table.append(key)
-        return i
-
-    def add(self, frag: str, us: int, key: Key) -> None:
-        self.frags.append(frag)
-        self.us.append(us)
-        self.idx.append(self.source(key))
-
-    def truncate(self, n: int, sources: int) -> None:
-        """Back to the first ``n`` readings and ``sources`` sources."""
-        del self.frags[n:], self.us[n:], self.idx[n:]
-        for key in self.table[sources:]:
-            del self.ix[key]
-        del self.table[sources:]
-        self.sx = {s: i for s, i in self.sx.items() if i < sources}
-
-    def extend(self, other: Run) -> None:
-        remap = [self.source(k) for k in other.table]
-        self.frags += other.frags
-        self.us += other.us
-        if remap == list(range(len(remap))):  # same sources, same order: the usual case
-            self.idx += other.idx
-        else:
-            self.idx += [remap[i] for i in other.idx]
+_Layout = tuple[list[Key], list[str], dict[Key, int], list[int]]  # see Packer._layout
 
 
 def _clean(obj: Any) -> Any:
@@ -125,6 +79,7 @@ class Packer:
         self._q_tail: dict[float, str] = {}
         self._q_meta: dict[float, str] = {}
         self._sensors: dict[Sensor, tuple[Key, str, str]] = {}
+        self._layouts: Layouts[_Layout] = Layouts()
 
     def ts_text(self, us: int) -> str:
         """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` for integer µs (seconds part cached)."""
@@ -247,18 +202,21 @@ class Packer:
 
     def _plain(self, b: ReadingBlock, run: Run) -> None:
         """A :meth:`ReadingBlock.plain` block: the same fragments as :meth:`block` makes,
-        column by column (``map``/``zip`` in C); Python code per sensor or timestamp not seen
-        before only."""
-        got = list(map(self._sensors.get, b.sensors))
-        hits = (cast(list[tuple[Key, str, str]], got) if None not in got else
-                [h or self._sensor(s) for h, s in zip(got, b.sensors, strict=True)])
-        keys = list(map(itemgetter(0), hits))  # Sensor checked its fields: no _check_key
-        js = list(map(run.ix.get, keys))
-        if None in js:  # sources new to this run, in order of first appearance
-            new = list(dict.fromkeys(compress(keys, map(is_, js, repeat(None)))))
-            run.ix.update(zip(new, range(len(run.table), len(run.table) + len(new)), strict=True))
-            run.table.extend(new)
-            js = list(map(run.ix.__getitem__, keys))
+        column by column (``map``/``zip`` in C); Python code per sensor list (:class:`Layouts`)
+        or timestamp not seen before only."""
+        keys, tails, at, local = self._layouts.get(b.sensors, self._layout)
+        if not run.table:  # a fresh run (one per commit): the sources in the layout's order
+            run.table.extend(at)
+            run.ix.update(at)  # from a dict: its stored hashes are reused, none computed
+            js: list[int | None] = list(local)
+        else:
+            js = list(map(run.ix.get, keys))
+            if None in js:  # sources new to this run, in order of first appearance
+                new = list(dict.fromkeys(compress(keys, map(is_, js, repeat(None)))))
+                run.ix.update(zip(new, range(len(run.table), len(run.table) + len(new)),
+                                  strict=True))
+                run.table.extend(new)
+                js = list(map(run.ix.get, keys))
         us_of: dict[float, int] = {}
         mid_of: dict[float, str] = {}
         for t in set(b.timestamps):
@@ -267,9 +225,17 @@ class Packer:
             mid_of[t] = (self._ts_pre.get(u[:-6]) or self._second(u[:-6])) + u[-6:]
         ts = b.timestamps
         run.frags.extend(map("".join, zip(map(repr, b.values), map(mid_of.__getitem__, ts),
-                                          map(itemgetter(1), hits), strict=True)))
+                                          tails, strict=True)))
         run.us.extend(map(us_of.__getitem__, ts))
         run.idx.extend(cast(list[int], js))
+
+    def _layout(self, sensors: list[Sensor]) -> _Layout:
+        """Per sensor list: each row's source key and JSON end at quality 1.0, the distinct
+        keys in order of first appearance (-> their index), and each row's index among them."""
+        hits = [self._sensor(s) for s in sensors]
+        keys = [h[0] for h in hits]
+        at = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        return keys, [h[1] for h in hits], at, [at[k] for k in keys]
 
     def _sensor(self, s: Sensor) -> tuple[Key, str, str]:
         """A sensor's source key, the end of its JSON objects at quality 1.0 (after the
@@ -280,7 +246,7 @@ class Packer:
         if len(self._sensors) > _META_CACHE_MAX:
             self._sensors.clear()
         key = (s.sensor_id, s.sensor_type, s.unit)
-        _check_key(key)
+        check_key(key)
         meta = dumps(dict(s.metadata)) if s.metadata else ""
         hit = self._sensors[s] = (key, self._quality_tail(1.0, meta), meta)
         return hit
@@ -324,12 +290,6 @@ class Packer:
                               self.meta_text(r.metadata) if r.metadata else None), us, key)
 
 
-def _check_key(key: Key) -> None:
-    for part in key:
-        if type(part) is not str:
-            raise TypeError(f"reading source fields must be str, got {key!r}")
-
-
 # n, ts lo, ts hi, wire bytes, srcs, idx, body
 ChunkRow = tuple[int, int, int, int, str, bytes, bytes | str]
 
@@ -339,16 +299,37 @@ def chunk_rows(run: Run, ids: Sequence[int]) -> list[ChunkRow]:
     the stored source id of each of ``run.table``)."""
     rows: list[ChunkRow] = []
     frags, uss, idx = run.frags, run.us, run.idx
-    srcs = ",".join(map(str, ids))
-    plens = [len(prefix(k)) + 1 for k in run.table]
+    srcs = _memo(_SRCS, tuple(ids), lambda key: ",".join(map(str, key)), 64)
+    plens = list(map(_PLENS.get, run.table))  # wire bytes of each source's prefix and comma
+    if None in plens:
+        plens = [_memo(_PLENS, k, lambda key: len(prefix(key)) + 1, 65536) for k in run.table]
     code = "H" if len(run.table) <= 0xFFFF else "I"
     for i in range(0, len(frags), CHUNK_MAX):
         part, us, ix = frags[i:i + CHUNK_MAX], uss[i:i + CHUNK_MAX], idx[i:i + CHUNK_MAX]
         text = "\n".join(part)
-        size = len(text) + sum(map(plens.__getitem__, ix))
+        size = len(text) + sum(map(cast(list[int], plens).__getitem__, ix))
+        blob = array(code, ix).tobytes()  # the same indices commit after commit: packed once
         rows.append((len(part), min(us), max(us), size, srcs,
-                     zlib.compress(array(code, ix).tobytes(), LEVEL), pack_text(text)))
+                     _memo(_IDX, blob, lambda b: zlib.compress(b, LEVEL), 64), pack_text(text)))
     return rows
+
+
+# Per commit, chunk_rows meets the same sources (and the same indices of them) again: what it
+# derives from them is kept (pure functions of the key; a lost race recomputes).
+_SRCS: dict[tuple[int, ...], str] = {}
+_PLENS: dict[Key, int] = {}
+_IDX: dict[bytes, bytes] = {}
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _memo(cache: dict[K, V], key: K, make: Callable[[K], V], limit: int) -> V:
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= limit:
+            cache.clear()
+        hit = cache[key] = make(key)
+    return hit
 
 
 def pack_text(text: str) -> bytes | str:
@@ -378,4 +359,10 @@ def per_source(srcs: str, blob: bytes, n: int) -> dict[int, int]:
 
 def wire(srcs: list[str], idx: Sequence[int], tails: list[str]) -> str:
     """The readings as comma-separated JSON objects: each tail behind its source's prefix."""
-    return ",".join(map(str.__add__, map(srcs.__getitem__, idx), tails))
+    if len(idx) != len(tails):  # as many as both have (a damaged chunk)
+        n = min(len(idx), len(tails))
+        idx, tails = idx[:n], tails[:n]
+    parts = [","] * (3 * len(tails) - 1)  # prefix, tail, comma, prefix, tail, …, tail
+    parts[0::3] = map(srcs.__getitem__, idx)
+    parts[1::3] = tails
+    return "".join(parts)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from edge_agent.sync.delivery import Batch
 
 from .convert import Converted
 from .pack import chunk_rows, unpack, unpack_idx, wire
+from .run import Key
 from .storebase import TABLES, Cursors, Pos, StoreBase
 
 __all__ = ["TABLES", "Pos", "Store"]
@@ -37,9 +38,19 @@ RSlice = tuple[Pos, Pos, int]  # first position, end position, number of reading
 class Store(StoreBase):
     """The buffer's tables behind one connection (owned by the writer thread)."""
 
+    # The sources of the last commit and their ids (a source's id never changes): the next
+    # commit usually has the same ones, the same tuples even (compared in C, by identity).
+    _last: tuple[list[Key], list[int]] = ([], [])
+
     def insert(self, rows: Converted) -> None:
         run = rows.readings
-        ids = list(map(self.source_id, run.table)) if len(run) else []
+        if run.table == self._last[0]:
+            ids = self._last[1]
+        else:
+            got = list(map(self.src_ids.get, run.table))
+            ids = cast(list[int], got) if None not in got else list(map(self.source_id,
+                                                                        run.table))
+            self._last = (list(run.table), ids)
         chunks = chunk_rows(run, ids) if len(run) else []
         gate = self.gate_rows(run, ids) if chunks else []
         with self.tx(full=bool(rows.events)) as c:

@@ -71,6 +71,79 @@ def test_a_block_is_checked_row_by_row_and_stays_a_block() -> None:
     assert len(events) == 3
 
 
+def test_a_bad_timestamp_behind_a_good_one_costs_its_row_only() -> None:
+    """min()/max() skip a NaN that is not first, so a block [T0, NaN] once looked plain and the
+    gate raised converting NaN to µs; it is now that row dropped (bad_timestamp), like a
+    reading. The same sensor list again (its ids and deques are cached per list) still finds
+    repeats, and an int quality 1 is admitted as 1.0, as a reading's is."""
+    a, b, c = Sensor("a", "t", "u"), Sensor("b", "t", "u"), Sensor("c", "t", "u")
+    for bad in (math.nan, math.inf):
+        block = ReadingBlock([a, b, c], [1.0, 2.0, 3.0], [T0, bad, T0], [1.0, 1.0, 1.0])
+        assert not block.plain()
+        gate = ReadingGate()
+        out, events = gate.admit([block], T0)
+        assert [(x.sensor_id, x.timestamp) for x in expand(out)] == [("a", T0), ("c", T0)]
+        assert gate.stats() == {"bad_timestamp:b": 1} and len(events) == 1
+    sensors = [a, b, c]
+    gate = ReadingGate()
+    first = ReadingBlock(sensors, [1.0, 2.0, 3.0], [T0] * 3, [1.0, 1, 1.0])
+    assert first.plain()
+    out, _ = gate.admit([first], T0)
+    assert out == [first] and gate.latest == {"a": 1.0, "b": 2.0, "c": 3.0}
+    again = ReadingBlock(sensors, [4.0, 5.0, 6.0], [T0 + 1, T0, T0 + 1], [1.0] * 3)
+    out, _ = gate.admit([again], T0)
+    assert [(x.sensor_id, x.value) for x in expand(out)] == [("a", 4.0), ("c", 6.0)]
+    assert gate.stats() == {"repeated_timestamp:b": 1}
+    out, _ = gate.admit([ReadingBlock(sensors, [7.0] * 3, [T0] * 3, [1.0] * 3)], T0)
+    assert out == [] and gate.stats() == {"repeated_timestamp:a": 1, "repeated_timestamp:b": 2,
+                                          "repeated_timestamp:c": 1}
+
+
+def test_blocks_are_admitted_as_their_readings_one_by_one_would_be() -> None:
+    """Random blocks (recurring and new sensor lists, repeated, older and newer timestamps,
+    NaN values and stamps, other qualities, readings in between): the gate's column paths
+    (a plain block compared with the last one of its list, state applied later) keep, drop
+    and count exactly what the same readings checked one by one do."""
+    rng = np.random.default_rng(7)
+    pool = [Sensor(f"s{i}", "t", "u") for i in range(6)]
+    lists = [pool[:4], pool[2:], pool[:2], [pool[0], pool[3], pool[0]]]
+    gate, ref = ReadingGate({"s5": round((T0 + 0.3) * 1e6)}), ReadingGate(
+        {"s5": round((T0 + 0.3) * 1e6)})
+    tick = 0
+    for step in range(400):
+        tick += int(rng.choice([1, 1, 1, 0, -1, -3, 5]))
+        if step == 0 or rng.random() < 0.4:  # a driver mostly sends the same list again
+            sensors = lists[int(rng.integers(len(lists)))]
+        if rng.random() < 0.3:
+            sensors = list(sensors)  # an equal list, not the same object
+        n = len(sensors)
+        stamps = [T0 + 0.1 * (tick + (int(rng.integers(-1, 2)) if rng.random() < 0.2 else 0))
+                  for _ in range(n)]
+        values = [float(rng.integers(100)) for _ in range(n)]
+        quality = [1.0] * n
+        # (rows a block sends through the reading checks go after its clean rows: a sensor
+        # twice in one block is only compared with clean rows)
+        if rng.random() < 0.1 and len(set(sensors)) == n:
+            values[int(rng.integers(n))] = math.nan
+        if rng.random() < 0.05:
+            stamps[int(rng.integers(n))] = math.nan
+        if rng.random() < 0.1 and len(set(sensors)) == n:
+            quality[int(rng.integers(n))] = 0.5
+        batch: list[Any] = [ReadingBlock(sensors, list[float | None](values), stamps, quality)]
+        if rng.random() < 0.1:
+            batch.append(r(sensor=f"s{int(rng.integers(6))}", ts=T0 + 0.1 * tick))
+        got, events = gate.admit(batch, T0)
+        want, ref_events = ref.admit(expand(batch), T0)
+
+        def rows(x: list[Any]) -> list[tuple[str, float, str, float]]:
+            return sorted((y.sensor_id, y.timestamp, repr(y.value), y.quality)
+                          for y in expand(x))
+        assert rows(got) == rows(want), step
+        assert len(events) == len(ref_events) and gate.stats() == ref.stats(), step
+        assert gate.latest == ref.latest, step
+    assert len(gate.stats()) > 3 and any(k.startswith("repeated") for k in gate.stats())
+
+
 class PollingPLC:
     """A polled tag whose SourceTimestamp only moves when its value changes, plus a NaN stamp."""
 

@@ -10,13 +10,16 @@ from edge_agent.drivers.modbus_codec import (
     Block,
     DecodeError,
     PointSpec,
+    block_plan,
     bytes_to_registers,
     coalesce,
+    decode_members,
     decode_number,
     decode_point,
     decode_string,
     encode_number,
     extract_bits,
+    fast_format,
     registers_to_bytes,
     slice_for,
 )
@@ -114,3 +117,66 @@ def test_slice_for_bounds() -> None:
     assert slice_for(b, PointSpec("holding", 12, "float32"), [1, 2, 3, 4]) == [3, 4]
     with pytest.raises(DecodeError):
         slice_for(b, PointSpec("holding", 13, "float32"), [1, 2, 3, 4])
+
+
+def test_a_planned_block_decodes_like_point_by_point() -> None:
+    """block_plan unpacks a whole block in one struct call: the same values, bit for bit
+    (a float's -0.0 + offset 0.0 is 0.0 as before, NaN stays NaN, gaps are skipped)."""
+    specs = [PointSpec("holding", 0, "uint16"), PointSpec("holding", 1, "int16", scale=0.5),
+             PointSpec("holding", 4, "float32"), PointSpec("holding", 6, "float32"),
+             PointSpec("holding", 8, "int32", offset=-3.0), PointSpec("holding", 10, "float64"),
+             PointSpec("holding", 14, "uint64", scale=2), PointSpec("holding", 20, "uint16")]
+    words = [65535, 0x8001, 7, 7,                            # two gap registers (2, 3)
+             *encode_number(-0.0, "float32"), 0x7FC0, 0,     # -0.0 and a NaN
+             *encode_number(-5, "int32"), *encode_number(1e300, "float64"),
+             *encode_number(2**64 - 1, "uint64"), 9, 9, 123]
+    fast = [fast_format(s) for s in specs]
+    [block] = coalesce(specs)
+    plan = block_plan(block, specs, fast)
+    assert plan is not None and not plan.ints
+    slow = [decode_point(s, slice_for(block, s, words)) for s in specs]
+    got = decode_members(block, specs, fast, words, plan)
+    assert list(map(repr, got)) == list(map(repr, slow))
+    assert got[:2] == [65535.0, -32767 * 0.5] and repr(got[2]) == "0.0" and got[3] != got[3]
+    assert decode_members(block, specs, fast, words[:20], plan)[-1].__class__ is DecodeError
+    sub = [specs[0], specs[-1]]  # 20 registers apart: one block per point
+    plans = [block_plan(b, sub, fast[:1] + fast[-1:]) for b in coalesce(sub, max_gap=0)]
+    assert len(plans) == 2 and all(p is not None and p.ints for p in plans)
+    # overlapping points, swapped 32-bit words and bit tables are decoded point by point
+    assert block_plan(Block("holding", 0, 2, (0, 1)), [specs[4], specs[0]], fast) is None
+    swapped = [PointSpec("holding", 0, "float32", word_order="little")]
+    assert block_plan(coalesce(swapped)[0], swapped, [fast_format(swapped[0])]) is None
+    coil = [PointSpec("coil", 0, "bool")]
+    assert block_plan(coalesce(coil)[0], coil, [None]) is None
+
+
+def test_register_responses_decode_as_pymodbus_does() -> None:
+    """modbus_pdu's FC 3/4 responses: the same registers and the same errors as pymodbus'
+    own classes for every byte count (even, odd, too long for the packet), and a short text."""
+    import random
+
+    from pymodbus.exceptions import ModbusIOException
+    from pymodbus.pdu.register_message import (
+        ReadHoldingRegistersResponse,
+        ReadInputRegistersResponse,
+    )
+
+    from edge_agent.drivers.modbus_pdu import HoldingResponse, InputResponse
+
+    rng = random.Random(3)
+    for theirs, ours in ((ReadHoldingRegistersResponse, HoldingResponse),
+                         (ReadInputRegistersResponse, InputResponse)):
+        assert ours.function_code == theirs.function_code
+        for count in [*range(0, 12), 249, 250, 251, 255]:
+            for extra in (-2, -1, 0, 1, 3):
+                data = bytes([count]) + rng.randbytes(max(0, count + extra))
+                a, b = theirs(), ours()
+                errors = []
+                for pdu in (a, b):
+                    try:
+                        pdu.decode(data)
+                        errors.append("")
+                    except ModbusIOException as exc:
+                        errors.append(str(exc))
+                assert errors[0] == errors[1] and a.registers == b.registers, (count, extra)
+        assert str(b).endswith(f"registers={len(b.registers)})")

@@ -11,7 +11,7 @@ import pytest
 from edge_agent.records import Reading, ReadingBlock, Sensor
 from edge_agent.sync.buffer import Buffer, BufferConfig
 from edge_agent.sync.convert import Converted, convert
-from edge_agent.sync.pack import Packer, Run
+from edge_agent.sync.pack import Packer, Run, chunk_rows, prefix, unpack, unpack_idx, wire
 
 T0 = 1_800_000_000.0
 A = Sensor("a", "temperature", "degC", {"device": "d", "register": "holding:1"})
@@ -87,3 +87,36 @@ def test_value_texts_are_exact_in_every_block() -> None:
         packer.block(blk, run)
         Packer().readings(blk.readings(), ref)
         assert run.frags == ref.frags
+
+
+def test_sensor_lists_alike_at_both_ends_keep_their_own_layout() -> None:
+    """The packer's per-list cache (records.Layouts) is keyed by length and first/last sensor
+    but confirmed by the whole list: [A, B, A] and [A, c, A] pack as their own readings, into
+    a fresh run and into one that already holds other sources."""
+    c = Sensor("c", "t", "u", {"node": "x"})
+    packer = Packer()
+    for sensors in ([A, B, A], [A, c, A], [A, B, A]):
+        blk = ReadingBlock(sensors, [1.0, 2.0, 3.0], [T0, T0, T0 + 1], [1.0] * 3)
+        assert blk.plain()
+        for before in ([], [Reading("z", "t", 0.5, "u", T0)]):
+            run, ref = Run(), Run()
+            packer.readings([*before, blk], run)
+            Packer().readings(before + blk.readings(), ref)
+            assert (run.frags, run.idx, run.table) == (ref.frags, ref.idx, ref.table)
+
+
+def test_chunk_rows_are_the_same_when_their_parts_come_from_its_caches() -> None:
+    """chunk_rows keeps the source list text, prefix lengths and packed indices it made; a
+    second commit of the same sources (or other sources under the same ids) gets the same
+    rows as a first one would, and ``size`` stays the chunk's wire length plus one per row."""
+    c = Sensor("c", "t", "u")
+    for sensors in ([A, B, c], [c, B, A], [A, B, c]):
+        run = Run()
+        Packer().block(ReadingBlock(sensors, [1.0, 2.0, 3.0], [T0] * 3, [1.0] * 3), run)
+        [row] = chunk_rows(run, [7, 8, 9])
+        n, _, _, size, srcs, idx, body = row
+        tails = unpack(body).split("\n")
+        text = wire([prefix(k) for k in run.table], unpack_idx(idx, n), tails)
+        assert srcs == "7,8,9" and size == len(text) + n and text.startswith(
+            prefix(run.table[0]) + tails[0])
+        assert chunk_rows(run, [7, 8, 9]) == [row]
