@@ -48,7 +48,6 @@ from edge_agent.drivers.modbus_codec import (
     decode_members,
     fast_format,
 )
-from edge_agent.drivers.modbus_pdu import register as register_responses
 from edge_agent.drivers.modbus_units import SILENT_POLLS_DEAD, UnitState, schedule
 from edge_agent.records import QUALITY_BAD, QUALITY_GOOD, ReadingBlock, Sensor
 from edge_agent.settings import Duration, Model
@@ -223,7 +222,6 @@ class ModbusDriver:
     async def open(self) -> None:
         await self.close()
         client = self._new_client()
-        register_responses(client)  # FC 3/4 answers decoded in one struct call
         self._client = client
         where = (f"{self.cfg.host}:{self.cfg.port}" if self.cfg.transport == "tcp"
                  else self.cfg.serial_port)
@@ -362,12 +360,14 @@ class ModbusDriver:
             decoded: list[Any] = [None] * len(block.members)
         else:
             key = (d.device.name, block)
-            if key not in self._plans:
-                self._plans[key] = block_plan(block, d.specs, d.fast)
-            decoded = decode_members(block, d.specs, d.fast, words, self._plans[key])
+            plan = self._plans.get(key)
+            if plan is None and key not in self._plans:
+                plan = self._plans[key] = block_plan(block, d.specs, d.fast)
+            decoded = decode_members(block, d.specs, d.fast, words, plan)
             if _FLOAT.issuperset(map(type, decoded)):  # every member a number: column-wise
-                for m in block.members if health.bad_points else ():
-                    health.bad_points.pop(d.device.points[m].sensor_id, None)
+                if health.bad_points:
+                    for m in block.members:
+                        health.bad_points.pop(d.device.points[m].sensor_id, None)
                 out.sensors.extend(map(d.sensors.__getitem__, block.members))
                 out.values.extend(cast(list[float], decoded))
                 out.timestamps.extend(repeat(ts, len(decoded)))

@@ -148,35 +148,3 @@ def test_a_planned_block_decodes_like_point_by_point() -> None:
     assert block_plan(coalesce(swapped)[0], swapped, [fast_format(swapped[0])]) is None
     coil = [PointSpec("coil", 0, "bool")]
     assert block_plan(coalesce(coil)[0], coil, [None]) is None
-
-
-def test_register_responses_decode_as_pymodbus_does() -> None:
-    """modbus_pdu's FC 3/4 responses: the same registers and the same errors as pymodbus'
-    own classes for every byte count (even, odd, too long for the packet), and a short text."""
-    import random
-
-    from pymodbus.exceptions import ModbusIOException
-    from pymodbus.pdu.register_message import (
-        ReadHoldingRegistersResponse,
-        ReadInputRegistersResponse,
-    )
-
-    from edge_agent.drivers.modbus_pdu import HoldingResponse, InputResponse
-
-    rng = random.Random(3)
-    for theirs, ours in ((ReadHoldingRegistersResponse, HoldingResponse),
-                         (ReadInputRegistersResponse, InputResponse)):
-        assert ours.function_code == theirs.function_code
-        for count in [*range(0, 12), 249, 250, 251, 255]:
-            for extra in (-2, -1, 0, 1, 3):
-                data = bytes([count]) + rng.randbytes(max(0, count + extra))
-                a, b = theirs(), ours()
-                errors = []
-                for pdu in (a, b):
-                    try:
-                        pdu.decode(data)
-                        errors.append("")
-                    except ModbusIOException as exc:
-                        errors.append(str(exc))
-                assert errors[0] == errors[1] and a.registers == b.registers, (count, extra)
-        assert str(b).endswith(f"registers={len(b.registers)})")
