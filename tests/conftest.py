@@ -12,6 +12,18 @@ from tests.drivers.alsa_clock import soundcard_clock_run  # noqa: F401 - session
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Modules whose PortAudio must start after their own ALSA configuration is written: the first
+# ``import sounddevice`` in a process reads ~/.asoundrc once, so they run before any other test
+# (which might import it) whatever order or subset the command line names.
+FRESH_PORTAUDIO = ("tests/drivers/test_alsa_soundcard.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = [it for it in items if it.nodeid.startswith(FRESH_PORTAUDIO)]
+    if first:
+        rest = [it for it in items if not it.nodeid.startswith(FRESH_PORTAUDIO)]
+        items[:] = first + rest
+
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("EDGE_AGENT_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
