@@ -5,10 +5,17 @@ kept up to date for the session's watchdog."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 
 from asyncua import Client, ua
 
+from edge_agent.drivers.base import DriverHealth
+from edge_agent.drivers.opcua import Config
 from edge_agent.drivers.opcua_batchsub import BatchSubscription
+from edge_agent.drivers.opcua_items import SubGroup, items_of
+from edge_agent.drivers.opcua_session import Session
+from edge_agent.records import expand
+from edge_agent.settings import parse
 
 
 def sub(cap: int = 100) -> BatchSubscription:
@@ -73,3 +80,25 @@ async def test_the_queue_keeps_the_newest_notifications_and_counts_the_rest() ->
     got = [handles(b) for b in await s.next()]
     assert got == ["Good", [5], [6, 7, 8, 9]]
     assert sum(len(b) for b in got if isinstance(b, list)) == 5
+
+
+async def test_the_session_pump_delivers_known_handles_and_counts_unknown_ones() -> None:
+    cfg = parse(Config, {"kind": "opcua", "name": "ua", "endpoint": "opc.tcp://127.0.0.1:4840",
+                         "nodes": [{"sensor_id": "t", "node_id": "ns=2;s=T"}]})
+    health = DriverHealth("ua", "opcua")
+    session = Session(cfg, Client(cfg.endpoint), health)  # not connected: the pump needs none
+    s = sub()
+    g = SubGroup(1.0, items_of(cfg), sub=s)
+    g.handles[1] = g.items[0]
+    now = ua.DateTime.now(UTC)
+    known = ua.MonitoredItemNotification(ClientHandle=1, Value=ua.DataValue(
+        ua.Variant(21.5), SourceTimestamp=now))
+    await s.publish_callback(publish(1, ua.DataChangeNotification(
+        MonitoredItems=[known, *items(99)])))
+    pump = asyncio.ensure_future(session._pump(g, s))
+    try:
+        out = await asyncio.wait_for(session.next_batch(), 1.0)
+    finally:
+        pump.cancel()
+    assert [(r.sensor_id, r.value) for r in expand(out)] == [("t", 21.5)]
+    assert health.errors["unknown_handle"] == 1
