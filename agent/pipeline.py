@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from edge_agent import records as recs
 from edge_agent.agent.admission import ReadingGate
 from edge_agent.agent.analysis import Analysis
 from edge_agent.agent.config import AgentConfig, PipelineConfig
@@ -54,8 +55,7 @@ class Pipeline:
         self.mqtt = mqtt  # [mqtt]: a second sink of the buffer (the status page reads stats())
         q = cfg.queues
         self.readings: BoundedQueue[Reading | ReadingBlock] = BoundedQueue(
-            "readings", q.readings.size, q.readings.overflow,  # size in readings, not blocks
-            lambda r: len(r) if type(r) is ReadingBlock else 1)
+            "readings", q.readings.size, q.readings.overflow, recs.weight)  # in readings
         self.waveforms: BoundedQueue[WaveformBlock] = BoundedQueue(
             "waveforms", q.waveforms.size, q.waveforms.overflow)
         self.analyses = {p.source: Analysis(p, cfg.state_dir) for p in cfg.pipelines}

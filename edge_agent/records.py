@@ -175,6 +175,11 @@ class Layouts(Generic[T]):
         return value
 
 
+def weight(record: object) -> int:
+    """What a record counts for in queues and commit groups: a block its rows, anything else 1."""
+    return len(record) if type(record) is ReadingBlock else 1
+
+
 def expand(records: Sequence[Any]) -> list[Any]:
     """``records`` with every :class:`ReadingBlock` replaced by its readings, in order."""
     out: list[Any] = []

@@ -23,7 +23,7 @@ from typing import Any
 
 from edge_agent.backoff import Backoff
 from edge_agent.errors import BufferClosed
-from edge_agent.records import Event, Severity, now
+from edge_agent.records import Event, Severity, now, weight
 
 from .convert import BAD_RECORD, Converted, convert, event_body
 from .space import Call, SpaceMixin
@@ -129,10 +129,11 @@ class WriterMixin(SpaceMixin):
 
     def _gather(self, first: Put) -> tuple[list[Put], object | None]:
         """Group commit: ``first`` and the puts already queued behind it, up to ``commit_rows``
-        rows; a group of fewer than ``LINGER_BELOW`` rows waits up to ``commit_interval`` for
-        more. Returns the group and the job that ended it when that is not a put (a call or the
-        stop, to run next), else ``None``."""
-        group, n = [first], len(first.records)
+        rows (a reading block counts its rows: :func:`records.weight`); a group of fewer than
+        ``LINGER_BELOW`` rows waits up to ``commit_interval`` for more. Returns the group and
+        the job that ended it when that is not a put (a call or the stop, to run next), else
+        ``None``."""
+        group, n = [first], sum(map(weight, first.records))
         deadline = time.monotonic() + self.cfg.commit_interval
         while n < self.cfg.commit_rows:
             try:
@@ -147,7 +148,7 @@ class WriterMixin(SpaceMixin):
             if not isinstance(nxt, Put):
                 return group, nxt
             group.append(nxt)
-            n += len(nxt.records)
+            n += sum(map(weight, nxt.records))
         return group, None
 
     def _commit(self, store: Store, group: list[Put]) -> None:

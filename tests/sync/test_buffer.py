@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.records import Event, FeatureVector, ModelRef, Reading
+from edge_agent.records import Event, FeatureVector, ModelRef, Reading, ReadingBlock, Sensor
 from edge_agent.settings import ConfigError, parse
 from edge_agent.sync import schema
 from edge_agent.sync.buffer import Buffer, BufferClosed, BufferConfig, BufferUnavailable
@@ -308,3 +308,21 @@ async def test_unwritable_existing_database_is_not_moved_aside(
     if how == "wal_is_a_directory":
         (tmp_path / "buffer.db-wal").rmdir()  # the cause fixed: everything is still there
     assert db_rows(path) == 100
+
+
+async def test_a_big_reading_block_commits_without_lingering(tmp_path: Path) -> None:
+    """A group counts a block by its rows: one put of a 2,000-row block is big enough to commit
+    at once, as 2,000 single readings are, instead of waiting ``commit_interval`` for more."""
+    b = Buffer(tmp_path / "b.db", BufferConfig(commit_interval=1.0))
+    await b.start()
+    try:
+        s = Sensor("press-07.oil_temp", "temperature", "degC", {})
+        n = 2000
+        block = ReadingBlock([s] * n, [20.0 + i for i in range(n)],
+                             [T0 + i * 0.001 for i in range(n)], [1.0] * n)
+        t = time.monotonic()
+        await b.put([block])
+        assert time.monotonic() - t < 0.5
+        assert db_rows(tmp_path / "b.db") == n
+    finally:
+        await b.close()
