@@ -32,11 +32,6 @@ class Converted:
     def n_rows(self) -> int:
         return self.n_readings + len(self.features) + len(self.events)
 
-    def merge(self, other: Converted) -> None:
-        self.readings.extend(other.readings)
-        self.features += other.features
-        self.events += other.events
-
 
 def _finite(v: float | None) -> float | None:
     if v is None:

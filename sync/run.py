@@ -46,15 +46,6 @@ class Run:
         del self.table[sources:]
         self.sx = {s: i for s, i in self.sx.items() if i < sources}
 
-    def extend(self, other: Run) -> None:
-        remap = [self.source(k) for k in other.table]
-        self.frags += other.frags
-        self.us += other.us
-        if remap == list(range(len(remap))):  # same sources, same order: the usual case
-            self.idx += other.idx
-        else:
-            self.idx += [remap[i] for i in other.idx]
-
 
 def check_key(key: Key) -> None:
     for part in key:
