@@ -240,13 +240,13 @@ def _thin_features_between(store: StoreBase, t1: int, t2: int, k: int, per: Coun
         return 0
     rows = c.execute("SELECT id, ts, body FROM features WHERE id BETWEEN ? AND ? ORDER BY id",
                      (a, b)).fetchall()
-    keep = _keep_mask([source_of(body) for _, _, body in rows], k)
+    srcs = [source_of(body) for _, _, body in rows]  # each body decoded once
     kept, gone, freed = [], Counter[str](), 0
-    for (rid, ts, body), m in zip(rows, keep, strict=True):
+    for (rid, ts, body), src, m in zip(rows, srcs, _keep_mask(srcs, k), strict=True):
         if m:
             kept.append((rid, ts, body))
         else:
-            gone[source_of(body)] += 1
+            gone[src] += 1
             freed += len(body)
     if not gone:
         return 0
