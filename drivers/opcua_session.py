@@ -257,6 +257,8 @@ class Session:
                         it = handles.get(mi.ClientHandle)
                         if it is not None:
                             deliver(it, mi.Value)
+                        else:  # a handle we never gave out: counted, not guessed at
+                            self.health.error("unknown_handle")
                     continue
                 name = status_name(notif.Status)
                 if name in _CONNECTION_GONE:
