@@ -10,6 +10,7 @@ Pure functions (no client, no I/O), unit tested on their own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -240,6 +241,8 @@ class ScalarRows:
             return False
         v = None if dv.Value is None else dv.Value.Value
         if type(v) is not float and type(v) is not int:  # bool, None, arrays, text: slow path
+            return False
+        if not math.isfinite(v):  # NaN/inf: a bad value, counted and named on the slow path
             return False
         ts = _posix(dv.SourceTimestamp)
         if ts is None:

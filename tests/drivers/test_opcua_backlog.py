@@ -100,3 +100,15 @@ async def test_values_keep_their_order_around_other_records() -> None:
     got = await s.next_batch()
     assert [type(r).__name__ for r in got] == ["ReadingBlock", "Reading", "ReadingBlock"]
     assert [r.value for r in expand(got)] == [0.0, 1.0, None, 3.0]
+
+
+async def test_a_non_finite_value_is_a_bad_value_not_a_good_row() -> None:
+    s, health = session()
+    item = next(it for it in s._items if it.spec.sensor_id == "t")
+    stamp = cast(ua.DateTime, datetime(2026, 12, 1, tzinfo=UTC))
+    for v in (float("nan"), float("inf")):
+        s.deliver(item, ua.DataValue(ua.Variant(v), SourceTimestamp=stamp))
+    assert health.errors["bad_value"] == 2 and "t" in health.bad_points
+    got = await s.next_batch()
+    assert not any(isinstance(r, ReadingBlock) for r in got)
+    assert [r.value for r in got if isinstance(r, Reading)] == [None, None]
