@@ -15,6 +15,7 @@ import numpy.typing as npt
 from edge_agent.errors import FeatureError
 from edge_agent.models.dsp.spectrum import scratch
 from edge_agent.models.dsp.windowing import Window
+from edge_agent.settings import Problems
 
 F64 = npt.NDArray[np.float64]
 
@@ -51,9 +52,9 @@ class _Base:
 
     @staticmethod
     def _refuse(problems: Sequence[tuple[str, str]]) -> None:
-        """``ValueError`` naming every problem of the extractor's settings, if any."""
+        """:class:`Problems` (a ``ValueError``) naming every problem of the settings, if any."""
         if problems:
-            raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
+            raise Problems(problems)
 
     def absent(self, shaft_rpm: float | None) -> tuple[str | None, tuple[int, ...]]:
         """Feature columns that cannot be computed with ``shaft_rpm`` and why (none here)."""
