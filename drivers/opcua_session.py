@@ -57,7 +57,7 @@ from edge_agent.drivers.opcua_monitor import (
     warn_quiet_waveforms,
 )
 from edge_agent.errors import DriverError
-from edge_agent.records import Reading, ReadingBlock, WaveformBlock
+from edge_agent.records import Reading, ReadingBlock, WaveformBlock, weight
 
 if TYPE_CHECKING:
     from edge_agent.drivers.opcua import Config
@@ -205,7 +205,7 @@ class Session:
             old = self._pending.popleft()
             if isinstance(old, WaveformBlock):
                 self._pending_values -= old.samples.size
-            dropped += len(old) if isinstance(old, ReadingBlock) else 1
+            dropped += weight(old)
         count_dropped(self.health, dropped)
         self._wake.set()
 

@@ -24,7 +24,7 @@ from _measure import cpu_s, readme_block, rss_mib, start_server_child  # tests/b
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.modbus import Config, create
-from edge_agent.records import ReadingBlock
+from edge_agent.records import weight
 from edge_agent.settings import parse
 
 
@@ -58,7 +58,7 @@ async def bench(child: subprocess.Popen[str], port: int, registers: int, interva
 
         async def emit(out: DriverOutput) -> None:
             nonlocal values
-            values += sum(len(r) if isinstance(r, ReadingBlock) else 1 for r in out)
+            values += sum(map(weight, out))
 
         rss0 = rss_mib()
         task = asyncio.create_task(run_driver(drv, emit, poll_interval=interval,

@@ -29,7 +29,7 @@ from _measure import collect, cpu_s, rss_mib, start_server_child  # tests/bench/
 from edge_agent.agent.supervisor import Backoff, run_driver
 from edge_agent.drivers.base import DriverOutput
 from edge_agent.drivers.opcua import Config, create
-from edge_agent.records import Reading, ReadingBlock, expand
+from edge_agent.records import Reading, expand, weight
 from edge_agent.settings import parse
 
 
@@ -87,7 +87,7 @@ async def bench(child: subprocess.Popen[str], port: int, n: int, seconds: float,
 
         async def emit(out: DriverOutput) -> None:
             nonlocal count
-            count += sum(len(r) if isinstance(r, ReadingBlock) else 1 for r in out)
+            count += sum(map(weight, out))
             if count >= n:
                 all_in.set()
 
